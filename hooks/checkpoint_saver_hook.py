@@ -1,0 +1,232 @@
+"""`CheckpointSaverHook` with a public `steps_per_run`.
+
+Call order (as a `tf.compat.v1.train.MonitoredSession` or our runner drives
+it; one `Session.run` may advance `global_step` by `steps_per_run` steps)::
+
+  hook.begin()                      # graph still editable; listeners' begin()
+  while the session is (re)created:
+    hook.after_create_session(s)    # graph.pbtxt, graph + meta graph events,
+                                    # save at the current step
+    while not should_stop:
+      hook.before_run(ctx)          # fetch the global step with the run
+      s.run(train_op)               # global_step += steps_per_run
+      hook.after_run(ctx, values)   # pre-check stale_step + increment; if due,
+                                    # read the real step; if that is due, save
+  hook.end(s)                       # save unless just saved; listeners' end()
+
+`end()` also runs after the input raised OutOfRangeError. The decisions are
+those of TF 2.21's `tf.compat.v1.train.CheckpointSaverHook` whenever
+`steps_per_run` is the true per-run increment. When it is not, this hook learns
+the observed increment (see `hooks.run_increment`), so a save is never
+delayed by more than one run.
+
+All file I/O goes through TensorFlow's filesystem layer (`tf.io.gfile`, the
+Saver, the summary writer), so `checkpoint_dir` may be a `gs://` URL.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Callable, Iterable, Optional
+
+from absl import logging
+import tensorflow as tf
+
+from hooks import _tf_internals
+from hooks import _validation
+from hooks.run_increment import RunIncrement
+from hooks.schedule import StepOrSecondsSchedule
+
+_LISTENER_BASE = tf.compat.v1.train.CheckpointSaverListener
+
+
+class CheckpointSaverHook(tf.compat.v1.train.SessionRunHook):
+  """Saves checkpoints every N steps or every N seconds."""
+
+  def __init__(self,
+               checkpoint_dir: str,
+               save_secs: Optional[int] = None,
+               save_steps: Optional[int] = None,
+               saver: Optional[tf.compat.v1.train.Saver] = None,
+               checkpoint_basename: str = "model.ckpt",
+               scaffold: Optional[tf.compat.v1.train.Scaffold] = None,
+               listeners: Optional[Iterable[_LISTENER_BASE]] = None,
+               steps_per_run: int = 1,
+               save_graph_def: bool = True,
+               *,
+               clock: Callable[[], float] = time.monotonic):
+    """Initializes a `CheckpointSaverHook`.
+
+    Args:
+      checkpoint_dir: base directory for the checkpoint files; a local path
+        or a `gs://` URL.
+      save_secs: save every N seconds. Exactly one of `save_secs` and
+        `save_steps` must be set.
+      save_steps: save every N steps.
+      saver: the `Saver` used for saving. Default: the scaffold's, else the
+        one Saver in the graph's SAVERS collection.
+      checkpoint_basename: base name of the checkpoint files.
+      scaffold: a `Scaffold` whose saver is used.
+      listeners: `CheckpointSaverListener` instances (ours or TF's), called
+        around each save.
+      steps_per_run: steps one `Session.run` advances, e.g. the
+        `iterations_per_loop` of a TPU loop. If the observed increment is
+        larger, the hook uses the observed one.
+      save_graph_def: whether to write `graph.pbtxt` and a `.meta` file for
+        each checkpoint.
+      clock: returns the current time in seconds; a fake one in tests.
+
+    Raises:
+      ValueError: both or neither of `save_secs` and `save_steps`; a
+        non-positive `save_secs`, `save_steps` or `steps_per_run`; both
+        `saver` and `scaffold`; an empty `checkpoint_dir` or
+        `checkpoint_basename`.
+      TypeError: a non-integer `save_secs`, `save_steps` or `steps_per_run`;
+        `listeners` not a list of listeners; `saver` without a `save` method;
+        `scaffold` not a Scaffold; a non-path `checkpoint_dir`.
+    """
+    self._checkpoint_dir = _validation.non_empty_path(
+        "checkpoint_dir", checkpoint_dir)
+    _validation.non_empty_str("checkpoint_basename", checkpoint_basename)
+    self._schedule = StepOrSecondsSchedule(
+        every_steps=save_steps, every_secs=save_secs,
+        steps_name="save_steps", secs_name="save_secs")
+    self._increment = RunIncrement(steps_per_run, name="steps_per_run")
+    _validation.at_most_one({"saver": saver, "scaffold": scaffold})
+    if saver is not None and not callable(getattr(saver, "save", None)):
+      raise TypeError(
+          f"`saver` ({saver!r}) must be a tf.compat.v1.train.Saver "
+          f"(an object with a save() method).")
+    if scaffold is not None and not isinstance(
+        scaffold, tf.compat.v1.train.Scaffold):
+      raise TypeError(
+          f"`scaffold` ({scaffold!r}) must be a "
+          f"tf.compat.v1.train.Scaffold, got {type(scaffold).__name__}.")
+    self._listeners = _validation.instances_of(
+        "listeners", listeners, _LISTENER_BASE, "CheckpointSaverListeners")
+    self._saver = saver
+    self._scaffold = scaffold
+    self._save_path = os.path.join(self._checkpoint_dir, checkpoint_basename)
+    self._save_graph_def = bool(save_graph_def)
+    self._clock = clock
+    self._global_step_tensor = None
+    self._summary_writer = None
+    logging.info("Create CheckpointSaverHook (dir=%s, steps_per_run=%d).",
+                 self._checkpoint_dir, steps_per_run)
+
+  @property
+  def steps_per_run(self) -> int:
+    """The declared steps per `Session.run`."""
+    return self._increment.declared
+
+  @property
+  def observed_steps_per_run(self) -> int:
+    """The largest per-run increment seen so far (0 before any run)."""
+    return self._increment.observed
+
+  def begin(self) -> None:
+    self._summary_writer = tf.compat.v1.summary.FileWriterCache.get(
+        self._checkpoint_dir)
+    self._global_step_tensor = _tf_internals.global_step_read()
+    if self._global_step_tensor is None:
+      raise RuntimeError(
+          "CheckpointSaverHook needs a global step in the graph: create it "
+          "with tf.compat.v1.train.get_or_create_global_step() before the "
+          "session is created, and advance it in the train op.")
+    for listener in self._listeners:
+      listener.begin()
+
+  def after_create_session(self, session, coord) -> None:
+    del coord  # Unused.
+    self._increment.new_session()
+    global_step = int(session.run(self._global_step_tensor))
+    graph = tf.compat.v1.get_default_graph()
+    saver = self._get_saver()
+    if self._save_graph_def:
+      # The graph is finalized now, after every hook's begin() had its chance
+      # to add ops, so this is the graph that runs.
+      tf.io.write_graph(graph.as_graph_def(add_shapes=True),
+                        self._checkpoint_dir, "graph.pbtxt")
+    meta_graph_def = tf.compat.v1.train.export_meta_graph(
+        graph_def=graph.as_graph_def(add_shapes=True),
+        saver_def=saver.saver_def, graph=graph)
+    self._summary_writer.add_graph(graph)
+    self._summary_writer.add_meta_graph(meta_graph_def)
+    # The checkpoint saved here is the state at step `global_step`.
+    self._save(session, global_step)
+    self._schedule.mark_triggered(global_step, self._clock())
+
+  def before_run(self, run_context):
+    del run_context  # Unused.
+    return tf.compat.v1.train.SessionRunArgs(self._global_step_tensor)
+
+  def after_run(self, run_context, run_values) -> None:
+    stale_step = int(run_values.results)
+    # The gap to the previous run's stale step is that run's increment.
+    self._increment.observe_stale(stale_step)
+    now = self._clock()
+    due = self._schedule.should_trigger(
+        stale_step + self._increment.estimate(), now)
+    if due or self._increment.needs_real_step:
+      global_step = int(run_context.session.run(self._global_step_tensor))
+      self._increment.observe_real(stale_step, global_step)
+      if self._schedule.should_trigger(global_step, now):
+        self._schedule.mark_triggered(global_step, now)
+        if self._save(run_context.session, global_step):
+          run_context.request_stop()
+
+  def end(self, session) -> None:
+    last_step = int(session.run(self._global_step_tensor))
+    if last_step != self._schedule.last_triggered_step:
+      self._save(session, last_step)
+    for listener in self._listeners:
+      listener.end(session, last_step)
+    self._summary_writer.flush()
+
+  def _save(self, session, step: int) -> bool:
+    """Saves a checkpoint at `step`; returns whether a listener asks to stop."""
+    logging.info("Calling checkpoint listeners before saving checkpoint %d...",
+                 step)
+    for listener in self._listeners:
+      listener.before_save(session, step)
+    logging.info("Saving checkpoints for %d into %s.", step, self._save_path)
+    self._get_saver().save(session, self._save_path, global_step=step,
+                           write_meta_graph=self._save_graph_def)
+    self._summary_writer.add_session_log(
+        tf.compat.v1.SessionLog(status=tf.compat.v1.SessionLog.CHECKPOINT,
+                                checkpoint_path=self._save_path),
+        step)
+    logging.info("Calling checkpoint listeners after saving checkpoint %d...",
+                 step)
+    should_stop = False
+    for listener in self._listeners:
+      if listener.after_save(session, step):
+        logging.info("CheckpointSaverListener %r requested that training "
+                     "stop.", listener)
+        should_stop = True
+    return should_stop
+
+  def _get_saver(self):
+    if self._saver is not None:
+      return self._saver
+    if self._scaffold is not None:
+      if self._scaffold.saver is None:
+        raise RuntimeError(
+            "The `scaffold` passed to CheckpointSaverHook has no saver yet: "
+            "finalize it (MonitoredSession does) or pass `saver=`.")
+      return self._scaffold.saver
+    savers = tf.compat.v1.get_collection(tf.compat.v1.GraphKeys.SAVERS)
+    if not savers:
+      raise RuntimeError(
+          "CheckpointSaverHook found no saver: pass `saver=` or `scaffold=`, "
+          "or add a tf.compat.v1.train.Saver to the "
+          "tf.compat.v1.GraphKeys.SAVERS collection (MonitoredTrainingSession"
+          "'s default Scaffold does this).")
+    if len(savers) > 1:
+      raise RuntimeError(
+          f"CheckpointSaverHook found {len(savers)} savers in the "
+          f"tf.compat.v1.GraphKeys.SAVERS collection; pass the one to use "
+          f"as `saver=`.")
+    self._saver = savers[0]
+    return self._saver

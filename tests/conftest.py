@@ -1,0 +1,19 @@
+"""Shared pytest set-up: quiet TF, parsed absl flags, a fresh graph per test."""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import flags  # pylint: disable=g-import-not-at-top
+import pytest  # pylint: disable=g-import-not-at-top
+import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+flags.FLAGS.mark_as_parsed()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_graph_and_writers():
+  """Each test builds in its own graph; summary writers are closed after."""
+  with tf.Graph().as_default():
+    yield
+  tf.compat.v1.summary.FileWriterCache.clear()

@@ -1,0 +1,453 @@
+"""CheckpointSaverHook: real sessions, real checkpoints, TF's hook as oracle."""
+
+import os
+import random
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import hooks
+from tf_fixtures import RecordingListener
+from tf_fixtures import build_loop_graph
+from tf_fixtures import checkpoint_log_steps
+from tf_fixtures import checkpoint_steps
+from tf_fixtures import event_records
+from tf_fixtures import run_loops
+
+
+class FakeClock:
+  """A clock the test moves by hand."""
+
+  def __init__(self, now=0.0):
+    self.now = now
+
+  def __call__(self):
+    return self.now
+
+
+def _dir(tmp_path, name):
+  path = tmp_path / name
+  return str(path)
+
+
+# ----------------------------------------------------------------------------
+# What after_create_session, after_run and end do, on disk.
+
+
+def test_saves_on_schedule_and_files_are_real_checkpoints(tmp_path):
+  ckpt_dir = _dir(tmp_path, "ckpt")
+  graph = build_loop_graph(steps_per_run=10)
+  listener = RecordingListener()
+  hook = hooks.CheckpointSaverHook(ckpt_dir, save_steps=25, steps_per_run=10,
+                                   listeners=[listener])
+  final = run_loops([hook], graph, [10] * 7)
+
+  assert final == 70
+  # 0 at session creation; 30 and 60 are the first run boundaries >= 25 and
+  # >= 30 + 25; 70 is the final save in end().
+  assert listener.calls == [
+      ("begin", None),
+      ("before_save", 0), ("after_save", 0),
+      ("before_save", 30), ("after_save", 30),
+      ("before_save", 60), ("after_save", 60),
+      ("before_save", 70), ("after_save", 70),
+      ("end", 70)]
+  assert checkpoint_steps(ckpt_dir) == [0, 30, 60, 70]
+  latest = tf.train.latest_checkpoint(ckpt_dir)
+  assert latest == os.path.join(ckpt_dir, "model.ckpt-70")
+  reader = tf.train.load_checkpoint(latest)
+  assert reader.get_tensor("global_step") == 70
+  # 70 SGD steps on (w - 3)^2 from 0 with lr 0.1: w = 3 * (1 - 0.8**70).
+  np.testing.assert_allclose(reader.get_tensor("w"), 3 * (1 - 0.8**70),
+                             rtol=1e-5)
+  assert checkpoint_log_steps(ckpt_dir) == [0, 30, 60, 70]
+
+
+def test_after_create_session_writes_graph_and_step0_checkpoint(tmp_path):
+  ckpt_dir = _dir(tmp_path, "ckpt")
+  graph = build_loop_graph(steps_per_run=5)
+  listener = RecordingListener()
+  hook = hooks.CheckpointSaverHook(ckpt_dir, save_steps=1000,
+                                   steps_per_run=5, listeners=[listener])
+  with tf.compat.v1.train.MonitoredTrainingSession(
+      hooks=[hook], save_checkpoint_secs=None, save_summaries_steps=None,
+      log_step_count_steps=None):
+    # No run yet: the session's creation alone saved step 0.
+    assert listener.calls == [("begin", None), ("before_save", 0),
+                              ("after_save", 0)]
+    assert checkpoint_steps(ckpt_dir) == [0]
+    assert tf.io.gfile.exists(os.path.join(ckpt_dir, "graph.pbtxt"))
+    assert tf.io.gfile.exists(os.path.join(ckpt_dir, "model.ckpt-0.meta"))
+  del graph
+  tf.compat.v1.summary.FileWriterCache.clear()
+  events = event_records(ckpt_dir)
+  assert any(e.HasField("graph_def") for e in events)
+  assert any(e.HasField("meta_graph_def") for e in events)
+  # end() found step 0 just saved and did not save again.
+  assert listener.saved_steps() == [0]
+  assert listener.calls[-1] == ("end", 0)
+
+
+def test_end_does_not_save_twice_when_last_run_saved(tmp_path):
+  ckpt_dir = _dir(tmp_path, "ckpt")
+  graph = build_loop_graph(steps_per_run=10)
+  listener = RecordingListener()
+  hook = hooks.CheckpointSaverHook(ckpt_dir, save_steps=20, steps_per_run=10,
+                                   listeners=[listener])
+  run_loops([hook], graph, [10] * 4)
+  assert listener.saved_steps() == [0, 20, 40]
+  assert listener.calls[-1] == ("end", 40)
+
+
+def test_save_graph_def_false_writes_no_graph_and_no_meta(tmp_path):
+  ckpt_dir = _dir(tmp_path, "ckpt")
+  graph = build_loop_graph(steps_per_run=10)
+  hook = hooks.CheckpointSaverHook(ckpt_dir, save_steps=10, steps_per_run=10,
+                                   save_graph_def=False)
+  run_loops([hook], graph, [10] * 3)
+  files = os.listdir(ckpt_dir)
+  assert "graph.pbtxt" not in files
+  assert not [f for f in files if f.endswith(".meta")]
+  assert checkpoint_steps(ckpt_dir) == [0, 10, 20, 30]
+
+
+def test_listener_after_save_true_stops_training(tmp_path):
+  ckpt_dir = _dir(tmp_path, "ckpt")
+  graph = build_loop_graph(steps_per_run=10)
+  stopper = RecordingListener(stop_after_save_at=30)
+  other = RecordingListener()
+  hook = hooks.CheckpointSaverHook(ckpt_dir, save_steps=15, steps_per_run=10,
+                                   listeners=[stopper, other])
+  final = run_loops([hook], graph, [10] * 100)
+  # Saves at 0, 20 (>= 15), 40 (>= 35); the save at 40 asks to stop.
+  assert final == 40
+  # Both listeners saw every save, including the one that asked to stop,
+  # and end() did not save step 40 twice.
+  assert stopper.saved_steps() == other.saved_steps() == [0, 20, 40]
+  assert other.calls[-1] == ("end", 40)
+
+
+def test_tf_listener_subclass_works(tmp_path):
+
+  class TfListener(tf.compat.v1.train.CheckpointSaverListener):
+
+    def __init__(self):
+      self.saves = []
+
+    def after_save(self, session, global_step_value):
+      self.saves.append(int(global_step_value))
+
+  listener = TfListener()
+  graph = build_loop_graph(steps_per_run=4)
+  hook = hooks.CheckpointSaverHook(_dir(tmp_path, "ckpt"), save_steps=8,
+                                   steps_per_run=4, listeners=[listener])
+  run_loops([hook], graph, [4] * 5)
+  assert listener.saves == [0, 8, 16, 20]
+
+
+def test_our_listener_works_with_tf_hook(tmp_path):
+  listener = RecordingListener()
+  graph = build_loop_graph(steps_per_run=1)
+  tf_hook = tf.compat.v1.train.CheckpointSaverHook(
+      _dir(tmp_path, "ckpt"), save_steps=2, listeners=[listener])
+  run_loops([tf_hook], graph, [1] * 3)
+  assert listener.saved_steps() == [0, 2, 3]
+
+
+def test_resume_continues_from_latest_checkpoint(tmp_path):
+  ckpt_dir = _dir(tmp_path, "ckpt")
+  with tf.Graph().as_default():
+    graph = build_loop_graph(steps_per_run=10)
+    hook = hooks.CheckpointSaverHook(ckpt_dir, save_steps=20,
+                                     steps_per_run=10)
+    assert run_loops([hook], graph, [10] * 5) == 50
+  with tf.Graph().as_default():
+    graph = build_loop_graph(steps_per_run=10)
+    listener = RecordingListener()
+    hook = hooks.CheckpointSaverHook(ckpt_dir, save_steps=20,
+                                     steps_per_run=10, listeners=[listener])
+    # The session restores step 50 from ckpt_dir, then runs 3 more loops.
+    assert run_loops([hook], graph, [10] * 3, checkpoint_dir=ckpt_dir) == 80
+  assert listener.saved_steps() == [50, 70, 80]
+  reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(ckpt_dir))
+  np.testing.assert_allclose(reader.get_tensor("w"), 3 * (1 - 0.8**80),
+                             rtol=1e-5)
+
+
+def test_save_secs_with_fake_clock(tmp_path):
+  ckpt_dir = _dir(tmp_path, "ckpt")
+  graph = build_loop_graph(steps_per_run=10)
+  clock = FakeClock()
+  listener = RecordingListener()
+  hook = hooks.CheckpointSaverHook(ckpt_dir, save_secs=10, steps_per_run=10,
+                                   listeners=[listener], clock=clock)
+  with tf.compat.v1.train.MonitoredTrainingSession(
+      hooks=[hook], save_checkpoint_secs=None, save_summaries_steps=None,
+      log_step_count_steps=None) as session:
+    for _ in range(6):
+      clock.now += 4.0  # Each loop "takes" 4 seconds.
+      session.run(graph.train_op)
+  # t=0 step 0; t=12 step 30 (first >= 10 s); t=24 step 60; end at 60 saved.
+  assert listener.saved_steps() == [0, 30, 60]
+  assert checkpoint_steps(ckpt_dir) == [0, 30, 60]
+
+
+# ----------------------------------------------------------------------------
+# Differential test: TF 2.21's hook (its private steps_per_run setter) decides
+# the same saves whenever steps_per_run is the true per-run increment.
+
+
+def _schedules():
+  cases = [
+      # (start_step, save_steps, steps_per_run, increments)
+      (0, 1, 1, [1] * 5),
+      (0, 3, 1, [1] * 10),
+      (0, 10, 10, [10] * 5),
+      (0, 25, 10, [10] * 7),
+      (0, 5, 10, [10] * 4),
+      (0, 100, 10, [10] * 9 + [3]),
+      (0, 7, 3, [3] * 8 + [2]),
+      (0, 1000, 10, [10] * 3),
+      (17, 10, 5, [5] * 6),
+      (100, 30, 20, [20] * 5 + [7]),
+  ]
+  rng = random.Random(2026)
+  for _ in range(14):
+    spr = rng.choice([1, 2, 3, 5, 8, 13, 100])
+    save_steps = rng.randint(1, 4 * spr + 3)
+    runs = rng.randint(1, 12)
+    increments = [spr] * runs
+    if rng.random() < 0.5:
+      increments[-1] = rng.randint(1, spr)  # shortened last loop
+    start = rng.choice([0, 0, rng.randint(1, 300)])
+    cases.append((start, save_steps, spr, increments))
+  return cases
+
+
+def _set_start_step(restore_dir, start_step):
+  """Writes a checkpoint at `start_step` to resume from (a fresh graph)."""
+  with tf.Graph().as_default():
+    graph = build_loop_graph(steps_per_run=1)
+    saver = tf.compat.v1.train.Saver()
+    with tf.compat.v1.Session() as session:
+      session.run(tf.compat.v1.global_variables_initializer())
+      session.run(graph.global_step.assign(start_step))
+      saver.save(session, os.path.join(restore_dir, "model.ckpt"),
+                 global_step=start_step)
+
+
+def _run_both(tmp_path, start, increments, ours_kwargs, tf_kwargs,
+              tf_steps_per_run, stop_at=None):
+  """Runs our hook and TF's side by side in one session; returns outcomes."""
+  with tf.Graph().as_default():
+    return _run_both_in_graph(tmp_path, start, increments, ours_kwargs,
+                              tf_kwargs, tf_steps_per_run, stop_at)
+
+
+def _run_both_in_graph(tmp_path, start, increments, ours_kwargs, tf_kwargs,
+                       tf_steps_per_run, stop_at):
+  restore_dir = None
+  if start:
+    restore_dir = _dir(tmp_path, "restore")
+    _set_start_step(restore_dir, start)
+  ours_dir, tf_dir = _dir(tmp_path, "ours"), _dir(tmp_path, "tf")
+  graph = build_loop_graph(steps_per_run=max(increments))
+  ours_listener = RecordingListener(stop_after_save_at=stop_at)
+  tf_listener = RecordingListener(stop_after_save_at=stop_at)
+  ours = hooks.CheckpointSaverHook(
+      ours_dir, saver=tf.compat.v1.train.Saver(max_to_keep=None),
+      listeners=[ours_listener], **ours_kwargs)
+  theirs = tf.compat.v1.train.CheckpointSaverHook(
+      tf_dir, saver=tf.compat.v1.train.Saver(max_to_keep=None),
+      listeners=[tf_listener], **tf_kwargs)
+  if tf_steps_per_run is not None:
+    theirs._set_steps_per_run(tf_steps_per_run)  # pylint: disable=protected-access
+  final = run_loops([ours, theirs], graph, increments,
+                    checkpoint_dir=restore_dir)
+  tf.compat.v1.summary.FileWriterCache.clear()
+  return final, (ours_listener, ours_dir), (tf_listener, tf_dir)
+
+
+@pytest.mark.parametrize("start,save_steps,spr,increments", _schedules())
+def test_matches_tf_hook_when_steps_per_run_is_true(tmp_path, start,
+                                                    save_steps, spr,
+                                                    increments):
+  final, (ours, ours_dir), (theirs, tf_dir) = _run_both(
+      tmp_path, start, increments,
+      dict(save_steps=save_steps, steps_per_run=spr),
+      dict(save_steps=save_steps), tf_steps_per_run=spr)
+  assert final == start + sum(increments)
+  assert ours.calls == theirs.calls
+  assert checkpoint_steps(ours_dir) == checkpoint_steps(tf_dir)
+  assert checkpoint_log_steps(ours_dir) == checkpoint_log_steps(tf_dir)
+  assert sorted(os.listdir(ours_dir)) == sorted(
+      f.replace(tf_dir, ours_dir) for f in os.listdir(tf_dir))
+
+
+@pytest.mark.parametrize("stop_at", [0, 13, 40])
+def test_matches_tf_hook_on_listener_stop(tmp_path, stop_at):
+  final, (ours, _), (theirs, _) = _run_both(
+      tmp_path, 0, [5] * 20, dict(save_steps=13, steps_per_run=5),
+      dict(save_steps=13), tf_steps_per_run=5, stop_at=stop_at)
+  assert ours.calls == theirs.calls
+  assert final == ours.saved_steps()[-1]
+
+
+def test_matches_tf_hook_for_save_secs_without_time_trigger(tmp_path):
+  _, (ours, ours_dir), (theirs, tf_dir) = _run_both(
+      tmp_path, 0, [10] * 5, dict(save_secs=3600, steps_per_run=10),
+      dict(save_secs=3600), tf_steps_per_run=10)
+  assert ours.calls == theirs.calls == [
+      ("begin", None), ("before_save", 0), ("after_save", 0),
+      ("before_save", 50), ("after_save", 50), ("end", 50)]
+  assert checkpoint_steps(ours_dir) == checkpoint_steps(tf_dir) == [0, 50]
+
+
+# ----------------------------------------------------------------------------
+# Beyond TF: a wrong steps_per_run is learned, so no save is missed.
+
+
+@pytest.mark.parametrize("declared", [1, 7, 30])
+@pytest.mark.parametrize("save_steps", [50, 150, 250])
+def test_wrong_steps_per_run_saves_like_the_true_one(tmp_path, declared,
+                                                     save_steps):
+  increments = [100] * 6
+  # Oracle: TF's hook with the true steps_per_run. Against it: ours declared
+  # wrong. TF's hook with the same wrong value is the counter-example.
+  _, (ours, _), (oracle, _) = _run_both(
+      tmp_path / "a", 0, increments,
+      dict(save_steps=save_steps, steps_per_run=declared),
+      dict(save_steps=save_steps), tf_steps_per_run=100)
+  assert ours.calls == oracle.calls
+  _, _, (tf_wrong, _) = _run_both(
+      tmp_path / "b", 0, increments,
+      dict(save_steps=save_steps, steps_per_run=declared),
+      dict(save_steps=save_steps), tf_steps_per_run=declared)
+  assert tf_wrong.calls != oracle.calls  # TF itself is late here.
+
+
+def _late_boundaries(start, increments, saved, save_steps):
+  """Indexes j of runs after which a save was due but not made."""
+  late, last_save, step = [], start, start
+  for j, increment in enumerate(increments):
+    step += increment
+    if step in saved:
+      last_save = step
+    elif step >= last_save + save_steps:
+      late.append(j)
+  return late
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_varying_increments_delay_at_most_one_run(tmp_path, seed):
+  rng = random.Random(seed)
+  increments = [rng.choice([1, 2, 5, 20, 40]) for _ in range(25)]
+  save_steps = rng.choice([3, 10, 30])
+  listener = RecordingListener()
+  graph = build_loop_graph(steps_per_run=1)
+  hook = hooks.CheckpointSaverHook(_dir(tmp_path, "c"), save_steps=save_steps,
+                                   steps_per_run=1, listeners=[listener])
+  run_loops([hook], graph, increments)
+  saved = set(listener.saved_steps())
+  late = _late_boundaries(0, increments, saved, save_steps)
+  for j in late:
+    # A due save is missed only by a run that advanced further than any run
+    # before it (the first run is always checked), and never two in a row.
+    assert j > 0 and increments[j] > max(increments[:j])
+    assert j + 1 not in late
+
+
+# ----------------------------------------------------------------------------
+# Bad input: clear errors naming the caller's argument.
+
+BAD = [
+    (dict(), ValueError, "Exactly one of `save_steps` and `save_secs`"),
+    (dict(save_secs=10, save_steps=10), ValueError,
+     "Exactly one of `save_steps` and `save_secs` must be set; got "
+     "save_steps=10, save_secs=10"),
+    (dict(save_steps=0), ValueError,
+     "`save_steps` (0) must be a positive integer"),
+    (dict(save_steps=-5), ValueError, "`save_steps` (-5)"),
+    (dict(save_steps=2.5), TypeError, "`save_steps` (2.5) must be a positive"),
+    (dict(save_steps=True), TypeError, "`save_steps` (True)"),
+    (dict(save_secs=0), ValueError, "`save_secs` (0) must be a positive"),
+    (dict(save_secs="60"), TypeError, "`save_secs` ('60')"),
+    (dict(save_steps=1, steps_per_run=0), ValueError,
+     "`steps_per_run` (0) must be a positive integer"),
+    (dict(save_steps=1, steps_per_run=1.0), TypeError, "`steps_per_run` (1.0)"),
+    (dict(save_steps=1, saver="SAVER", scaffold="SCAFFOLD"), ValueError,
+     "At most one of `saver` and `scaffold`"),
+    (dict(save_steps=1, saver="not a saver"), TypeError,
+     "`saver` ('not a saver') must be a tf.compat.v1.train.Saver"),
+    (dict(save_steps=1, scaffold=object()), TypeError,
+     "`scaffold` (<object object"),
+    (dict(save_steps=1, listeners=RecordingListener()), TypeError,
+     "`listeners` (<tf_fixtures.RecordingListener"),
+    (dict(save_steps=1, listeners=[RecordingListener(), "x"]), TypeError,
+     "`listeners[1]` ('x') must be a CheckpointSaverListener"),
+    (dict(save_steps=1, listeners=5), TypeError,
+     "`listeners` (5) must be a list of CheckpointSaverListeners"),
+    (dict(save_steps=1, checkpoint_basename=""), ValueError,
+     "`checkpoint_basename` ('') must be a non-empty string"),
+]
+
+
+@pytest.mark.parametrize("kwargs,error,message", BAD)
+def test_bad_arguments(tmp_path, kwargs, error, message):
+  with pytest.raises(error) as info:
+    hooks.CheckpointSaverHook(str(tmp_path), **kwargs)
+  assert message in str(info.value)
+
+
+@pytest.mark.parametrize("checkpoint_dir,error,message", [
+    ("", ValueError, "`checkpoint_dir` ('') must be a non-empty path"),
+    ("  ", ValueError, "`checkpoint_dir` ('  ')"),
+    (None, TypeError, "`checkpoint_dir` (None) must be a directory path"),
+    (3, TypeError, "`checkpoint_dir` (3)"),
+])
+def test_bad_checkpoint_dir(checkpoint_dir, error, message):
+  with pytest.raises(error) as info:
+    hooks.CheckpointSaverHook(checkpoint_dir, save_steps=1)
+  assert message in str(info.value)
+
+
+def test_no_global_step_is_a_clear_runtime_error(tmp_path):
+  tf.compat.v1.get_variable("w", initializer=1.0)
+  hook = hooks.CheckpointSaverHook(str(tmp_path), save_steps=1)
+  with pytest.raises(RuntimeError, match="needs a global step.*"
+                     "get_or_create_global_step"):
+    with tf.compat.v1.train.MonitoredTrainingSession(hooks=[hook]):
+      pass
+
+
+def test_no_saver_is_a_clear_runtime_error(tmp_path):
+  tf.compat.v1.train.get_or_create_global_step()
+  hook = hooks.CheckpointSaverHook(str(tmp_path), save_steps=1)
+  hook.begin()
+  with tf.compat.v1.Session() as session:
+    session.run(tf.compat.v1.global_variables_initializer())
+    with pytest.raises(RuntimeError, match="found no saver: pass `saver=`"):
+      hook.after_create_session(session, None)
+
+
+def test_two_savers_is_a_clear_runtime_error(tmp_path):
+  tf.compat.v1.train.get_or_create_global_step()
+  for _ in range(2):
+    tf.compat.v1.add_to_collection(tf.compat.v1.GraphKeys.SAVERS,
+                                   tf.compat.v1.train.Saver())
+  hook = hooks.CheckpointSaverHook(str(tmp_path), save_steps=1)
+  hook.begin()
+  with tf.compat.v1.Session() as session:
+    session.run(tf.compat.v1.global_variables_initializer())
+    with pytest.raises(RuntimeError, match="found 2 savers"):
+      hook.after_create_session(session, None)
+
+
+def test_properties_report_declared_and_observed(tmp_path):
+  graph = build_loop_graph(steps_per_run=10)
+  hook = hooks.CheckpointSaverHook(str(tmp_path), save_steps=1000,
+                                   steps_per_run=3)
+  assert (hook.steps_per_run, hook.observed_steps_per_run) == (3, 0)
+  run_loops([hook], graph, [10] * 2)
+  assert (hook.steps_per_run, hook.observed_steps_per_run) == (3, 10)
