@@ -39,8 +39,9 @@ class StopAtStepHook(tf.compat.v1.train.SessionRunHook):
       last_step: the step to stop at. Exactly one of `num_steps` and
         `last_step` must be set.
       steps_per_run: steps one `Session.run` advances.
-      iterations_per_run: optional scalar integer placeholder the train loop
-        uses as its iteration count; the hook feeds it every run.
+      iterations_per_run: optional scalar integer placeholder (plain or
+        with default) that the train loop uses as its iteration count; the
+        hook feeds it every run.
 
     Raises:
       ValueError: both or neither of `num_steps` and `last_step`; a
@@ -59,7 +60,8 @@ class StopAtStepHook(tf.compat.v1.train.SessionRunHook):
     self._increment = RunIncrement(steps_per_run, name="steps_per_run")
     if iterations_per_run is not None:
       if (not isinstance(iterations_per_run, tf.Tensor)
-          or iterations_per_run.op.type != "Placeholder"
+          or iterations_per_run.op.type not in ("Placeholder",
+                                              "PlaceholderWithDefault")
           or not iterations_per_run.dtype.is_integer
           or iterations_per_run.shape.rank not in (0, None)):
         raise ValueError(
