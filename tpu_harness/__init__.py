@@ -1,3 +1,36 @@
-"""TPUEstimator-style runner (arrives with the runner issue)."""
+"""A TPUEstimator-style runner: many steps per Session.run, hooks around each.
 
-__all__: list[str] = []
+Public surface::
+
+  Runner                 train / evaluate / predict
+  RunConfig, TPUConfig   frozen, validated configuration
+  ModelSpec, ModeKeys    the model_fn contract
+  CrossShardOptimizer    gradient averaging across replicas
+  DeviceLoop, BuiltLoop  the interface a device implementation provides
+  CpuEmulationLoop       the local CPU implementation
+  InputShapeError        input_fn gave batches of unknown shape
+"""
+
+from tpu_harness.config import RunConfig
+from tpu_harness.config import TPUConfig
+from tpu_harness.cpu_loop import CpuEmulationLoop
+from tpu_harness.cross_shard import CrossShardOptimizer
+from tpu_harness.device_loop import BuiltLoop
+from tpu_harness.device_loop import DeviceLoop
+from tpu_harness.infeed import InputShapeError
+from tpu_harness.runner import Runner
+from tpu_harness.spec import ModeKeys
+from tpu_harness.spec import ModelSpec
+
+__all__ = [
+    "BuiltLoop",
+    "CpuEmulationLoop",
+    "CrossShardOptimizer",
+    "DeviceLoop",
+    "InputShapeError",
+    "ModeKeys",
+    "ModelSpec",
+    "Runner",
+    "RunConfig",
+    "TPUConfig",
+]

@@ -1,0 +1,94 @@
+"""Run configuration: frozen dataclasses validated on construction."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Optional
+
+from hooks import _validation
+
+
+@dataclasses.dataclass(frozen=True)
+class TPUConfig:
+  """How the device loop is laid out.
+
+  Attributes:
+    num_shards: replicas; each gets `batch_size / num_shards` examples per
+      step and gradients are averaged across them. On local CPU emulation each
+      replica is a virtual CPU device.
+  """
+  num_shards: int = 1
+
+  def __post_init__(self):
+    _validation.positive_int("num_shards", self.num_shards)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+  """Where and how training runs.
+
+  Attributes:
+    model_dir: checkpoints and events; a local path or `gs://` URL.
+    iterations_per_loop: steps run inside one `Session.run`.
+    save_checkpoints_steps: save every N steps. Exactly one of this and
+      `save_checkpoints_secs` is set; to save by time, pass
+      `save_checkpoints_steps=None, save_checkpoints_secs=600`.
+    save_checkpoints_secs: save every N seconds.
+    keep_checkpoint_max: checkpoints kept on disk; 0 keeps all.
+    log_step_count_steps: how often global_step/sec is logged and recorded.
+    save_summary_steps: how often loss and host_call scalars are written.
+    tf_random_seed: graph-level random seed, or None.
+    warm_start_from: a checkpoint file or directory to initialize trainable
+      variables from when `model_dir` has no checkpoint yet.
+    tpu: the device-loop layout.
+  """
+  model_dir: str
+  iterations_per_loop: int = 100
+  save_checkpoints_steps: Optional[int] = 1000
+  save_checkpoints_secs: Optional[int] = None
+  keep_checkpoint_max: int = 5
+  log_step_count_steps: int = 100
+  save_summary_steps: int = 100
+  tf_random_seed: Optional[int] = None
+  warm_start_from: Optional[str] = None
+  tpu: TPUConfig = dataclasses.field(default_factory=TPUConfig)
+
+  def __post_init__(self):
+    _validation.non_empty_path("model_dir", self.model_dir)
+    if isinstance(self.model_dir, os.PathLike):
+      raise TypeError(f"`model_dir` ({self.model_dir!r}) must be a str; "
+                      f"pass os.fspath(...).")
+    _validation.positive_int("iterations_per_loop", self.iterations_per_loop)
+    if (self.save_checkpoints_steps is not None
+        and self.save_checkpoints_secs is not None):
+      raise ValueError(
+          f"`save_checkpoints_steps` ({self.save_checkpoints_steps!r}) and "
+          f"`save_checkpoints_secs` ({self.save_checkpoints_secs!r}) are both "
+          f"set; exactly one must be, so set the other to None.")
+    _validation.exactly_one({
+        "save_checkpoints_steps": self.save_checkpoints_steps,
+        "save_checkpoints_secs": self.save_checkpoints_secs})
+    if self.save_checkpoints_steps is not None:
+      _validation.positive_int("save_checkpoints_steps",
+                               self.save_checkpoints_steps)
+    if self.save_checkpoints_secs is not None:
+      _validation.positive_int("save_checkpoints_secs",
+                               self.save_checkpoints_secs)
+    if (isinstance(self.keep_checkpoint_max, bool)
+        or not isinstance(self.keep_checkpoint_max, int)
+        or self.keep_checkpoint_max < 0):
+      raise ValueError(f"`keep_checkpoint_max` ({self.keep_checkpoint_max!r})"
+                       f" must be an integer >= 0 (0 keeps all).")
+    _validation.positive_int("log_step_count_steps", self.log_step_count_steps)
+    _validation.positive_int("save_summary_steps", self.save_summary_steps)
+    if self.tf_random_seed is not None and (
+        isinstance(self.tf_random_seed, bool)
+        or not isinstance(self.tf_random_seed, int)):
+      raise TypeError(f"`tf_random_seed` ({self.tf_random_seed!r}) must be an "
+                      f"integer or None.")
+    if self.warm_start_from is not None:
+      _validation.non_empty_path("warm_start_from", self.warm_start_from)
+    if not isinstance(self.tpu, TPUConfig):
+      raise TypeError(f"`tpu` ({self.tpu!r}) must be a TPUConfig, got "
+                      f"{type(self.tpu).__name__}.")

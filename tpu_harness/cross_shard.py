@@ -1,0 +1,125 @@
+"""Gradient averaging across replicas, for the CPU emulation of a TPU loop.
+
+On a TPU each replica runs the same step on its slice of the batch and
+`tf.compat.v1.tpu.CrossShardOptimizer` sums gradients with a cross-replica
+all-reduce. Locally the runner builds each replica's step in turn, on its own
+virtual CPU device, inside one loop body. `CrossShardOptimizer` then collects
+the gradients of every replica and applies their mean once, in the last
+replica's `apply_gradients`; earlier replicas' `apply_gradients` are no-ops.
+One step of N replicas thus equals one step of one replica on the whole batch
+(for a loss that is a mean over the batch), and the global step advances once.
+
+Outside the runner's replica context (num_shards == 1, or plain use) it is
+the wrapped optimizer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import threading
+from typing import Dict, List, Optional
+
+import tensorflow as tf
+
+_LOCAL = threading.local()
+
+
+@dataclasses.dataclass
+class _ReplicaContext:
+  index: int
+  count: int
+  # Per variable (by ref), the gradients of replicas so far.
+  grads: Dict[object, List[tf.Tensor]] = dataclasses.field(default_factory=dict)
+  variables: Dict[object, tf.Variable] = dataclasses.field(
+      default_factory=dict)
+  used: bool = False
+
+
+def current_replica() -> Optional[_ReplicaContext]:
+  """The replica being built, or None outside the runner's loop."""
+  return getattr(_LOCAL, "context", None)
+
+
+@contextlib.contextmanager
+def replica_group(count: int):
+  """Builds `count` replicas of one step; yields a function to enter each.
+
+  Usage (by the device loop)::
+
+    with replica_group(n) as replica:
+      for i in range(n):
+        with replica(i):
+          spec = model_fn(...)
+  """
+  shared = _ReplicaContext(index=0, count=count)
+
+  @contextlib.contextmanager
+  def replica(index: int):
+    shared.index = index
+    _LOCAL.context = shared
+    try:
+      yield shared
+    finally:
+      _LOCAL.context = None
+
+  yield replica
+
+
+class CrossShardOptimizer(tf.compat.v1.train.Optimizer):
+  """Averages gradients across replicas, then applies the wrapped optimizer.
+
+  Wrap the optimizer inside `model_fn`::
+
+    optimizer = tpu_harness.CrossShardOptimizer(
+        tf.compat.v1.train.GradientDescentOptimizer(0.1))
+    train_op = optimizer.minimize(loss, global_step=global_step)
+  """
+
+  def __init__(self, optimizer: tf.compat.v1.train.Optimizer,
+               name: str = "CrossShardOptimizer"):
+    if not isinstance(optimizer, tf.compat.v1.train.Optimizer):
+      raise TypeError(f"`optimizer` ({optimizer!r}) must be a "
+                      f"tf.compat.v1.train.Optimizer.")
+    super().__init__(use_locking=False, name=name)
+    self._optimizer = optimizer
+
+  def compute_gradients(self, loss, var_list=None, **kwargs):
+    return self._optimizer.compute_gradients(loss, var_list=var_list, **kwargs)
+
+  def apply_gradients(self, grads_and_vars, global_step=None, name=None):
+    context = current_replica()
+    if context is None or context.count == 1:
+      if context is not None:
+        context.used = True
+      return self._optimizer.apply_gradients(grads_and_vars, global_step,
+                                             name)
+    context.used = True
+    for grad, var in grads_and_vars:
+      if grad is None:
+        continue
+      key = var.ref()
+      context.grads.setdefault(key, []).append(grad)
+      context.variables[key] = var
+    if context.index < context.count - 1:
+      return tf.no_op(name="collect_replica_gradients")
+    averaged = []
+    for key, grads in context.grads.items():
+      if len(grads) != context.count:
+        raise ValueError(
+            f"Variable {context.variables[key].name} got gradients from "
+            f"{len(grads)} of {context.count} replicas; every replica must "
+            f"compute the same gradients.")
+      averaged.append((tf.add_n(grads) / float(context.count),
+                       context.variables[key]))
+    context.grads.clear()
+    return self._optimizer.apply_gradients(averaged, global_step, name)
+
+  def get_slot(self, *args, **kwargs):
+    return self._optimizer.get_slot(*args, **kwargs)
+
+  def get_slot_names(self, *args, **kwargs):
+    return self._optimizer.get_slot_names(*args, **kwargs)
+
+  def variables(self):
+    return self._optimizer.variables()

@@ -1,0 +1,69 @@
+"""The interface between the runner and a device loop implementation.
+
+A device loop builds, for one mode, the graph that runs many steps inside one
+`Session.run`: an infeed the host fills, a loop that dequeues one element per
+step and calls `model_fn` once per replica, and an outfeed that brings each
+step's values back to the host. The runner drives it the same way whatever
+the device: request infeed steps, run `fetches` with `iterations` fed, repeat.
+
+`tpu_harness.cpu_loop.CpuEmulationLoop` implements it on virtual CPU devices.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from typing import Any, Callable, Dict, Mapping, Optional
+
+import tensorflow as tf
+
+from tpu_harness.infeed import HostInfeed
+
+
+@dataclasses.dataclass(frozen=True)
+class BuiltLoop:
+  """The graph of one mode's loop.
+
+  Attributes:
+    infeed: the host side of the input.
+    iterations: scalar int32 placeholder: the steps the next run does.
+    fetches: what one run returns: `outfeed` (per-step values stacked on a
+      first axis of length `iterations`), and for TRAIN `end_step`, the global
+      step after the run.
+    host_fn: TRAIN: the host_call function, or None.
+    metrics: EVAL: `{name: value tensor}` of the streaming metrics, updated by
+      running `fetches`.
+  """
+  infeed: HostInfeed
+  iterations: tf.Tensor
+  fetches: Dict[str, Any]
+  host_fn: Optional[Callable[..., Mapping[str, float]]] = None
+  metrics: Optional[Dict[str, tf.Tensor]] = None
+
+
+class DeviceLoop(abc.ABC):
+  """Builds train, eval and predict loops for one kind of device."""
+
+  @property
+  @abc.abstractmethod
+  def num_shards(self) -> int:
+    """Replicas each step is split across."""
+
+  @abc.abstractmethod
+  def session_config(self) -> tf.compat.v1.ConfigProto:
+    """The session configuration the loop needs (devices, threads)."""
+
+  @abc.abstractmethod
+  def build_train(self, model_fn: Callable, input_fn: Callable,
+                  params: Dict[str, Any], skip_steps: int) -> BuiltLoop:
+    """Builds the training loop, skipping `skip_steps` steps of input."""
+
+  @abc.abstractmethod
+  def build_eval(self, model_fn: Callable, input_fn: Callable,
+                 params: Dict[str, Any]) -> BuiltLoop:
+    """Builds the evaluation loop and its metrics."""
+
+  @abc.abstractmethod
+  def build_predict(self, model_fn: Callable, input_fn: Callable,
+                    params: Dict[str, Any]) -> BuiltLoop:
+    """Builds the prediction loop; fetches carry `valid` row counts."""

@@ -1,0 +1,183 @@
+"""CPU emulation of the TPU infeed: a host thread feeding a queue the loop reads.
+
+Host side: before each loop the runner `request`s k steps; a host thread runs
+an in-graph enqueue loop (one `Session.run`) that moves up to k elements from
+the input iterator into a FIFO queue, stopping early at the end of the input,
+and reports how many it moved (`wait`). The runner then runs the device loop
+for exactly that many steps, and asks for the next loop's steps before it
+does, so the host fills the queue while the device loop drains it.
+
+Device side: the loop body calls `dequeue()` once per step.
+
+The queue holds at most one loop's elements (`capacity`), which bounds host
+memory to `iterations_per_loop` global batches.
+"""
+
+from __future__ import annotations
+
+import queue as queue_lib
+import threading
+from typing import Any, Optional
+
+from absl import logging
+import tensorflow as tf
+
+
+class InputShapeError(ValueError):
+  """The input pipeline's elements do not have the fixed shapes a loop needs."""
+
+
+class HostInfeed:
+  """Queue, iterator and enqueue loop of one input pipeline."""
+
+  def __init__(self, dataset: tf.data.Dataset, capacity: int, name: str):
+    """Builds the host-side ops in the default graph.
+
+    Args:
+      dataset: elements of one step each, every tensor of fixed shape.
+      capacity: queue capacity, in steps.
+      name: used in op names and messages.
+
+    Raises:
+      InputShapeError: an element tensor has an unknown dimension.
+    """
+    self._name = name
+    self._structure = dataset.element_spec
+    specs = tf.nest.flatten(self._structure)
+    for path, spec in zip(leaf_paths(self._structure), specs):
+      if not spec.shape.is_fully_defined():
+        raise InputShapeError(
+            f"`input_fn` must return a tf.data.Dataset whose elements have "
+            f"fixed shapes (batch with drop_remainder=True); {path} has shape "
+            f"{spec.shape}.")
+    self._dtypes = [spec.dtype for spec in specs]
+    self._shapes = [spec.shape for spec in specs]
+    with tf.name_scope(f"{name}_infeed"):
+      self._iterator = tf.compat.v1.data.make_initializable_iterator(dataset)
+      self._queue = tf.queue.FIFOQueue(capacity, self._dtypes,
+                                       shapes=self._shapes)
+      self._steps = tf.compat.v1.placeholder(tf.int32, [], name="steps")
+      self._enqueue_loop = self._build_enqueue_loop()
+      self._close = self._queue.close(cancel_pending_enqueues=True)
+    self._requests: queue_lib.Queue = queue_lib.Queue()
+    self._results: queue_lib.Queue = queue_lib.Queue()
+    self._thread: Optional[threading.Thread] = None
+    self._session = None
+    self._stopping = False
+
+  @property
+  def element_spec(self) -> Any:
+    return self._structure
+
+  def _build_enqueue_loop(self) -> tf.Tensor:
+    iterator = self._iterator
+
+    def body(moved, done):
+      optional = iterator.get_next_as_optional()
+
+      def enqueue():
+        values = tf.nest.flatten(optional.get_value())
+        with tf.control_dependencies([self._queue.enqueue(values)]):
+          return moved + 1, tf.constant(False)
+
+      return tf.cond(optional.has_value(), enqueue,
+                     lambda: (moved, tf.constant(True)))
+
+    moved, _ = tf.while_loop(
+        lambda moved, done: tf.logical_and(moved < self._steps,
+                                           tf.logical_not(done)),
+        body, [tf.constant(0), tf.constant(False)], name="enqueue_loop")
+    return moved
+
+  def dequeue(self) -> Any:
+    """Device side: the next step's element, in the dataset's structure."""
+    values = self._queue.dequeue()
+    if not isinstance(values, (list, tuple)):
+      values = [values]
+    for value, shape in zip(values, self._shapes):
+      value.set_shape(shape)
+    return tf.nest.pack_sequence_as(self._structure, list(values))
+
+  # Host thread.
+
+  def start(self, session: tf.compat.v1.Session) -> None:
+    """Initializes the iterator and starts the host thread."""
+    self.stop()
+    session.run(self._iterator.initializer)
+    self._session = session
+    self._stopping = False
+    self._requests = queue_lib.Queue()
+    self._results = queue_lib.Queue()
+    self._thread = threading.Thread(target=self._serve, daemon=True,
+                                    name=f"{self._name}_infeed")
+    self._thread.start()
+
+  def request(self, steps: int) -> None:
+    """Asks the host thread to enqueue up to `steps` more steps."""
+    self._requests.put(int(steps))
+
+  def wait(self) -> int:
+    """Returns how many steps the oldest request enqueued (0: input ended).
+
+    Raises:
+      Exception: whatever the input pipeline raised on the host thread.
+    """
+    result = self._results.get()
+    if isinstance(result, BaseException):
+      raise result
+    return result
+
+  def stop(self) -> None:
+    """Stops the host thread; pending enqueues are cancelled."""
+    if self._thread is None:
+      return
+    self._stopping = True
+    self._requests.put(None)
+    try:
+      self._session.run(self._close)
+    except (tf.errors.OpError, RuntimeError) as error:  # Session closing.
+      logging.debug("Closing %s infeed: %s", self._name, error)
+    self._thread.join()
+    self._thread = None
+
+  def _serve(self) -> None:
+    while True:
+      steps = self._requests.get()
+      if steps is None:
+        return
+      try:
+        moved = self._session.run(self._enqueue_loop,
+                                  {self._steps: steps})
+      except Exception as error:  # pylint: disable=broad-except
+        if not self._stopping:
+          logging.error("%s infeed failed: %s", self._name, error)
+        self._results.put(error)
+        return
+      self._results.put(int(moved))
+
+
+class InfeedHook(tf.compat.v1.train.SessionRunHook):
+  """Starts the host infeed with each session and stops it at the end."""
+
+  def __init__(self, infeed: HostInfeed):
+    self._infeed = infeed
+
+  def after_create_session(self, session, coord) -> None:
+    del coord  # Unused.
+    self._infeed.start(session)
+
+  def end(self, session) -> None:
+    del session  # Unused.
+    self._infeed.stop()
+
+
+def leaf_paths(structure: Any, prefix: str = "element") -> list:
+  """Readable names of a nested structure's leaves, in tf.nest.flatten order
+  (dict keys sorted, sequences in order)."""
+  if isinstance(structure, dict):
+    return [path for key in sorted(structure)
+            for path in leaf_paths(structure[key], f"{prefix}[{key!r}]")]
+  if isinstance(structure, (list, tuple)):
+    return [path for index, item in enumerate(structure)
+            for path in leaf_paths(item, f"{prefix}[{index}]")]
+  return [prefix]

@@ -1,0 +1,439 @@
+"""`Runner`: TPUEstimator-style train / evaluate / predict over device loops.
+
+Per training loop (one `Session.run` of up to `iterations_per_loop` steps)::
+
+  infeed.request(k)            # host thread moves k steps of input
+  n = infeed.wait()            # steps actually available (input may end)
+  infeed.request(next k)       # so the host fills while the device runs
+  hooks.before_run             # every hook, steps_per_run = iterations_per_loop
+  session.run(loop, iterations=n)   # n steps on the device, outfeed back
+  hooks.after_run              # saves, step counting, stop at max_steps
+  log: step, loss, steps/sec, examples/sec; write loss + host_call scalars
+
+The last loop is shortened so training stops exactly at `max_steps`.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import time
+from typing import (Any, Callable, Dict, Iterable, Iterator, Mapping,
+                    Optional, Sequence)
+
+from absl import logging
+import numpy as np
+import tensorflow as tf
+
+import hooks as hooks_lib
+from hooks import _validation
+from tpu_harness import cpu_loop
+from tpu_harness.config import RunConfig
+from tpu_harness.device_loop import BuiltLoop
+from tpu_harness.device_loop import DeviceLoop
+from tpu_harness.infeed import InfeedHook
+
+
+class Runner:
+  """Trains, evaluates and predicts with `model_fn` in device loops."""
+
+  def __init__(self,
+               model_fn: Callable[..., Any],
+               config: RunConfig,
+               *,  # Makes all following args keyword only.
+               params: Optional[Mapping[str, Any]] = None,
+               train_batch_size: Optional[int] = None,
+               eval_batch_size: Optional[int] = None,
+               predict_batch_size: Optional[int] = None,
+               device_loop: Optional[DeviceLoop] = None,
+               clock: Callable[[], float] = time.monotonic):
+    """Initializes the runner.
+
+    Args:
+      model_fn: `model_fn(features, labels, mode, params) -> ModelSpec`.
+      config: the `RunConfig`.
+      params: passed to `model_fn` and `input_fn`, plus `batch_size` (the
+        per-replica batch size), which the runner sets.
+      train_batch_size: global examples per training step.
+      eval_batch_size: global examples per evaluation step.
+      predict_batch_size: global examples per prediction step.
+      device_loop: how loops are built; default: CPU emulation with
+        `config.tpu.num_shards` replicas.
+      clock: seconds, for the progress log.
+
+    Raises:
+      TypeError: `model_fn` is not callable with four arguments, `config` is
+        not a RunConfig, `params` is not a mapping.
+      ValueError: `params` has `batch_size`; a batch size is not a positive
+        multiple of `num_shards`.
+    """
+    if not callable(model_fn):
+      raise TypeError(f"`model_fn` ({model_fn!r}) must be callable.")
+    try:
+      inspect.signature(model_fn).bind(None, None, None, None)
+    except (TypeError, ValueError):
+      raise TypeError(
+          f"`model_fn` ({model_fn!r}) must accept (features, labels, mode, "
+          f"params); its signature is {_signature(model_fn)}.") from None
+    if not isinstance(config, RunConfig):
+      raise TypeError(f"`config` ({config!r}) must be a "
+                      f"tpu_harness.RunConfig.")
+    if params is not None and not isinstance(params, Mapping):
+      raise TypeError(f"`params` ({params!r}) must be a dict or None.")
+    params = dict(params or {})
+    if "batch_size" in params:
+      raise ValueError(
+          f"`params` ({params!r}) must not contain 'batch_size': the runner "
+          f"sets it to the per-replica batch size; pass train_batch_size / "
+          f"eval_batch_size / predict_batch_size instead.")
+    shards = config.tpu.num_shards
+    for name, value in (("train_batch_size", train_batch_size),
+                        ("eval_batch_size", eval_batch_size),
+                        ("predict_batch_size", predict_batch_size)):
+      if value is None:
+        continue
+      _validation.positive_int(name, value)
+      if value % shards:
+        raise ValueError(f"`{name}` ({value}) must be a multiple of "
+                         f"`num_shards` ({shards}).")
+    self._model_fn = model_fn
+    self._config = config
+    self._params = params
+    self._batch_sizes = {"train": train_batch_size, "eval": eval_batch_size,
+                         "predict": predict_batch_size}
+    self._device = device_loop or cpu_loop.CpuEmulationLoop(
+        num_shards=shards, iterations_per_loop=config.iterations_per_loop)
+    self._clock = clock
+
+  @property
+  def config(self) -> RunConfig:
+    return self._config
+
+  @property
+  def model_dir(self) -> str:
+    return self._config.model_dir
+
+  def latest_checkpoint(self) -> Optional[str]:
+    """The newest checkpoint in `model_dir`, or None."""
+    return tf.train.latest_checkpoint(self._config.model_dir)
+
+  # Training.
+
+  def train(self,
+            input_fn: Callable[[Dict[str, Any]], tf.data.Dataset],
+            max_steps: Optional[int] = None,
+            steps: Optional[int] = None,
+            hooks: Optional[Sequence[tf.compat.v1.train.SessionRunHook]] = None,
+            saving_listeners: Optional[Iterable[
+                tf.compat.v1.train.CheckpointSaverListener]] = None,
+            ) -> "Runner":
+    """Trains until the global step is `max_steps` (or for `steps` more).
+
+    Resumes from the latest checkpoint in `model_dir`; with none there and
+    `config.warm_start_from` set, initializes trainable variables from it.
+
+    Args:
+      input_fn: `input_fn(params) -> Dataset` of (features, labels) with
+        fixed-shape batches of `params['batch_size']`.
+      max_steps: the global step to stop at.
+      steps: how many steps to run from the current global step. Exactly one
+        of `steps` and `max_steps`.
+      hooks: more `SessionRunHook`s; they are told nothing about
+        steps_per_run and see one `Session.run` per loop.
+      saving_listeners: `CheckpointSaverListener`s for the checkpoint saver.
+
+    Returns:
+      self.
+
+    Raises:
+      ValueError, TypeError: bad arguments, or a `model_fn` / `input_fn`
+        that breaks the contract (see `tpu_harness.spec`).
+      RuntimeError: the train op did not advance the global step by one
+        per step.
+    """
+    _validation.exactly_one({"max_steps": max_steps, "steps": steps})
+    if max_steps is not None:
+      _validation.positive_int("max_steps", max_steps)
+    if steps is not None:
+      _validation.positive_int("steps", steps)
+    user_hooks = list(hooks or [])
+    for index, hook in enumerate(user_hooks):
+      if not isinstance(hook, tf.compat.v1.train.SessionRunHook):
+        raise TypeError(f"`hooks[{index}]` ({hook!r}) must be a "
+                        f"tf.compat.v1.train.SessionRunHook.")
+    batch_size = self._batch_size("train")
+    config = self._config
+    latest = self.latest_checkpoint()
+    start_step = _checkpoint_step(latest) if latest else 0
+    last_step = max_steps if max_steps is not None else start_step + steps
+    if start_step >= last_step:
+      logging.info("Skipping training: global step %d is already at or past "
+                   "max_steps %d (%s).", start_step, last_step, latest)
+      return self
+
+    with tf.Graph().as_default():
+      if config.tf_random_seed is not None:
+        tf.compat.v1.set_random_seed(config.tf_random_seed)
+      tf.compat.v1.train.get_or_create_global_step()
+      loop = self._device.build_train(self._model_fn, input_fn,
+                                      self._params_for(batch_size),
+                                      skip_steps=start_step)
+      if latest is None and config.warm_start_from:
+        logging.info("Warm-starting trainable variables from %s.",
+                     config.warm_start_from)
+        tf.compat.v1.train.warm_start(config.warm_start_from)
+      scaffold = tf.compat.v1.train.Scaffold(saver=tf.compat.v1.train.Saver(
+          max_to_keep=config.keep_checkpoint_max, save_relative_paths=True))
+      ipl = config.iterations_per_loop
+      all_hooks = [
+          InfeedHook(loop.infeed),
+          hooks_lib.StopAtStepHook(last_step=last_step, steps_per_run=ipl),
+          hooks_lib.StepCounterHook(
+              every_n_steps=config.log_step_count_steps,
+              output_dir=config.model_dir, steps_per_run=ipl,
+              batch_size=batch_size),
+      ] + user_hooks + [
+          hooks_lib.CheckpointSaverHook(
+              config.model_dir, save_steps=config.save_checkpoints_steps,
+              save_secs=config.save_checkpoints_secs, scaffold=scaffold,
+              listeners=saving_listeners, steps_per_run=ipl),
+      ]
+      creator = tf.compat.v1.train.ChiefSessionCreator(
+          scaffold=scaffold, checkpoint_dir=config.model_dir,
+          config=self._device.session_config())
+      writer = tf.compat.v1.summary.FileWriterCache.get(config.model_dir)
+      logging.info("Training from step %d to %d, %d steps per loop.",
+                   start_step, last_step, ipl)
+      with tf.compat.v1.train.MonitoredSession(
+          session_creator=creator, hooks=all_hooks) as session:
+        try:
+          self._train_loops(session, loop, start_step, last_step, batch_size,
+                            writer)
+        finally:
+          loop.infeed.stop()
+      writer.flush()
+    return self
+
+  def _train_loops(self, session, loop: BuiltLoop, step: int, last_step: int,
+                   batch_size: int, writer) -> None:
+    ipl = self._config.iterations_per_loop
+    requested = min(ipl, last_step - step)
+    loop.infeed.request(requested)
+    while not session.should_stop():
+      count = loop.infeed.wait()
+      if count == 0:
+        logging.info("Input ended at step %d, before max_steps %d.", step,
+                     last_step)
+        return
+      ended = count < requested
+      requested = 0 if ended else min(ipl, last_step - step - count)
+      if requested:
+        loop.infeed.request(requested)
+      started = self._clock()
+      results = session.run(loop.fetches, feed_dict={loop.iterations: count})
+      elapsed = self._clock() - started
+      end_step = int(results["end_step"])
+      if end_step - step != count:
+        raise RuntimeError(
+            f"The global step went from {step} to {end_step} in a loop of "
+            f"{count} steps: `model_fn`'s train_op must advance it by exactly "
+            f"one per step (pass global_step=tf.compat.v1.train."
+            f"get_global_step() to the optimizer's minimize).")
+      self._report(results["outfeed"], loop.host_fn, step, end_step, elapsed,
+                   batch_size, last_step, writer)
+      step = end_step
+      if ended:
+        logging.info("Input ended at step %d, before max_steps %d.", step,
+                     last_step)
+        return
+
+  def _report(self, outfeed, host_fn, start, end, elapsed, batch_size,
+              last_step, writer) -> None:
+    losses = outfeed[cpu_loop.LOSS]
+    steps = end - start
+    rate = steps / elapsed if elapsed > 0 else float("inf")
+    logging.info("step %d: loss = %.6g (%.1f steps/sec, %.1f examples/sec)",
+                 end, losses[-1], rate, rate * batch_size)
+    every = self._config.save_summary_steps
+    for offset, step in enumerate(range(start + 1, end + 1)):
+      if step % every and step != last_step:
+        continue
+      values = [tf.compat.v1.Summary.Value(tag="loss",
+                                           simple_value=losses[offset])]
+      if host_fn is not None:
+        scalars = host_fn(**{name: value[offset]
+                             for name, value in outfeed.items()
+                             if name != cpu_loop.LOSS})
+        values += [tf.compat.v1.Summary.Value(tag=tag, simple_value=float(v))
+                   for tag, v in dict(scalars).items()]
+      writer.add_summary(tf.compat.v1.Summary(value=values), step)
+
+  # Evaluation.
+
+  def evaluate(self,
+               input_fn: Callable[[Dict[str, Any]], tf.data.Dataset],
+               steps: Optional[int] = None,
+               checkpoint_path: Optional[str] = None,
+               name: Optional[str] = None,
+               hooks: Optional[Sequence[tf.compat.v1.train.SessionRunHook]]
+               = None) -> Dict[str, Any]:
+    """Evaluates a checkpoint; returns its metrics, `loss` and `global_step`.
+
+    Args:
+      input_fn: `input_fn(params) -> Dataset` of (features, labels).
+      steps: eval steps; None runs until the input ends.
+      checkpoint_path: the checkpoint; default: the latest in `model_dir`.
+      name: eval name: events go to `model_dir/eval_<name>` (or `/eval`).
+      hooks: more `SessionRunHook`s.
+
+    Raises:
+      ValueError: no checkpoint, bad `steps`, or a contract violation.
+    """
+    if steps is not None:
+      _validation.positive_int("steps", steps)
+    if name is not None:
+      _validation.non_empty_str("name", name)
+    batch_size = self._batch_size("eval")
+    checkpoint = self._checkpoint_to_use(checkpoint_path)
+    with tf.Graph().as_default():
+      global_step = tf.compat.v1.train.get_or_create_global_step()
+      loop = self._device.build_eval(self._model_fn, input_fn,
+                                     self._params_for(batch_size))
+      with self._restored_session(loop, checkpoint, hooks) as session:
+        try:
+          ran = sum(count for count, _ in self._loops(loop, session, steps))
+        finally:
+          loop.infeed.stop()
+        metrics, step = session.run((loop.metrics, global_step))
+      if ran == 0:
+        raise ValueError("`input_fn` gave no complete eval step (each step "
+                         f"needs {self._device.num_shards} batches of "
+                         f"{batch_size // self._device.num_shards}).")
+      eval_dir = os.path.join(self._config.model_dir,
+                              f"eval_{name}" if name else "eval")
+      writer = tf.compat.v1.summary.FileWriterCache.get(eval_dir)
+      writer.add_summary(tf.compat.v1.Summary(value=[
+          tf.compat.v1.Summary.Value(tag=key, simple_value=float(value))
+          for key, value in metrics.items() if np.ndim(value) == 0]),
+                         int(step))
+      writer.flush()
+    results = {key: _python_value(value) for key, value in metrics.items()}
+    results["global_step"] = int(step)
+    logging.info("Eval of %s over %d steps: %s", checkpoint, ran, results)
+    return results
+
+  # Prediction.
+
+  def predict(self,
+              input_fn: Callable[[Dict[str, Any]], tf.data.Dataset],
+              checkpoint_path: Optional[str] = None,
+              ) -> Iterator[Dict[str, np.ndarray]]:
+    """Yields one `{name: value}` per input example, in input order.
+
+    The input's last batch may be partial; it is padded for the device and
+    the padding is dropped.
+
+    Raises:
+      ValueError: no checkpoint, or a contract violation.
+    """
+    batch_size = self._batch_size("predict")
+    checkpoint = self._checkpoint_to_use(checkpoint_path)
+    with tf.Graph().as_default():
+      tf.compat.v1.train.get_or_create_global_step()
+      loop = self._device.build_predict(self._model_fn, input_fn,
+                                        self._params_for(batch_size))
+      with self._restored_session(loop, checkpoint, None) as session:
+        try:
+          for _, outfeed in self._loops(loop, session, None):
+            yield from _rows(outfeed)
+        finally:
+          loop.infeed.stop()
+
+  # Shared.
+
+  def _batch_size(self, mode: str) -> int:
+    value = self._batch_sizes[mode]
+    if value is None:
+      raise ValueError(f"`{mode}_batch_size` was not given to the Runner; "
+                       f"it is needed to {mode}.")
+    return value
+
+  def _params_for(self, global_batch_size: int) -> Dict[str, Any]:
+    return dict(self._params,
+                batch_size=global_batch_size // self._device.num_shards)
+
+  def _checkpoint_to_use(self, checkpoint_path: Optional[str]) -> str:
+    if checkpoint_path is not None:
+      _validation.non_empty_path("checkpoint_path", checkpoint_path)
+      if not tf.io.gfile.exists(checkpoint_path + ".index"):
+        raise ValueError(f"`checkpoint_path` ({checkpoint_path!r}) is not a "
+                         f"checkpoint: {checkpoint_path}.index does not "
+                         f"exist.")
+      return checkpoint_path
+    latest = self.latest_checkpoint()
+    if latest is None:
+      raise ValueError(f"No checkpoint in `model_dir` "
+                       f"({self._config.model_dir!r}); train first or pass "
+                       f"`checkpoint_path`.")
+    return latest
+
+  def _restored_session(self, loop: BuiltLoop, checkpoint: str, hooks):
+    scaffold = tf.compat.v1.train.Scaffold(saver=tf.compat.v1.train.Saver())
+    creator = tf.compat.v1.train.ChiefSessionCreator(
+        scaffold=scaffold, checkpoint_filename_with_path=checkpoint,
+        config=self._device.session_config())
+    return tf.compat.v1.train.MonitoredSession(
+        session_creator=creator,
+        hooks=[InfeedHook(loop.infeed)] + list(hooks or []))
+
+  def _loops(self, loop: BuiltLoop, session, steps: Optional[int]):
+    """Runs loops until `steps` (or the input) is done.
+
+    Yields:
+      (steps run, outfeed values) per loop.
+    """
+    ipl = self._config.iterations_per_loop
+    done = 0
+    requested = ipl if steps is None else min(ipl, steps)
+    loop.infeed.request(requested)
+    while requested:
+      count = loop.infeed.wait()
+      if count == 0:
+        return
+      done += count
+      ended = count < requested
+      requested = 0 if ended else (
+          ipl if steps is None else min(ipl, steps - done))
+      if requested:
+        loop.infeed.request(requested)
+      results = session.run(loop.fetches, feed_dict={loop.iterations: count})
+      yield count, results.get("outfeed")
+
+
+def _rows(outfeed: Mapping[str, np.ndarray]) -> Iterator[Dict[str, Any]]:
+  valid = outfeed[cpu_loop.VALID]
+  names = [name for name in outfeed if name != cpu_loop.VALID]
+  for step in range(valid.shape[0]):
+    for shard in range(valid.shape[1]):
+      for row in range(int(valid[step, shard])):
+        yield {name: outfeed[name][step, shard, row] for name in names}
+
+
+def _checkpoint_step(checkpoint: str) -> int:
+  reader = tf.train.load_checkpoint(checkpoint)
+  if not reader.has_tensor("global_step"):
+    raise ValueError(f"Checkpoint {checkpoint} has no global_step; it was not "
+                     f"written by a training run.")
+  return int(reader.get_tensor("global_step"))
+
+
+def _python_value(value: Any) -> Any:
+  return value.item() if isinstance(value, np.generic) or (
+      isinstance(value, np.ndarray) and value.ndim == 0) else value
+
+
+def _signature(fn: Callable) -> str:
+  try:
+    return str(inspect.signature(fn))
+  except (TypeError, ValueError):
+    return "unknown"
