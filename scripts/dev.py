@@ -31,9 +31,9 @@ LOCK_INPUTS = ("requirements.lock", "setup.cfg", "pyproject.toml")
 STAMP_NAME = ".tpu-harness-lock.sha256"
 SUPPORTED_PYTHON = ((3, 10), (3, 13))
 
-# The main job: until the runner lands, the hooks demo.
+# The main job: the digits classifier through the runner, on CPU emulation.
 JOBS = {
-    "train": ["-m", "scripts.hooks_demo"],
+    "train": ["-m", "scripts.digits_main"],
     "test": ["-m", "pytest"],
 }
 

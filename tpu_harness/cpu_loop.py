@@ -56,6 +56,14 @@ class CpuEmulationLoop(DeviceLoop):
       raise TypeError(f"`input_fn` must return a Dataset of (features, "
                       f"labels) pairs in mode {mode!r}; its elements are "
                       f"{spec}.")
+    if mode != spec_lib.ModeKeys.PREDICT:
+      names = leaf_paths(spec[0], "features") + leaf_paths(spec[1], "labels")
+      for name, leaf in zip(names, tf.nest.flatten(spec)):
+        if not leaf.shape.is_fully_defined():
+          raise InputShapeError(
+              f"`input_fn` must return batches of fixed shape in mode "
+              f"{mode!r} (batch with drop_remainder=True); {name} has shape "
+              f"{leaf.shape}.")
     return dataset
 
   def _replicas(self, model_fn: Callable, element: Any, mode: str,

@@ -42,6 +42,7 @@ class HostInfeed:
       InputShapeError: an element tensor has an unknown dimension.
     """
     self._name = name
+    self._capacity = capacity
     self._structure = dataset.element_spec
     specs = tf.nest.flatten(self._structure)
     for path, spec in zip(leaf_paths(self._structure), specs):
@@ -113,7 +114,15 @@ class HostInfeed:
     self._thread.start()
 
   def request(self, steps: int) -> None:
-    """Asks the host thread to enqueue up to `steps` more steps."""
+    """Asks the host thread to enqueue up to `steps` more steps.
+
+    Raises:
+      ValueError: `steps` exceeds the queue capacity; `wait()` would never
+        return, since the enqueue loop reports only when it has finished.
+    """
+    if not 0 < steps <= self._capacity:
+      raise ValueError(f"`steps` ({steps}) must be in 1..{self._capacity}, "
+                       f"the {self._name} infeed's capacity.")
     self._requests.put(int(steps))
 
   def wait(self) -> int:

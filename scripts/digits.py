@@ -1,0 +1,95 @@
+"""A real small classifier for the runner: an MLP on 8x8 handwritten digits.
+
+Data: `scripts/data/digits.csv.gz` (1797 images, vendored; see its README).
+Split: a fixed shuffle, then 1509 training and 288 test images (288 = 9
+batches of 32, so evaluation sees every test image).
+"""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import os
+from typing import Any, Dict, Tuple
+
+import numpy as np
+import tensorflow as tf
+
+import tpu_harness as th
+
+DATA_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data",
+                         "digits.csv.gz")
+NUM_PIXELS = 64
+NUM_CLASSES = 10
+NUM_TEST = 288
+SPLIT_SEED = 20261125
+
+
+@functools.lru_cache(maxsize=1)
+def load() -> Dict[str, Tuple[np.ndarray, np.ndarray]]:
+  """Returns {'train': (x, y), 'test': (x, y)}; x in [0, 1], y int32."""
+  with gzip.open(DATA_FILE, "rt") as f:
+    table = np.loadtxt(f, delimiter=",", dtype=np.float32)
+  order = np.random.RandomState(SPLIT_SEED).permutation(len(table))
+  table = table[order]
+  x = table[:, :NUM_PIXELS] / 16.0
+  y = table[:, NUM_PIXELS].astype(np.int32)
+  return {"train": (x[:-NUM_TEST], y[:-NUM_TEST]),
+          "test": (x[-NUM_TEST:], y[-NUM_TEST:])}
+
+
+def train_input_fn(params: Dict[str, Any]) -> tf.data.Dataset:
+  x, y = load()["train"]
+  return (tf.data.Dataset.from_tensor_slices((x, y))
+          .shuffle(len(x), seed=params.get("seed", 1), reshuffle_each_iteration=True)
+          .repeat()
+          .batch(params["batch_size"], drop_remainder=True))
+
+
+def eval_input_fn(params: Dict[str, Any]) -> tf.data.Dataset:
+  x, y = load()["test"]
+  return tf.data.Dataset.from_tensor_slices((x, y)).batch(
+      params["batch_size"], drop_remainder=True)
+
+
+def predict_input_fn(params: Dict[str, Any]) -> tf.data.Dataset:
+  x, _ = load()["test"]
+  return tf.data.Dataset.from_tensor_slices(x).batch(params["batch_size"])
+
+
+def _dense(name: str, inputs: tf.Tensor, units: int) -> tf.Tensor:
+  with tf.compat.v1.variable_scope(name):
+    kernel = tf.compat.v1.get_variable(
+        "kernel", [inputs.shape[-1], units],
+        initializer=tf.compat.v1.glorot_uniform_initializer(seed=7))
+    bias = tf.compat.v1.get_variable("bias", [units],
+                                     initializer=tf.zeros_initializer())
+  return tf.matmul(inputs, kernel) + bias
+
+
+def model_fn(features, labels, mode, params) -> th.ModelSpec:
+  """64 -> hidden (ReLU) -> 10 logits; Adam on softmax cross-entropy."""
+  hidden = tf.nn.relu(_dense("hidden", features, params.get("hidden", 64)))
+  logits = _dense("logits", hidden, NUM_CLASSES)
+  classes = tf.argmax(logits, axis=-1, output_type=tf.int32)
+  if mode == th.ModeKeys.PREDICT:
+    return th.ModelSpec(mode=mode, predictions={
+        "classes": classes, "probabilities": tf.nn.softmax(logits)})
+  loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
+      labels=labels, logits=logits))
+  if mode == th.ModeKeys.EVAL:
+    def metric_fn(labels, classes):
+      return {"accuracy": tf.compat.v1.metrics.accuracy(labels, classes)}
+    return th.ModelSpec(mode=mode, loss=loss, eval_metrics=(
+        metric_fn, {"labels": labels, "classes": classes}))
+  optimizer = th.CrossShardOptimizer(tf.compat.v1.train.AdamOptimizer(
+      params.get("learning_rate", 0.01)))
+  train_op = optimizer.minimize(
+      loss, global_step=tf.compat.v1.train.get_global_step())
+  batch_accuracy = tf.reduce_mean(tf.cast(tf.equal(classes, labels),
+                                          tf.float32))
+  return th.ModelSpec(
+      mode=mode, loss=loss, train_op=train_op,
+      host_call=(lambda accuracy: {"train/batch_accuracy":
+                                   float(np.mean(accuracy))},
+                 {"accuracy": batch_accuracy}))

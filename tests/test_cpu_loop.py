@@ -1,0 +1,98 @@
+"""CpuEmulationLoop: the graph it builds and how one loop runs."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tpu_harness as th
+from tpu_harness import cpu_loop
+from runner_models import linear_model_fn
+from runner_models import train_input_fn
+
+
+def test_is_a_device_loop_with_virtual_cpus():
+  loop = th.CpuEmulationLoop(num_shards=3, iterations_per_loop=5)
+  assert isinstance(loop, th.DeviceLoop)
+  assert loop.num_shards == 3
+  assert loop.session_config().device_count["CPU"] == 3
+
+
+@pytest.mark.parametrize("shards", [1, 2])
+def test_train_loop_graph_and_one_run(shards):
+  calls = []
+
+  def model_fn(features, labels, mode, params):
+    calls.append(tf.compat.v1.get_default_graph().get_name_scope())
+    return linear_model_fn(features, labels, mode, params)
+
+  global_step = tf.compat.v1.train.get_or_create_global_step()
+  device = th.CpuEmulationLoop(num_shards=shards, iterations_per_loop=4)
+  built = device.build_train(model_fn, train_input_fn(),
+                             {"batch_size": 8}, skip_steps=0)
+  # model_fn is traced once per replica, not once per step.
+  assert len(calls) == shards
+  op_types = {op.type for op in tf.compat.v1.get_default_graph()
+              .get_operations()}
+  assert {"While", "StatelessWhile"} & op_types
+  assert "FIFOQueueV2" in op_types
+  with tf.compat.v1.Session(config=device.session_config()) as session:
+    session.run(tf.compat.v1.global_variables_initializer())
+    built.infeed.start(session)
+    try:
+      built.infeed.request(3)
+      count = built.infeed.wait()
+      results = session.run(built.fetches, {built.iterations: count})
+    finally:
+      built.infeed.stop()
+    assert count == 3
+    assert results["end_step"] == 3 == session.run(global_step)
+    assert results["outfeed"][cpu_loop.LOSS].shape == (3,)
+    assert np.all(np.isfinite(results["outfeed"][cpu_loop.LOSS]))
+
+
+def test_skip_steps_skips_whole_steps_of_input():
+  seen = []
+
+  def model_fn(features, labels, mode, params):
+    seen.append(features)
+    return linear_model_fn(features, labels, mode, params)
+
+  x = np.arange(40, dtype=np.float32).reshape(10, 4)
+  y = np.zeros((10, 1), np.float32)
+  tf.compat.v1.train.get_or_create_global_step()
+  device = th.CpuEmulationLoop(num_shards=1, iterations_per_loop=10)
+  built = device.build_train(model_fn, train_input_fn(x, y, repeat=False),
+                             {"batch_size": 2}, skip_steps=3)
+  with tf.compat.v1.Session() as session:
+    session.run(tf.compat.v1.global_variables_initializer())
+    built.infeed.start(session)
+    try:
+      built.infeed.request(10)
+      assert built.infeed.wait() == 2  # 5 steps of input, 3 skipped.
+    finally:
+      built.infeed.stop()
+
+
+def test_predict_input_pads_rows_and_shards():
+  dataset = tf.data.Dataset.from_tensor_slices(
+      np.arange(5, dtype=np.float32).reshape(5, 1)).batch(2)
+  padded = cpu_loop._padded_predict_input(dataset, batch_size=2,  # pylint: disable=protected-access
+                                          num_shards=2)
+  assert padded.element_spec[0].shape == (2, 2, 1)
+  iterator = tf.compat.v1.data.make_one_shot_iterator(padded)
+  element = iterator.get_next()
+  with tf.compat.v1.Session() as session:
+    first = session.run(element)
+    second = session.run(element)
+  np.testing.assert_array_equal(first[1], [2, 2])
+  np.testing.assert_array_equal(second[1], [1, 0])
+  np.testing.assert_array_equal(second[0][:, :, 0], [[4, 0], [0, 0]])
+
+
+def test_predict_input_with_unknown_feature_shape_is_rejected():
+  dataset = tf.data.Dataset.from_generator(
+      lambda: iter([np.zeros((2, 3), np.float32)]),
+      output_signature=tf.TensorSpec([None, None], tf.float32))
+  with pytest.raises(th.InputShapeError, match="after the first are fixed; "
+                     r"features has shape \(None, None\)"):
+    cpu_loop._padded_predict_input(dataset, 2, 1)  # pylint: disable=protected-access

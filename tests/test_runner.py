@@ -1,0 +1,412 @@
+"""Runner: loop accounting, hooks, checkpoints, resume, eval, predict, shards."""
+
+import logging as std_logging
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import hooks
+import tpu_harness as th
+from runner_models import RecordingHook
+from runner_models import data
+from runner_models import linear_model_fn
+from runner_models import train_input_fn
+from runner_models import weights
+from runner_models import write_checkpoint
+from tf_fixtures import RecordingListener
+from tf_fixtures import checkpoint_steps
+from tf_fixtures import event_records
+
+
+def _runner(model_dir, *, ipl=10, shards=1, save_steps=20, batch=32,
+            params=None, **config):
+  return th.Runner(
+      linear_model_fn,
+      th.RunConfig(str(model_dir), iterations_per_loop=ipl,
+                   save_checkpoints_steps=save_steps,
+                   tpu=th.TPUConfig(num_shards=shards), **config),
+      params=params, train_batch_size=batch, eval_batch_size=batch,
+      predict_batch_size=batch)
+
+
+def _scalars(log_dir, tag):
+  tf.compat.v1.summary.FileWriterCache.clear()
+  return [(e.step, v.simple_value) for e in event_records(str(log_dir))
+          if e.HasField("summary") for v in e.summary.value if v.tag == tag]
+
+
+# ----------------------------------------------------------------------------
+# Loop accounting and hooks.
+
+
+@pytest.mark.parametrize("ipl,max_steps,expected_steps", [
+    (10, 45, [10, 20, 30, 40, 45]),
+    (10, 40, [10, 20, 30, 40]),
+    (1, 3, [1, 2, 3]),
+    (100, 7, [7]),
+])
+def test_each_run_advances_iterations_per_loop_and_stops_exactly(
+    tmp_path, ipl, max_steps, expected_steps):
+  hook = RecordingHook()
+  _runner(tmp_path, ipl=ipl).train(train_input_fn(), max_steps=max_steps,
+                                   hooks=[hook])
+  assert hook.steps == expected_steps
+  runs = len(expected_steps)
+  assert hook.counts == {"begin": 1, "after_create_session": 1,
+                         "before_run": runs, "after_run": runs, "end": 1}
+
+
+def test_checkpoints_at_expected_steps_with_listeners(tmp_path):
+  listener = RecordingListener()
+  _runner(tmp_path, ipl=10, save_steps=20).train(
+      train_input_fn(), max_steps=45, saving_listeners=[listener])
+  assert listener.saved_steps() == [0, 20, 40, 45]
+  assert checkpoint_steps(str(tmp_path)) == [0, 20, 40, 45]
+  assert listener.calls[-1] == ("end", 45)
+  assert tf.train.latest_checkpoint(str(tmp_path)).endswith("model.ckpt-45")
+
+
+def test_keep_checkpoint_max_rotates_old_checkpoints(tmp_path):
+  _runner(tmp_path, ipl=10, save_steps=10, keep_checkpoint_max=2).train(
+      train_input_fn(), max_steps=50)
+  assert checkpoint_steps(str(tmp_path)) == [40, 50]
+
+
+def test_saving_listener_can_stop_training(tmp_path):
+  listener = RecordingListener(stop_after_save_at=20)
+  _runner(tmp_path).train(train_input_fn(), max_steps=100,
+                          saving_listeners=[listener])
+  assert tf.train.latest_checkpoint(str(tmp_path)).endswith("model.ckpt-20")
+
+
+def test_steps_counts_from_the_current_step(tmp_path):
+  runner = _runner(tmp_path)
+  runner.train(train_input_fn(), steps=15)
+  runner.train(train_input_fn(), steps=15)
+  assert runner.latest_checkpoint().endswith("model.ckpt-30")
+
+
+def test_train_past_max_steps_does_nothing(tmp_path):
+  runner = _runner(tmp_path)
+  runner.train(train_input_fn(), max_steps=20)
+  hook = RecordingHook()
+  runner.train(train_input_fn(), max_steps=10, hooks=[hook])
+  assert hook.counts["begin"] == 0
+  assert runner.latest_checkpoint().endswith("model.ckpt-20")
+
+
+def test_input_ending_mid_loop_stops_at_the_last_full_step(tmp_path):
+  x, y = data(n=100)
+  hook = RecordingHook()
+  # 100 examples / 32 per step = 3 full steps; loops of 2: 2 + 1.
+  _runner(tmp_path, ipl=2).train(train_input_fn(x, y, repeat=False),
+                                 max_steps=50, hooks=[hook])
+  assert hook.steps == [2, 3]
+  assert checkpoint_steps(str(tmp_path)) == [0, 3]  # end() saves step 3.
+
+
+# ----------------------------------------------------------------------------
+# Learning, resume, warm start, sharding.
+
+
+def test_trains_toward_true_weights(tmp_path):
+  _runner(tmp_path, params={"lr": 0.1}).train(train_input_fn(),
+                                              max_steps=200)
+  np.testing.assert_allclose(weights(tf.train.latest_checkpoint(
+      str(tmp_path))), [[1.0], [2.0], [-1.0], [0.5]], atol=0.05)
+
+
+def test_resume_matches_uninterrupted_run(tmp_path):
+  whole = _runner(tmp_path / "whole", ipl=7, save_steps=10)
+  whole.train(train_input_fn(), max_steps=33)
+  parts = _runner(tmp_path / "parts", ipl=7, save_steps=10)
+  parts.train(train_input_fn(), max_steps=12)
+  # A new runner, as after a restart, continues from step 12.
+  _runner(tmp_path / "parts", ipl=7, save_steps=10).train(train_input_fn(),
+                                                          max_steps=33)
+  np.testing.assert_allclose(weights(parts.latest_checkpoint()),
+                             weights(whole.latest_checkpoint()), rtol=1e-6)
+  # Had the resumed run restarted the input, the weights would differ.
+  restarted = _runner(tmp_path / "restarted", ipl=7, save_steps=10)
+  restarted.train(train_input_fn(), max_steps=12)
+  write_checkpoint(str(tmp_path / "restarted"),
+                   weights(restarted.latest_checkpoint()), 0)
+  restarted.train(train_input_fn(), max_steps=21)
+  assert not np.allclose(weights(restarted.latest_checkpoint()),
+                         weights(whole.latest_checkpoint()), rtol=1e-6)
+
+
+def test_warm_start_from_initializes_trainable_variables(tmp_path):
+  source = write_checkpoint(str(tmp_path), [[5.0], [6.0], [7.0], [8.0]], 99)
+  listener = RecordingListener()
+  runner = _runner(tmp_path / "new", params={"lr": 0.0},
+                   warm_start_from=source)
+  runner.train(train_input_fn(), max_steps=10, saving_listeners=[listener])
+  step0 = os.path.join(str(tmp_path / "new"), "model.ckpt-0")
+  np.testing.assert_allclose(weights(step0), [[5.0], [6.0], [7.0], [8.0]])
+  # The global step is not warm-started: training starts at 0.
+  assert listener.saved_steps()[0] == 0
+
+
+@pytest.mark.parametrize("shards", [2, 4])
+def test_sharded_training_matches_unsharded(tmp_path, shards):
+  single = _runner(tmp_path / "one", ipl=5, batch=32)
+  single.train(train_input_fn(), max_steps=23)
+  sharded = _runner(tmp_path / "many", ipl=5, batch=32, shards=shards)
+  sharded.train(train_input_fn(), max_steps=23)
+  np.testing.assert_allclose(weights(sharded.latest_checkpoint()),
+                             weights(single.latest_checkpoint()),
+                             rtol=1e-5, atol=1e-6)
+
+
+def test_sharding_without_cross_shard_optimizer_is_an_error(tmp_path):
+
+  def model_fn(features, labels, mode, params):
+    w = tf.compat.v1.get_variable("w", [4, 1])
+    loss = tf.reduce_mean(tf.square(tf.matmul(features, w) - labels))
+    train_op = tf.compat.v1.train.GradientDescentOptimizer(0.1).minimize(
+        loss, global_step=tf.compat.v1.train.get_global_step())
+    return th.ModelSpec(mode=mode, loss=loss, train_op=train_op)
+
+  runner = th.Runner(model_fn, th.RunConfig(str(tmp_path),
+                                            tpu=th.TPUConfig(num_shards=2)),
+                     train_batch_size=8)
+  with pytest.raises(ValueError, match="num_shards=2, `model_fn` must wrap "
+                     "its optimizer in tpu_harness.CrossShardOptimizer"):
+    runner.train(train_input_fn(), max_steps=1)
+
+
+# ----------------------------------------------------------------------------
+# Summaries and progress.
+
+
+def test_loss_and_host_call_scalars_land_at_their_steps(tmp_path):
+  _runner(tmp_path, ipl=10, save_summary_steps=5, log_step_count_steps=10,
+          params={"host_call": True}).train(train_input_fn(), max_steps=22)
+  expected_steps = [5, 10, 15, 20, 22]
+  losses = _scalars(tmp_path, "loss")
+  assert [step for step, _ in losses] == expected_steps
+  host_losses = _scalars(tmp_path, "host/loss")
+  assert [step for step, _ in host_losses] == expected_steps
+  # The host_call saw the same per-step loss the runner recorded.
+  np.testing.assert_allclose([v for _, v in host_losses],
+                             [v for _, v in losses], rtol=1e-6)
+  w0 = [v for _, v in _scalars(tmp_path, "host/w0")]
+  assert len(w0) == 5 and w0 == sorted(w0)  # w[0] climbs toward 1.0.
+  assert [s for s, _ in _scalars(tmp_path, "global_step/sec")]
+  assert [s for s, _ in _scalars(tmp_path, "examples/sec")]
+
+
+def test_one_progress_line_per_loop(tmp_path, caplog):
+  with caplog.at_level(std_logging.INFO, logger="absl"):
+    _runner(tmp_path, ipl=10).train(train_input_fn(), max_steps=25)
+  lines = [r.getMessage() for r in caplog.records
+           if "steps/sec" in r.getMessage() and "loss" in r.getMessage()]
+  assert [line.split(":")[0] for line in lines] == ["step 10", "step 20",
+                                                    "step 25"]
+  assert all("examples/sec" in line for line in lines)
+
+
+def test_train_op_not_advancing_global_step_is_an_error(tmp_path):
+
+  def model_fn(features, labels, mode, params):
+    w = tf.compat.v1.get_variable("w", [4, 1])
+    loss = tf.reduce_mean(tf.square(tf.matmul(features, w) - labels))
+    train_op = tf.compat.v1.train.GradientDescentOptimizer(0.1).minimize(loss)
+    return th.ModelSpec(mode=mode, loss=loss, train_op=train_op)
+
+  runner = th.Runner(model_fn, th.RunConfig(str(tmp_path)),
+                     train_batch_size=8)
+  with pytest.raises(RuntimeError, match="must advance it by exactly one"):
+    runner.train(train_input_fn(), max_steps=5)
+
+
+# ----------------------------------------------------------------------------
+# Evaluation and prediction.
+
+KNOWN_W = [[1.0], [0.0], [-2.0], [3.0]]
+
+
+@pytest.mark.parametrize("shards", [1, 2])
+def test_evaluate_known_model(tmp_path, shards):
+  checkpoint = write_checkpoint(str(tmp_path), KNOWN_W, 7)
+  x, y = data(n=96, seed=3)
+  error = x @ np.array(KNOWN_W, np.float32) - y
+  runner = _runner(tmp_path, ipl=2, batch=16, shards=shards)
+  results = runner.evaluate(train_input_fn(x, y, repeat=False), steps=5)
+  used = 5 * 16
+  assert results["global_step"] == 7
+  np.testing.assert_allclose(results["mse"], np.mean(error[:used] ** 2),
+                             rtol=1e-5)
+  np.testing.assert_allclose(results["mae"], np.mean(np.abs(error[:used])),
+                             rtol=1e-5)
+  np.testing.assert_allclose(results["loss"], results["mse"], rtol=1e-5)
+  # Without `steps`, until the input ends: 96 / 16 = 6 steps.
+  all_results = runner.evaluate(train_input_fn(x, y, repeat=False),
+                                checkpoint_path=checkpoint, name="all")
+  np.testing.assert_allclose(all_results["mse"], np.mean(error ** 2),
+                             rtol=1e-5)
+  assert _scalars(tmp_path / "eval_all", "mse") == [
+      (7, pytest.approx(all_results["mse"], rel=1e-6))]
+  assert [s for s, _ in _scalars(tmp_path / "eval", "mae")] == [7]
+
+
+@pytest.mark.parametrize("n,batch,shards,ipl", [
+    (23, 8, 1, 2), (23, 8, 2, 2), (32, 8, 2, 1), (5, 8, 4, 3), (1, 4, 1, 1)])
+def test_predict_returns_every_example_once_in_order(tmp_path, n, batch,
+                                                     shards, ipl):
+  write_checkpoint(str(tmp_path), KNOWN_W, 3)
+  x, _ = data(n=n, seed=4)
+
+  def input_fn(params):
+    return tf.data.Dataset.from_tensor_slices(x).batch(params["batch_size"])
+
+  runner = _runner(tmp_path, ipl=ipl, batch=batch, shards=shards)
+  predictions = list(runner.predict(input_fn))
+  expected = x @ np.array(KNOWN_W, np.float32)
+  assert len(predictions) == n
+  np.testing.assert_allclose([p["y"] for p in predictions], expected,
+                             rtol=1e-5)
+  np.testing.assert_allclose([p["doubled"] for p in predictions],
+                             2 * expected, rtol=1e-5)
+
+
+def test_predict_accepts_features_and_labels(tmp_path):
+  write_checkpoint(str(tmp_path), KNOWN_W, 3)
+  x, y = data(n=10)
+  runner = _runner(tmp_path, batch=4)
+  predictions = list(runner.predict(
+      lambda params: tf.data.Dataset.from_tensor_slices((x, y)).batch(4)))
+  assert len(predictions) == 10
+
+
+def test_eval_and_predict_need_a_checkpoint(tmp_path):
+  runner = _runner(tmp_path)
+  with pytest.raises(ValueError, match="No checkpoint in `model_dir`"):
+    runner.evaluate(train_input_fn(), steps=1)
+  with pytest.raises(ValueError, match="No checkpoint in `model_dir`"):
+    next(runner.predict(train_input_fn()))
+  with pytest.raises(ValueError, match=r"`checkpoint_path` \('/nope'\) is "
+                     "not a checkpoint"):
+    runner.evaluate(train_input_fn(), steps=1, checkpoint_path="/nope")
+
+
+# ----------------------------------------------------------------------------
+# Bad input at the public API.
+
+
+def _ok_model_fn(features, labels, mode, params):
+  return linear_model_fn(features, labels, mode, params)
+
+
+@pytest.mark.parametrize("kwargs,error,message", [
+    (dict(model_fn="nope"), TypeError, "`model_fn` ('nope') must be callable"),
+    (dict(model_fn=lambda features, labels: None), TypeError,
+     "must accept (features, labels, mode, params); its signature is "
+     "(features, labels)"),
+    (dict(config="cfg"), TypeError, "`config` ('cfg') must be a "
+     "tpu_harness.RunConfig"),
+    (dict(params=[1]), TypeError, "`params` ([1]) must be a dict"),
+    (dict(params={"batch_size": 3}), ValueError, "must not contain "
+     "'batch_size'"),
+    (dict(train_batch_size=0), ValueError, "`train_batch_size` (0)"),
+    (dict(train_batch_size=10, shards=4), ValueError,
+     "`train_batch_size` (10) must be a multiple of `num_shards` (4)"),
+    (dict(eval_batch_size=2.0), TypeError, "`eval_batch_size` (2.0)"),
+])
+def test_bad_runner_arguments(tmp_path, kwargs, error, message):
+  shards = kwargs.pop("shards", 1)
+  args = dict(model_fn=_ok_model_fn,
+              config=th.RunConfig(str(tmp_path),
+                                  tpu=th.TPUConfig(num_shards=shards)))
+  args.update(kwargs)
+  model_fn, config = args.pop("model_fn"), args.pop("config")
+  with pytest.raises(error) as info:
+    th.Runner(model_fn, config, **args)
+  assert message in str(info.value)
+
+
+@pytest.mark.parametrize("kwargs,error,message", [
+    (dict(), ValueError, "Exactly one of `max_steps` and `steps`"),
+    (dict(max_steps=5, steps=5), ValueError, "max_steps=5, steps=5"),
+    (dict(max_steps=0), ValueError, "`max_steps` (0) must be a positive"),
+    (dict(steps=-1), ValueError, "`steps` (-1)"),
+    (dict(steps=1, hooks=["h"]), TypeError, "`hooks[0]` ('h') must be a "
+     "tf.compat.v1.train.SessionRunHook"),
+    (dict(steps=1, saving_listeners=["l"]), TypeError,
+     "`listeners[0]` ('l') must be a CheckpointSaverListener"),
+])
+def test_bad_train_arguments(tmp_path, kwargs, error, message):
+  with pytest.raises(error) as info:
+    _runner(tmp_path).train(train_input_fn(), **kwargs)
+  assert message in str(info.value)
+
+
+def test_missing_batch_size_for_a_mode(tmp_path):
+  runner = th.Runner(_ok_model_fn, th.RunConfig(str(tmp_path)),
+                     train_batch_size=8)
+  write_checkpoint(str(tmp_path), KNOWN_W, 1)
+  with pytest.raises(ValueError, match="`eval_batch_size` was not given"):
+    runner.evaluate(train_input_fn(), steps=1)
+
+
+@pytest.mark.parametrize("input_fn,error,message", [
+    (lambda params: [1, 2], TypeError,
+     "`input_fn` must return a tf.data.Dataset, got list"),
+    (lambda params: tf.data.Dataset.from_tensor_slices(np.zeros((8, 4))),
+     TypeError, "must return a Dataset of (features, labels) pairs"),
+    (lambda params: tf.data.Dataset.from_tensor_slices(
+        (np.zeros((8, 4), np.float32), np.zeros((8, 1), np.float32))).batch(
+            params["batch_size"]), th.InputShapeError,
+     "(batch with drop_remainder=True); features has shape (None, 4)"),
+])
+def test_bad_input_fn(tmp_path, input_fn, error, message):
+  with pytest.raises(error) as info:
+    _runner(tmp_path).train(input_fn, max_steps=1)
+  assert message in str(info.value)
+
+
+@pytest.mark.parametrize("returned,message", [
+    ("loss", "`model_fn` must return a tpu_harness.ModelSpec, got str"),
+    ("wrong_mode", "returned a ModelSpec with mode 'eval' when called with "
+     "mode 'train'"),
+    ("no_train_op", "must return a `train_op` in mode 'train'"),
+    ("vector_loss", "must return a scalar `loss` tensor"),
+])
+def test_model_fn_breaking_the_contract(tmp_path, returned, message):
+
+  def model_fn(features, labels, mode, params):
+    w = tf.compat.v1.get_variable("w", [4, 1])
+    loss = tf.reduce_mean(tf.square(tf.matmul(features, w) - labels))
+    op = tf.compat.v1.train.GradientDescentOptimizer(0.1).minimize(
+        loss, global_step=tf.compat.v1.train.get_global_step())
+    return {
+        "loss": "loss",
+        "wrong_mode": th.ModelSpec(mode=th.ModeKeys.EVAL, loss=loss),
+        "no_train_op": th.ModelSpec(mode=mode, loss=loss),
+        "vector_loss": th.ModelSpec(mode=mode, loss=tf.reshape(loss, [1]),
+                                    train_op=op),
+    }[returned]
+
+  runner = th.Runner(model_fn, th.RunConfig(str(tmp_path)),
+                     train_batch_size=8)
+  with pytest.raises((TypeError, ValueError)) as info:
+    runner.train(train_input_fn(), max_steps=1)
+  assert message in str(info.value)
+
+
+def test_runner_hooks_see_iterations_per_loop(tmp_path):
+  # The runner's own CheckpointSaverHook is declared with steps_per_run =
+  # iterations_per_loop, so it never needs to learn a larger increment.
+  seen = []
+
+  class Spy(hooks.CheckpointSaverListener):
+
+    def after_save(self, session, global_step_value):
+      seen.append(global_step_value)
+
+  _runner(tmp_path, ipl=25, save_steps=25).train(
+      train_input_fn(), max_steps=100, saving_listeners=[Spy()])
+  assert seen == [0, 25, 50, 75, 100]
