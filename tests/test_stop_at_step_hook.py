@@ -7,11 +7,15 @@ import hooks
 from tf_fixtures import build_loop_graph
 
 
-def _train(hook_list, graph, max_runs=100):
-  """Runs the loop without feeding until a hook stops; returns (step, runs)."""
+def _train(hook_list, graph, max_runs=100, checkpoint_dir=None):
+  """Runs the loop without feeding until a hook stops; returns (step, runs).
+
+  `checkpoint_dir` restores the latest checkpoint there first.
+  """
   runs = 0
   with tf.compat.v1.train.MonitoredTrainingSession(
-      hooks=hook_list, save_checkpoint_secs=None, save_summaries_steps=None,
+      checkpoint_dir=checkpoint_dir, hooks=hook_list,
+      save_checkpoint_secs=None, save_summaries_steps=None,
       log_step_count_steps=None) as session:
     while not session.should_stop() and runs < max_runs:
       session.run(graph.train_op)
@@ -19,6 +23,17 @@ def _train(hook_list, graph, max_runs=100):
     step = session.run_step_fn(
         lambda step_context: step_context.session.run(graph.global_step))
   return int(step), runs
+
+
+def _checkpoint_at(ckpt_dir, step):
+  """Trains to `step` in loops of 10 and leaves a checkpoint there."""
+  with tf.Graph().as_default():
+    graph = build_loop_graph(10)
+    saver_hook = hooks.CheckpointSaverHook(ckpt_dir, save_steps=10,
+                                           steps_per_run=10)
+    hook = hooks.StopAtStepHook(last_step=step, steps_per_run=10,
+                                iterations_per_run=graph.iterations)
+    assert _train([hook, saver_hook], graph)[0] == step
 
 
 @pytest.mark.parametrize("steps_per_run,last_step,runs", [
@@ -50,52 +65,22 @@ def test_wrong_steps_per_run_is_learned():
 
 
 def test_num_steps_counts_from_restored_step(tmp_path):
-  ckpt_dir = str(tmp_path)
-  with tf.Graph().as_default():
-    graph = build_loop_graph(10)
-    saver_hook = hooks.CheckpointSaverHook(ckpt_dir, save_steps=10,
-                                           steps_per_run=10)
-    hook = hooks.StopAtStepHook(last_step=20, steps_per_run=10,
-                                iterations_per_run=graph.iterations)
-    assert _train([hook, saver_hook], graph) == (20, 2)
-  with tf.Graph().as_default():
-    graph = build_loop_graph(10)
-    hook = hooks.StopAtStepHook(num_steps=15, steps_per_run=10,
-                                iterations_per_run=graph.iterations)
-    with tf.compat.v1.train.MonitoredTrainingSession(
-        checkpoint_dir=ckpt_dir, hooks=[hook], save_checkpoint_secs=None,
-        save_summaries_steps=None, log_step_count_steps=None) as session:
-      assert hook.last_step == 35
-      while not session.should_stop():
-        session.run(graph.train_op)
-      step = session.run_step_fn(
-          lambda step_context: step_context.session.run(graph.global_step))
-  assert step == 35
+  _checkpoint_at(str(tmp_path), 20)
+  graph = build_loop_graph(10)
+  hook = hooks.StopAtStepHook(num_steps=15, steps_per_run=10,
+                              iterations_per_run=graph.iterations)
+  assert _train([hook], graph, checkpoint_dir=str(tmp_path)) == (35, 2)
+  assert hook.last_step == 35
 
 
 def test_resumed_past_last_step_runs_no_steps(tmp_path):
-  ckpt_dir = str(tmp_path)
-  with tf.Graph().as_default():
-    graph = build_loop_graph(10)
-    saver_hook = hooks.CheckpointSaverHook(ckpt_dir, save_steps=10,
-                                           steps_per_run=10)
-    hook = hooks.StopAtStepHook(last_step=30, steps_per_run=10,
-                                iterations_per_run=graph.iterations)
-    assert _train([hook, saver_hook], graph) == (30, 3)
-  with tf.Graph().as_default():
-    graph = build_loop_graph(10)
-    late = hooks.StopAtStepHook(last_step=12, steps_per_run=10,
-                                iterations_per_run=graph.iterations)
-    with tf.compat.v1.train.MonitoredTrainingSession(
-        checkpoint_dir=ckpt_dir, hooks=[late], save_checkpoint_secs=None,
-        save_summaries_steps=None, log_step_count_steps=None) as session:
-      # Restored at 30 with last_step 12: the caller's one run is fed 0
-      # iterations and the session stops.
-      session.run(graph.train_op)
-      assert session.should_stop()
-      step = session.run_step_fn(
-          lambda step_context: step_context.session.run(graph.global_step))
-  assert step == 30
+  _checkpoint_at(str(tmp_path), 30)
+  graph = build_loop_graph(10)
+  late = hooks.StopAtStepHook(last_step=12, steps_per_run=10,
+                              iterations_per_run=graph.iterations)
+  # Restored at 30 with last_step 12: the caller's one run is fed 0
+  # iterations and the session stops.
+  assert _train([late], graph, checkpoint_dir=str(tmp_path)) == (30, 1)
 
 
 def test_steps_for_next_run():
