@@ -58,6 +58,9 @@ def main(argv):
   runner = make_runner()
   if FLAGS.mode in ("train", "train_and_eval"):
     runner.train(digits.train_input_fn, max_steps=FLAGS.train_steps)
+    if runner.preempted:
+      logging.warning("Preempted: exiting; run again to resume.")
+      return
   if FLAGS.mode in ("eval", "train_and_eval"):
     results = runner.evaluate(digits.eval_input_fn, steps=FLAGS.eval_steps)
     logging.info("Eval results: %s", results)

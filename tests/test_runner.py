@@ -123,17 +123,18 @@ def test_resume_matches_uninterrupted_run(tmp_path):
   whole.train(train_input_fn(), max_steps=33)
   parts = _runner(tmp_path / "parts", ipl=7, save_steps=10)
   parts.train(train_input_fn(), max_steps=12)
+  w12 = weights(parts.latest_checkpoint())
   # A new runner, as after a restart, continues from step 12.
   _runner(tmp_path / "parts", ipl=7, save_steps=10).train(train_input_fn(),
                                                           max_steps=33)
   np.testing.assert_allclose(weights(parts.latest_checkpoint()),
                              weights(whole.latest_checkpoint()), rtol=1e-6)
-  # Had the resumed run restarted the input, the weights would differ.
+  # Had the resumed run restarted the input from its first batch (the same
+  # 33 SGD steps, other batches), the weights would differ.
   restarted = _runner(tmp_path / "restarted", ipl=7, save_steps=10)
-  restarted.train(train_input_fn(), max_steps=12)
-  write_checkpoint(str(tmp_path / "restarted"),
-                   weights(restarted.latest_checkpoint()), 0)
+  write_checkpoint(str(tmp_path / "restarted"), w12, 0)
   restarted.train(train_input_fn(), max_steps=21)
+  assert restarted.latest_checkpoint().endswith("model.ckpt-21")
   assert not np.allclose(weights(restarted.latest_checkpoint()),
                          weights(whole.latest_checkpoint()), rtol=1e-6)
 
@@ -284,9 +285,11 @@ def test_predict_accepts_features_and_labels(tmp_path):
 
 def test_eval_and_predict_need_a_checkpoint(tmp_path):
   runner = _runner(tmp_path)
-  with pytest.raises(ValueError, match="No checkpoint in `model_dir`"):
+  with pytest.raises(ValueError, match="No checkpoint that reads back in "
+                     "`model_dir`"):
     runner.evaluate(train_input_fn(), steps=1)
-  with pytest.raises(ValueError, match="No checkpoint in `model_dir`"):
+  with pytest.raises(ValueError, match="No checkpoint that reads back in "
+                     "`model_dir`"):
     next(runner.predict(train_input_fn()))
   with pytest.raises(ValueError, match=r"`checkpoint_path` \('/nope'\) is "
                      "not a checkpoint"):
@@ -410,3 +413,111 @@ def test_runner_hooks_see_iterations_per_loop(tmp_path):
   _runner(tmp_path, ipl=25, save_steps=25).train(
       train_input_fn(), max_steps=100, saving_listeners=[Spy()])
   assert seen == [0, 25, 50, 75, 100]
+
+
+# ----------------------------------------------------------------------------
+# Faults: a clear error and nothing lost (tests/FAULTS.md lists them all).
+
+
+def test_model_dir_that_is_a_file(tmp_path):
+  path = tmp_path / "model"
+  path.write_text("precious")
+  with pytest.raises(ValueError, match=r"is a file, not a directory"):
+    _runner(path).train(train_input_fn(), max_steps=5)
+  assert path.read_text() == "precious"
+
+
+def test_unwritable_model_dir(tmp_path):
+  (tmp_path / "file").write_text("x")
+  with pytest.raises(ValueError, match="is not a writable directory"):
+    _runner(tmp_path / "file" / "model").train(train_input_fn(), max_steps=5)
+
+
+def test_corrupt_latest_checkpoint_falls_back_to_the_previous(tmp_path,
+                                                              caplog):
+  runner = _runner(tmp_path, ipl=10, save_steps=10)
+  runner.train(train_input_fn(), max_steps=30)
+  data_file = tf.io.gfile.glob(str(tmp_path / "model.ckpt-30.data-*"))[0]
+  with open(data_file, "r+b") as f:
+    f.truncate(10)
+  with caplog.at_level(std_logging.WARNING, logger="absl"):
+    assert runner.latest_checkpoint().endswith("model.ckpt-20")
+    results = runner.evaluate(train_input_fn(), steps=1)
+  assert results["global_step"] == 20
+  assert any("Skipping checkpoint" in r.getMessage() for r in caplog.records)
+  listener = RecordingListener()
+  runner.train(train_input_fn(), max_steps=40, saving_listeners=[listener])
+  # Resumed at 20 (re-saved there first), re-did 30 and went on to 40.
+  assert listener.saved_steps() == [20, 30, 40]
+  assert checkpoint_steps(str(tmp_path))[-3:] == [20, 30, 40]
+
+
+def test_checkpoint_of_another_model_is_refused_and_untouched(tmp_path):
+  with tf.Graph().as_default():
+    tf.compat.v1.train.get_or_create_global_step()
+    tf.compat.v1.get_variable("w", [3, 1])
+    tf.compat.v1.get_variable("embedding", [10, 2])
+    saver = tf.compat.v1.train.Saver()
+    with tf.compat.v1.Session() as session:
+      session.run(tf.compat.v1.global_variables_initializer())
+      saver.save(session, str(tmp_path / "model.ckpt"), global_step=9)
+  before = sorted(os.listdir(tmp_path))
+  with pytest.raises(th.CheckpointMismatchError) as info:
+    _runner(tmp_path).train(train_input_fn(), max_steps=20)
+  assert "shape differs: ['w: checkpoint (3, 1) vs model (4, 1)']" in str(
+      info.value)
+  assert sorted(os.listdir(tmp_path)) == before
+  with pytest.raises(th.CheckpointMismatchError):
+    _runner(tmp_path).evaluate(train_input_fn(), steps=1)
+
+
+def _nan_at_step(nan_step):
+  """linear_model_fn whose loss is NaN from global step `nan_step` on."""
+
+  def model_fn(features, labels, mode, params):
+    spec = linear_model_fn(features, labels, mode, params)
+    if mode != th.ModeKeys.TRAIN:
+      return spec
+    step = tf.compat.v1.train.get_global_step().read_value()
+    # Multiplied in, so the gradients and then the weights become NaN too.
+    poison = tf.where(step >= nan_step - 1, float("nan"), 1.0)
+    loss = spec.loss * poison
+    train_op = th.CrossShardOptimizer(
+        tf.compat.v1.train.GradientDescentOptimizer(0.1)).minimize(
+            loss, global_step=tf.compat.v1.train.get_global_step())
+    return th.ModelSpec(mode=mode, loss=loss, train_op=train_op)
+
+  return model_fn
+
+
+def test_nan_loss_stops_before_saving_nan_weights(tmp_path):
+  runner = th.Runner(_nan_at_step(8), th.RunConfig(
+      str(tmp_path), iterations_per_loop=5, save_checkpoints_steps=5),
+                     train_batch_size=8)
+  with pytest.raises(th.NanLossError, match="Loss is nan at step 8"):
+    runner.train(train_input_fn(), max_steps=20)
+  latest = runner.latest_checkpoint()
+  assert latest.endswith("model.ckpt-5")
+  assert np.all(np.isfinite(weights(latest)))
+  assert checkpoint_steps(str(tmp_path)) == [0, 5]
+
+
+def test_nan_loss_check_can_be_turned_off(tmp_path):
+  runner = th.Runner(_nan_at_step(8), th.RunConfig(
+      str(tmp_path), iterations_per_loop=5, save_checkpoints_steps=5,
+      stop_on_nan_loss=False), train_batch_size=8)
+  runner.train(train_input_fn(), max_steps=10)
+  assert runner.latest_checkpoint().endswith("model.ckpt-10")
+  assert np.all(np.isnan(weights(runner.latest_checkpoint())))
+
+
+def test_sparse_input_is_refused(tmp_path):
+
+  def input_fn(params):
+    sparse = tf.sparse.from_dense(np.eye(4, dtype=np.float32))
+    return tf.data.Dataset.from_tensors(
+        (sparse, np.zeros((4, 1), np.float32))).repeat()
+
+  with pytest.raises(TypeError, match="must return a Dataset of dense "
+                     "tensors; features is a SparseTensorSpec"):
+    _runner(tmp_path, batch=4).train(input_fn, max_steps=1)

@@ -9,8 +9,11 @@ Public surface::
   DeviceLoop, BuiltLoop  the interface a device implementation provides
   CpuEmulationLoop       the local CPU implementation
   InputShapeError        input_fn gave batches of unknown shape
+  CheckpointMismatchError  a checkpoint of another model
+  NanLossError           the loss became NaN
 """
 
+from tpu_harness.checkpoints import CheckpointMismatchError
 from tpu_harness.config import RunConfig
 from tpu_harness.config import TPUConfig
 from tpu_harness.cpu_loop import CpuEmulationLoop
@@ -18,18 +21,21 @@ from tpu_harness.cross_shard import CrossShardOptimizer
 from tpu_harness.device_loop import BuiltLoop
 from tpu_harness.device_loop import DeviceLoop
 from tpu_harness.infeed import InputShapeError
+from tpu_harness.nan_loss import NanLossError
 from tpu_harness.runner import Runner
 from tpu_harness.spec import ModeKeys
 from tpu_harness.spec import ModelSpec
 
 __all__ = [
     "BuiltLoop",
+    "CheckpointMismatchError",
     "CpuEmulationLoop",
     "CrossShardOptimizer",
     "DeviceLoop",
     "InputShapeError",
     "ModeKeys",
     "ModelSpec",
+    "NanLossError",
     "Runner",
     "RunConfig",
     "TPUConfig",

@@ -41,6 +41,8 @@ class RunConfig:
     tf_random_seed: graph-level random seed, or None.
     warm_start_from: a checkpoint file or directory to initialize trainable
       variables from when `model_dir` has no checkpoint yet.
+    stop_on_nan_loss: raise `NanLossError` when a step's loss is NaN or
+      infinite, before a checkpoint of that state is saved.
     tpu: the device-loop layout.
   """
   model_dir: str
@@ -52,6 +54,7 @@ class RunConfig:
   save_summary_steps: int = 100
   tf_random_seed: Optional[int] = None
   warm_start_from: Optional[str] = None
+  stop_on_nan_loss: bool = True
   tpu: TPUConfig = dataclasses.field(default_factory=TPUConfig)
 
   def __post_init__(self):
@@ -89,6 +92,9 @@ class RunConfig:
                       f"integer or None.")
     if self.warm_start_from is not None:
       _validation.non_empty_path("warm_start_from", self.warm_start_from)
+    if not isinstance(self.stop_on_nan_loss, bool):
+      raise TypeError(f"`stop_on_nan_loss` ({self.stop_on_nan_loss!r}) must "
+                      f"be True or False.")
     if not isinstance(self.tpu, TPUConfig):
       raise TypeError(f"`tpu` ({self.tpu!r}) must be a TPUConfig, got "
                       f"{type(self.tpu).__name__}.")

@@ -56,8 +56,14 @@ class CpuEmulationLoop(DeviceLoop):
       raise TypeError(f"`input_fn` must return a Dataset of (features, "
                       f"labels) pairs in mode {mode!r}; its elements are "
                       f"{spec}.")
+    names = (leaf_paths(spec[0], "features") + leaf_paths(spec[1], "labels")
+             if isinstance(spec, tuple) and len(spec) == 2
+             else leaf_paths(spec, "features"))
+    for name, leaf in zip(names, tf.nest.flatten(spec)):
+      if not isinstance(leaf, tf.TensorSpec):
+        raise TypeError(f"`input_fn` must return a Dataset of dense tensors; "
+                        f"{name} is a {type(leaf).__name__}.")
     if mode != spec_lib.ModeKeys.PREDICT:
-      names = leaf_paths(spec[0], "features") + leaf_paths(spec[1], "labels")
       for name, leaf in zip(names, tf.nest.flatten(spec)):
         if not leaf.shape.is_fully_defined():
           raise InputShapeError(

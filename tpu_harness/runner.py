@@ -27,11 +27,14 @@ import tensorflow as tf
 
 import hooks as hooks_lib
 from hooks import _validation
+from tpu_harness import checkpoints
 from tpu_harness import cpu_loop
 from tpu_harness.config import RunConfig
 from tpu_harness.device_loop import BuiltLoop
 from tpu_harness.device_loop import DeviceLoop
 from tpu_harness.infeed import InfeedHook
+from tpu_harness.nan_loss import NanLossHook
+from tpu_harness.preemption import PreemptionWatcher
 
 
 class Runner:
@@ -104,6 +107,7 @@ class Runner:
     self._device = device_loop or cpu_loop.CpuEmulationLoop(
         num_shards=shards, iterations_per_loop=config.iterations_per_loop)
     self._clock = clock
+    self._preempted = False
 
   @property
   def config(self) -> RunConfig:
@@ -113,9 +117,14 @@ class Runner:
   def model_dir(self) -> str:
     return self._config.model_dir
 
+  @property
+  def preempted(self) -> bool:
+    """Whether the last `train` stopped early because of a SIGTERM."""
+    return self._preempted
+
   def latest_checkpoint(self) -> Optional[str]:
-    """The newest checkpoint in `model_dir`, or None."""
-    return tf.train.latest_checkpoint(self._config.model_dir)
+    """The newest checkpoint in `model_dir` that reads back, or None."""
+    return checkpoints.latest_restorable(self._config.model_dir)
 
   # Training.
 
@@ -129,8 +138,11 @@ class Runner:
             ) -> "Runner":
     """Trains until the global step is `max_steps` (or for `steps` more).
 
-    Resumes from the latest checkpoint in `model_dir`; with none there and
-    `config.warm_start_from` set, initializes trainable variables from it.
+    Resumes from the newest checkpoint in `model_dir` that reads back (a
+    truncated or corrupt newer one is skipped with a warning); with none there
+    and `config.warm_start_from` set, initializes trainable variables from it.
+    A SIGTERM stops training after the current loop, with a checkpoint saved
+    and listeners' `end` called; `preempted` is then True.
 
     Args:
       input_fn: `input_fn(params) -> Dataset` of (features, labels) with
@@ -150,6 +162,9 @@ class Runner:
         that breaks the contract (see `tpu_harness.spec`).
       RuntimeError: the train op did not advance the global step by one
         per step.
+      CheckpointMismatchError: the checkpoint in `model_dir` has other
+        variables or shapes than the model.
+      NanLossError: the loss became NaN (with `config.stop_on_nan_loss`).
     """
     _validation.exactly_one({"max_steps": max_steps, "steps": steps})
     if max_steps is not None:
@@ -163,6 +178,8 @@ class Runner:
                         f"tf.compat.v1.train.SessionRunHook.")
     batch_size = self._batch_size("train")
     config = self._config
+    self._preempted = False
+    checkpoints.prepare_model_dir(config.model_dir)
     latest = self.latest_checkpoint()
     start_step = _checkpoint_step(latest) if latest else 0
     last_step = max_steps if max_steps is not None else start_step + steps
@@ -178,15 +195,23 @@ class Runner:
       loop = self._device.build_train(self._model_fn, input_fn,
                                       self._params_for(batch_size),
                                       skip_steps=start_step)
-      if latest is None and config.warm_start_from:
+      if latest is not None:
+        checkpoints.check_matches(latest, tf.compat.v1.global_variables())
+      elif config.warm_start_from:
         logging.info("Warm-starting trainable variables from %s.",
                      config.warm_start_from)
         tf.compat.v1.train.warm_start(config.warm_start_from)
-      scaffold = tf.compat.v1.train.Scaffold(saver=tf.compat.v1.train.Saver(
-          max_to_keep=config.keep_checkpoint_max, save_relative_paths=True))
+      saver = tf.compat.v1.train.Saver(
+          max_to_keep=config.keep_checkpoint_max, save_relative_paths=True)
+      # Let rotation (keep_checkpoint_max) see checkpoints of earlier runs.
+      saver.recover_last_checkpoints([
+          path for path in reversed(checkpoints.candidates(config.model_dir))
+          if checkpoints.checkpoint_step(path) <= start_step])
+      scaffold = tf.compat.v1.train.Scaffold(saver=saver)
       ipl = config.iterations_per_loop
-      all_hooks = [
-          InfeedHook(loop.infeed),
+      guards = ([NanLossHook(loop.fetches["outfeed"][cpu_loop.LOSS])]
+                if config.stop_on_nan_loss else [])
+      all_hooks = [InfeedHook(loop.infeed)] + guards + [
           hooks_lib.StopAtStepHook(last_step=last_step, steps_per_run=ipl),
           hooks_lib.StepCounterHook(
               every_n_steps=config.log_step_count_steps,
@@ -199,28 +224,38 @@ class Runner:
               listeners=saving_listeners, steps_per_run=ipl),
       ]
       creator = tf.compat.v1.train.ChiefSessionCreator(
-          scaffold=scaffold, checkpoint_dir=config.model_dir,
+          scaffold=scaffold, checkpoint_filename_with_path=latest,
           config=self._device.session_config())
       writer = tf.compat.v1.summary.FileWriterCache.get(config.model_dir)
       logging.info("Training from step %d to %d, %d steps per loop.",
                    start_step, last_step, ipl)
-      with tf.compat.v1.train.MonitoredSession(
-          session_creator=creator, hooks=all_hooks) as session:
-        try:
-          self._train_loops(session, loop, start_step, last_step, batch_size,
-                            writer)
-        finally:
-          loop.infeed.stop()
-      writer.flush()
+      with PreemptionWatcher() as preemption:
+        with tf.compat.v1.train.MonitoredSession(
+            session_creator=creator, hooks=all_hooks) as session:
+          try:
+            self._train_loops(session, loop, start_step, last_step,
+                              batch_size, writer, preemption)
+          finally:
+            loop.infeed.stop()
+        writer.flush()
+        if preemption.requested:
+          self._preempted = True
+          logging.warning("Stopped by %s at step %d with a checkpoint saved "
+                          "(%s); training resumes from it when run again.",
+                          preemption.signal_name,
+                          _checkpoint_step(self.latest_checkpoint()),
+                          self.latest_checkpoint())
     return self
 
   def _train_loops(self, session, loop: BuiltLoop, step: int, last_step: int,
-                   batch_size: int, writer) -> None:
+                   batch_size: int, writer, preemption) -> None:
     ipl = self._config.iterations_per_loop
     requested = min(ipl, last_step - step)
     loop.infeed.request(requested)
     while not session.should_stop():
       count = loop.infeed.wait()
+      if preemption.requested:
+        return
       if count == 0:
         logging.info("Input ended at step %d, before max_steps %d.", step,
                      last_step)
@@ -242,6 +277,8 @@ class Runner:
       self._report(results["outfeed"], loop.host_fn, step, end_step, elapsed,
                    batch_size, last_step, writer)
       step = end_step
+      if preemption.requested:
+        return
       if ended:
         logging.info("Input ended at step %d, before max_steps %d.", step,
                      last_step)
@@ -372,12 +409,13 @@ class Runner:
       return checkpoint_path
     latest = self.latest_checkpoint()
     if latest is None:
-      raise ValueError(f"No checkpoint in `model_dir` "
+      raise ValueError(f"No checkpoint that reads back in `model_dir` "
                        f"({self._config.model_dir!r}); train first or pass "
                        f"`checkpoint_path`.")
     return latest
 
   def _restored_session(self, loop: BuiltLoop, checkpoint: str, hooks):
+    checkpoints.check_matches(checkpoint, tf.compat.v1.global_variables())
     scaffold = tf.compat.v1.train.Scaffold(saver=tf.compat.v1.train.Saver())
     creator = tf.compat.v1.train.ChiefSessionCreator(
         scaffold=scaffold, checkpoint_filename_with_path=checkpoint,

@@ -1,0 +1,93 @@
+"""A training process for the preemption and kill tests (run as a script).
+
+Trains the linear model of runner_models plus an 8 MB "ballast" variable, so
+that saves take long enough to be interrupted, with deterministic input.
+
+  python tests/reliability_worker.py MODEL_DIR MAX_STEPS [--markers DIR]
+      [--hold_in_end]
+
+With --markers, a listener writes DIR/began (at begin), DIR/end (in end(),
+with the step) and, with --hold_in_end, DIR/in_end, and then waits in end()
+until DIR/release appears (at most 60 s).
+Prints "FINAL_STEP=N PREEMPTED=B" when train returns.
+"""
+
+import argparse
+import os
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+
+import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+import hooks  # pylint: disable=g-import-not-at-top
+import tpu_harness as th  # pylint: disable=g-import-not-at-top
+from runner_models import linear_model_fn  # pylint: disable=g-import-not-at-top
+from runner_models import train_input_fn  # pylint: disable=g-import-not-at-top
+
+BALLAST = 2_000_000  # floats: 8 MB per checkpoint.
+
+
+def model_fn(features, labels, mode, params):
+  ballast = tf.compat.v1.get_variable("ballast", [BALLAST],
+                                      initializer=tf.zeros_initializer())
+  spec = linear_model_fn(features, labels, mode, params)
+  if mode != th.ModeKeys.TRAIN:
+    return spec
+  extra = 1e-3 * tf.reduce_mean(tf.square(ballast - 1.0))
+  ballast_step = tf.compat.v1.train.GradientDescentOptimizer(0.5).minimize(
+      extra, var_list=[ballast])
+  return th.ModelSpec(mode=mode, loss=spec.loss + extra,
+                      train_op=tf.group(spec.train_op, ballast_step))
+
+
+class MarkerListener(hooks.CheckpointSaverListener):
+
+  def __init__(self, directory, hold_in_end):
+    self._dir = directory
+    self._hold = hold_in_end
+
+  def _write(self, name, text=""):
+    with open(os.path.join(self._dir, name), "w") as f:
+      f.write(text)
+
+  def begin(self):
+    self._write("began", str(os.getpid()))
+
+  def end(self, session, global_step_value):
+    self._write("end", str(global_step_value))
+    if self._hold:
+      self._write("in_end")
+      deadline = time.monotonic() + 60
+      while (not os.path.exists(os.path.join(self._dir, "release"))
+             and time.monotonic() < deadline):
+        time.sleep(0.01)
+
+
+def main():
+  parser = argparse.ArgumentParser()
+  parser.add_argument("model_dir")
+  parser.add_argument("max_steps", type=int)
+  parser.add_argument("--markers")
+  parser.add_argument("--hold_in_end", action="store_true")
+  parser.add_argument("--iterations_per_loop", type=int, default=2)
+  args = parser.parse_args()
+  listeners = ([MarkerListener(args.markers, args.hold_in_end)]
+               if args.markers else [])
+  runner = th.Runner(
+      model_fn,
+      th.RunConfig(args.model_dir,
+                   iterations_per_loop=args.iterations_per_loop,
+                   save_checkpoints_steps=2, keep_checkpoint_max=3,
+                   log_step_count_steps=1000, save_summary_steps=1000),
+      params={"lr": 0.05}, train_batch_size=8)
+  runner.train(train_input_fn(), max_steps=args.max_steps,
+               saving_listeners=listeners)
+  step = th.checkpoints.checkpoint_step(runner.latest_checkpoint())
+  print(f"FINAL_STEP={step} PREEMPTED={runner.preempted}", flush=True)
+
+
+if __name__ == "__main__":
+  sys.exit(main())
