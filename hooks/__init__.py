@@ -3,6 +3,7 @@
 Public surface::
 
   CheckpointSaverHook      save every N steps/secs, steps_per_run-aware
+  CheckpointSaveError      a save failed (not retried as a "preemption")
   CheckpointSaverListener  callbacks around each save
   StepCounterHook          global_step/sec and examples/sec
   StopAtStepHook           stop exactly at a last step
@@ -12,6 +13,7 @@ Public surface::
 """
 
 from hooks._tf_internals import global_step_read
+from hooks.checkpoint_saver_hook import CheckpointSaveError
 from hooks.checkpoint_saver_hook import CheckpointSaverHook
 from hooks.checkpoint_saver_listener import CheckpointSaverListener
 from hooks.run_increment import RunIncrement
@@ -21,6 +23,7 @@ from hooks.step_counter_hook import StepCounterHook
 from hooks.stop_at_step_hook import StopAtStepHook
 
 __all__ = [
+    "CheckpointSaveError",
     "CheckpointSaverHook",
     "CheckpointSaverListener",
     "Elapsed",

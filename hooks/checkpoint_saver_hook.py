@@ -41,6 +41,18 @@ from hooks.schedule import StepOrSecondsSchedule
 _LISTENER_BASE = tf.compat.v1.train.CheckpointSaverListener
 
 
+class CheckpointSaveError(RuntimeError):
+  """Writing a checkpoint failed (after TensorFlow's own I/O retries).
+
+  Deliberately not a `tf.errors.UnavailableError`: MonitoredSession treats
+  that as a worker preemption and recreates the session, whose first act is
+  another save, so a persistent storage outage (a GCS bucket gone, lost
+  permissions) would loop forever instead of stopping with this error. The
+  previous checkpoint is untouched: the state file moves to a checkpoint
+  only after all its files are written.
+  """
+
+
 class CheckpointSaverHook(tf.compat.v1.train.SessionRunHook):
   """Saves checkpoints every N steps or every N seconds."""
 
@@ -177,6 +189,11 @@ class CheckpointSaverHook(tf.compat.v1.train.SessionRunHook):
           run_context.request_stop()
 
   def end(self, session) -> None:
+    """Saves the final step unless it was just saved; calls listeners' end.
+
+    Raises:
+      CheckpointSaveError: the save failed.
+    """
     last_step = int(session.run(self._global_step_tensor))
     if last_step != self._schedule.last_triggered_step:
       self._save(session, last_step)
@@ -191,8 +208,13 @@ class CheckpointSaverHook(tf.compat.v1.train.SessionRunHook):
     for listener in self._listeners:
       listener.before_save(session, step)
     logging.info("Saving checkpoints for %d into %s.", step, self._save_path)
-    self._get_saver().save(session, self._save_path, global_step=step,
-                           write_meta_graph=self._save_graph_def)
+    try:
+      self._get_saver().save(session, self._save_path, global_step=step,
+                             write_meta_graph=self._save_graph_def)
+    except tf.errors.OpError as error:
+      raise CheckpointSaveError(
+          f"Saving the checkpoint for step {step} into {self._save_path} "
+          f"failed: {type(error).__name__}: {error.message}") from error
     self._summary_writer.add_session_log(
         tf.compat.v1.SessionLog(status=tf.compat.v1.SessionLog.CHECKPOINT,
                                 checkpoint_path=self._save_path),

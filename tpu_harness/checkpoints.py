@@ -126,18 +126,30 @@ def prepare_model_dir(model_dir: str) -> None:
   Raises:
     ValueError: `model_dir` is a file, or cannot be created or written.
   """
-  if tf.io.gfile.exists(model_dir) and not tf.io.gfile.isdir(model_dir):
-    raise ValueError(f"`model_dir` ({model_dir!r}) is a file, not a "
-                     f"directory.")
+  hint = ""
+  if model_dir.startswith("gs://"):
+    hint = (" For gs:// the bucket must exist and the credentials must allow "
+            "writing to it (GOOGLE_APPLICATION_CREDENTIALS, or `gcloud auth "
+            "application-default login`).")
   probe = os.path.join(model_dir, ".tpu_harness_write_probe")
   try:
+    if model_dir.startswith("gs://"):
+      # TF's makedirs retries a missing bucket forever; ask first.
+      bucket = "gs://" + model_dir[len("gs://"):].split("/", 1)[0]
+      if not tf.io.gfile.isdir(bucket):
+        raise ValueError(f"`model_dir` ({model_dir!r}) is not a writable "
+                         f"directory: bucket {bucket} does not exist.{hint}")
+    if tf.io.gfile.exists(model_dir) and not tf.io.gfile.isdir(model_dir):
+      raise ValueError(f"`model_dir` ({model_dir!r}) is a file, not a "
+                       f"directory.")
     tf.io.gfile.makedirs(model_dir)
     with tf.io.gfile.GFile(probe, "w") as f:
       f.write("ok")
     tf.io.gfile.remove(probe)
   except (tf.errors.OpError, OSError) as error:
     raise ValueError(f"`model_dir` ({model_dir!r}) is not a writable "
-                     f"directory: {str(error).splitlines()[0]}") from error
+                     f"directory: {str(error).splitlines()[0]}{hint}"
+                     ) from error
   for leftover in interrupted_save_files(model_dir):
     logging.warning("Removing %s, left by an interrupted save.", leftover)
     if tf.io.gfile.isdir(leftover):

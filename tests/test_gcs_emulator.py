@@ -1,0 +1,137 @@
+"""scripts.gcs_emulator: the proxy, over real TLS, with a plain HTTP client."""
+
+import http.client
+import json
+import ssl
+
+import pytest
+from cryptography import x509
+
+from scripts.gcs_emulator import Fault
+from scripts.gcs_emulator import make_certificates
+
+AUTH = {"Authorization": "Bearer dummy"}
+
+
+def _https(gcs, host="www.googleapis.com"):
+  """An HTTPS connection to a Google host through the emulator's proxy."""
+  context = ssl.create_default_context(cafile=gcs.ca_path)
+  proxy_port = int(gcs.proxy_url.rsplit(":", 1)[1])
+  connection = http.client.HTTPSConnection("127.0.0.1", proxy_port,
+                                           context=context, timeout=30)
+  connection.set_tunnel(host, 443)
+  return connection
+
+
+def _request(gcs, method, path, body=None, headers=None, host=None):
+  connection = _https(gcs, host or "www.googleapis.com")
+  try:
+    connection.request(method, path, body=body,
+                       headers=dict(AUTH, **(headers or {})))
+    response = connection.getresponse()
+    return response.status, dict(response.getheaders()), response.read()
+  finally:
+    connection.close()
+
+
+def test_certificates_name_the_google_hosts(tmp_path):
+  paths = make_certificates(str(tmp_path))
+  with open(paths["cert"], "rb") as f:
+    cert = x509.load_pem_x509_certificate(f.read())
+  names = cert.extensions.get_extension_for_class(
+      x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName)
+  assert names == ["www.googleapis.com", "storage.googleapis.com"]
+
+
+def test_tls_through_the_proxy_reaches_the_emulator(gcs):
+  status, _, body = _request(gcs, "GET", f"/storage/v1/b/{gcs.bucket}")
+  assert status == 200 and json.loads(body)["name"] == gcs.bucket
+
+
+def test_requests_without_credentials_get_401(gcs):
+  connection = _https(gcs)
+  try:
+    connection.request("GET", f"/storage/v1/b/{gcs.bucket}")
+    response = connection.getresponse()
+    assert response.status == 401
+    assert b"no credentials" in response.read()
+  finally:
+    connection.close()
+
+
+def test_storage_layout_is_answered(gcs):
+  status, _, body = _request(gcs, "GET",
+                             f"/storage/v1/b/{gcs.bucket}/storageLayout")
+  assert status == 200
+  assert json.loads(body)["hierarchicalNamespace"] == {"enabled": False}
+  status, _, _ = _request(gcs, "GET", "/storage/v1/b/nope/storageLayout")
+  assert status == 404
+
+
+def test_resumable_upload_location_points_back_at_google(gcs):
+  name = "emulator-test/upload.txt"
+  status, headers, _ = _request(
+      gcs, "POST", f"/upload/storage/v1/b/{gcs.bucket}/o?uploadType="
+      f"resumable&name={name}", body=b"",
+      headers={"Expect": "100-continue", "Transfer-Encoding": "identity",
+               "Content-Length": "0"})
+  assert status == 200
+  location = headers["Location"]
+  assert location.startswith("https://www.googleapis.com/upload/")
+  path = location[len("https://www.googleapis.com"):]
+  status, _, _ = _request(gcs, "PUT", path, body=b"hello",
+                          headers={"Content-Length": "5"})
+  assert status == 200
+  assert gcs.read_object(name) == b"hello"
+  status, _, body = _request(gcs, "GET", f"/{gcs.bucket}/{name}",
+                             host="storage.googleapis.com")
+  assert (status, body) == (200, b"hello")
+
+
+def test_injected_faults_then_recovery(gcs):
+  path = f"/storage/v1/b/{gcs.bucket}"
+  gcs.inject(Fault("GET", r"/b/" + gcs.bucket + "$", "status", 503, times=1))
+  gcs.inject(Fault("GET", r"/b/" + gcs.bucket + "$", "drop", times=1))
+  try:
+    assert _request(gcs, "GET", path)[0] == 503
+    with pytest.raises((http.client.RemoteDisconnected, ConnectionError,
+                        ssl.SSLError)):
+      _request(gcs, "GET", path)
+    assert _request(gcs, "GET", path)[0] == 200
+  finally:
+    gcs.clear_faults()
+
+
+def test_plain_http_to_the_proxy_is_refused(gcs):
+  proxy_port = int(gcs.proxy_url.rsplit(":", 1)[1])
+  connection = http.client.HTTPConnection("127.0.0.1", proxy_port,
+                                          timeout=30)
+  try:
+    connection.request("GET", "http://www.googleapis.com/")
+    assert connection.getresponse().status == 405
+  finally:
+    connection.close()
+
+
+def test_by_hand_helper_prints_env_and_stops_on_ctrl_c():
+  import os  # pylint: disable=g-import-not-at-top
+  import signal  # pylint: disable=g-import-not-at-top
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  process = subprocess.Popen(
+      [sys.executable, "-m", "scripts.gcs_emulator", "--bucket=by-hand"],
+      cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  lines = []
+  for line in process.stdout:
+    lines.append(line)
+    if "Ctrl-C" in line:
+      break
+  process.send_signal(signal.SIGINT)
+  process.communicate(timeout=60)
+  assert process.returncode == 0
+  exports = dict(line[len("export "):].strip().split("=", 1)
+                 for line in lines if line.startswith("export "))
+  assert exports["HTTPS_PROXY"].startswith("http://127.0.0.1:")
+  assert exports["CURL_CA_BUNDLE"].endswith("ca.pem")
+  assert "gs://by-hand/" in lines[-1]

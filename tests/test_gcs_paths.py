@@ -1,0 +1,132 @@
+"""gs:// model directories, through TensorFlow's own GCS client, against a
+real GCS emulator (fake-gcs-server) behind a TLS-terminating proxy."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from scripts.gcs_emulator import Fault
+
+TESTS = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(TESTS)
+
+
+def _worker(gcs, scenario, path, arg=None, env_changes=None):
+  env = dict(os.environ, **gcs.env,
+             PYTHONPATH=os.pathsep.join([TESTS, ROOT]))
+  for name, value in (env_changes or {}).items():
+    if value is None:
+      env.pop(name, None)
+    else:
+      env[name] = value
+  command = [sys.executable, os.path.join(TESTS, "gcs_worker.py"), scenario,
+             path] + ([str(arg)] if arg is not None else [])
+  result = subprocess.run(command, env=env, capture_output=True, text=True,
+                          timeout=300, check=False)
+  lines = [l for l in result.stdout.splitlines() if l.startswith("{")]
+  assert lines, result.stderr[-3000:]
+  return json.loads(lines[-1])
+
+
+def _names(gcs, path):
+  prefix = path[len(f"gs://{gcs.bucket}/"):] + "/"
+  return [name[len(prefix):] for name in gcs.list_objects(prefix)]
+
+
+def test_train_rotate_resume_and_evaluate_on_gcs(gcs):
+  path = gcs.new_path("model")
+  first = _worker(gcs, "train", path, 20)
+  assert "error" not in first, first
+  assert first["latest"] == f"{path}/model.ckpt-20"
+  assert first["saved"] == [0, 5, 10, 15, 20]
+  assert first["graph"] and first["loss_steps"] == [5, 10, 15, 20]
+  names = _names(gcs, path)
+  # keep_checkpoint_max=2: only 15 and 20 are left in the bucket.
+  kept = sorted({n.split(".")[1] for n in names if n.startswith("model.")})
+  assert kept == ["ckpt-15", "ckpt-20"], names
+  assert "checkpoint" in names and "graph.pbtxt" in names
+  assert any(n.startswith("events.out.tfevents") for n in names)
+
+  resumed = _worker(gcs, "train", path, 30)
+  assert resumed["saved"] == [20, 25, 30], resumed
+  assert resumed["latest"] == f"{path}/model.ckpt-30"
+  state = gcs.read_object(path[len(f"gs://{gcs.bucket}/"):] + "/checkpoint")
+  assert b'model_checkpoint_path: "model.ckpt-30"' in state
+
+  evaluated = _worker(gcs, "evaluate", path)
+  assert evaluated["results"]["global_step"] == 30
+  assert evaluated["results"]["mse"] >= 0 and evaluated["eval_events"] == 1
+
+
+def test_checkpoint_saver_hook_alone_on_gcs(gcs):
+  path = gcs.new_path("hook")
+  result = _worker(gcs, "hook", path)
+  assert result["saved"] == [0, 20, 40, 50], result
+  assert result["latest"] == f"{path}/model.ckpt-50"
+  assert 0 < result["w"] < 3
+  names = _names(gcs, path)
+  assert "graph.pbtxt" in names
+  assert sorted({n.split(".")[1] for n in names if n.startswith("model.")}
+               ) == ["ckpt-40", "ckpt-50"]
+
+
+@pytest.mark.parametrize("fault", [
+    Fault("PUT", r"model\.ckpt-10\.data", "status", 503, times=2),
+    Fault("POST", r"model\.ckpt-10\.index", "status", 503, times=2),
+    Fault("PUT", r"model\.ckpt-10\.data", "drop", times=2),
+], ids=["503 on data upload", "503 on index upload start", "dropped"])
+def test_transient_faults_during_a_save_are_retried(gcs, fault):
+  path = gcs.new_path("transient")
+  assert _worker(gcs, "train", path, 5)["latest"].endswith("ckpt-5")
+  before = len(gcs.requests)
+  gcs.inject(fault)
+  try:
+    result = _worker(gcs, "train", path, 10)
+  finally:
+    gcs.clear_faults()
+  assert "error" not in result, result
+  assert result["latest"] == f"{path}/model.ckpt-10"
+  outcome = 503 if fault.action == "status" else "dropped"
+  hit = [r for r in gcs.requests[before:] if r[2] == outcome]
+  assert len(hit) == 2, gcs.requests[before:]
+
+
+def test_persistent_failure_fails_the_save_clearly_and_keeps_the_previous(
+    gcs):
+  path = gcs.new_path("persistent")
+  assert _worker(gcs, "train", path, 5)["latest"].endswith("ckpt-5")
+  gcs.inject(Fault("*", r"model\.ckpt-10\.", "status", 503, times=10_000))
+  try:
+    result = _worker(gcs, "train", path, 10)
+  finally:
+    gcs.clear_faults()
+  assert result["error"] == "CheckpointSaveError", result
+  assert "Saving the checkpoint for step 10 into " + path in result["message"]
+  # The previous checkpoint is still the latest, and it reads back.
+  again = _worker(gcs, "evaluate", path)
+  assert again["results"]["global_step"] == 5
+
+
+def test_missing_bucket_is_a_clear_error(gcs):
+  result = _worker(gcs, "train", "gs://no-such-bucket/model", 5)
+  assert result["error"] == "ValueError", result
+  assert "`model_dir` ('gs://no-such-bucket/model') is not a writable " \
+      "directory" in result["message"]
+  assert "the bucket must exist" in result["message"]
+
+
+def test_no_credentials_is_a_clear_error(gcs, tmp_path):
+  path = gcs.new_path("nocreds")
+  result = _worker(gcs, "train", path, 5, env_changes={
+      "GOOGLE_AUTH_TOKEN_FOR_TESTING": None,
+      "GOOGLE_APPLICATION_CREDENTIALS": None,
+      "HOME": str(tmp_path),  # No gcloud default credentials either.
+      "CLOUDSDK_CONFIG": str(tmp_path)})
+  assert result["error"] == "ValueError", result
+  assert f"`model_dir` ('{path}') is not a writable directory" in result[
+      "message"]
+  assert "credentials" in result["message"]
+  assert _names(gcs, path) == []
