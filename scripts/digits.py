@@ -1,6 +1,7 @@
 """A real small classifier for the runner: an MLP on 8x8 handwritten digits.
 
-Data: `scripts/data/digits.csv.gz` (1797 images, vendored; see its README).
+Data: `scripts/data/digits.csv.gz` (1797 images, vendored; see its README),
+or `params['data_file']`, a copy of it anywhere tf.io.gfile reads (gs://).
 Split: a fixed shuffle, then 1509 training and 288 test images (288 = 9
 batches of 32, so evaluation sees every test image).
 """
@@ -25,10 +26,11 @@ NUM_TEST = 288
 SPLIT_SEED = 20261125
 
 
-@functools.lru_cache(maxsize=1)
-def load() -> Dict[str, Tuple[np.ndarray, np.ndarray]]:
+@functools.lru_cache(maxsize=4)
+def load(data_file: str = DATA_FILE) -> Dict[str, Tuple[np.ndarray,
+                                                       np.ndarray]]:
   """Returns {'train': (x, y), 'test': (x, y)}; x in [0, 1], y int32."""
-  with gzip.open(DATA_FILE, "rt") as f:
+  with tf.io.gfile.GFile(data_file, "rb") as raw, gzip.open(raw, "rt") as f:
     table = np.loadtxt(f, delimiter=",", dtype=np.float32)
   order = np.random.RandomState(SPLIT_SEED).permutation(len(table))
   table = table[order]
@@ -39,7 +41,7 @@ def load() -> Dict[str, Tuple[np.ndarray, np.ndarray]]:
 
 
 def train_input_fn(params: Dict[str, Any]) -> tf.data.Dataset:
-  x, y = load()["train"]
+  x, y = load(params.get("data_file", DATA_FILE))["train"]
   return (tf.data.Dataset.from_tensor_slices((x, y))
           .shuffle(len(x), seed=params.get("seed", 1), reshuffle_each_iteration=True)
           .repeat()
@@ -47,13 +49,13 @@ def train_input_fn(params: Dict[str, Any]) -> tf.data.Dataset:
 
 
 def eval_input_fn(params: Dict[str, Any]) -> tf.data.Dataset:
-  x, y = load()["test"]
+  x, y = load(params.get("data_file", DATA_FILE))["test"]
   return tf.data.Dataset.from_tensor_slices((x, y)).batch(
       params["batch_size"], drop_remainder=True)
 
 
 def predict_input_fn(params: Dict[str, Any]) -> tf.data.Dataset:
-  x, _ = load()["test"]
+  x, _ = load(params.get("data_file", DATA_FILE))["test"]
   return tf.data.Dataset.from_tensor_slices(x).batch(params["batch_size"])
 
 

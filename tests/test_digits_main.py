@@ -38,6 +38,125 @@ def test_bad_flag_value_fails_before_training(tmp_path):
        f"--model_dir={tmp_path}", "--train_batch_size=63", "--num_cores=2"],
       cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
   assert result.returncode != 0
-  assert "`train_batch_size` (63) must be a multiple of `num_shards` (2)" in (
-      result.stderr)
+  assert ("--train_batch_size and --eval_batch_size must be multiples of "
+          "--num_cores") in result.stderr
   assert not os.listdir(tmp_path)
+
+
+# ----------------------------------------------------------------------------
+# The Cloud TPU path, offline: a fake Cloud TPU API whose node's endpoint is a
+# real TF gRPC server on loopback standing in for the TPU worker.
+
+import socket  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+from fake_tpu_api import FakeTpuApi  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+@pytest.fixture(scope="module")
+def tpu_worker():
+  config = tf.compat.v1.ConfigProto(device_count={"CPU": 2})
+  server = tf.distribute.Server.create_local_server(config=config)
+  return int(server.target.rsplit(":", 1)[1])
+
+
+@pytest.fixture
+def tpu_api():
+  with FakeTpuApi() as api:
+    yield api
+
+
+def _script(*flags, api=None):
+  env = dict(os.environ)
+  if api is not None:
+    env["TPU_API_DISCOVERY_URL"] = api.discovery_url
+  return subprocess.run(
+      [sys.executable, "-m", "scripts.digits_main", *flags], cwd=ROOT,
+      capture_output=True, text=True, timeout=600, check=False, env=env)
+
+
+def _tpu_flags(api, name):
+  return [f"--tpu={name}", f"--tpu_zone={api.zone}",
+          f"--gcp_project={api.project}", "--tpu_api_credentials=anonymous"]
+
+
+def test_trains_on_the_worker_a_tpu_name_resolves_to(tmp_path, tpu_api,
+                                                     tpu_worker):
+  tpu_api.add_node("test-tpu", tpu_worker)
+  model_dir = str(tmp_path / "remote")
+  result = _script(*_tpu_flags(tpu_api, "test-tpu"), "--use_tpu=false",
+                   f"--model_dir={model_dir}", "--train_steps=300",
+                   "--num_cores=2", api=tpu_api)
+  assert result.returncode == 0, result.stderr[-4000:]
+  assert re.search(r"global_step=300 accuracy=0\.9", result.stdout), (
+      result.stdout)
+  assert f"on grpc://127.0.0.1:{tpu_worker}" in result.stderr
+  assert tf.train.latest_checkpoint(model_dir).endswith("model.ckpt-300")
+
+
+def test_master_flag_connects_directly(tmp_path, tpu_worker):
+  model_dir = str(tmp_path / "direct")
+  result = _script(f"--master=grpc://127.0.0.1:{tpu_worker}",
+                   f"--model_dir={model_dir}", "--train_steps=50",
+                   "--mode=train")
+  assert result.returncode == 0, result.stderr[-4000:]
+  assert tf.train.latest_checkpoint(model_dir).endswith("model.ckpt-50")
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("case,message", [
+    ("unknown", "error: TPU 'no-such-tpu' was not found in project "
+     "'test-project', zone 'test-zone'"),
+    ("not_ready", "error: TPU 'creating-tpu' is CREATING (health ) after "
+     "waiting 0 s"),
+    ("unreachable", "error: Cannot reach the TPU worker at grpc://127.0.0.1:"),
+])
+def test_tpu_problems_are_clear_and_write_nothing(tmp_path, tpu_api,
+                                                  tpu_worker, case, message):
+  name = {"unknown": "no-such-tpu", "not_ready": "creating-tpu",
+          "unreachable": "dead-tpu"}[case]
+  if case == "not_ready":
+    tpu_api.add_node(name, tpu_worker, state="CREATING", health="")
+  if case == "unreachable":
+    tpu_api.add_node(name, _free_port())
+  model_dir = tmp_path / "never"
+  result = _script(*_tpu_flags(tpu_api, name), "--tpu_wait_secs=0",
+                   f"--model_dir={model_dir}", api=tpu_api)
+  assert result.returncode == 1
+  assert message in result.stderr, result.stderr[-3000:]
+  assert "Traceback" not in result.stderr
+  assert not model_dir.exists()
+
+
+@pytest.mark.parametrize("flags_,message", [
+    (["--use_tpu"], "--use_tpu needs --tpu or --master"),
+    (["--tpu=a", "--master=grpc://h:1"], "--tpu and --master exclude"),
+    (["--tpu_zone=z"], "--tpu_zone and --gcp_project need a --tpu name"),
+    (["--num_cores=3"], "must be multiples of --num_cores"),
+    (["--master=grpc://h:1", "--use_tpu", "--mode=eval"],
+     "--use_tpu supports --mode=train only"),
+    (["--iterations_per_loop=0"], "--iterations_per_loop"),
+])
+def test_invalid_flag_combinations_fail_before_any_graph(tmp_path, flags_,
+                                                         message):
+  model_dir = tmp_path / "never"
+  result = _script(*flags_, f"--model_dir={model_dir}")
+  assert result.returncode != 0
+  assert message in result.stderr, result.stderr[-2000:]
+  assert not model_dir.exists()
+
+
+def test_help_lists_the_reference_flags():
+  result = _script("--helpfull")
+  for flag in ("--tpu", "--tpu_zone", "--gcp_project", "--[no]use_tpu",
+               "--master", "--model_dir", "--data_dir", "--iterations_per_loop",
+               "--train_steps", "--train_batch_size", "--eval_batch_size",
+               "--eval_steps", "--save_checkpoints_steps", "--num_cores",
+               "--mode"):
+    assert flag + ":" in result.stdout, flag

@@ -8,6 +8,7 @@ Public surface::
   CrossShardOptimizer    gradient averaging across replicas
   DeviceLoop, BuiltLoop  the interface a device implementation provides
   CpuEmulationLoop       the local CPU implementation
+  TpuLoop                the tf.compat.v1.tpu implementation (training)
   InputShapeError        input_fn gave batches of unknown shape
   CheckpointMismatchError  a checkpoint of another model
   NanLossError           the loss became NaN
@@ -25,6 +26,7 @@ from tpu_harness.nan_loss import NanLossError
 from tpu_harness.runner import Runner
 from tpu_harness.spec import ModeKeys
 from tpu_harness.spec import ModelSpec
+from tpu_harness.tpu_loop import TpuLoop
 
 __all__ = [
     "BuiltLoop",
@@ -39,4 +41,5 @@ __all__ = [
     "Runner",
     "RunConfig",
     "TPUConfig",
+    "TpuLoop",
 ]

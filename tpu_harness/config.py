@@ -43,6 +43,9 @@ class RunConfig:
       variables from when `model_dir` has no checkpoint yet.
     stop_on_nan_loss: raise `NanLossError` when a step's loss is NaN or
       infinite, before a checkpoint of that state is saved.
+    master: the session target: "" runs in this process; "grpc://host:port"
+      runs the graph on that TF server (a Cloud TPU worker, see
+      `tpu_harness.cluster.resolve_master`).
     tpu: the device-loop layout.
   """
   model_dir: str
@@ -55,6 +58,7 @@ class RunConfig:
   tf_random_seed: Optional[int] = None
   warm_start_from: Optional[str] = None
   stop_on_nan_loss: bool = True
+  master: str = ""
   tpu: TPUConfig = dataclasses.field(default_factory=TPUConfig)
 
   def __post_init__(self):
@@ -95,6 +99,10 @@ class RunConfig:
     if not isinstance(self.stop_on_nan_loss, bool):
       raise TypeError(f"`stop_on_nan_loss` ({self.stop_on_nan_loss!r}) must "
                       f"be True or False.")
+    if not isinstance(self.master, str) or (
+        self.master and not self.master.startswith("grpc://")):
+      raise ValueError(f"`master` ({self.master!r}) must be '' (in-process) "
+                       f"or a grpc://host:port target.")
     if not isinstance(self.tpu, TPUConfig):
       raise TypeError(f"`tpu` ({self.tpu!r}) must be a TPUConfig, got "
                       f"{type(self.tpu).__name__}.")

@@ -10,7 +10,8 @@ One step of N replicas thus equals one step of one replica on the whole batch
 (for a loss that is a mean over the batch), and the global step advances once.
 
 Outside the runner's replica context (num_shards == 1, or plain use) it is
-the wrapped optimizer.
+the wrapped optimizer. Inside a TPU computation (`tpu_replicas`) it is TF's
+`tf.compat.v1.tpu.CrossShardOptimizer` around the wrapped optimizer.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ class _ReplicaContext:
   variables: Dict[object, tf.Variable] = dataclasses.field(
       default_factory=dict)
   used: bool = False
+  tpu: bool = False
 
 
 def current_replica() -> Optional[_ReplicaContext]:
@@ -66,6 +68,18 @@ def replica_group(count: int):
   yield replica
 
 
+@contextlib.contextmanager
+def tpu_replicas(count: int):
+  """While building a `tf.compat.v1.tpu.replicate` computation of `count`
+  replicas: CrossShardOptimizer delegates to TF's TPU CrossShardOptimizer
+  (a cross_replica_sum all-reduce on the TPU)."""
+  _LOCAL.context = _ReplicaContext(index=0, count=count, tpu=True)
+  try:
+    yield _LOCAL.context
+  finally:
+    _LOCAL.context = None
+
+
 class CrossShardOptimizer(tf.compat.v1.train.Optimizer):
   """Averages gradients across replicas, then applies the wrapped optimizer.
 
@@ -84,11 +98,24 @@ class CrossShardOptimizer(tf.compat.v1.train.Optimizer):
     super().__init__(use_locking=False, name=name)
     self._optimizer = optimizer
 
+  def _tpu_optimizer(self):
+    if not hasattr(self, "_tpu"):
+      self._tpu = tf.compat.v1.tpu.CrossShardOptimizer(self._optimizer)
+    return self._tpu
+
   def compute_gradients(self, loss, var_list=None, **kwargs):
+    context = current_replica()
+    if context is not None and context.tpu:
+      context.used = True
+      return self._tpu_optimizer().compute_gradients(loss, var_list=var_list,
+                                                     **kwargs)
     return self._optimizer.compute_gradients(loss, var_list=var_list, **kwargs)
 
   def apply_gradients(self, grads_and_vars, global_step=None, name=None):
     context = current_replica()
+    if context is not None and context.tpu:
+      return self._tpu_optimizer().apply_gradients(grads_and_vars,
+                                                   global_step, name)
     if context is None or context.count == 1:
       if context is not None:
         context.used = True

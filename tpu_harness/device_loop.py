@@ -6,14 +6,15 @@ step and calls `model_fn` once per replica, and an outfeed that brings each
 step's values back to the host. The runner drives it the same way whatever
 the device: request infeed steps, run `fetches` with `iterations` fed, repeat.
 
-`tpu_harness.cpu_loop.CpuEmulationLoop` implements it on virtual CPU devices.
+`tpu_harness.cpu_loop.CpuEmulationLoop` implements it on virtual CPU devices,
+`tpu_harness.tpu_loop.TpuLoop` with `tf.compat.v1.tpu` ops.
 """
 
 from __future__ import annotations
 
 import abc
 import dataclasses
-from typing import Any, Callable, Dict, Mapping, Optional
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 import tensorflow as tf
 
@@ -33,12 +34,15 @@ class BuiltLoop:
     host_fn: TRAIN: the host_call function, or None.
     metrics: EVAL: `{name: value tensor}` of the streaming metrics, updated by
       running `fetches`.
+    hooks: session hooks the loop needs (e.g. TPU system initialization),
+      run before the runner's own.
   """
   infeed: HostInfeed
   iterations: tf.Tensor
   fetches: Dict[str, Any]
   host_fn: Optional[Callable[..., Mapping[str, float]]] = None
   metrics: Optional[Dict[str, tf.Tensor]] = None
+  hooks: Tuple[tf.compat.v1.train.SessionRunHook, ...] = ()
 
 
 class DeviceLoop(abc.ABC):

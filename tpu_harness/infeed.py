@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import queue as queue_lib
 import threading
-from typing import Any, Optional
+from typing import Any, Callable, List, Optional
 
 from absl import logging
 import tensorflow as tf
@@ -30,13 +30,18 @@ class InputShapeError(ValueError):
 class HostInfeed:
   """Queue, iterator and enqueue loop of one input pipeline."""
 
-  def __init__(self, dataset: tf.data.Dataset, capacity: int, name: str):
+  def __init__(self, dataset: tf.data.Dataset, capacity: int, name: str,
+               enqueue_fn: Optional[Callable[[List[tf.Tensor]],
+                                             tf.Operation]] = None):
     """Builds the host-side ops in the default graph.
 
     Args:
       dataset: elements of one step each, every tensor of fixed shape.
       capacity: queue capacity, in steps.
       name: used in op names and messages.
+      enqueue_fn: enqueues one element's flat tensors somewhere else than
+        the emulated queue (a TPU's infeed); `dequeue()` is then the
+        device's business.
 
     Raises:
       InputShapeError: an element tensor has an unknown dimension.
@@ -55,11 +60,16 @@ class HostInfeed:
     self._shapes = [spec.shape for spec in specs]
     with tf.name_scope(f"{name}_infeed"):
       self._iterator = tf.compat.v1.data.make_initializable_iterator(dataset)
-      self._queue = tf.queue.FIFOQueue(capacity, self._dtypes,
-                                       shapes=self._shapes)
+      self._queue = None
+      self._close = None
+      if enqueue_fn is None:
+        self._queue = tf.queue.FIFOQueue(capacity, self._dtypes,
+                                         shapes=self._shapes)
+        enqueue_fn = self._queue.enqueue
+        self._close = self._queue.close(cancel_pending_enqueues=True)
+      self._enqueue_fn = enqueue_fn
       self._steps = tf.compat.v1.placeholder(tf.int32, [], name="steps")
       self._enqueue_loop = self._build_enqueue_loop()
-      self._close = self._queue.close(cancel_pending_enqueues=True)
     self._requests: queue_lib.Queue = queue_lib.Queue()
     self._results: queue_lib.Queue = queue_lib.Queue()
     self._thread: Optional[threading.Thread] = None
@@ -78,7 +88,7 @@ class HostInfeed:
 
       def enqueue():
         values = tf.nest.flatten(optional.get_value())
-        with tf.control_dependencies([self._queue.enqueue(values)]):
+        with tf.control_dependencies([self._enqueue_fn(values)]):
           return moved + 1, tf.constant(False)
 
       return tf.cond(optional.has_value(), enqueue,
@@ -90,8 +100,20 @@ class HostInfeed:
         body, [tf.constant(0), tf.constant(False)], name="enqueue_loop")
     return moved
 
+  @property
+  def shapes(self) -> List[tf.TensorShape]:
+    """Shapes of the element's flat tensors."""
+    return list(self._shapes)
+
+  @property
+  def dtypes(self) -> List[tf.DType]:
+    return list(self._dtypes)
+
   def dequeue(self) -> Any:
     """Device side: the next step's element, in the dataset's structure."""
+    if self._queue is None:
+      raise RuntimeError(f"The {self._name} infeed has a custom enqueue; "
+                         f"the device dequeues it.")
     values = self._queue.dequeue()
     if not isinstance(values, (list, tuple)):
       values = [values]
@@ -142,10 +164,11 @@ class HostInfeed:
       return
     self._stopping = True
     self._requests.put(None)
-    try:
-      self._session.run(self._close)
-    except (tf.errors.OpError, RuntimeError) as error:  # Session closing.
-      logging.debug("Closing %s infeed: %s", self._name, error)
+    if self._close is not None:
+      try:
+        self._session.run(self._close)
+      except (tf.errors.OpError, RuntimeError) as error:  # Session closing.
+        logging.debug("Closing %s infeed: %s", self._name, error)
     self._thread.join()
     self._thread = None
 

@@ -211,7 +211,7 @@ class Runner:
       ipl = config.iterations_per_loop
       guards = ([NanLossHook(loop.fetches["outfeed"][cpu_loop.LOSS])]
                 if config.stop_on_nan_loss else [])
-      all_hooks = [InfeedHook(loop.infeed)] + guards + [
+      all_hooks = list(loop.hooks) + [InfeedHook(loop.infeed)] + guards + [
           hooks_lib.StopAtStepHook(last_step=last_step, steps_per_run=ipl),
           hooks_lib.StepCounterHook(
               every_n_steps=config.log_step_count_steps,
@@ -225,10 +225,10 @@ class Runner:
       ]
       creator = tf.compat.v1.train.ChiefSessionCreator(
           scaffold=scaffold, checkpoint_filename_with_path=latest,
-          config=self._device.session_config())
+          master=config.master, config=self._device.session_config())
       writer = tf.compat.v1.summary.FileWriterCache.get(config.model_dir)
-      logging.info("Training from step %d to %d, %d steps per loop.",
-                   start_step, last_step, ipl)
+      logging.info("Training from step %d to %d, %d steps per loop, on %s.",
+                   start_step, last_step, ipl, config.master or "this process")
       with PreemptionWatcher() as preemption:
         with tf.compat.v1.train.MonitoredSession(
             session_creator=creator, hooks=all_hooks) as session:
@@ -419,10 +419,11 @@ class Runner:
     scaffold = tf.compat.v1.train.Scaffold(saver=tf.compat.v1.train.Saver())
     creator = tf.compat.v1.train.ChiefSessionCreator(
         scaffold=scaffold, checkpoint_filename_with_path=checkpoint,
-        config=self._device.session_config())
+        master=self._config.master, config=self._device.session_config())
     return tf.compat.v1.train.MonitoredSession(
         session_creator=creator,
-        hooks=[InfeedHook(loop.infeed)] + list(hooks or []))
+        hooks=list(loop.hooks) + [InfeedHook(loop.infeed)]
+        + list(hooks or []))
 
   def _loops(self, loop: BuiltLoop, session, steps: Optional[int]):
     """Runs loops until `steps` (or the input) is done.
