@@ -1,0 +1,219 @@
+"""Training-loop speed: the runner against a raw loop, Keras and MonitoredSession.
+
+The same model (an MLP, 64 -> 256 -> 10, Adam), the same synthetic data
+(batches of 128) and the same number of steps for every variant:
+
+  raw        all steps in ONE Session.run of a tf.while_loop reading the
+             dataset inside the loop, no hooks: the limit.
+  runner/N   tpu_harness.Runner with its default hooks (checkpoints every
+             1000 steps, step counter, loss summaries), iterations_per_loop=N.
+  keras/N    Keras model.fit(steps_per_execution=N).
+  mts        tf.compat.v1.train.MonitoredTrainingSession, one step per
+             Session.run, with its default TF hooks.
+
+Rates are steady state: from the first to the last step of the timed run,
+measured by a hook (graph mode) or callback (Keras), so graph building and
+session start are excluded, while per-loop work (hooks, infeed, saves) is
+included. Each variant runs --repeats times, in alternating order; the table
+shows the median and the ratios the targets are about. Absolute numbers are
+noise on shared machines; the ratios, measured in one run, are the result.
+
+    python -m scripts.bench_loop [--steps=4000] [--repeats=5]
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import tempfile
+import time
+from typing import Callable, Dict, List
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app  # pylint: disable=g-import-not-at-top
+from absl import flags  # pylint: disable=g-import-not-at-top
+from absl import logging  # pylint: disable=g-import-not-at-top
+import numpy as np  # pylint: disable=g-import-not-at-top
+import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+import tpu_harness as th  # pylint: disable=g-import-not-at-top
+
+FLAGS = flags.FLAGS
+flags.DEFINE_integer("steps", 4000, "Training steps per timed run.",
+                     lower_bound=10)
+flags.DEFINE_integer("repeats", 5, "Timed runs per variant.", lower_bound=1)
+flags.DEFINE_list("loops", ["1", "10", "100", "1000"],
+                  "iterations_per_loop / steps_per_execution values.")
+
+BATCH, FEATURES, HIDDEN, CLASSES = 128, 64, 256, 10
+
+
+def _data():
+  rng = np.random.RandomState(0)
+  x = rng.normal(size=(8192, FEATURES)).astype(np.float32)
+  y = rng.randint(0, CLASSES, size=8192).astype(np.int32)
+  return x, y
+
+
+def _dataset(batch=BATCH):
+  x, y = _data()
+  return tf.data.Dataset.from_tensor_slices((x, y)).repeat().batch(
+      batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+
+
+def _mlp_loss(features, labels):
+  with tf.compat.v1.variable_scope("mlp", reuse=tf.compat.v1.AUTO_REUSE):
+    w1 = tf.compat.v1.get_variable("w1", [FEATURES, HIDDEN])
+    b1 = tf.compat.v1.get_variable("b1", [HIDDEN],
+                                   initializer=tf.zeros_initializer())
+    w2 = tf.compat.v1.get_variable("w2", [HIDDEN, CLASSES])
+    b2 = tf.compat.v1.get_variable("b2", [CLASSES],
+                                   initializer=tf.zeros_initializer())
+  logits = tf.matmul(tf.nn.relu(tf.matmul(features, w1) + b1), w2) + b2
+  return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
+      labels=labels, logits=logits))
+
+
+def _train_op(loss):
+  return th.CrossShardOptimizer(tf.compat.v1.train.AdamOptimizer(1e-3)).minimize(
+      loss, global_step=tf.compat.v1.train.get_global_step())
+
+
+class _RateHook(tf.compat.v1.train.SessionRunHook):
+  """Steps per second from the first before_run to the last after_run."""
+
+  def __init__(self):
+    self.first = self.last = None
+    self._step = None
+
+  def begin(self):
+    self._step = tf.compat.v1.train.get_global_step()
+
+  def before_run(self, run_context):
+    if self.first is None:
+      self.first = (time.perf_counter(),
+                    run_context.session.run(self._step))
+
+  def after_run(self, run_context, run_values):
+    self.last = (time.perf_counter(), run_context.session.run(self._step))
+
+  def rate(self) -> float:
+    return (self.last[1] - self.first[1]) / (self.last[0] - self.first[0])
+
+
+def raw(steps: int) -> float:
+  with tf.Graph().as_default():
+    tf.compat.v1.train.get_or_create_global_step()
+    iterator = tf.compat.v1.data.make_one_shot_iterator(_dataset())
+
+    def body(i):
+      with tf.control_dependencies([_train_op(_mlp_loss(*iterator.get_next()))]):
+        return i + 1
+
+    loop = tf.while_loop(lambda i: i < steps, body, [tf.constant(0)])
+    with tf.compat.v1.Session() as session:
+      session.run(tf.compat.v1.global_variables_initializer())
+      started = time.perf_counter()
+      session.run(loop)
+      return steps / (time.perf_counter() - started)
+
+
+def runner(steps: int, loop: int) -> float:
+  def model_fn(features, labels, mode, params):
+    loss = _mlp_loss(features, labels)
+    return th.ModelSpec(mode=mode, loss=loss, train_op=_train_op(loss))
+
+  with tempfile.TemporaryDirectory() as model_dir:
+    hook = _RateHook()
+    th.Runner(model_fn, th.RunConfig(model_dir, iterations_per_loop=loop),
+              train_batch_size=BATCH).train(
+                  lambda params: _dataset(params["batch_size"]),
+                  max_steps=steps, hooks=[hook])
+    return hook.rate()
+
+
+def keras(steps: int, loop: int) -> float:
+  import keras as keras_lib  # pylint: disable=g-import-not-at-top
+  model = keras_lib.Sequential([
+      keras_lib.Input((FEATURES,)),
+      keras_lib.layers.Dense(HIDDEN, activation="relu"),
+      keras_lib.layers.Dense(CLASSES)])
+  model.compile(optimizer=keras_lib.optimizers.Adam(1e-3),
+                loss=keras_lib.losses.SparseCategoricalCrossentropy(
+                    from_logits=True),
+                steps_per_execution=loop, jit_compile=False)
+  times: List[float] = []
+
+  class Timer(keras_lib.callbacks.Callback):
+
+    def on_train_batch_begin(self, batch, logs=None):
+      if not times:
+        times.append(time.perf_counter())
+
+    def on_train_end(self, logs=None):
+      times.append(time.perf_counter())
+
+  # Warm-up: tracing the train function is setup, not steady state.
+  model.fit(_dataset(), steps_per_epoch=loop, epochs=1, verbose=0)
+  model.fit(_dataset(), steps_per_epoch=steps, epochs=1, verbose=0,
+            callbacks=[Timer()])
+  return steps / (times[1] - times[0])
+
+
+def mts(steps: int) -> float:
+  with tf.Graph().as_default(), tempfile.TemporaryDirectory() as model_dir:
+    tf.compat.v1.train.get_or_create_global_step()
+    iterator = tf.compat.v1.data.make_one_shot_iterator(_dataset())
+    train_op = _train_op(_mlp_loss(*iterator.get_next()))
+    hook = _RateHook()
+    with tf.compat.v1.train.MonitoredTrainingSession(
+        checkpoint_dir=model_dir, save_checkpoint_steps=1000,
+        save_checkpoint_secs=None, save_summaries_steps=100,
+        log_step_count_steps=100, hooks=[
+            hook, tf.compat.v1.train.StopAtStepHook(last_step=steps)]) as s:
+      while not s.should_stop():
+        s.run(train_op)
+    return hook.rate()
+
+
+def main(argv):
+  del argv  # Unused.
+  logging.set_verbosity(logging.WARNING)
+  steps, loops = FLAGS.steps, [int(n) for n in FLAGS.loops]
+  variants: Dict[str, Callable[[], float]] = {"raw": lambda: raw(steps)}
+  for n in loops:
+    variants[f"runner/{n}"] = lambda n=n: runner(steps, n)
+    variants[f"keras/{n}"] = lambda n=n: keras(steps, n)
+  variants["mts"] = lambda: mts(steps)
+  rates: Dict[str, List[float]] = {name: [] for name in variants}
+  names = list(variants)
+  for repeat in range(FLAGS.repeats):
+    for name in names if repeat % 2 == 0 else names[::-1]:
+      rates[name].append(variants[name]())
+    print(f"repeat {repeat + 1}/{FLAGS.repeats} done", flush=True)
+  median = {name: statistics.median(values) for name, values in rates.items()}
+  print(f"\n{steps} steps per run, median of {FLAGS.repeats}, "
+        f"alternating order; batch {BATCH}, MLP {FEATURES}-{HIDDEN}-"
+        f"{CLASSES}, Adam\n")
+  print(f"| variant | steps/sec | vs raw |")
+  print(f"| --- | ---: | ---: |")
+  for name in names:
+    print(f"| {name} | {median[name]:.0f} | {median[name] / median['raw']:.2f} |")
+  checks = []
+  if 100 in loops:
+    checks.append(("runner/100 / raw", median["runner/100"] / median["raw"],
+                   0.95))
+    checks.append(("runner/100 / keras/100",
+                   median["runner/100"] / median["keras/100"], 1.25))
+  if 1 in loops:
+    checks.append(("runner/1 / mts", median["runner/1"] / median["mts"], 1.0))
+  print("\n| ratio | measured | target | met |")
+  print("| --- | ---: | ---: | --- |")
+  for label, value, target in checks:
+    print(f"| {label} | {value:.2f} | >= {target:.2f} | "
+          f"{'yes' if value >= target else 'NO'} |")
+
+
+if __name__ == "__main__":
+  app.run(main)

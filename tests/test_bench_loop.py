@@ -1,0 +1,21 @@
+"""scripts/bench_loop.py runs end to end (tiny sizes; no timing asserted)."""
+
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_prints_every_variant_and_the_ratios():
+  result = subprocess.run(
+      [sys.executable, "-m", "scripts.bench_loop", "--steps=20",
+       "--repeats=1", "--loops=1,100"], cwd=ROOT, capture_output=True,
+      text=True, timeout=600, check=False)
+  assert result.returncode == 0, result.stderr[-3000:]
+  rows = [line.split("|")[1].strip() for line in result.stdout.splitlines()
+          if line.startswith("| ") and "---" not in line]
+  for name in ("raw", "runner/1", "keras/1", "runner/100", "keras/100",
+               "mts", "runner/100 / raw", "runner/100 / keras/100",
+               "runner/1 / mts"):
+    assert name in rows, (name, result.stdout)
