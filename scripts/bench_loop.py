@@ -196,8 +196,8 @@ def main(argv):
   print(f"\n{steps} steps per run, median of {FLAGS.repeats}, "
         f"alternating order; batch {BATCH}, MLP {FEATURES}-{HIDDEN}-"
         f"{CLASSES}, Adam\n")
-  print(f"| variant | steps/sec | vs raw |")
-  print(f"| --- | ---: | ---: |")
+  print("| variant | steps/sec | vs raw |")
+  print("| --- | ---: | ---: |")
   for name in names:
     print(f"| {name} | {median[name]:.0f} | {median[name] / median['raw']:.2f} |")
   checks = []

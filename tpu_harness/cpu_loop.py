@@ -44,34 +44,6 @@ class CpuEmulationLoop(DeviceLoop):
 
   # Building blocks.
 
-  def _input(self, input_fn: Callable, params: Dict[str, Any],
-             mode: str) -> tf.data.Dataset:
-    dataset = input_fn(params)
-    if not isinstance(dataset, tf.data.Dataset):
-      raise TypeError(f"`input_fn` must return a tf.data.Dataset, got "
-                      f"{type(dataset).__name__} ({dataset!r}).")
-    spec = dataset.element_spec
-    if mode != spec_lib.ModeKeys.PREDICT and not (
-        isinstance(spec, tuple) and len(spec) == 2):
-      raise TypeError(f"`input_fn` must return a Dataset of (features, "
-                      f"labels) pairs in mode {mode!r}; its elements are "
-                      f"{spec}.")
-    names = (leaf_paths(spec[0], "features") + leaf_paths(spec[1], "labels")
-             if isinstance(spec, tuple) and len(spec) == 2
-             else leaf_paths(spec, "features"))
-    for name, leaf in zip(names, tf.nest.flatten(spec)):
-      if not isinstance(leaf, tf.TensorSpec):
-        raise TypeError(f"`input_fn` must return a Dataset of dense tensors; "
-                        f"{name} is a {type(leaf).__name__}.")
-    if mode != spec_lib.ModeKeys.PREDICT:
-      for name, leaf in zip(names, tf.nest.flatten(spec)):
-        if not leaf.shape.is_fully_defined():
-          raise InputShapeError(
-              f"`input_fn` must return batches of fixed shape in mode "
-              f"{mode!r} (batch with drop_remainder=True); {name} has shape "
-              f"{leaf.shape}.")
-    return dataset
-
   def _replicas(self, model_fn: Callable, element: Any, mode: str,
                 params: Dict[str, Any]) -> List[spec_lib.ModelSpec]:
     """Calls `model_fn` once per replica on its slice of `element`."""
@@ -138,7 +110,7 @@ class CpuEmulationLoop(DeviceLoop):
 
   def build_train(self, model_fn, input_fn, params, skip_steps):
     mode = spec_lib.ModeKeys.TRAIN
-    dataset = self._input(input_fn, params, mode).batch(
+    dataset = make_input(input_fn, params, mode).batch(
         self._num_shards, drop_remainder=True).skip(skip_steps)
     infeed = HostInfeed(dataset, self._iterations_per_loop, "train")
     global_step = tf.compat.v1.train.get_global_step()
@@ -150,9 +122,6 @@ class CpuEmulationLoop(DeviceLoop):
       if specs[0].host_call is not None:
         host_fn_holder["fn"] = specs[0].host_call[0]
         for name in specs[0].host_call[1]:
-          if name == LOSS:
-            raise ValueError("`host_call` tensors may not be named 'loss'; "
-                             "the runner records the loss itself.")
           values[name] = self._concat([s.host_call[1][name] for s in specs])
       return [s.train_op for s in specs], values
 
@@ -165,7 +134,7 @@ class CpuEmulationLoop(DeviceLoop):
 
   def build_eval(self, model_fn, input_fn, params):
     mode = spec_lib.ModeKeys.EVAL
-    dataset = self._input(input_fn, params, mode).batch(
+    dataset = make_input(input_fn, params, mode).batch(
         self._num_shards, drop_remainder=True)
     infeed = HostInfeed(dataset, self._iterations_per_loop, "eval")
     metric_holder = {}
@@ -216,7 +185,7 @@ class CpuEmulationLoop(DeviceLoop):
 
   def build_predict(self, model_fn, input_fn, params):
     mode = spec_lib.ModeKeys.PREDICT
-    dataset = _padded_predict_input(self._input(input_fn, params, mode),
+    dataset = _padded_predict_input(make_input(input_fn, params, mode),
                                     params["batch_size"], self._num_shards)
     infeed = HostInfeed(dataset, self._iterations_per_loop, "predict")
 
@@ -233,6 +202,36 @@ class CpuEmulationLoop(DeviceLoop):
     iterations, stacked = self._loop(infeed, step_fn)
     return BuiltLoop(infeed=infeed, iterations=iterations,
                      fetches={"outfeed": stacked})
+
+
+def make_input(input_fn: Callable, params: Dict[str, Any],
+               mode: str) -> tf.data.Dataset:
+  """Calls `input_fn` and checks its Dataset against the contract."""
+  dataset = input_fn(params)
+  if not isinstance(dataset, tf.data.Dataset):
+    raise TypeError(f"`input_fn` must return a tf.data.Dataset, got "
+                    f"{type(dataset).__name__} ({dataset!r}).")
+  spec = dataset.element_spec
+  if mode != spec_lib.ModeKeys.PREDICT and not (
+      isinstance(spec, tuple) and len(spec) == 2):
+    raise TypeError(f"`input_fn` must return a Dataset of (features, "
+                    f"labels) pairs in mode {mode!r}; its elements are "
+                    f"{spec}.")
+  names = (leaf_paths(spec[0], "features") + leaf_paths(spec[1], "labels")
+           if isinstance(spec, tuple) and len(spec) == 2
+           else leaf_paths(spec, "features"))
+  for name, leaf in zip(names, tf.nest.flatten(spec)):
+    if not isinstance(leaf, tf.TensorSpec):
+      raise TypeError(f"`input_fn` must return a Dataset of dense tensors; "
+                      f"{name} is a {type(leaf).__name__}.")
+  if mode != spec_lib.ModeKeys.PREDICT:
+    for name, leaf in zip(names, tf.nest.flatten(spec)):
+      if not leaf.shape.is_fully_defined():
+        raise InputShapeError(
+            f"`input_fn` must return batches of fixed shape in mode "
+            f"{mode!r} (batch with drop_remainder=True); {name} has shape "
+            f"{leaf.shape}.")
+  return dataset
 
 
 def _padded_predict_input(dataset: tf.data.Dataset, batch_size: int,

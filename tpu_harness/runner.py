@@ -123,7 +123,11 @@ class Runner:
     return self._preempted
 
   def latest_checkpoint(self) -> Optional[str]:
-    """The newest checkpoint in `model_dir` that reads back, or None."""
+    """The newest checkpoint in `model_dir` that reads back, or None.
+
+    Reads every tensor of the checkpoint it returns (and of newer broken
+    ones) to verify it: as much I/O as a restore.
+    """
     return checkpoints.latest_restorable(self._config.model_dir)
 
   # Training.
@@ -240,11 +244,11 @@ class Runner:
         writer.flush()
         if preemption.requested:
           self._preempted = True
-          logging.warning("Stopped by %s at step %d with a checkpoint saved "
+          saved = tf.train.latest_checkpoint(config.model_dir)
+          logging.warning("Stopped by %s at step %s with a checkpoint saved "
                           "(%s); training resumes from it when run again.",
                           preemption.signal_name,
-                          _checkpoint_step(self.latest_checkpoint()),
-                          self.latest_checkpoint())
+                          checkpoints.checkpoint_step(saved), saved)
     return self
 
   def _train_loops(self, session, loop: BuiltLoop, step: int, last_step: int,

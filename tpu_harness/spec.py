@@ -83,6 +83,9 @@ def check_spec(spec: Any, mode: str) -> ModelSpec:
     if not isinstance(spec.host_call[1], Mapping):
       raise ValueError(f"`host_call` tensors must be a dict of name -> "
                        f"tensor; got {spec.host_call[1]!r}.")
+    if "loss" in spec.host_call[1]:
+      raise ValueError("`host_call` tensors may not be named 'loss'; the "
+                       "runner records the loss itself.")
   if mode == ModeKeys.PREDICT:
     if (not isinstance(spec.predictions, Mapping) or not spec.predictions
         or not all(isinstance(t, tf.Tensor) and t.shape.rank

@@ -29,6 +29,7 @@ import hooks
 from tpu_harness import cross_shard
 from tpu_harness import spec as spec_lib
 from tpu_harness.cpu_loop import LOSS
+from tpu_harness.cpu_loop import make_input
 from tpu_harness.device_loop import BuiltLoop
 from tpu_harness.device_loop import DeviceLoop
 from tpu_harness.infeed import HostInfeed
@@ -72,11 +73,8 @@ class TpuLoop(DeviceLoop):
     mode = spec_lib.ModeKeys.TRAIN
     shards = self._num_shards
     with tf.device(self._host_device):
-      dataset = input_fn(params)
-      if not isinstance(dataset, tf.data.Dataset):
-        raise TypeError(f"`input_fn` must return a tf.data.Dataset, got "
-                        f"{type(dataset).__name__}.")
-      dataset = dataset.batch(shards, drop_remainder=True).skip(skip_steps)
+      dataset = make_input(input_fn, params, mode).batch(
+          shards, drop_remainder=True).skip(skip_steps)
       structure = dataset.element_spec
       per_replica = [spec.shape[1:] for spec in tf.nest.flatten(structure)]
       dtypes = [spec.dtype for spec in tf.nest.flatten(structure)]
