@@ -35,6 +35,7 @@ import tensorflow as tf
 
 from hooks import _tf_internals
 from hooks import _validation
+from hooks.async_writer import AsyncCheckpointWriter
 from hooks.run_increment import RunIncrement
 from hooks.schedule import StepOrSecondsSchedule
 
@@ -67,7 +68,8 @@ class CheckpointSaverHook(tf.compat.v1.train.SessionRunHook):
                steps_per_run: int = 1,
                save_graph_def: bool = True,
                *,
-               clock: Callable[[], float] = time.monotonic):
+               clock: Callable[[], float] = time.monotonic,
+               async_save: bool = False):
     """Initializes a `CheckpointSaverHook`.
 
     Args:
@@ -88,6 +90,16 @@ class CheckpointSaverHook(tf.compat.v1.train.SessionRunHook):
       save_graph_def: whether to write `graph.pbtxt` and a `.meta` file for
         each checkpoint.
       clock: returns the current time in seconds; a fake one in tests.
+      async_save: write checkpoints on a background thread. A save then
+        stalls training only to copy the variables to host memory; the
+        files, then the `checkpoint` state file, are written meanwhile.
+        Listeners' `after_save` (and a stop it asks for) and the CHECKPOINT
+        event come when the write is complete, at the next hook call. Saves
+        never overlap: a save waits for the write before it. `end()` waits
+        for the last write. A failed write raises `CheckpointSaveError` at
+        the next hook call. Saves all global variables, keyed by name, as a
+        default Saver does (not partitioned variables or other saveables);
+        the state file gets relative paths.
 
     Raises:
       ValueError: both or neither of `save_secs` and `save_steps`; a
@@ -122,6 +134,8 @@ class CheckpointSaverHook(tf.compat.v1.train.SessionRunHook):
     self._save_path = os.path.join(self._checkpoint_dir, checkpoint_basename)
     self._save_graph_def = bool(save_graph_def)
     self._clock = clock
+    self._async = bool(async_save)
+    self._writer = None
     self._global_step_tensor = None
     self._summary_writer = None
     logging.info("Create CheckpointSaverHook (dir=%s, steps_per_run=%d).",
@@ -146,6 +160,15 @@ class CheckpointSaverHook(tf.compat.v1.train.SessionRunHook):
           "CheckpointSaverHook needs a global step in the graph: create it "
           "with tf.compat.v1.train.get_or_create_global_step() before the "
           "session is created, and advance it in the train op.")
+    if self._async:
+      if tf.compat.v1.get_collection(
+          tf.compat.v1.GraphKeys.SAVEABLE_OBJECTS):
+        raise ValueError(
+            "`async_save` saves variables only; this graph has other "
+            "saveable objects (tf.compat.v1.GraphKeys.SAVEABLE_OBJECTS). "
+            "Use async_save=False.")
+      self._writer = AsyncCheckpointWriter(
+          tf.compat.v1.global_variables(), self._save_path)
     for listener in self._listeners:
       listener.begin()
 
@@ -155,6 +178,16 @@ class CheckpointSaverHook(tf.compat.v1.train.SessionRunHook):
     global_step = int(session.run(self._global_step_tensor))
     graph = tf.compat.v1.get_default_graph()
     saver = self._get_saver()
+    if self._writer is not None:
+      meta_graph = None
+      if self._save_graph_def:
+        # The graph is final: one MetaGraphDef serves every checkpoint.
+        meta_graph = tf.compat.v1.train.export_meta_graph(
+            graph=graph, saver_def=saver.saver_def).SerializeToString()
+      self._writer.configure(
+          max_to_keep=saver.saver_def.max_to_keep,
+          recent=saver.last_checkpoints, save_relative_paths=True,
+          meta_graph=meta_graph)
     if self._save_graph_def:
       # The graph is finalized now, after every hook's begin() had its chance
       # to add ops, so this is the graph that runs.
@@ -174,6 +207,9 @@ class CheckpointSaverHook(tf.compat.v1.train.SessionRunHook):
     return tf.compat.v1.train.SessionRunArgs(self._global_step_tensor)
 
   def after_run(self, run_context, run_values) -> None:
+    if self._writer is not None and self._finish_write(
+        run_context.session, wait=False):
+      run_context.request_stop()
     stale_step = int(run_values.results)
     # The gap to the previous run's stale step is that run's increment.
     self._increment.observe_stale(stale_step)
@@ -195,19 +231,35 @@ class CheckpointSaverHook(tf.compat.v1.train.SessionRunHook):
       CheckpointSaveError: the save failed.
     """
     last_step = int(session.run(self._global_step_tensor))
-    if last_step != self._schedule.last_triggered_step:
-      self._save(session, last_step)
+    try:
+      if last_step != self._schedule.last_triggered_step:
+        self._save(session, last_step)
+      if self._writer is not None:
+        self._finish_write(session, wait=True)
+    finally:
+      if self._writer is not None:
+        self._writer.close()
     for listener in self._listeners:
       listener.end(session, last_step)
     self._summary_writer.flush()
 
   def _save(self, session, step: int) -> bool:
-    """Saves a checkpoint at `step`; returns whether a listener asks to stop."""
+    """Saves a checkpoint at `step`; returns whether a listener asks to stop.
+
+    With async_save, starts the write and returns whether a listener asked
+    to stop when the previous write completed.
+    """
+    should_stop = False
+    if self._writer is not None:
+      should_stop = self._finish_write(session, wait=True)
     logging.info("Calling checkpoint listeners before saving checkpoint %d...",
                  step)
     for listener in self._listeners:
       listener.before_save(session, step)
     logging.info("Saving checkpoints for %d into %s.", step, self._save_path)
+    if self._writer is not None:
+      self._writer.start(step, self._writer.snapshot(session))
+      return should_stop
     try:
       self._get_saver().save(session, self._save_path, global_step=step,
                              write_meta_graph=self._save_graph_def)
@@ -215,6 +267,26 @@ class CheckpointSaverHook(tf.compat.v1.train.SessionRunHook):
       raise CheckpointSaveError(
           f"Saving the checkpoint for step {step} into {self._save_path} "
           f"failed: {type(error).__name__}: {error.message}") from error
+    return self._after_save(session, step)
+
+  def _finish_write(self, session, wait: bool) -> bool:
+    """Completes a finished background write: listeners' after_save and the
+    event. Returns whether a listener asks to stop.
+
+    Raises:
+      CheckpointSaveError: the background write failed.
+    """
+    step = self._writer.step_in_flight
+    try:
+      done = self._writer.wait() if wait else self._writer.collect()
+    except Exception as error:  # pylint: disable=broad-except
+      raise CheckpointSaveError(
+          f"Writing the checkpoint for step {step} into {self._save_path} "
+          f"failed in the background: {type(error).__name__}: "
+          f"{getattr(error, 'message', error)}") from error
+    return False if done is None else self._after_save(session, done)
+
+  def _after_save(self, session, step: int) -> bool:
     self._summary_writer.add_session_log(
         tf.compat.v1.SessionLog(status=tf.compat.v1.SessionLog.CHECKPOINT,
                                 checkpoint_path=self._save_path),

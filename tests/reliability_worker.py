@@ -4,7 +4,7 @@ Trains the linear model of runner_models plus an 8 MB "ballast" variable, so
 that saves take long enough to be interrupted, with deterministic input.
 
   python tests/reliability_worker.py MODEL_DIR MAX_STEPS [--markers DIR]
-      [--hold_in_end]
+      [--hold_in_end] [--async_checkpoints]
 
 With --markers, a listener writes DIR/began (at begin), DIR/end (in end(),
 with the step) and, with --hold_in_end, DIR/in_end, and then waits in end()
@@ -73,6 +73,7 @@ def main():
   parser.add_argument("--markers")
   parser.add_argument("--hold_in_end", action="store_true")
   parser.add_argument("--iterations_per_loop", type=int, default=2)
+  parser.add_argument("--async_checkpoints", action="store_true")
   args = parser.parse_args()
   listeners = ([MarkerListener(args.markers, args.hold_in_end)]
                if args.markers else [])
@@ -81,7 +82,8 @@ def main():
       th.RunConfig(args.model_dir,
                    iterations_per_loop=args.iterations_per_loop,
                    save_checkpoints_steps=2, keep_checkpoint_max=3,
-                   log_step_count_steps=1000, save_summary_steps=1000),
+                   log_step_count_steps=1000, save_summary_steps=1000,
+                   async_checkpoints=args.async_checkpoints),
       params={"lr": 0.05}, train_batch_size=8)
   runner.train(train_input_fn(), max_steps=args.max_steps,
                saving_listeners=listeners)

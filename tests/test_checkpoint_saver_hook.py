@@ -451,3 +451,105 @@ def test_properties_report_declared_and_observed(tmp_path):
   assert (hook.steps_per_run, hook.observed_steps_per_run) == (3, 0)
   run_loops([hook], graph, [10] * 2)
   assert (hook.steps_per_run, hook.observed_steps_per_run) == (3, 10)
+
+
+# ----------------------------------------------------------------------------
+# async_save: snapshot on the training thread, write in the background.
+
+
+def _train_with(tmp_path, name, async_save, runs=7, save_steps=20,
+                listener=None, **kwargs):
+  ckpt_dir = _dir(tmp_path, name)
+  with tf.Graph().as_default():
+    graph = build_loop_graph(steps_per_run=10)
+    listener = listener or RecordingListener()
+    hook = hooks.CheckpointSaverHook(
+        ckpt_dir, save_steps=save_steps, steps_per_run=10,
+        listeners=[listener], async_save=async_save, **kwargs)
+    final = run_loops([hook], graph, [10] * runs)
+  tf.compat.v1.summary.FileWriterCache.clear()
+  return ckpt_dir, listener, final
+
+
+def test_async_saves_the_same_checkpoints_as_sync(tmp_path):
+  sync_dir, sync_listener, _ = _train_with(tmp_path, "sync", False)
+  async_dir, async_listener, final = _train_with(tmp_path, "async", True)
+  assert final == 70
+  # end() waited: every checkpoint is complete the moment the session ends.
+  assert checkpoint_steps(async_dir) == checkpoint_steps(sync_dir) == [
+      0, 20, 40, 60, 70]
+  assert async_listener.saved_steps() == sync_listener.saved_steps()
+  for step in (0, 20, 40, 60, 70):
+    ours = tf.train.load_checkpoint(os.path.join(async_dir,
+                                                 f"model.ckpt-{step}"))
+    theirs = tf.train.load_checkpoint(os.path.join(sync_dir,
+                                                   f"model.ckpt-{step}"))
+    assert ours.get_tensor("w") == theirs.get_tensor("w")
+    assert ours.get_tensor("global_step") == step
+  assert tf.train.latest_checkpoint(async_dir).endswith("model.ckpt-70")
+  assert checkpoint_log_steps(async_dir) == checkpoint_log_steps(sync_dir)
+  assert tf.io.gfile.exists(os.path.join(async_dir, "model.ckpt-70.meta"))
+
+
+def test_async_after_save_follows_before_save_and_never_overlaps(tmp_path):
+  # A save every run: each save waits for the previous write; none dropped.
+  _, listener, _ = _train_with(tmp_path, "every", True, runs=6, save_steps=1)
+  saves = [(name, step) for name, step in listener.calls
+           if name in ("before_save", "after_save")]
+  steps = [0, 10, 20, 30, 40, 50, 60]
+  assert saves == [(name, step) for step in steps
+                   for name in ("before_save", "after_save")]
+
+
+def test_async_rotation_and_state_file(tmp_path):
+  ckpt_dir = _dir(tmp_path, "rotate")
+  with tf.Graph().as_default():
+    graph = build_loop_graph(steps_per_run=10)
+    hook = hooks.CheckpointSaverHook(
+        ckpt_dir, save_steps=10, steps_per_run=10, async_save=True,
+        saver=tf.compat.v1.train.Saver(max_to_keep=2))
+    run_loops([hook], graph, [10] * 5)
+  assert checkpoint_steps(ckpt_dir) == [40, 50]
+  state = tf.train.get_checkpoint_state(ckpt_dir)
+  assert [os.path.basename(p) for p in state.all_model_checkpoint_paths] == [
+      "model.ckpt-40", "model.ckpt-50"]
+
+
+def test_async_listener_stop_request_stops_training(tmp_path):
+  stopper = RecordingListener(stop_after_save_at=20)
+  _, listener, final = _train_with(tmp_path, "stop", True, runs=50,
+                                   listener=stopper)
+  # after_save(20) comes at the first hook call after the write of 20 is
+  # complete: after the next run (30) if it was done by then, else at the
+  # save of 40, which waits for it. Either way training stops there.
+  assert final in (30, 40)
+  assert listener.saved_steps()[:2] == [0, 20]
+  assert listener.saved_steps()[-1] == final
+
+
+def test_async_failed_write_surfaces_and_keeps_the_previous(tmp_path):
+  ckpt_dir = _dir(tmp_path, "fail")
+  os.makedirs(os.path.join(ckpt_dir, "model.ckpt-20.meta"))  # Unwritable.
+  with pytest.raises(hooks.CheckpointSaveError,
+                     match="for step 20 .* failed in the background"):
+    _train_with(tmp_path, "fail", True)
+  # The data of step 20 was written, its .meta was not: the state file was
+  # never pointed at it.
+  assert tf.train.latest_checkpoint(ckpt_dir).endswith("model.ckpt-0")
+  assert checkpoints_read_back(ckpt_dir)
+
+
+def checkpoints_read_back(ckpt_dir):
+  reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(ckpt_dir))
+  return all(reader.get_tensor(name) is not None
+             for name in reader.get_variable_to_shape_map())
+
+
+def test_async_refuses_other_saveables(tmp_path):
+  tf.compat.v1.train.get_or_create_global_step()
+  tf.compat.v1.add_to_collection(tf.compat.v1.GraphKeys.SAVEABLE_OBJECTS,
+                                 "something")
+  hook = hooks.CheckpointSaverHook(str(tmp_path), save_steps=1,
+                                   async_save=True)
+  with pytest.raises(ValueError, match="`async_save` saves variables only"):
+    hook.begin()

@@ -16,6 +16,7 @@ import sys
 import time
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from tpu_harness import checkpoints
@@ -26,9 +27,9 @@ MAX_STEPS = 600
 KILLS = 10
 
 
-def _command(model_dir, markers):
+def _command(model_dir, markers, extra=()):
   return [sys.executable, os.path.join(TESTS, "reliability_worker.py"),
-          model_dir, str(MAX_STEPS), "--markers", markers]
+          model_dir, str(MAX_STEPS), "--markers", markers, *extra]
 
 
 def _env():
@@ -41,9 +42,9 @@ def _final_weights(model_dir):
                                                      "global_step")}
 
 
-def _start(model_dir, markers):
+def _start(model_dir, markers, extra=()):
   """Starts a worker; returns it once its hooks began (TF imported)."""
-  process = subprocess.Popen(_command(model_dir, markers), env=_env(),
+  process = subprocess.Popen(_command(model_dir, markers, extra), env=_env(),
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                              text=True)
   began = os.path.join(markers, "began")
@@ -54,9 +55,9 @@ def _start(model_dir, markers):
   return process
 
 
-def _run_to_end(model_dir, markers):
+def _run_to_end(model_dir, markers, extra=()):
   """Runs a worker to MAX_STEPS; returns seconds from begin() to exit."""
-  process = _start(model_dir, markers)
+  process = _start(model_dir, markers, extra)
   started = time.monotonic()
   out, err = process.communicate(timeout=600)
   assert process.returncode == 0, err[-3000:]
@@ -64,23 +65,26 @@ def _run_to_end(model_dir, markers):
   return time.monotonic() - started
 
 
-def test_random_sigkills_lose_nothing(tmp_path):
+@pytest.mark.parametrize("extra,kills", [((), KILLS),
+                                         (("--async_checkpoints",), 6)],
+                         ids=["sync saves", "async saves"])
+def test_random_sigkills_lose_nothing(tmp_path, extra, kills):
   rng = random.Random(20261125)
   reference = str(tmp_path / "reference")
   os.makedirs(tmp_path / "m0")
-  duration = _run_to_end(reference, str(tmp_path / "m0"))
+  duration = _run_to_end(reference, str(tmp_path / "m0"), extra)
 
   model_dir = str(tmp_path / "killed")
   survived, mid_save, steps_at_kill = 0, 0, []
-  for kill in range(KILLS):
+  for kill in range(kills):
     markers = tmp_path / f"m{kill + 1}"
     os.makedirs(markers)
-    process = _start(model_dir, str(markers))
+    process = _start(model_dir, str(markers), extra)
     if process.poll() is not None:
       break  # Finished before we could kill it.
     # Anywhere from session creation (the step-0 / resume save) onward; on
     # average the kills use up half of an uninterrupted run.
-    time.sleep(rng.uniform(0.0, duration / KILLS))
+    time.sleep(rng.uniform(0.0, duration / kills))
     process.send_signal(signal.SIGKILL)
     process.communicate()
     if process.returncode != -signal.SIGKILL:
@@ -97,13 +101,13 @@ def test_random_sigkills_lose_nothing(tmp_path):
 
   markers = tmp_path / "last"
   os.makedirs(markers)
-  _run_to_end(model_dir, str(markers))
+  _run_to_end(model_dir, str(markers), extra)
   final, expected = _final_weights(model_dir), _final_weights(reference)
   assert final["global_step"] == expected["global_step"] == MAX_STEPS
   np.testing.assert_allclose(final["w"], expected["w"], rtol=1e-6)
   np.testing.assert_allclose(final["ballast"], expected["ballast"],
                              rtol=1e-6)
-  assert survived >= KILLS // 2, (survived, steps_at_kill)
+  assert survived >= kills // 2, (survived, steps_at_kill)
   assert steps_at_kill == sorted(steps_at_kill)  # Progress is never lost.
   print(f"\nUninterrupted run: {duration:.2f} s after begin(). "
         f"Survived {survived} SIGKILLs ({mid_save} interrupted a save in "

@@ -521,3 +521,21 @@ def test_sparse_input_is_refused(tmp_path):
   with pytest.raises(TypeError, match="must return a Dataset of dense "
                      "tensors; features is a SparseTensorSpec"):
     _runner(tmp_path, batch=4).train(input_fn, max_steps=1)
+
+
+def test_async_checkpoints_give_the_same_checkpoints(tmp_path):
+  sync = _runner(tmp_path / "sync", ipl=5, save_steps=10)
+  sync.train(train_input_fn(), max_steps=33)
+  listener = RecordingListener()
+  background = _runner(tmp_path / "async", ipl=5, save_steps=10,
+                       async_checkpoints=True)
+  background.train(train_input_fn(), max_steps=33,
+                   saving_listeners=[listener])
+  assert listener.saved_steps() == [0, 10, 20, 30, 33]
+  assert checkpoint_steps(str(tmp_path / "async")) == checkpoint_steps(
+      str(tmp_path / "sync"))
+  np.testing.assert_array_equal(weights(background.latest_checkpoint()),
+                                weights(sync.latest_checkpoint()))
+  # And it resumes from its own checkpoints.
+  background.train(train_input_fn(), max_steps=40)
+  assert background.latest_checkpoint().endswith("model.ckpt-40")

@@ -43,6 +43,9 @@ class RunConfig:
       variables from when `model_dir` has no checkpoint yet.
     stop_on_nan_loss: raise `NanLossError` when a step's loss is NaN or
       infinite, before a checkpoint of that state is saved.
+    async_checkpoints: write checkpoints on a background thread, so a save
+      stalls training only for a copy of the variables to host memory (see
+      `hooks.CheckpointSaverHook(async_save=...)`).
     master: the session target: "" runs in this process; "grpc://host:port"
       runs the graph on that TF server (a Cloud TPU worker, see
       `tpu_harness.cluster.resolve_master`).
@@ -58,6 +61,7 @@ class RunConfig:
   tf_random_seed: Optional[int] = None
   warm_start_from: Optional[str] = None
   stop_on_nan_loss: bool = True
+  async_checkpoints: bool = False
   master: str = ""
   tpu: TPUConfig = dataclasses.field(default_factory=TPUConfig)
 
@@ -99,6 +103,9 @@ class RunConfig:
     if not isinstance(self.stop_on_nan_loss, bool):
       raise TypeError(f"`stop_on_nan_loss` ({self.stop_on_nan_loss!r}) must "
                       f"be True or False.")
+    if not isinstance(self.async_checkpoints, bool):
+      raise TypeError(f"`async_checkpoints` ({self.async_checkpoints!r}) "
+                      f"must be True or False.")
     if not isinstance(self.master, str) or (
         self.master and not self.master.startswith("grpc://")):
       raise ValueError(f"`master` ({self.master!r}) must be '' (in-process) "

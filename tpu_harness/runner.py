@@ -225,7 +225,8 @@ class Runner:
           hooks_lib.CheckpointSaverHook(
               config.model_dir, save_steps=config.save_checkpoints_steps,
               save_secs=config.save_checkpoints_secs, scaffold=scaffold,
-              listeners=saving_listeners, steps_per_run=ipl),
+              listeners=saving_listeners, steps_per_run=ipl,
+              async_save=config.async_checkpoints),
       ]
       creator = tf.compat.v1.train.ChiefSessionCreator(
           scaffold=scaffold, checkpoint_filename_with_path=latest,
