@@ -27,6 +27,7 @@ from google.auth import credentials as google_credentials
 import numpy as np
 
 import tpu_harness as th
+from scripts import cli
 from scripts import digits
 from tpu_harness import cluster
 
@@ -167,7 +168,7 @@ def main(argv):
 
 def run():
   """Console-script entry point."""
-  app.run(main)
+  cli.run(main, __name__)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ import numpy as np
 import tensorflow as tf
 
 import hooks
+from scripts import cli
 
 NUM_FEATURES = 8
 NUM_EXAMPLES = 4096
@@ -173,7 +174,7 @@ def main(argv):
 
 def run():
   """Console-script entry point."""
-  app.run(main)
+  cli.run(main, __name__)
 
 
 if __name__ == "__main__":

@@ -30,3 +30,10 @@ def gcs():
   from scripts.gcs_emulator import GcsEmulator  # pylint: disable=g-import-not-at-top
   with GcsEmulator() as emulator:
     yield emulator
+
+
+@pytest.fixture
+def gcs_path(gcs):
+  """A fresh gs://bucket/prefix in the session's emulator; TF subprocesses
+  need `gcs.env` in their environment before they import tensorflow."""
+  return gcs.new_path()

@@ -160,3 +160,11 @@ def test_help_lists_the_reference_flags():
                "--eval_steps", "--save_checkpoints_steps", "--num_cores",
                "--mode"):
     assert flag + ":" in result.stdout, flag
+
+
+def test_console_script_help_lists_the_flags():
+  script = os.path.join(os.path.dirname(sys.executable), "tpu-harness-digits")
+  result = subprocess.run([script, "--helpshort"], capture_output=True,
+                          text=True, timeout=300, check=False)
+  assert "--train_steps:" in result.stdout and "--tpu:" in result.stdout, (
+      result.stdout[-2000:])

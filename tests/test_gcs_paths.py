@@ -61,8 +61,8 @@ def test_train_rotate_resume_and_evaluate_on_gcs(gcs):
   assert evaluated["results"]["mse"] >= 0 and evaluated["eval_events"] == 1
 
 
-def test_checkpoint_saver_hook_alone_on_gcs(gcs):
-  path = gcs.new_path("hook")
+def test_checkpoint_saver_hook_alone_on_gcs(gcs, gcs_path):
+  path = gcs_path
   result = _worker(gcs, "hook", path)
   assert result["saved"] == [0, 20, 40, 50], result
   assert result["latest"] == f"{path}/model.ckpt-50"
