@@ -120,3 +120,17 @@ def test_prepare_model_dir_removes_interrupted_save_files(tmp_path, three):
   assert checkpoints.interrupted_save_files(str(tmp_path)) == []
   assert checkpoints.latest_restorable(str(tmp_path)) == three[2]
   assert not os.path.exists(tmp_path / ".tpu_harness_write_probe")
+
+
+def test_relative_model_dir_finds_checkpoints_without_warnings(
+    tmp_path, monkeypatch, caplog):
+  monkeypatch.chdir(tmp_path)
+  os.makedirs("runs/model")
+  prefixes = [write_checkpoint("runs/model", [[float(s)]] * 4, s)
+              for s in (1, 2)]
+  assert checkpoints.candidates("runs/model") == [
+      os.path.normpath(p) for p in prefixes[::-1]]
+  with caplog.at_level(std_logging.WARNING, logger="absl"):
+    assert checkpoints.latest_restorable("runs/model") == os.path.normpath(
+        prefixes[1])
+  assert not [r for r in caplog.records if r.levelno >= std_logging.WARNING]

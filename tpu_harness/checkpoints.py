@@ -46,13 +46,15 @@ def candidates(model_dir: str) -> List[str]:
                     model_dir, error)
     state = None
   if state is not None:
+    # get_checkpoint_state has already resolved relative entries against
+    # model_dir; normalize so they match the glob's spelling.
     for path in list(state.all_model_checkpoint_paths) + [
         state.model_checkpoint_path]:
       if path:
-        prefixes.add(path if os.path.isabs(path) or "://" in path
-                     else os.path.join(model_dir, path))
+        prefixes.add(path if "://" in path else os.path.normpath(path))
   for index in tf.io.gfile.glob(os.path.join(model_dir, "*.index")):
-    prefixes.add(index[:-len(".index")])
+    prefix = index[:-len(".index")]
+    prefixes.add(prefix if "://" in prefix else os.path.normpath(prefix))
   ordered = [p for p in prefixes if checkpoint_step(p) is not None]
   return sorted(ordered, key=lambda p: (checkpoint_step(p), p), reverse=True)
 
