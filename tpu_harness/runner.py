@@ -254,24 +254,11 @@ class Runner:
 
   def _train_loops(self, session, loop: BuiltLoop, step: int, last_step: int,
                    batch_size: int, writer, preemption) -> None:
-    ipl = self._config.iterations_per_loop
-    requested = min(ipl, last_step - step)
-    loop.infeed.request(requested)
-    while not session.should_stop():
-      count = loop.infeed.wait()
-      if preemption.requested:
-        return
-      if count == 0:
-        logging.info("Input ended at step %d, before max_steps %d.", step,
-                     last_step)
-        return
-      ended = count < requested
-      requested = 0 if ended else min(ipl, last_step - step - count)
-      if requested:
-        loop.infeed.request(requested)
-      started = self._clock()
-      results = session.run(loop.fetches, feed_dict={loop.iterations: count})
-      elapsed = self._clock() - started
+    def stop():
+      return session.should_stop() or preemption.requested
+
+    for count, results, elapsed in self._loops(loop, session,
+                                               last_step - step, stop):
       end_step = int(results["end_step"])
       if end_step - step != count:
         raise RuntimeError(
@@ -282,12 +269,9 @@ class Runner:
       self._report(results["outfeed"], loop.host_fn, step, end_step, elapsed,
                    batch_size, last_step, writer)
       step = end_step
-      if preemption.requested:
-        return
-      if ended:
-        logging.info("Input ended at step %d, before max_steps %d.", step,
-                     last_step)
-        return
+    if step < last_step and not stop():
+      logging.info("Input ended at step %d, before max_steps %d.", step,
+                   last_step)
 
   def _report(self, outfeed, host_fn, start, end, elapsed, batch_size,
               last_step, writer) -> None:
@@ -343,7 +327,8 @@ class Runner:
                                      self._params_for(batch_size))
       with self._restored_session(loop, checkpoint, hooks) as session:
         try:
-          ran = sum(count for count, _ in self._loops(loop, session, steps))
+          ran = sum(count for count, _, _ in self._loops(loop, session,
+                                                          steps))
         finally:
           loop.infeed.stop()
         metrics, step = session.run((loop.metrics, global_step))
@@ -386,8 +371,8 @@ class Runner:
                                         self._params_for(batch_size))
       with self._restored_session(loop, checkpoint, None) as session:
         try:
-          for _, outfeed in self._loops(loop, session, None):
-            yield from _rows(outfeed)
+          for _, results, _ in self._loops(loop, session, None):
+            yield from _rows(results["outfeed"])
         finally:
           loop.infeed.stop()
 
@@ -430,19 +415,23 @@ class Runner:
         hooks=list(loop.hooks) + [InfeedHook(loop.infeed)]
         + list(hooks or []))
 
-  def _loops(self, loop: BuiltLoop, session, steps: Optional[int]):
-    """Runs loops until `steps` (or the input) is done.
+  def _loops(self, loop: BuiltLoop, session, steps: Optional[int],
+             stop: Callable[[], bool] = lambda: False):
+    """Runs loops until `steps` (or the input) is done, or `stop()`.
+
+    The next loop's input is requested before this loop runs, so the host
+    fills the infeed while the device works.
 
     Yields:
-      (steps run, outfeed values) per loop.
+      (steps run, the run's results, seconds the run took) per loop.
     """
     ipl = self._config.iterations_per_loop
     done = 0
     requested = ipl if steps is None else min(ipl, steps)
     loop.infeed.request(requested)
-    while requested:
+    while requested and not stop():
       count = loop.infeed.wait()
-      if count == 0:
+      if count == 0 or stop():
         return
       done += count
       ended = count < requested
@@ -450,8 +439,9 @@ class Runner:
           ipl if steps is None else min(ipl, steps - done))
       if requested:
         loop.infeed.request(requested)
+      started = self._clock()
       results = session.run(loop.fetches, feed_dict={loop.iterations: count})
-      yield count, results.get("outfeed")
+      yield count, results, self._clock() - started
 
 
 def _rows(outfeed: Mapping[str, np.ndarray]) -> Iterator[Dict[str, Any]]:
