@@ -96,3 +96,20 @@ def test_predict_input_with_unknown_feature_shape_is_rejected():
   with pytest.raises(th.InputShapeError, match="after the first are fixed; "
                      r"features has shape \(None, None\)"):
     cpu_loop._padded_predict_input(dataset, 2, 1)  # pylint: disable=protected-access
+
+
+def test_eval_metrics_from_only_some_replicas_is_a_clear_error():
+  calls = []
+
+  def model_fn(features, labels, mode, params):
+    spec = linear_model_fn(features, labels, mode, params)
+    calls.append(1)
+    if len(calls) > 1:  # The second replica forgets its eval_metrics.
+      return th.ModelSpec(mode=mode, loss=spec.loss)
+    return spec
+
+  tf.compat.v1.train.get_or_create_global_step()
+  device = th.CpuEmulationLoop(num_shards=2, iterations_per_loop=2)
+  with pytest.raises(ValueError, match="`eval_metrics` must be given by "
+                     "every replica or by none"):
+    device.build_eval(model_fn, train_input_fn(), {"batch_size": 4})

@@ -149,10 +149,9 @@ class CpuEmulationLoop(DeviceLoop):
         names = (sorted(tensors) if isinstance(tensors, dict)
                  else [f"arg{i}" for i in range(len(tensors))])
         metric_holder["names"] = names
-        for spec in specs:
-          if spec.eval_metrics[1] is None:
-            raise ValueError("`eval_metrics` tensors must be given by every "
-                             "replica.")
+        if any(spec.eval_metrics is None for spec in specs):
+          raise ValueError("`eval_metrics` must be given by every replica "
+                           "or by none.")
         for index, name in enumerate(names):
           key = name if isinstance(tensors, dict) else index
           values[f"metric/{name}"] = self._concat(
