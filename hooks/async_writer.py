@@ -10,7 +10,8 @@ the `checkpoint` state file at the new checkpoint, and only then deletes
 checkpoints beyond `max_to_keep`. A kill at any moment therefore leaves the
 state file naming a complete checkpoint.
 
-One write at a time: `start` waits for the previous write first.
+One write at a time: `start` joins a write still in flight; its outcome
+stays for `wait()`/`collect()`.
 """
 
 from __future__ import annotations
@@ -89,8 +90,13 @@ class AsyncCheckpointWriter:
     return session.run(self._snapshot)
 
   def start(self, step: int, values: List[np.ndarray]) -> None:
-    """Writes `values` as the checkpoint of `step` in the background."""
-    self.wait()
+    """Writes `values` as the checkpoint of `step` in the background.
+
+    Call `wait()` first to handle the previous write's outcome; a write still
+    in flight is joined here so that writes never overlap.
+    """
+    if self.in_flight:
+      self._thread.join()
     if self._session is None:
       self._session = tf.compat.v1.Session(graph=self._graph)
     self._step = step

@@ -50,3 +50,18 @@ def test_a_failed_write_is_raised_once_and_the_state_is_untouched(tmp_path):
     assert writer.wait() is None  # The error was handed over once.
   writer.close()
   assert not os.path.exists(tmp_path / "checkpoint")
+
+
+def test_start_leaves_a_failed_write_for_wait_to_report(tmp_path):
+  step, w = _graph()
+  writer = AsyncCheckpointWriter([step, w], str(tmp_path / "model.ckpt"))
+  writer.configure(max_to_keep=None, recent=[], save_relative_paths=True,
+                   meta_graph=b"meta")
+  os.makedirs(tmp_path / "model.ckpt-1.meta")  # Write 1 fails.
+  with tf.compat.v1.Session() as session:
+    session.run(tf.compat.v1.global_variables_initializer())
+    writer.start(1, writer.snapshot(session))
+    writer.start(2, writer.snapshot(session))  # Joins write 1; no raise.
+    with pytest.raises(Exception):
+      writer.wait()  # Write 1's failure, handed over here.
+  writer.close()
