@@ -11,10 +11,10 @@ The same model (an MLP, 64 -> 256 -> 10, Adam), the same synthetic data
   mts        tf.compat.v1.train.MonitoredTrainingSession, one step per
              Session.run, with its default TF hooks.
 
-Rates are steady state: from the first to the last step of the timed run,
-measured by a hook (graph mode) or callback (Keras), so graph building and
-session start are excluded, while per-loop work (hooks, infeed, saves) is
-included. Each variant runs --repeats times, in alternating order; the table
+Rates are steady state: graph building, session start and the first run
+(which builds the executor) are excluded, measured by a hook (graph mode),
+an untimed first run (raw) or an untimed first fit (Keras), while per-loop
+work (hooks, input, saves) is included. Each variant runs --repeats times, in alternating order; the table
 shows the median and the ratios the targets are about. Absolute numbers are
 noise on shared machines; the ratios, measured in one run, are the result.
 
@@ -37,6 +37,7 @@ from absl import logging  # pylint: disable=g-import-not-at-top
 import numpy as np  # pylint: disable=g-import-not-at-top
 import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
+import hooks  # pylint: disable=g-import-not-at-top
 import tpu_harness as th  # pylint: disable=g-import-not-at-top
 
 FLAGS = flags.FLAGS
@@ -47,6 +48,17 @@ flags.DEFINE_list("loops", ["1", "10", "100", "1000"],
                   "iterations_per_loop / steps_per_execution values.")
 
 BATCH, FEATURES, HIDDEN, CLASSES = 128, 64, 256, 10
+
+
+@flags.multi_flags_validator(
+    ["steps", "loops"],
+    message="--steps must be a multiple of every --loops value and at least "
+            "twice the largest (the first run of each variant is not timed, "
+            "and every timed run must do the same steps).")
+def _check_steps(values):
+  loops = [int(n) for n in values["loops"]]
+  return all(n > 0 and values["steps"] % n == 0 and values["steps"] >= 2 * n
+             for n in loops)
 
 
 def _data():
@@ -81,22 +93,31 @@ def _train_op(loss):
 
 
 class _RateHook(tf.compat.v1.train.SessionRunHook):
-  """Steps per second from the first before_run to the last after_run."""
+  """Steady-state steps per second, with no extra `Session.run`.
+
+  Each run fetches the global step from before the run (the read the other
+  hooks share); at the end of the run the hook notes the time. From the end
+  of the first run to the end of the last, the steps done are those of the
+  runs after the first: the last run's step-before minus the first run's
+  (every run does the same number of steps here). The first run is left
+  out: it builds the executor, which is set-up, not steady state.
+  """
 
   def __init__(self):
     self.first = self.last = None
     self._step = None
 
   def begin(self):
-    self._step = tf.compat.v1.train.get_global_step()
+    self._step = hooks.global_step_read()
 
   def before_run(self, run_context):
-    if self.first is None:
-      self.first = (time.perf_counter(),
-                    run_context.session.run(self._step))
+    return tf.compat.v1.train.SessionRunArgs(self._step)
 
   def after_run(self, run_context, run_values):
-    self.last = (time.perf_counter(), run_context.session.run(self._step))
+    now = (time.perf_counter(), int(run_values.results))
+    if self.first is None:
+      self.first = now
+    self.last = now
 
   def rate(self) -> float:
     return (self.last[1] - self.first[1]) / (self.last[0] - self.first[0])
@@ -106,16 +127,18 @@ def raw(steps: int) -> float:
   with tf.Graph().as_default():
     tf.compat.v1.train.get_or_create_global_step()
     iterator = tf.compat.v1.data.make_one_shot_iterator(_dataset())
+    count = tf.compat.v1.placeholder(tf.int32, [])
 
     def body(i):
       with tf.control_dependencies([_train_op(_mlp_loss(*iterator.get_next()))]):
         return i + 1
 
-    loop = tf.while_loop(lambda i: i < steps, body, [tf.constant(0)])
+    loop = tf.while_loop(lambda i: i < count, body, [tf.constant(0)])
     with tf.compat.v1.Session() as session:
       session.run(tf.compat.v1.global_variables_initializer())
+      session.run(loop, {count: 1})  # Set-up: builds the executor.
       started = time.perf_counter()
-      session.run(loop)
+      session.run(loop, {count: steps})
       return steps / (time.perf_counter() - started)
 
 

@@ -9,7 +9,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def test_prints_every_variant_and_the_ratios():
   result = subprocess.run(
-      [sys.executable, "-m", "scripts.bench_loop", "--steps=20",
+      [sys.executable, "-m", "scripts.bench_loop", "--steps=200",
        "--repeats=1", "--loops=1,100"], cwd=ROOT, capture_output=True,
       text=True, timeout=600, check=False)
   assert result.returncode == 0, result.stderr[-3000:]
@@ -19,3 +19,12 @@ def test_prints_every_variant_and_the_ratios():
                "mts", "runner/100 / raw", "runner/100 / keras/100",
                "runner/1 / mts"):
     assert name in rows, (name, result.stdout)
+
+
+def test_steps_that_do_not_fit_the_loops_are_refused():
+  result = subprocess.run(
+      [sys.executable, "-m", "scripts.bench_loop", "--steps=150",
+       "--repeats=1", "--loops=1,100"], cwd=ROOT, capture_output=True,
+      text=True, timeout=600, check=False)
+  assert result.returncode != 0
+  assert "--steps must be a multiple of every --loops value" in result.stderr
