@@ -50,6 +50,34 @@ def test_train_loop_graph_and_one_run(shards):
     assert np.all(np.isfinite(results["outfeed"][cpu_loop.LOSS]))
 
 
+@pytest.mark.parametrize("shards", [1, 2])
+def test_one_step_per_loop_runs_without_a_while_loop(shards):
+  global_step = tf.compat.v1.train.get_or_create_global_step()
+  device = th.CpuEmulationLoop(num_shards=shards, iterations_per_loop=1)
+  built = device.build_train(linear_model_fn, train_input_fn(),
+                             {"batch_size": 8}, skip_steps=0)
+  graph = tf.compat.v1.get_default_graph()
+  op_types = {op.type for op in graph.get_operations()}
+  assert not {"While", "StatelessWhile"} & op_types
+  # The infeed queue only: no outfeed queue.
+  assert [op.type for op in graph.get_operations()].count("FIFOQueueV2") == 1
+  with tf.compat.v1.Session(config=device.session_config()) as session:
+    session.run(tf.compat.v1.global_variables_initializer())
+    built.infeed.start(session)
+    try:
+      losses = []
+      for step in range(1, 4):
+        built.infeed.request(1)
+        assert built.infeed.wait() == 1
+        results = session.run(built.fetches, {built.iterations: 1})
+        assert results["end_step"] == step == session.run(global_step)
+        losses.append(results["outfeed"][cpu_loop.LOSS])
+    finally:
+      built.infeed.stop()
+  assert [loss.shape for loss in losses] == [(1,)] * 3
+  assert losses[2][0] < losses[0][0]  # It trains.
+
+
 def test_skip_steps_skips_whole_steps_of_input():
   seen = []
 

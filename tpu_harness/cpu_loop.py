@@ -1,11 +1,15 @@
 """The device loop emulated on CPU: same infeed, loop and outfeed, no TPU.
 
 Per step, the loop dequeues one infeed element holding every replica's batch
-(stacked on a first axis of length num_shards), calls `model_fn` once per
+(with num_shards > 1, stacked on a first axis of length num_shards), calls `model_fn` once per
 replica on its own virtual CPU device (`/device:CPU:i`, made by the session's
 `device_count`), and enqueues the step's values (loss, host_call tensors,
 eval tensors or predictions) into an outfeed queue. The host dequeues the
 loop's values in the same `Session.run`, after the loop.
+
+With iterations_per_loop=1 the run is a single step with no while loop and
+no outfeed queue: their fixed cost per run is about a third of a small
+model's step (`scripts/bench_loop.py`), and one step needs neither.
 """
 
 from __future__ import annotations
@@ -44,14 +48,26 @@ class CpuEmulationLoop(DeviceLoop):
 
   # Building blocks.
 
+  def _infeed(self, dataset: tf.data.Dataset, name: str,
+              skip_steps: int = 0) -> HostInfeed:
+    """The infeed of one element per step: with several replicas, their
+    batches stacked; the first `skip_steps` steps' elements skipped."""
+    if self._num_shards > 1:
+      dataset = dataset.batch(self._num_shards, drop_remainder=True)
+    if skip_steps:
+      dataset = dataset.skip(skip_steps)
+    return HostInfeed(dataset, self._iterations_per_loop, name)
+
   def _replicas(self, model_fn: Callable, element: Any, mode: str,
-                params: Dict[str, Any]) -> List[spec_lib.ModelSpec]:
-    """Calls `model_fn` once per replica on its slice of `element`."""
+                params: Dict[str, Any], stacked: bool
+                ) -> List[spec_lib.ModelSpec]:
+    """Calls `model_fn` once per replica on its slice of `element` (or on
+    `element` itself when it is not `stacked` by replica)."""
     specs = []
     with cross_shard.replica_group(self._num_shards) as replica:
       for index in range(self._num_shards):
         features, labels = (
-            None if part is None else
+            part if part is None or not stacked else
             tf.nest.map_structure(lambda t, i=index: t[i], part)
             for part in element)
         reuse = tf.compat.v1.AUTO_REUSE if index else None
@@ -75,11 +91,26 @@ class CpuEmulationLoop(DeviceLoop):
 
   def _loop(self, infeed: HostInfeed, step_fn: Callable[[Any], tuple],
             ) -> tuple:
-    """Builds the while loop; returns (iterations, stacked outfeed values).
+    """Builds one run's steps; returns (iterations, stacked outfeed values).
 
     `step_fn(element)` returns (ops to run, {name: tensor} to outfeed).
     """
     iterations = tf.compat.v1.placeholder(tf.int32, [], name="iterations")
+    # The steps start after the hooks' global-step read, so they see the
+    # step from before the run.
+    read = hooks.global_step_read()
+    with tf.control_dependencies([read] if read is not None else []):
+      if self._iterations_per_loop == 1:
+        ops, values = step_fn(infeed.dequeue())
+        with tf.control_dependencies(ops):
+          return iterations, {name: tf.expand_dims(value, 0)
+                              for name, value in values.items()}
+      return iterations, self._while_loop(infeed, step_fn, iterations)
+
+  def _while_loop(self, infeed: HostInfeed, step_fn: Callable[[Any], tuple],
+                  iterations: tf.Tensor) -> Dict[str, tf.Tensor]:
+    """`iterations` steps; their values through an outfeed queue that the
+    host dequeues after the loop."""
     holder = {}
 
     def body(i):
@@ -96,28 +127,23 @@ class CpuEmulationLoop(DeviceLoop):
       with tf.control_dependencies([enqueue]):
         return i + 1
 
-    # The loop starts after the hooks' global-step read, so they see the step
-    # from before the run.
-    read = hooks.global_step_read()
-    with tf.control_dependencies([read] if read is not None else []):
-      (done,) = tf.while_loop(lambda i: i < iterations, body,
-                           [tf.constant(0)], name="device_loop")
+    (done,) = tf.while_loop(lambda i: i < iterations, body, [tf.constant(0)],
+                            name="device_loop")
     with tf.control_dependencies([done]):
-      stacked = holder["outfeed"].dequeue_many(iterations)
-    return iterations, stacked
+      return holder["outfeed"].dequeue_many(iterations)
 
   # The three modes.
 
   def build_train(self, model_fn, input_fn, params, skip_steps):
     mode = spec_lib.ModeKeys.TRAIN
-    dataset = make_input(input_fn, params, mode).batch(
-        self._num_shards, drop_remainder=True).skip(skip_steps)
-    infeed = HostInfeed(dataset, self._iterations_per_loop, "train")
+    infeed = self._infeed(make_input(input_fn, params, mode), "train",
+                          skip_steps)
     global_step = tf.compat.v1.train.get_global_step()
     host_fn_holder = {}
 
     def step_fn(element):
-      specs = self._replicas(model_fn, element, mode, params)
+      specs = self._replicas(model_fn, element, mode, params,
+                             stacked=self._num_shards > 1)
       values = {LOSS: tf.add_n([s.loss for s in specs]) / self._num_shards}
       if specs[0].host_call is not None:
         host_fn_holder["fn"] = specs[0].host_call[0]
@@ -134,13 +160,12 @@ class CpuEmulationLoop(DeviceLoop):
 
   def build_eval(self, model_fn, input_fn, params):
     mode = spec_lib.ModeKeys.EVAL
-    dataset = make_input(input_fn, params, mode).batch(
-        self._num_shards, drop_remainder=True)
-    infeed = HostInfeed(dataset, self._iterations_per_loop, "eval")
+    infeed = self._infeed(make_input(input_fn, params, mode), "eval")
     metric_holder = {}
 
     def step_fn(element):
-      specs = self._replicas(model_fn, element, mode, params)
+      specs = self._replicas(model_fn, element, mode, params,
+                             stacked=self._num_shards > 1)
       values = {LOSS: tf.add_n([s.loss for s in specs]) / self._num_shards}
       if specs[0].eval_metrics is not None:
         fn, tensors = specs[0].eval_metrics
@@ -190,7 +215,8 @@ class CpuEmulationLoop(DeviceLoop):
 
     def step_fn(element):
       features, valid = element
-      specs = self._replicas(model_fn, (features, None), mode, params)
+      specs = self._replicas(model_fn, (features, None), mode, params,
+                             stacked=True)
       values = {VALID: valid}
       for name in specs[0].predictions:
         if name == VALID:
