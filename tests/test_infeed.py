@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tpu_harness import infeed as infeed_lib
 from tpu_harness.infeed import HostInfeed
 from tpu_harness.infeed import InputShapeError
 from tpu_harness.infeed import leaf_paths
@@ -34,7 +35,14 @@ def test_counts_what_it_moved_and_stops_at_end_of_input():
       infeed.stop()
 
 
-def test_host_fills_while_device_drains():
+@pytest.fixture
+def chunk_of_one_loop(monkeypatch):
+  """Chunks of exactly `capacity` elements, as with large elements."""
+  monkeypatch.setattr(infeed_lib, "MIN_CHUNK_STEPS", 1)
+
+
+def test_host_fills_while_device_drains(chunk_of_one_loop):
+  del chunk_of_one_loop  # Used for its effect.
   infeed = HostInfeed(_dataset(10), capacity=3, name="t")
   element = infeed.dequeue()
   with tf.compat.v1.Session() as session:
@@ -42,13 +50,57 @@ def test_host_fills_while_device_drains():
     try:
       infeed.request(3)
       assert infeed.wait() == 3
+      infeed.request(3)  # The queue holds two chunks.
+      assert infeed.wait() == 3
       infeed.request(3)  # Blocks on the full queue until we dequeue.
       got = [session.run(element)["i"] for _ in range(3)]
       assert infeed.wait() == 3
-      got += [session.run(element)["i"] for _ in range(3)]
-      assert got == [0, 1, 2, 3, 4, 5]
+      got += [session.run(element)["i"] for _ in range(6)]
+      infeed.request(3)
+      assert infeed.wait() == 1  # The input ended.
+      got += [session.run(element)["i"]]
+      assert got == list(range(10))
     finally:
       infeed.stop()
+
+
+def test_elements_of_a_chunk_beyond_a_request_serve_the_next_ones():
+  # Small elements: one host Session.run reads and enqueues a chunk of
+  # MIN_CHUNK_STEPS elements, which serves many requests of one step.
+  infeed = HostInfeed(_dataset(100).repeat(), capacity=1, name="t")
+  element = infeed.dequeue()
+  fills = []
+  with tf.compat.v1.Session() as session:
+    infeed.start(session)
+    run = session.run
+
+    def counting_run(fetches, *args, **kwargs):
+      if fetches is infeed._fill:  # pylint: disable=protected-access
+        fills.append(1)
+      return run(fetches, *args, **kwargs)
+
+    session.run = counting_run
+    try:
+      got = []
+      for _ in range(2 * infeed_lib.MIN_CHUNK_STEPS):
+        infeed.request(1)
+        assert infeed.wait() == 1
+        got.append(run(element)["i"])
+    finally:
+      infeed.stop()
+  assert got == list(range(2 * infeed_lib.MIN_CHUNK_STEPS))
+  assert len(fills) == 2
+
+
+@pytest.mark.parametrize("capacity,shape,expected", [
+    (1, [4], infeed_lib.MIN_CHUNK_STEPS),      # Small: a floor of steps.
+    (100, [4], 100),                           # A loop is more than that.
+    (1, [infeed_lib.MIN_CHUNK_BYTES // 4], 1),  # Large: one loop.
+    (1, [infeed_lib.MIN_CHUNK_BYTES // 40], 10),  # As many as fit the bytes.
+])
+def test_chunk_steps(capacity, shape, expected):
+  assert infeed_lib.chunk_steps(
+      capacity, [tf.TensorSpec(shape, tf.float32)]) == expected
 
 
 def test_request_beyond_capacity_is_refused():
@@ -59,12 +111,14 @@ def test_request_beyond_capacity_is_refused():
       infeed.request(steps)
 
 
-def test_stop_cancels_a_blocked_enqueue():
+def test_stop_cancels_a_blocked_enqueue(chunk_of_one_loop):
+  del chunk_of_one_loop  # Used for its effect.
   infeed = HostInfeed(_dataset(10).repeat(), capacity=2, name="t")
   with tf.compat.v1.Session() as session:
     infeed.start(session)
-    infeed.request(2)
-    assert infeed.wait() == 2
+    for _ in range(2):  # Two chunks fill the queue.
+      infeed.request(2)
+      assert infeed.wait() == 2
     infeed.request(2)  # Blocks: the queue is full.
     stopper = threading.Thread(target=infeed.stop)
     stopper.start()

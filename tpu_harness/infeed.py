@@ -1,16 +1,24 @@
 """CPU emulation of the TPU infeed: a host thread feeding a queue the loop reads.
 
-Host side: before each loop the runner `request`s k steps; a host thread runs
-an in-graph enqueue loop (one `Session.run`) that moves up to k elements from
-the input iterator into a FIFO queue, stopping early at the end of the input,
-and reports how many it moved (`wait`). The runner then runs the device loop
-for exactly that many steps, and asks for the next loop's steps before it
-does, so the host fills the queue while the device loop drains it.
+Host side: before each loop the runner `request`s k steps; a host thread
+makes sure k elements are in the queue, stopping early at the end of the
+input, and reports how many it made available (`wait`). The runner then runs
+the device loop for exactly that many steps, and asks for the next loop's
+steps before it does, so the host fills the queue while the device loop
+drains it.
 
-Device side: the loop body calls `dequeue()` once per step.
+The emulated queue is filled a chunk at a time: one `Session.run` of one
+batched read and one `enqueue_many`. A chunk is `capacity` elements (one
+loop), or more for small loops of small elements: up to `MIN_CHUNK_STEPS`
+elements while it stays within `MIN_CHUNK_BYTES`, so that a loop of one step
+does not cost a host `Session.run` per step. Elements of a chunk beyond a
+request stay queued for the next. (On CPU, an in-graph loop that enqueues one
+element per iteration costs about 30 us per element, a chunk about 5.) The
+queue holds up to two chunks, so host memory is bounded by two chunks. With
+a custom `enqueue_fn` (a TPU's infeed, which takes one element at a time), a
+request runs an in-graph loop that enqueues up to k elements one by one.
 
-The queue holds at most one loop's elements (`capacity`), which bounds host
-memory to `iterations_per_loop` global batches.
+Device side: the loop calls `dequeue()` once per step.
 """
 
 from __future__ import annotations
@@ -21,6 +29,10 @@ from typing import Any, Callable, List, Optional
 
 from absl import logging
 import tensorflow as tf
+
+
+MIN_CHUNK_STEPS = 32
+MIN_CHUNK_BYTES = 16 * 2**20
 
 
 class InputShapeError(ValueError):
@@ -37,7 +49,8 @@ class HostInfeed:
 
     Args:
       dataset: elements of one step each, every tensor of fixed shape.
-      capacity: queue capacity, in steps.
+      capacity: the most steps one request asks for; the emulated queue
+        holds up to twice as many.
       name: used in op names and messages.
       enqueue_fn: enqueues one element's flat tensors somewhere else than
         the emulated queue (a TPU's infeed); `dequeue()` is then the
@@ -59,17 +72,24 @@ class HostInfeed:
     self._dtypes = [spec.dtype for spec in specs]
     self._shapes = [spec.shape for spec in specs]
     with tf.name_scope(f"{name}_infeed"):
-      self._iterator = tf.compat.v1.data.make_initializable_iterator(dataset)
       self._queue = None
       self._close = None
-      if enqueue_fn is None:
-        self._queue = tf.queue.FIFOQueue(capacity, self._dtypes,
-                                         shapes=self._shapes)
-        enqueue_fn = self._queue.enqueue
-        self._close = self._queue.close(cancel_pending_enqueues=True)
-      self._enqueue_fn = enqueue_fn
       self._steps = tf.compat.v1.placeholder(tf.int32, [], name="steps")
-      self._enqueue_loop = self._build_enqueue_loop()
+      if enqueue_fn is None:
+        self._chunk = chunk_steps(capacity, specs)
+        self._queue = tf.queue.FIFOQueue(2 * self._chunk, self._dtypes,
+                                         shapes=self._shapes)
+        self._close = self._queue.close(cancel_pending_enqueues=True)
+        self._iterator = tf.compat.v1.data.make_initializable_iterator(
+            dataset.batch(self._chunk))
+        self._fill = self._build_chunk_enqueue()
+      else:
+        self._iterator = tf.compat.v1.data.make_initializable_iterator(
+            dataset)
+        self._fill = self._build_enqueue_loop(enqueue_fn)
+    # Elements in the queue that no request has been told about yet.
+    self._unclaimed = 0
+    self._ended = False
     self._requests: queue_lib.Queue = queue_lib.Queue()
     self._results: queue_lib.Queue = queue_lib.Queue()
     self._thread: Optional[threading.Thread] = None
@@ -80,7 +100,21 @@ class HostInfeed:
   def element_spec(self) -> Any:
     return self._structure
 
-  def _build_enqueue_loop(self) -> tf.Tensor:
+  def _build_chunk_enqueue(self) -> tf.Tensor:
+    """Enqueues the next chunk; returns its size (short: the input ended)."""
+    optional = self._iterator.get_next_as_optional()
+
+    def enqueue():
+      values = tf.nest.flatten(optional.get_value())
+      with tf.control_dependencies([self._queue.enqueue_many(values)]):
+        return tf.shape(values[0])[0]
+
+    return tf.cond(optional.has_value(), enqueue, lambda: tf.constant(0))
+
+  def _build_enqueue_loop(self, enqueue_fn: Callable[[List[tf.Tensor]],
+                                                     tf.Operation]
+                          ) -> tf.Tensor:
+    """Enqueues up to `steps` elements one by one; returns how many."""
     iterator = self._iterator
 
     def body(moved, done):
@@ -88,7 +122,7 @@ class HostInfeed:
 
       def enqueue():
         values = tf.nest.flatten(optional.get_value())
-        with tf.control_dependencies([self._enqueue_fn(values)]):
+        with tf.control_dependencies([enqueue_fn(values)]):
           return moved + 1, tf.constant(False)
 
       return tf.cond(optional.has_value(), enqueue,
@@ -129,6 +163,8 @@ class HostInfeed:
     session.run(self._iterator.initializer)
     self._session = session
     self._stopping = False
+    self._unclaimed = 0
+    self._ended = False
     self._requests = queue_lib.Queue()
     self._results = queue_lib.Queue()
     self._thread = threading.Thread(target=self._serve, daemon=True,
@@ -178,14 +214,28 @@ class HostInfeed:
       if steps is None:
         return
       try:
-        moved = self._session.run(self._enqueue_loop,
-                                  {self._steps: steps})
+        available = self._make_available(steps)
       except Exception as error:  # pylint: disable=broad-except
         if not self._stopping:
           logging.error("%s infeed failed: %s", self._name, error)
         self._results.put(error)
         return
-      self._results.put(int(moved))
+      self._results.put(available)
+
+  def _make_available(self, steps: int) -> int:
+    """Host thread: queues up to `steps` more elements; returns how many."""
+    if self._queue is None:
+      return int(self._session.run(self._fill, {self._steps: steps}))
+    # One chunk at most: a request is at most one chunk, and a short chunk
+    # means the input ended. The queue (two chunks) has room for it once the
+    # elements already claimed are dequeued, so this cannot deadlock.
+    if self._unclaimed < steps and not self._ended:
+      moved = int(self._session.run(self._fill))
+      self._ended = moved < self._chunk
+      self._unclaimed += moved
+    available = min(steps, self._unclaimed)
+    self._unclaimed -= available
+    return available
 
 
 class InfeedHook(tf.compat.v1.train.SessionRunHook):
@@ -201,6 +251,14 @@ class InfeedHook(tf.compat.v1.train.SessionRunHook):
   def end(self, session) -> None:
     del session  # Unused.
     self._infeed.stop()
+
+
+def chunk_steps(capacity: int, specs: List[tf.TensorSpec]) -> int:
+  """Elements the emulated infeed reads and enqueues at a time: `capacity`,
+  or up to MIN_CHUNK_STEPS if that many stay within MIN_CHUNK_BYTES."""
+  size = max(1, sum(spec.shape.num_elements() * spec.dtype.size
+                    for spec in specs))
+  return max(capacity, min(MIN_CHUNK_STEPS, MIN_CHUNK_BYTES // size))
 
 
 def leaf_paths(structure: Any, prefix: str = "element") -> list:
