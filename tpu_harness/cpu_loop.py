@@ -84,6 +84,11 @@ class CpuEmulationLoop(DeviceLoop):
             f"are averaged across replicas.")
     return specs
 
+  def _mean_loss(self, specs: List[spec_lib.ModelSpec]) -> tf.Tensor:
+    if len(specs) == 1:
+      return specs[0].loss
+    return tf.add_n([spec.loss for spec in specs]) / len(specs)
+
   def _concat(self, per_replica: List[tf.Tensor]) -> tf.Tensor:
     """Concatenates replicas' values on axis 0 (scalars become [n])."""
     return tf.concat([tf.reshape(t, [1]) if t.shape.rank == 0 else t
@@ -144,7 +149,7 @@ class CpuEmulationLoop(DeviceLoop):
     def step_fn(element):
       specs = self._replicas(model_fn, element, mode, params,
                              stacked=self._num_shards > 1)
-      values = {LOSS: tf.add_n([s.loss for s in specs]) / self._num_shards}
+      values = {LOSS: self._mean_loss(specs)}
       if specs[0].host_call is not None:
         host_fn_holder["fn"] = specs[0].host_call[0]
         for name in specs[0].host_call[1]:
@@ -166,7 +171,7 @@ class CpuEmulationLoop(DeviceLoop):
     def step_fn(element):
       specs = self._replicas(model_fn, element, mode, params,
                              stacked=self._num_shards > 1)
-      values = {LOSS: tf.add_n([s.loss for s in specs]) / self._num_shards}
+      values = {LOSS: self._mean_loss(specs)}
       if specs[0].eval_metrics is not None:
         fn, tensors = specs[0].eval_metrics
         metric_holder["fn"] = fn
