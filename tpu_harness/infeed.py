@@ -12,8 +12,10 @@ batched read and one `enqueue_many`. A chunk is `capacity` elements (one
 loop), or more for small loops of small elements: up to `MIN_CHUNK_STEPS`
 elements while it stays within `MIN_CHUNK_BYTES`, so that a loop of one step
 does not cost a host `Session.run` per step. Elements of a chunk beyond a
-request stay queued for the next. (On CPU, an in-graph loop that enqueues one
-element per iteration costs about 30 us per element, a chunk about 5.) The
+request stay queued for the next, and a request they cover is answered at
+once, without a round trip to the host thread. (On CPU, an in-graph loop
+that enqueues one element per iteration costs about 30 us per element, a
+chunk about 5.) The
 queue holds up to two chunks, so host memory is bounded by two chunks. With
 a custom `enqueue_fn` (a TPU's infeed, which takes one element at a time), a
 request runs an in-graph loop that enqueues up to k elements one by one.
@@ -23,6 +25,7 @@ Device side: the loop calls `dequeue()` once per step.
 
 from __future__ import annotations
 
+import collections
 import queue as queue_lib
 import threading
 from typing import Any, Callable, List, Optional
@@ -87,9 +90,16 @@ class HostInfeed:
         self._iterator = tf.compat.v1.data.make_initializable_iterator(
             dataset)
         self._fill = self._build_enqueue_loop(enqueue_fn)
-    # Elements in the queue that no request has been told about yet.
+    # Elements in the queue that no request has been told about yet, whether
+    # the input ended, and the thread's requests not answered yet: guarded
+    # by the lock, shared by the host thread and the caller.
+    self._lock = threading.Lock()
     self._unclaimed = 0
     self._ended = False
+    self._outstanding = 0
+    # One per request, oldest first: its answer, or None if the host thread
+    # gives it (in `_results`, in the same order).
+    self._answers: collections.deque = collections.deque()
     self._requests: queue_lib.Queue = queue_lib.Queue()
     self._results: queue_lib.Queue = queue_lib.Queue()
     self._thread: Optional[threading.Thread] = None
@@ -165,6 +175,8 @@ class HostInfeed:
     self._stopping = False
     self._unclaimed = 0
     self._ended = False
+    self._outstanding = 0
+    self._answers = collections.deque()
     self._requests = queue_lib.Queue()
     self._results = queue_lib.Queue()
     self._thread = threading.Thread(target=self._serve, daemon=True,
@@ -181,6 +193,13 @@ class HostInfeed:
     if not 0 < steps <= self._capacity:
       raise ValueError(f"`steps` ({steps}) must be in 1..{self._capacity}, "
                        f"the {self._name} infeed's capacity.")
+    with self._lock:
+      if (self._queue is not None and self._outstanding == 0
+          and (self._unclaimed >= steps or self._ended)):
+        self._answers.append(self._claim(steps))
+        return
+      self._outstanding += 1
+      self._answers.append(None)
     self._requests.put(int(steps))
 
   def wait(self) -> int:
@@ -189,6 +208,9 @@ class HostInfeed:
     Raises:
       Exception: whatever the input pipeline raised on the host thread.
     """
+    answer = self._answers.popleft() if self._answers else None
+    if answer is not None:
+      return answer
     result = self._results.get()
     if isinstance(result, BaseException):
       raise result
@@ -218,6 +240,8 @@ class HostInfeed:
       except Exception as error:  # pylint: disable=broad-except
         if not self._stopping:
           logging.error("%s infeed failed: %s", self._name, error)
+        with self._lock:
+          self._outstanding -= 1
         self._results.put(error)
         return
       self._results.put(available)
@@ -225,14 +249,26 @@ class HostInfeed:
   def _make_available(self, steps: int) -> int:
     """Host thread: queues up to `steps` more elements; returns how many."""
     if self._queue is None:
-      return int(self._session.run(self._fill, {self._steps: steps}))
+      moved = int(self._session.run(self._fill, {self._steps: steps}))
+      with self._lock:
+        self._outstanding -= 1
+      return moved
     # One chunk at most: a request is at most one chunk, and a short chunk
     # means the input ended. The queue (two chunks) has room for it once the
     # elements already claimed are dequeued, so this cannot deadlock.
-    if self._unclaimed < steps and not self._ended:
+    with self._lock:
+      fill = self._unclaimed < steps and not self._ended
+    if fill:
       moved = int(self._session.run(self._fill))
-      self._ended = moved < self._chunk
-      self._unclaimed += moved
+      with self._lock:
+        self._ended = moved < self._chunk
+        self._unclaimed += moved
+    with self._lock:
+      self._outstanding -= 1
+      return self._claim(steps)
+
+  def _claim(self, steps: int) -> int:
+    """Up to `steps` of the unclaimed elements (lock held)."""
     available = min(steps, self._unclaimed)
     self._unclaimed -= available
     return available
