@@ -58,6 +58,19 @@ def test_each_run_advances_iterations_per_loop_and_stops_exactly(
                          "before_run": runs, "after_run": runs, "end": 1}
 
 
+def test_a_device_loop_with_another_default_is_fed_every_count(tmp_path):
+  # The runner feeds `iterations` only when the count differs from the
+  # loop's own default, which need not be the runner's iterations_per_loop.
+  hook = RecordingHook()
+  th.Runner(linear_model_fn,
+            th.RunConfig(str(tmp_path), iterations_per_loop=4),
+            train_batch_size=32,
+            device_loop=th.CpuEmulationLoop(num_shards=1,
+                                            iterations_per_loop=8),
+            ).train(train_input_fn(), max_steps=10, hooks=[hook])
+  assert hook.steps == [4, 8, 10]
+
+
 def test_checkpoints_at_expected_steps_with_listeners(tmp_path):
   listener = RecordingListener()
   _runner(tmp_path, ipl=10, save_steps=20).train(

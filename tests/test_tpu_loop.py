@@ -59,7 +59,8 @@ def test_train_graph_has_the_tpu_parts_with_per_core_shapes():
   # What the runner fetches: per-step losses and the step after the loop.
   assert built.fetches["outfeed"]["loss"].shape.as_list() == [None]
   assert built.fetches["end_step"].shape.rank == 0
-  assert built.iterations.op.type == "Placeholder"
+  assert built.iterations.op.type == "PlaceholderWithDefault"
+  assert tf.get_static_value(built.iterations.op.inputs[0]) == 4
 
 
 def test_host_call_tensors_go_through_the_outfeed():

@@ -100,7 +100,8 @@ class CpuEmulationLoop(DeviceLoop):
 
     `step_fn(element)` returns (ops to run, {name: tensor} to outfeed).
     """
-    iterations = tf.compat.v1.placeholder(tf.int32, [], name="iterations")
+    iterations = tf.compat.v1.placeholder_with_default(
+        self._iterations_per_loop, [], name="iterations")
     # The steps start after the hooks' global-step read, so they see the
     # step from before the run.
     read = hooks.global_step_read()

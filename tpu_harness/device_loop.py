@@ -27,7 +27,9 @@ class BuiltLoop:
 
   Attributes:
     infeed: the host side of the input.
-    iterations: scalar int32 placeholder: the steps the next run does.
+    iterations: scalar int32 placeholder with default `iterations_per_loop`:
+      the steps the next run does; feed it only to run fewer (a feed costs
+      host time on every run).
     fetches: what one run returns: `outfeed` (per-step values stacked on a
       first axis of length `iterations`), and for TRAIN `end_step`, the global
       step after the run.

@@ -88,7 +88,8 @@ class TpuLoop(DeviceLoop):
 
       infeed = HostInfeed(dataset, self._iterations_per_loop, "train",
                           enqueue_fn=enqueue)
-    iterations = tf.compat.v1.placeholder(tf.int32, [], name="iterations")
+    iterations = tf.compat.v1.placeholder_with_default(
+        self._iterations_per_loop, [], name="iterations")
     outfeed_spec: Dict[str, Any] = {}
     host_fn_holder: Dict[str, Any] = {}
 
