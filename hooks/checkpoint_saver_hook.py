@@ -136,6 +136,7 @@ class CheckpointSaverHook(tf.compat.v1.train.SessionRunHook):
     self._clock = clock
     self._async = bool(async_save)
     self._writer = None
+    self._meta_graph: Optional[bytes] = None
     self._global_step_tensor = None
     self._summary_writer = None
     logging.info("Create CheckpointSaverHook (dir=%s, steps_per_run=%d).",
@@ -178,12 +179,20 @@ class CheckpointSaverHook(tf.compat.v1.train.SessionRunHook):
     global_step = int(session.run(self._global_step_tensor))
     graph = tf.compat.v1.get_default_graph()
     saver = self._get_saver()
+    # What Saver.save would export as `.meta` on every save.
+    meta_graph_def = tf.compat.v1.train.export_meta_graph(
+        graph_def=graph.as_graph_def(add_shapes=True),
+        saver_def=saver.saver_def, graph=graph)
+    # A finalized graph (MonitoredSession finalizes it) cannot change: one
+    # serialized MetaGraphDef serves every checkpoint of the session, which
+    # spares each save re-exporting the graph (most of a small model's save).
+    self._meta_graph = (meta_graph_def.SerializeToString()
+                        if self._save_graph_def and graph.finalized else None)
     if self._writer is not None:
       meta_graph = None
       if self._save_graph_def:
-        # The graph is final: one MetaGraphDef serves every checkpoint.
-        meta_graph = tf.compat.v1.train.export_meta_graph(
-            graph=graph, saver_def=saver.saver_def).SerializeToString()
+        meta_graph = (self._meta_graph if self._meta_graph is not None else
+                      meta_graph_def.SerializeToString())
       self._writer.configure(
           max_to_keep=saver.saver_def.max_to_keep,
           recent=saver.last_checkpoints, save_relative_paths=True,
@@ -193,9 +202,6 @@ class CheckpointSaverHook(tf.compat.v1.train.SessionRunHook):
       # to add ops, so this is the graph that runs.
       tf.io.write_graph(graph.as_graph_def(add_shapes=True),
                         self._checkpoint_dir, "graph.pbtxt")
-    meta_graph_def = tf.compat.v1.train.export_meta_graph(
-        graph_def=graph.as_graph_def(add_shapes=True),
-        saver_def=saver.saver_def, graph=graph)
     self._summary_writer.add_graph(graph)
     self._summary_writer.add_meta_graph(meta_graph_def)
     # The checkpoint saved here is the state at step `global_step`.
@@ -261,8 +267,12 @@ class CheckpointSaverHook(tf.compat.v1.train.SessionRunHook):
       self._writer.start(step, self._writer.snapshot(session))
       return should_stop
     try:
-      self._get_saver().save(session, self._save_path, global_step=step,
-                             write_meta_graph=self._save_graph_def)
+      path = self._get_saver().save(
+          session, self._save_path, global_step=step,
+          write_meta_graph=self._save_graph_def and self._meta_graph is None)
+      if self._meta_graph is not None:  # After the state file, as Saver does.
+        with tf.io.gfile.GFile(path + ".meta", "wb") as meta_file:
+          meta_file.write(self._meta_graph)
     except tf.errors.OpError as error:
       raise CheckpointSaveError(
           f"Saving the checkpoint for step {step} into {self._save_path} "

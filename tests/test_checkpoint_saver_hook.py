@@ -112,6 +112,61 @@ def test_save_graph_def_false_writes_no_graph_and_no_meta(tmp_path):
   assert checkpoint_steps(ckpt_dir) == [0, 10, 20, 30]
 
 
+def test_every_meta_file_is_the_graph_saver_would_export(tmp_path):
+  # The hook exports the finalized graph once and writes those bytes for
+  # every checkpoint: each .meta must be what Saver.save itself writes.
+  ckpt_dir = _dir(tmp_path, "ckpt")
+  graph = build_loop_graph(steps_per_run=10)
+  hook = hooks.CheckpointSaverHook(ckpt_dir, save_steps=10, steps_per_run=10)
+  run_loops([hook], graph, [10] * 2)
+  saver = tf.compat.v1.get_collection(tf.compat.v1.GraphKeys.SAVERS)[0]
+  expected = saver.export_meta_graph()
+  for step in (0, 10, 20):
+    path = os.path.join(ckpt_dir, f"model.ckpt-{step}.meta")
+    written = tf.compat.v1.MetaGraphDef()
+    with tf.io.gfile.GFile(path, "rb") as f:
+      written.ParseFromString(f.read())
+    assert written == expected
+    with tf.Graph().as_default():
+      restored = tf.compat.v1.train.import_meta_graph(path)
+      with tf.compat.v1.Session() as session:
+        restored.restore(session, path[:-len(".meta")])
+        assert session.run(tf.compat.v1.train.get_global_step()) == step
+
+
+class _CountingSaver(tf.compat.v1.train.Saver):
+  """A real Saver that counts how often it exports the graph."""
+
+  exports = 0
+
+  def export_meta_graph(self, *args, **kwargs):
+    type(self).exports += 1
+    return super().export_meta_graph(*args, **kwargs)
+
+
+def test_saves_do_not_export_the_finalized_graph_again(tmp_path):
+  ckpt_dir = _dir(tmp_path, "ckpt")
+  graph = build_loop_graph(steps_per_run=10)
+  saver = _CountingSaver()
+  hook = hooks.CheckpointSaverHook(ckpt_dir, save_steps=10, steps_per_run=10,
+                                   saver=saver)
+  run_loops([hook], graph, [10] * 3)
+  assert checkpoint_steps(ckpt_dir) == [0, 10, 20, 30]
+  assert all(os.path.exists(os.path.join(ckpt_dir, f"model.ckpt-{s}.meta"))
+             for s in (0, 10, 20, 30))
+  assert _CountingSaver.exports == 0
+
+
+def test_a_meta_file_that_cannot_be_written_fails_the_save(tmp_path):
+  ckpt_dir = _dir(tmp_path, "ckpt")
+  os.makedirs(os.path.join(ckpt_dir, "model.ckpt-10.meta"))  # Unwritable.
+  graph = build_loop_graph(steps_per_run=10)
+  hook = hooks.CheckpointSaverHook(ckpt_dir, save_steps=10, steps_per_run=10)
+  with pytest.raises(hooks.CheckpointSaveError,
+                     match="checkpoint for step 10 .* failed"):
+    run_loops([hook], graph, [10] * 2)
+
+
 def test_listener_after_save_true_stops_training(tmp_path):
   ckpt_dir = _dir(tmp_path, "ckpt")
   graph = build_loop_graph(steps_per_run=10)
