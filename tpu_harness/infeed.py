@@ -15,9 +15,8 @@ does not cost a host `Session.run` per step. Elements of a chunk beyond a
 request stay queued for the next, and a request they cover is answered at
 once, without a round trip to the host thread. (On CPU, an in-graph loop
 that enqueues one element per iteration costs about 30 us per element, a
-chunk about 5.) The
-queue holds up to two chunks, so host memory is bounded by two chunks. With
-a custom `enqueue_fn` (a TPU's infeed, which takes one element at a time), a
+chunk about 5.) The queue holds up to two chunks, so host memory is bounded
+by two chunks. With a custom `enqueue_fn` (a TPU's infeed, which takes one element at a time), a
 request runs an in-graph loop that enqueues up to k elements one by one.
 
 Device side: the loop calls `dequeue()` once per step.
@@ -53,7 +52,7 @@ class HostInfeed:
     Args:
       dataset: elements of one step each, every tensor of fixed shape.
       capacity: the most steps one request asks for; the emulated queue
-        holds up to twice as many.
+        holds up to two chunks (`chunk_steps`) of at least that many.
       name: used in op names and messages.
       enqueue_fn: enqueues one element's flat tensors somewhere else than
         the emulated queue (a TPU's infeed); `dequeue()` is then the
@@ -184,7 +183,8 @@ class HostInfeed:
     self._thread.start()
 
   def request(self, steps: int) -> None:
-    """Asks the host thread to enqueue up to `steps` more steps.
+    """Asks for up to `steps` more steps in the queue: answered at once if
+    queued elements cover them, else by the host thread.
 
     Raises:
       ValueError: `steps` exceeds the queue capacity; `wait()` would never
