@@ -16,8 +16,9 @@ request stay queued for the next, and a request they cover is answered at
 once, without a round trip to the host thread. (On CPU, an in-graph loop
 that enqueues one element per iteration costs about 30 us per element, a
 chunk about 5.) The queue holds up to two chunks, so host memory is bounded
-by two chunks. With a custom `enqueue_fn` (a TPU's infeed, which takes one element at a time), a
-request runs an in-graph loop that enqueues up to k elements one by one.
+by two chunks. With a custom `enqueue_fn` (a TPU's infeed, which takes one
+element at a time), a request runs an in-graph loop that enqueues up to k
+elements one by one.
 
 Device side: the loop calls `dequeue()` once per step.
 """
@@ -76,7 +77,7 @@ class HostInfeed:
     with tf.name_scope(f"{name}_infeed"):
       self._queue = None
       self._close = None
-      self._steps = tf.compat.v1.placeholder(tf.int32, [], name="steps")
+      self._steps = None
       if enqueue_fn is None:
         self._chunk = chunk_steps(capacity, specs)
         self._queue = tf.queue.FIFOQueue(2 * self._chunk, self._dtypes,
@@ -88,6 +89,7 @@ class HostInfeed:
       else:
         self._iterator = tf.compat.v1.data.make_initializable_iterator(
             dataset)
+        self._steps = tf.compat.v1.placeholder(tf.int32, [], name="steps")
         self._fill = self._build_enqueue_loop(enqueue_fn)
     # Elements in the queue that no request has been told about yet, whether
     # the input ended, and the thread's requests not answered yet: guarded
