@@ -183,16 +183,13 @@ class CheckpointSaverHook(tf.compat.v1.train.SessionRunHook):
     meta_graph_def = tf.compat.v1.train.export_meta_graph(
         graph_def=graph.as_graph_def(add_shapes=True),
         saver_def=saver.saver_def, graph=graph)
+    meta_graph = (meta_graph_def.SerializeToString()
+                  if self._save_graph_def else None)
     # A finalized graph (MonitoredSession finalizes it) cannot change: one
     # serialized MetaGraphDef serves every checkpoint of the session, which
     # spares each save re-exporting the graph (most of a small model's save).
-    self._meta_graph = (meta_graph_def.SerializeToString()
-                        if self._save_graph_def and graph.finalized else None)
+    self._meta_graph = meta_graph if graph.finalized else None
     if self._writer is not None:
-      meta_graph = None
-      if self._save_graph_def:
-        meta_graph = (self._meta_graph if self._meta_graph is not None else
-                      meta_graph_def.SerializeToString())
       self._writer.configure(
           max_to_keep=saver.saver_def.max_to_keep,
           recent=saver.last_checkpoints, save_relative_paths=True,
