@@ -1,5 +1,6 @@
 """HostInfeed: a real host thread filling a real queue in a real session."""
 
+import contextlib
 import threading
 
 import numpy as np
@@ -12,6 +13,17 @@ from tpu_harness.infeed import InputShapeError
 from tpu_harness.infeed import leaf_paths
 
 
+@contextlib.contextmanager
+def _running(infeed):
+  """A session with the infeed's host thread started, stopped at the end."""
+  with tf.compat.v1.Session() as session:
+    infeed.start(session)
+    try:
+      yield session
+    finally:
+      infeed.stop()
+
+
 def _dataset(n):
   x = np.arange(n * 2, dtype=np.float32).reshape(n, 2)
   return tf.data.Dataset.from_tensor_slices({"x": x, "i": np.arange(n)})
@@ -20,19 +32,15 @@ def _dataset(n):
 def test_counts_what_it_moved_and_stops_at_end_of_input():
   infeed = HostInfeed(_dataset(5), capacity=4, name="t")
   element = infeed.dequeue()
-  with tf.compat.v1.Session() as session:
-    infeed.start(session)
-    try:
-      infeed.request(3)
-      assert infeed.wait() == 3
-      assert [session.run(element)["i"] for _ in range(3)] == [0, 1, 2]
-      infeed.request(3)
-      assert infeed.wait() == 2  # The input ended.
-      assert [session.run(element)["i"] for _ in range(2)] == [3, 4]
-      infeed.request(3)
-      assert infeed.wait() == 0
-    finally:
-      infeed.stop()
+  with _running(infeed) as session:
+    infeed.request(3)
+    assert infeed.wait() == 3
+    assert [session.run(element)["i"] for _ in range(3)] == [0, 1, 2]
+    infeed.request(3)
+    assert infeed.wait() == 2  # The input ended.
+    assert [session.run(element)["i"] for _ in range(2)] == [3, 4]
+    infeed.request(3)
+    assert infeed.wait() == 0
 
 
 @pytest.fixture
@@ -45,23 +53,19 @@ def test_host_fills_while_device_drains(chunk_of_one_loop):
   del chunk_of_one_loop  # Used for its effect.
   infeed = HostInfeed(_dataset(10), capacity=3, name="t")
   element = infeed.dequeue()
-  with tf.compat.v1.Session() as session:
-    infeed.start(session)
-    try:
-      infeed.request(3)
-      assert infeed.wait() == 3
-      infeed.request(3)  # The queue holds two chunks.
-      assert infeed.wait() == 3
-      infeed.request(3)  # Blocks on the full queue until we dequeue.
-      got = [session.run(element)["i"] for _ in range(3)]
-      assert infeed.wait() == 3
-      got += [session.run(element)["i"] for _ in range(6)]
-      infeed.request(3)
-      assert infeed.wait() == 1  # The input ended.
-      got += [session.run(element)["i"]]
-      assert got == list(range(10))
-    finally:
-      infeed.stop()
+  with _running(infeed) as session:
+    infeed.request(3)
+    assert infeed.wait() == 3
+    infeed.request(3)  # The queue holds two chunks.
+    assert infeed.wait() == 3
+    infeed.request(3)  # Blocks on the full queue until we dequeue.
+    got = [session.run(element)["i"] for _ in range(3)]
+    assert infeed.wait() == 3
+    got += [session.run(element)["i"] for _ in range(6)]
+    infeed.request(3)
+    assert infeed.wait() == 1  # The input ended.
+    got += [session.run(element)["i"]]
+    assert got == list(range(10))
 
 
 def test_elements_of_a_chunk_beyond_a_request_serve_the_next_ones():
@@ -70,8 +74,7 @@ def test_elements_of_a_chunk_beyond_a_request_serve_the_next_ones():
   infeed = HostInfeed(_dataset(100).repeat(), capacity=1, name="t")
   element = infeed.dequeue()
   fills = []
-  with tf.compat.v1.Session() as session:
-    infeed.start(session)
+  with _running(infeed) as session:
     run = session.run
 
     def counting_run(fetches, *args, **kwargs):
@@ -80,14 +83,11 @@ def test_elements_of_a_chunk_beyond_a_request_serve_the_next_ones():
       return run(fetches, *args, **kwargs)
 
     session.run = counting_run
-    try:
-      got = []
-      for _ in range(2 * infeed_lib.MIN_CHUNK_STEPS):
-        infeed.request(1)
-        assert infeed.wait() == 1
-        got.append(run(element)["i"])
-    finally:
-      infeed.stop()
+    got = []
+    for _ in range(2 * infeed_lib.MIN_CHUNK_STEPS):
+      infeed.request(1)
+      assert infeed.wait() == 1
+      got.append(run(element)["i"])
   assert got == list(range(2 * infeed_lib.MIN_CHUNK_STEPS))
   assert len(fills) == 2
 
@@ -129,14 +129,10 @@ def test_stop_cancels_a_blocked_enqueue(chunk_of_one_loop):
 def test_input_errors_surface_in_wait():
   dataset = tf.data.Dataset.range(5).map(_check_small)
   infeed = HostInfeed(dataset, capacity=8, name="t")
-  with tf.compat.v1.Session() as session:
-    infeed.start(session)
-    try:
-      infeed.request(5)
-      with pytest.raises(tf.errors.InvalidArgumentError, match="bad input"):
-        infeed.wait()
-    finally:
-      infeed.stop()
+  with _running(infeed):
+    infeed.request(5)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="bad input"):
+      infeed.wait()
 
 
 def _check_small(i):
