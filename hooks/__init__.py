@@ -5,6 +5,7 @@ Public surface::
   CheckpointSaverHook      save every N steps/secs, steps_per_run-aware
   CheckpointSaveError      a save failed (not retried as a "preemption")
   CheckpointSaverListener  callbacks around each save
+  NonFiniteWeightsError    a save refused because a weight was NaN/Inf
   StepCounterHook          global_step/sec and examples/sec
   StopAtStepHook           stop exactly at a last step
   StepOrSecondsSchedule    the pure "is it due?" schedule the hooks use
@@ -15,6 +16,7 @@ Public surface::
 from hooks._tf_internals import global_step_read
 from hooks.checkpoint_saver_hook import CheckpointSaveError
 from hooks.checkpoint_saver_hook import CheckpointSaverHook
+from hooks.checkpoint_saver_hook import NonFiniteWeightsError
 from hooks.checkpoint_saver_listener import CheckpointSaverListener
 from hooks.run_increment import RunIncrement
 from hooks.schedule import Elapsed
@@ -27,6 +29,7 @@ __all__ = [
     "CheckpointSaverHook",
     "CheckpointSaverListener",
     "Elapsed",
+    "NonFiniteWeightsError",
     "RunIncrement",
     "StepCounterHook",
     "StepOrSecondsSchedule",

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numbers
 import os
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 
 def positive_int(name: str, value: Any) -> int:
@@ -25,6 +25,23 @@ def positive_int(name: str, value: Any) -> int:
   if value <= 0:
     raise ValueError(f"`{name}` ({value!r}) must be a positive integer.")
   return int(value)
+
+
+def positive_number(name: str, value: Any) -> float:
+  """Returns `value` if it is a finite real number > 0 (bool excluded).
+
+  Raises:
+    TypeError: `value` is not a real number.
+    ValueError: `value` is not positive and finite.
+  """
+  if isinstance(value, bool) or not isinstance(value, numbers.Real):
+    raise TypeError(
+        f"`{name}` ({value!r}) must be a positive number of seconds, "
+        f"got {type(value).__name__}.")
+  if not 0 < value < float("inf"):
+    raise ValueError(f"`{name}` ({value!r}) must be a positive, finite "
+                     f"number of seconds.")
+  return value
 
 
 def exactly_one(named_values: Mapping[str, Any]) -> None:
@@ -71,16 +88,18 @@ def non_empty_str(name: str, value: Any) -> str:
   return value
 
 
-def instances_of(name: str, values: Any, cls: type, what: str) -> list:
-  """Returns `values` as a list if it is None or an iterable of `cls`.
+def with_methods(name: str, values: Any, methods: Sequence[str],
+                 what: str) -> list:
+  """Returns `values` as a list if it is None or an iterable of objects that
+  have every one of `methods` (duck typing, as TensorFlow's hooks accept).
 
   Raises:
-    TypeError: `values` is a single object, not iterable, or holds an item
-      that is not a `cls`.
+    TypeError: `values` is a single such object, not iterable, or holds an
+      item that lacks one of `methods`.
   """
   if values is None:
     return []
-  if isinstance(values, cls):
+  if all(callable(getattr(values, m, None)) for m in methods):
     raise TypeError(
         f"`{name}` ({values!r}) must be a list of {what}, got a single one; "
         f"pass [{type(values).__name__}(...)].")
@@ -93,9 +112,11 @@ def instances_of(name: str, values: Any, cls: type, what: str) -> list:
         f"`{name}` ({values!r}) must be a list of {what}, "
         f"got {type(values).__name__}.") from None
   for index, item in enumerate(items):
-    if not isinstance(item, cls):
+    missing = [m for m in methods if not callable(getattr(item, m, None))]
+    if missing:
       raise TypeError(
-          f"`{name}[{index}]` ({item!r}) must be a {what[:-1]} "
-          f"(an instance of {cls.__module__}.{cls.__qualname__} or a "
-          f"subclass), got {type(item).__name__}.")
+          f"`{name}[{index}]` ({item!r}) must be a {what[:-1]}: it lacks "
+          f"{', '.join(m + '()' for m in missing)} (a listener has "
+          f"{', '.join(m + '()' for m in methods)}; subclassing "
+          f"CheckpointSaverListener provides them all).")
   return items

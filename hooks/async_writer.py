@@ -11,7 +11,8 @@ checkpoints beyond `max_to_keep`. A kill at any moment therefore leaves the
 state file naming a complete checkpoint.
 
 One write at a time: `start` joins a write still in flight; its outcome
-stays for `wait()`/`collect()`.
+stays for `wait()`/`collect()`. The writing thread is not a daemon: the
+interpreter waits for it before the process exits.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from typing import List, Optional, Sequence
 from absl import logging
 import numpy as np
 import tensorflow as tf
+
+from hooks import _paths
 
 
 class AsyncCheckpointWriter:
@@ -38,6 +41,7 @@ class AsyncCheckpointWriter:
       save_path: checkpoint prefix without the step, e.g. dir/model.ckpt.
     """
     self._names = [v.op.name for v in variables]
+    self._floating = [v.dtype.base_dtype.is_floating for v in variables]
     self._snapshot = [v.read_value() if hasattr(v, "read_value") else
                       tf.identity(v) for v in variables]
     self._save_path = save_path
@@ -89,6 +93,12 @@ class AsyncCheckpointWriter:
     """The training stall: copies the variables' values to host memory."""
     return session.run(self._snapshot)
 
+  def non_finite(self, values: List[np.ndarray]) -> List[str]:
+    """Names of the floating-point variables whose snapshot holds NaN/Inf."""
+    return [name for name, value, floating in
+            zip(self._names, values, self._floating)
+            if floating and not np.all(np.isfinite(value))]
+
   def start(self, step: int, values: List[np.ndarray]) -> None:
     """Writes `values` as the checkpoint of `step` in the background.
 
@@ -100,8 +110,10 @@ class AsyncCheckpointWriter:
     if self._session is None:
       self._session = tf.compat.v1.Session(graph=self._graph)
     self._step = step
+    # Not a daemon: a process that ends (even with an error) finishes the
+    # write first, so a started checkpoint is never left half-written.
     self._thread = threading.Thread(target=self._run, args=(step, values),
-                                    daemon=True, name=f"ckpt-write-{step}")
+                                    daemon=False, name=f"ckpt-write-{step}")
     self._thread.start()
 
   def wait(self) -> Optional[int]:
@@ -170,11 +182,12 @@ class AsyncCheckpointWriter:
       self._error = error
 
   def _path_for_state(self, prefix: str) -> str:
-    return os.path.basename(prefix) if self._relative else prefix
+    return (_paths.state_file_entry(self._dir, prefix) if self._relative
+            else prefix)
 
 
 def _delete_checkpoint(prefix: str) -> None:
-  for path in tf.io.gfile.glob(prefix + ".*"):
+  for path in tf.io.gfile.glob(_paths.escape(prefix) + ".*"):
     try:
       tf.io.gfile.remove(path)
     except tf.errors.NotFoundError:

@@ -33,6 +33,7 @@ from typing import Callable, Iterable, Optional
 from absl import logging
 import tensorflow as tf
 
+from hooks import _paths
 from hooks import _tf_internals
 from hooks import _validation
 from hooks.async_writer import AsyncCheckpointWriter
@@ -40,6 +41,9 @@ from hooks.run_increment import RunIncrement
 from hooks.schedule import StepOrSecondsSchedule
 
 _LISTENER_BASE = tf.compat.v1.train.CheckpointSaverListener
+# What the hook calls on a listener; like TF's hook, it accepts any object
+# that has them.
+_LISTENER_METHODS = ("begin", "before_save", "after_save", "end")
 
 
 class CheckpointSaveError(RuntimeError):
@@ -54,12 +58,17 @@ class CheckpointSaveError(RuntimeError):
   """
 
 
+class NonFiniteWeightsError(RuntimeError):
+  """A variable held NaN or Inf when a checkpoint was due; it was not saved.
+  """
+
+
 class CheckpointSaverHook(tf.compat.v1.train.SessionRunHook):
   """Saves checkpoints every N steps or every N seconds."""
 
   def __init__(self,
                checkpoint_dir: str,
-               save_secs: Optional[int] = None,
+               save_secs: Optional[float] = None,
                save_steps: Optional[int] = None,
                saver: Optional[tf.compat.v1.train.Saver] = None,
                checkpoint_basename: str = "model.ckpt",
@@ -69,21 +78,25 @@ class CheckpointSaverHook(tf.compat.v1.train.SessionRunHook):
                save_graph_def: bool = True,
                *,
                clock: Callable[[], float] = time.monotonic,
-               async_save: bool = False):
+               async_save: bool = False,
+               check_finite: bool = False):
     """Initializes a `CheckpointSaverHook`.
 
     Args:
       checkpoint_dir: base directory for the checkpoint files; a local path
         or a `gs://` URL.
-      save_secs: save every N seconds. Exactly one of `save_secs` and
-        `save_steps` must be set.
+      save_secs: save every N seconds (a fraction is fine). Exactly one of
+        `save_secs` and `save_steps` must be set.
       save_steps: save every N steps.
       saver: the `Saver` used for saving. Default: the scaffold's, else the
         one Saver in the graph's SAVERS collection.
       checkpoint_basename: base name of the checkpoint files.
+        `checkpoint_dir` and `checkpoint_basename` may not contain `*`, `?`,
+        `[` or a backslash: TF's checkpoint code globs them.
       scaffold: a `Scaffold` whose saver is used.
-      listeners: `CheckpointSaverListener` instances (ours or TF's), called
-        around each save.
+      listeners: listeners called around each save: instances of our or
+        TF's `CheckpointSaverListener`, or any object with `begin`,
+        `before_save`, `after_save` and `end` methods, as TF's hook accepts.
       steps_per_run: steps one `Session.run` advances, e.g. the
         `iterations_per_loop` of a TPU loop. If the observed increment is
         larger, the hook uses the observed one.
@@ -99,20 +112,31 @@ class CheckpointSaverHook(tf.compat.v1.train.SessionRunHook):
         for the last write. A failed write raises `CheckpointSaveError` at
         the next hook call. Saves all global variables, keyed by name, as a
         default Saver does (not partitioned variables or other saveables);
-        the state file gets relative paths.
+        the state file gets relative paths. If training stops with an
+        error, `end()` is not called: call `finish_pending_save()`.
+      check_finite: before each save, check that every floating-point
+        variable is finite, and raise `NonFiniteWeightsError` instead of
+        saving if one is not (so a NaN never reaches a checkpoint, even
+        when the loss was still finite). With `async_save` the check runs
+        on the snapshot the save takes anyway; otherwise it is one extra
+        read of the variables per save.
 
     Raises:
       ValueError: both or neither of `save_secs` and `save_steps`; a
         non-positive `save_secs`, `save_steps` or `steps_per_run`; both
         `saver` and `scaffold`; an empty `checkpoint_dir` or
-        `checkpoint_basename`.
-      TypeError: a non-integer `save_secs`, `save_steps` or `steps_per_run`;
-        `listeners` not a list of listeners; `saver` without a `save` method;
-        `scaffold` not a Scaffold; a non-path `checkpoint_dir`.
+        `checkpoint_basename`, or one with glob characters.
+      TypeError: a non-integer `save_steps` or `steps_per_run`; a
+        non-number `save_secs`; `listeners` not a list of listeners;
+        `saver` without a `save` method; `scaffold` not a Scaffold; a
+        non-path `checkpoint_dir`.
     """
-    self._checkpoint_dir = _validation.non_empty_path(
-        "checkpoint_dir", checkpoint_dir)
-    _validation.non_empty_str("checkpoint_basename", checkpoint_basename)
+    self._checkpoint_dir = _paths.check_no_glob_characters(
+        "checkpoint_dir",
+        _validation.non_empty_path("checkpoint_dir", checkpoint_dir))
+    _paths.check_no_glob_characters(
+        "checkpoint_basename",
+        _validation.non_empty_str("checkpoint_basename", checkpoint_basename))
     self._schedule = StepOrSecondsSchedule(
         every_steps=save_steps, every_secs=save_secs,
         steps_name="save_steps", secs_name="save_secs")
@@ -127,14 +151,18 @@ class CheckpointSaverHook(tf.compat.v1.train.SessionRunHook):
       raise TypeError(
           f"`scaffold` ({scaffold!r}) must be a "
           f"tf.compat.v1.train.Scaffold, got {type(scaffold).__name__}.")
-    self._listeners = _validation.instances_of(
-        "listeners", listeners, _LISTENER_BASE, "CheckpointSaverListeners")
+    self._listeners = _validation.with_methods(
+        "listeners", listeners, _LISTENER_METHODS,
+        "CheckpointSaverListeners")
     self._saver = saver
     self._scaffold = scaffold
     self._save_path = os.path.join(self._checkpoint_dir, checkpoint_basename)
     self._save_graph_def = bool(save_graph_def)
     self._clock = clock
     self._async = bool(async_save)
+    self._check_finite = bool(check_finite)
+    self._finite_flags = None
+    self._latest_saved: Optional[str] = None
     self._writer = None
     self._meta_graph: Optional[bytes] = None
     self._global_step_tensor = None
@@ -146,6 +174,11 @@ class CheckpointSaverHook(tf.compat.v1.train.SessionRunHook):
   def steps_per_run(self) -> int:
     """The declared steps per `Session.run`."""
     return self._increment.declared
+
+  @property
+  def latest_saved(self) -> Optional[str]:
+    """The prefix of the last checkpoint this hook completed, or None."""
+    return self._latest_saved
 
   @property
   def observed_steps_per_run(self) -> int:
@@ -170,6 +203,12 @@ class CheckpointSaverHook(tf.compat.v1.train.SessionRunHook):
             "Use async_save=False.")
       self._writer = AsyncCheckpointWriter(
           tf.compat.v1.global_variables(), self._save_path)
+    elif self._check_finite:
+      with tf.name_scope("check_finite"):
+        self._finite_flags = {
+            v.op.name: tf.reduce_all(tf.math.is_finite(v))
+            for v in tf.compat.v1.global_variables()
+            if v.dtype.base_dtype.is_floating}
     for listener in self._listeners:
       listener.begin()
 
@@ -261,8 +300,15 @@ class CheckpointSaverHook(tf.compat.v1.train.SessionRunHook):
       listener.before_save(session, step)
     logging.info("Saving checkpoints for %d into %s.", step, self._save_path)
     if self._writer is not None:
-      self._writer.start(step, self._writer.snapshot(session))
+      values = self._writer.snapshot(session)
+      if self._check_finite:
+        self._refuse_non_finite(step, self._writer.non_finite(values))
+      self._writer.start(step, values)
       return should_stop
+    if self._finite_flags:
+      flags = session.run(self._finite_flags)
+      self._refuse_non_finite(
+          step, sorted(name for name, ok in flags.items() if not ok))
     try:
       path = self._get_saver().save(
           session, self._save_path, global_step=step,
@@ -293,7 +339,50 @@ class CheckpointSaverHook(tf.compat.v1.train.SessionRunHook):
           f"{getattr(error, 'message', error)}") from error
     return False if done is None else self._after_save(session, done)
 
+  def _refuse_non_finite(self, step: int, names) -> None:
+    if not names:
+      return
+    kept = (f"the newest checkpoint is still {self._latest_saved}"
+            if self._latest_saved else
+            "no checkpoint was saved in this session")
+    raise NonFiniteWeightsError(
+        f"Variables {list(names)} hold NaN or Inf at step {step}; their "
+        f"checkpoint was not saved, and {kept}. (The loss can still be "
+        f"finite when the last update of a run makes the weights "
+        f"non-finite.) Lower the learning rate or check the input, then "
+        f"train again: training resumes from that checkpoint.")
+
+  def finish_pending_save(self) -> Optional[int]:
+    """Finishes a background write still in flight, for when training stops
+    with an error (`end()` is then not called): waits for it, logs its
+    outcome, and releases the writer. Never raises, so as not to hide the
+    error that stopped training.
+
+    Returns:
+      The step of the checkpoint the write completed, or None (no write in
+      flight, sync saves, or the write failed: logged as an error).
+    """
+    if self._writer is None:
+      return None
+    step = self._writer.step_in_flight
+    try:
+      done = self._writer.wait()
+    except Exception as error:  # pylint: disable=broad-except
+      logging.error("The background write of checkpoint %s failed: %s; the "
+                    "state file still names the checkpoint before it.",
+                    step, error)
+      done = None
+    else:
+      if done is not None:
+        self._latest_saved = f"{self._save_path}-{done}"
+        logging.info("Finished writing checkpoint %d (%s) after training "
+                     "stopped.", done, self._latest_saved)
+    finally:
+      self._writer.close()
+    return done
+
   def _after_save(self, session, step: int) -> bool:
+    self._latest_saved = f"{self._save_path}-{step}"
     self._summary_writer.add_session_log(
         tf.compat.v1.SessionLog(status=tf.compat.v1.SessionLog.CHECKPOINT,
                                 checkpoint_path=self._save_path),

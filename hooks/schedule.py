@@ -43,13 +43,14 @@ class StepOrSecondsSchedule:
 
     Raises:
       ValueError: both or neither are set, or one is not positive.
-      TypeError: the one set is not an integer.
+      TypeError: `every_steps` is not an integer, or `every_secs` not a
+        number.
     """
     _validation.exactly_one({steps_name: every_steps, secs_name: every_secs})
     if every_steps is not None:
       _validation.positive_int(steps_name, every_steps)
     if every_secs is not None:
-      _validation.positive_int(secs_name, every_secs)
+      _validation.positive_number(secs_name, every_secs)
     self._every_steps = every_steps
     self._every_secs = every_secs
     self._last_step: Optional[int] = None

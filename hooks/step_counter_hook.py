@@ -1,7 +1,8 @@
 """`StepCounterHook`: global_step/sec and examples/sec, steps_per_run-aware.
 
 Every `every_n_steps` steps (or `every_n_secs` seconds) it logs and writes
-TensorBoard scalars `global_step/sec` and, given `batch_size`,
+TensorBoard scalars `<global step name>/sec` (`global_step/sec`, as TF's
+hook names it) and, given `batch_size`,
 `examples/sec` (= steps/sec x global batch size). Rates are measured between
 two reads of the real global step, so with N steps per `Session.run` they
 count N steps per run, not 1.
@@ -20,7 +21,7 @@ from hooks import _validation
 from hooks.run_increment import RunIncrement
 from hooks.schedule import StepOrSecondsSchedule
 
-STEPS_PER_SEC_TAG = "global_step/sec"
+STEPS_PER_SEC_TAG = "global_step/sec"  # With the default global step name.
 EXAMPLES_PER_SEC_TAG = "examples/sec"
 
 
@@ -29,7 +30,7 @@ class StepCounterHook(tf.compat.v1.train.SessionRunHook):
 
   def __init__(self,
                every_n_steps: Optional[int] = 100,
-               every_n_secs: Optional[int] = None,
+               every_n_secs: Optional[float] = None,
                output_dir: Optional[str] = None,
                summary_writer: Optional[tf.compat.v1.summary.FileWriter] = None,
                steps_per_run: int = 1,
@@ -41,7 +42,7 @@ class StepCounterHook(tf.compat.v1.train.SessionRunHook):
     Args:
       every_n_steps: report every N steps. Set it to None to use
         `every_n_secs`; exactly one of the two must be set.
-      every_n_secs: report every N seconds.
+      every_n_secs: report every N seconds (a fraction is fine).
       output_dir: where to write summaries (through the shared
         `FileWriterCache`), unless `summary_writer` is given. With neither,
         rates are only logged.
@@ -53,8 +54,8 @@ class StepCounterHook(tf.compat.v1.train.SessionRunHook):
     Raises:
       ValueError: both or neither of `every_n_steps` and `every_n_secs`; a
         non-positive integer argument; both `output_dir` and `summary_writer`.
-      TypeError: a non-integer `every_n_steps`, `every_n_secs`,
-        `steps_per_run` or `batch_size`.
+      TypeError: a non-integer `every_n_steps`, `steps_per_run` or
+        `batch_size`; a non-number `every_n_secs`.
     """
     self._schedule = StepOrSecondsSchedule(
         every_steps=every_n_steps, every_secs=every_n_secs,
@@ -71,6 +72,7 @@ class StepCounterHook(tf.compat.v1.train.SessionRunHook):
     self._batch_size = batch_size
     self._clock = clock
     self._global_step_tensor = None
+    self._steps_tag = STEPS_PER_SEC_TAG
     self._last_stale_step = None
 
   def begin(self) -> None:
@@ -83,6 +85,9 @@ class StepCounterHook(tf.compat.v1.train.SessionRunHook):
           "StepCounterHook needs a global step in the graph: create it with "
           "tf.compat.v1.train.get_or_create_global_step() before the session "
           "is created, and advance it in the train op.")
+    # As TF's hook: the tag is named after the global step variable.
+    self._steps_tag = (
+        tf.compat.v1.train.get_global_step().op.name + "/sec")
 
   def after_create_session(self, session, coord) -> None:
     del coord  # Unused.
@@ -122,15 +127,15 @@ class StepCounterHook(tf.compat.v1.train.SessionRunHook):
       self._summary_writer.flush()
 
   def _record(self, steps_per_sec: float, global_step: int) -> None:
-    values = [tf.compat.v1.Summary.Value(tag=STEPS_PER_SEC_TAG,
+    values = [tf.compat.v1.Summary.Value(tag=self._steps_tag,
                                          simple_value=steps_per_sec)]
     if self._batch_size is None:
-      logging.info("%s: %g", STEPS_PER_SEC_TAG, steps_per_sec)
+      logging.info("%s: %g", self._steps_tag, steps_per_sec)
     else:
       examples_per_sec = steps_per_sec * self._batch_size
       values.append(tf.compat.v1.Summary.Value(tag=EXAMPLES_PER_SEC_TAG,
                                                simple_value=examples_per_sec))
-      logging.info("%s: %g, %s: %g", STEPS_PER_SEC_TAG, steps_per_sec,
+      logging.info("%s: %g, %s: %g", self._steps_tag, steps_per_sec,
                    EXAMPLES_PER_SEC_TAG, examples_per_sec)
     if self._summary_writer is not None:
       self._summary_writer.add_summary(tf.compat.v1.Summary(value=values),

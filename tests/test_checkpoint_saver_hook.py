@@ -618,3 +618,169 @@ def test_async_refuses_other_saveables(tmp_path):
                                    async_save=True)
   with pytest.raises(ValueError, match="`async_save` saves variables only"):
     hook.begin()
+
+
+# ----------------------------------------------------------------------------
+# What TF's hook accepts, ours accepts: fractional seconds, duck-typed
+# listeners.
+
+
+class DuckListener:
+  """Has the four listener methods but subclasses nothing."""
+
+  def __init__(self):
+    self.calls = []
+
+  def begin(self):
+    self.calls.append(("begin", None))
+
+  def before_save(self, session, global_step_value):
+    self.calls.append(("before_save", int(global_step_value)))
+
+  def after_save(self, session, global_step_value):
+    self.calls.append(("after_save", int(global_step_value)))
+
+  def end(self, session, global_step_value):
+    self.calls.append(("end", int(global_step_value)))
+
+
+def test_duck_typed_listeners_and_fractional_secs_match_tf(tmp_path):
+  ours_listener, tf_listener = DuckListener(), DuckListener()
+  with tf.Graph().as_default():
+    graph = build_loop_graph(steps_per_run=10)
+    ours = hooks.CheckpointSaverHook(
+        _dir(tmp_path, "ours"), save_secs=1800.5, steps_per_run=10,
+        listeners=[ours_listener])
+    theirs = tf.compat.v1.train.CheckpointSaverHook(
+        _dir(tmp_path, "tf"), save_secs=1800.5, listeners=[tf_listener])
+    theirs._set_steps_per_run(10)  # pylint: disable=protected-access
+    run_loops([ours, theirs], graph, [10] * 3)
+  assert ours_listener.calls == tf_listener.calls == [
+      ("begin", None), ("before_save", 0), ("after_save", 0),
+      ("before_save", 30), ("after_save", 30), ("end", 30)]
+
+
+def test_fractional_save_secs_with_fake_clock(tmp_path):
+  graph = build_loop_graph(steps_per_run=10)
+  clock = FakeClock()
+  listener = RecordingListener()
+  hook = hooks.CheckpointSaverHook(_dir(tmp_path, "ckpt"), save_secs=0.5,
+                                   steps_per_run=10, listeners=[listener],
+                                   clock=clock)
+  with tf.compat.v1.train.MonitoredTrainingSession(
+      hooks=[hook], save_checkpoint_secs=None, save_summaries_steps=None,
+      log_step_count_steps=None) as session:
+    for _ in range(4):
+      clock.now += 0.3
+      session.run(graph.train_op)
+  # t=0 step 0; t=0.6 step 20; t=1.2 step 40 (end: already saved).
+  assert listener.saved_steps() == [0, 20, 40]
+
+
+def test_listener_missing_a_method_is_named(tmp_path):
+  class NoEnd:
+    def begin(self): pass
+    def before_save(self, session, step): pass
+    def after_save(self, session, step): pass
+  with pytest.raises(TypeError, match=r"`listeners\[0\]` .* lacks end\(\)"):
+    hooks.CheckpointSaverHook(str(tmp_path), save_steps=1,
+                              listeners=[NoEnd()])
+
+
+def test_glob_characters_in_the_directory_are_refused(tmp_path):
+  with pytest.raises(ValueError, match=r"`checkpoint_dir` \(.*sweep\[1\]'\) "
+                     r"contains \["):
+    hooks.CheckpointSaverHook(str(tmp_path / "sweep[1]"), save_steps=1)
+  with pytest.raises(ValueError, match=r"`checkpoint_basename` \('m\*'\)"):
+    hooks.CheckpointSaverHook(str(tmp_path), save_steps=1,
+                              checkpoint_basename="m*")
+
+
+# ----------------------------------------------------------------------------
+# check_finite: a NaN weight never reaches a checkpoint.
+
+
+def _poisonable_graph():
+  """w += delta per run (delta fed, default 1); the global step += 10."""
+  global_step = tf.compat.v1.train.get_or_create_global_step()
+  weight = tf.compat.v1.get_variable("w", initializer=tf.constant(0.0),
+                                     use_resource=True)
+  delta = tf.compat.v1.placeholder_with_default(1.0, [], name="delta")
+  read = hooks.global_step_read()
+  with tf.control_dependencies([read]):
+    update = weight.assign_add(delta)
+  with tf.control_dependencies([update]):
+    train_op = global_step.assign_add(10)
+  return train_op, delta
+
+
+@pytest.mark.parametrize("async_save", [False, True])
+def test_non_finite_weights_are_not_saved(tmp_path, async_save):
+  ckpt_dir = _dir(tmp_path, "ckpt")
+  train_op, delta = _poisonable_graph()
+  listener = RecordingListener()
+  hook = hooks.CheckpointSaverHook(ckpt_dir, save_steps=20, steps_per_run=10,
+                                   listeners=[listener], check_finite=True,
+                                   async_save=async_save)
+  with pytest.raises(hooks.NonFiniteWeightsError) as info:
+    with tf.compat.v1.train.MonitoredTrainingSession(
+        hooks=[hook], save_checkpoint_secs=None, save_summaries_steps=None,
+        log_step_count_steps=None) as session:
+      for run in range(6):
+        # The run to step 30 makes w NaN; the save at step 40 is refused.
+        session.run(train_op, {delta: np.nan if run == 2 else 1.0})
+  hook.finish_pending_save()
+  message = str(info.value)
+  assert message.startswith("Variables ['w'] hold NaN or Inf at step 40")
+  assert f"the newest checkpoint is still {ckpt_dir}/model.ckpt-20" in message
+  assert checkpoint_steps(ckpt_dir) == [0, 20]
+  assert tf.train.latest_checkpoint(ckpt_dir).endswith("model.ckpt-20")
+  reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(ckpt_dir))
+  assert np.isfinite(reader.get_tensor("w"))
+  assert listener.saved_steps() == [0, 20]
+
+
+def test_without_check_finite_nan_weights_are_saved(tmp_path):
+  # The contrast: the check is what keeps the NaN out.
+  ckpt_dir = _dir(tmp_path, "ckpt")
+  train_op, delta = _poisonable_graph()
+  hook = hooks.CheckpointSaverHook(ckpt_dir, save_steps=20, steps_per_run=10)
+  with tf.compat.v1.train.MonitoredTrainingSession(
+      hooks=[hook], save_checkpoint_secs=None, save_summaries_steps=None,
+      log_step_count_steps=None) as session:
+    for run in range(4):
+      session.run(train_op, {delta: np.nan if run == 2 else 1.0})
+  reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(ckpt_dir))
+  assert np.isnan(reader.get_tensor("w"))
+
+
+def test_finish_pending_save_completes_a_write_after_an_error(tmp_path):
+  ckpt_dir = _dir(tmp_path, "ckpt")
+  graph = build_loop_graph(steps_per_run=10)
+  hook = hooks.CheckpointSaverHook(ckpt_dir, save_steps=10, steps_per_run=10,
+                                   async_save=True)
+  with pytest.raises(RuntimeError, match="user error"):
+    with tf.compat.v1.train.MonitoredTrainingSession(
+        hooks=[hook], save_checkpoint_secs=None, save_summaries_steps=None,
+        log_step_count_steps=None) as session:
+      session.run(graph.train_op)  # Starts the write of step 10.
+      raise RuntimeError("user error")
+  # end() was not called; the write of step 10 may still be in flight.
+  assert hook.finish_pending_save() in (10, None)
+  assert hook.latest_saved == f"{ckpt_dir}/model.ckpt-10"
+  assert tf.train.latest_checkpoint(ckpt_dir).endswith("model.ckpt-10")
+  assert checkpoints_read_back(ckpt_dir)
+
+
+def test_async_state_file_is_relative_with_a_relative_directory(
+    tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  graph = build_loop_graph(steps_per_run=10)
+  hook = hooks.CheckpointSaverHook(
+      "runs/m", save_steps=10, steps_per_run=10, async_save=True,
+      saver=tf.compat.v1.train.Saver(max_to_keep=2))
+  run_loops([hook], graph, [10] * 3)
+  assert tf.train.latest_checkpoint("runs/m") == "runs/m/model.ckpt-30"
+  state = tf.train.get_checkpoint_state("runs/m")
+  assert list(state.all_model_checkpoint_paths) == [
+      "runs/m/model.ckpt-20", "runs/m/model.ckpt-30"]

@@ -96,3 +96,40 @@ def test_no_global_step_is_a_clear_runtime_error():
   hook = hooks.StepCounterHook()
   with pytest.raises(RuntimeError, match="StepCounterHook needs a global"):
     hook.begin()
+
+
+def test_fractional_every_n_secs(tmp_path):
+  graph = build_loop_graph(steps_per_run=10)
+  clock = FakeClock()
+  hook = hooks.StepCounterHook(every_n_steps=None, every_n_secs=0.5,
+                               output_dir=str(tmp_path), steps_per_run=10,
+                               clock=clock)
+  _train(hook, graph, clock, runs=6, secs_per_run=0.3)
+  # The first run marks the start (t=0.3, step 10); then reports at t=0.9
+  # (step 30) and t=1.5 (step 50): 20 steps in 0.6 s each time.
+  assert _scalars(str(tmp_path), "global_step/sec") == [
+      (30, pytest.approx(20 / 0.6)), (50, pytest.approx(20 / 0.6))]
+
+
+def test_tag_is_named_after_the_global_step_like_tf(tmp_path):
+  with tf.compat.v1.variable_scope("trainer"):
+    tf.compat.v1.train.get_or_create_global_step()
+  assert tf.compat.v1.train.get_global_step().op.name == "trainer/global_step"
+  graph = build_loop_graph(steps_per_run=10)
+  ours = hooks.StepCounterHook(every_n_steps=10, output_dir=str(
+      tmp_path / "ours"), steps_per_run=10)
+  theirs = tf.compat.v1.train.StepCounterHook(every_n_steps=10,
+                                              output_dir=str(tmp_path / "tf"))
+  theirs._set_steps_per_run(10)  # pylint: disable=protected-access
+  with tf.compat.v1.train.MonitoredTrainingSession(
+      hooks=[ours, theirs], save_checkpoint_secs=None,
+      save_summaries_steps=None, log_step_count_steps=None) as session:
+    for _ in range(3):
+      session.run(graph.train_op)
+  tf.compat.v1.summary.FileWriterCache.clear()
+
+  def tags(directory):
+    return {v.tag for e in event_records(str(directory))
+            if e.HasField("summary") for v in e.summary.value}
+  assert tags(tmp_path / "ours") == tags(tmp_path / "tf") == {
+      "trainer/global_step/sec"}
