@@ -9,7 +9,9 @@ Usage (from the repository root, with nothing but Python 3.10-3.13 and pip)::
 Each command first creates or updates the virtual environment `.venv` (or
 `$TPU_HARNESS_VENV`) from `requirements.lock` in ONE pip command, so that
 tensorflow and cloud-tpu-client are resolved together, then installs this
-project into it in editable mode, and then runs the job inside it. The
+project into it in editable mode, and then replaces itself (exec) with the
+job inside it: the job gets this process's id and its signals, so a
+supervisor's SIGTERM (or Ctrl-C) reaches the trainer, which saves and exits. The
 environment is rebuilt only when `requirements.lock`, `setup.cfg` or
 `pyproject.toml` changed since the last install (a stamp file records their
 hash), so repeated runs start at once.
@@ -95,7 +97,11 @@ def main(argv: list[str]) -> int:
   command = [str(python)] + JOBS[argv[1]] + argv[2:]
   env = dict(os.environ)
   env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-  return subprocess.run(command, cwd=ROOT, env=env, check=False).returncode
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os.chdir(ROOT)
+  os.execve(command[0], command, env)  # Does not return.
+  return 0  # Unreachable.
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from absl import flags
 from absl import logging
 from google.auth import credentials as google_credentials
 import numpy as np
+import tensorflow as tf
 
 import tpu_harness as th
 from scripts import cli
@@ -93,6 +94,25 @@ def _check_target(values):
 def _check_batches(values):
   return (values["train_batch_size"] % values["num_cores"] == 0
           and values["eval_batch_size"] % values["num_cores"] == 0)
+
+
+@flags.validator("model_dir", message="--model_dir must be a non-empty path "
+                 "(local or gs://) without * ? [ or a backslash.")
+def _check_model_dir(value):
+  return bool(value and value.strip()) and not any(
+      c in value for c in "*?[\\")
+
+
+@flags.validator("data_dir", message="--data_dir must be a directory holding "
+                 "digits.csv.gz (local or gs://); leave it unset to use the "
+                 "copy in scripts/data.")
+def _check_data_dir(value):
+  if value is None:
+    return True
+  try:
+    return tf.io.gfile.exists(os.path.join(value, "digits.csv.gz"))
+  except tf.errors.OpError:
+    return False
 
 
 @flags.multi_flags_validator(

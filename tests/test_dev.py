@@ -1,8 +1,15 @@
-"""scripts/dev.py: the lock digest and argument handling (no installs)."""
+"""scripts/dev.py: the lock digest, argument handling, signals reaching the
+job (no installs: the environment exists when the suite runs)."""
 
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 
 from scripts import dev
+from tpu_harness import checkpoints
 
 
 def _copy_inputs(tmp_path):
@@ -41,3 +48,52 @@ def test_lock_pins_tensorflow_and_cloud_tpu_client_together():
   assert pins["tensorflow_cpu"].startswith("2.21.")
   assert pins["cloud-tpu-client"] == "0.10"
   assert "absl-py" in pins and "pytest" in pins
+
+
+def _trainer_processes(model_dir):
+  """Pids of live processes whose command line mentions `model_dir`."""
+  found = []
+  for pid in os.listdir("/proc"):
+    if not pid.isdigit():
+      continue
+    try:
+      with open(f"/proc/{pid}/cmdline", "rb") as f:
+        cmdline = f.read().decode(errors="replace")
+      with open(f"/proc/{pid}/stat") as f:
+        state = f.read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+      continue
+    if model_dir in cmdline and state != "Z":
+      found.append(int(pid))
+  return found
+
+
+def test_sigterm_to_the_main_command_reaches_the_trainer(tmp_path):
+  model_dir = str(tmp_path / "digits")
+  process = subprocess.Popen(
+      [sys.executable, str(dev.ROOT / "scripts" / "dev.py"), "train",
+       f"--model_dir={model_dir}", "--train_steps=1000000",
+       "--iterations_per_loop=10", "--save_checkpoints_steps=50",
+       "--mode=train"],
+      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  try:
+    deadline = time.monotonic() + 300
+    while not os.path.isdir(model_dir) or not [
+        p for p in checkpoints.scan(model_dir).checkpoints
+        if checkpoints.checkpoint_step(p) >= 50]:
+      assert process.poll() is None, process.communicate()
+      assert time.monotonic() < deadline, "no checkpoint"
+      time.sleep(0.1)
+    # dev.py replaced itself with the trainer: the same process.
+    assert _trainer_processes(model_dir) == [process.pid]
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=120)
+  finally:
+    if process.poll() is None:
+      process.kill()
+  assert process.returncode == 0, err[-3000:]
+  assert "Received SIGTERM: finishing the current loop" in err
+  assert "Stopped by SIGTERM at step" in err
+  assert _trainer_processes(model_dir) == []
+  final = checkpoints.latest_restorable(model_dir)
+  assert checkpoints.checkpoint_global_step(final) >= 50

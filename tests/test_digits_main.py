@@ -142,13 +142,18 @@ def test_tpu_problems_are_clear_and_write_nothing(tmp_path, tpu_api,
     (["--master=grpc://h:1", "--use_tpu", "--mode=eval"],
      "--use_tpu supports --mode=train only"),
     (["--iterations_per_loop=0"], "--iterations_per_loop"),
+    (["--model_dir="], "--model_dir must be a non-empty path"),
+    (["--model_dir=runs/sweep[1]"], "without * ? [ or a backslash"),
+    (["--data_dir=/nonexistent"],
+     "--data_dir must be a directory holding digits.csv.gz"),
 ])
 def test_invalid_flag_combinations_fail_before_any_graph(tmp_path, flags_,
                                                          message):
   model_dir = tmp_path / "never"
-  result = _script(*flags_, f"--model_dir={model_dir}")
+  result = _script(f"--model_dir={model_dir}", *flags_)  # flags_ win.
   assert result.returncode != 0
   assert message in result.stderr, result.stderr[-2000:]
+  assert "Traceback" not in result.stderr
   assert not model_dir.exists()
 
 
