@@ -4,11 +4,13 @@ Trains the linear model of runner_models plus an 8 MB "ballast" variable, so
 that saves take long enough to be interrupted, with deterministic input.
 
   python tests/reliability_worker.py MODEL_DIR MAX_STEPS [--markers DIR]
-      [--hold_in_end] [--async_checkpoints]
+      [--hold_in_end] [--async_checkpoints] [--nan_at STEP]
+      [--keep_checkpoint_max N]
 
 With --markers, a listener writes DIR/began (at begin), DIR/end (in end(),
 with the step) and, with --hold_in_end, DIR/in_end, and then waits in end()
 until DIR/release appears (at most 60 s).
+With --nan_at, the loss becomes NaN from that step on.
 Prints "FINAL_STEP=N PREEMPTED=B" when train returns.
 """
 
@@ -37,6 +39,9 @@ def model_fn(features, labels, mode, params):
   if mode != th.ModeKeys.TRAIN:
     return spec
   extra = 1e-3 * tf.reduce_mean(tf.square(ballast - 1.0))
+  if params.get("nan_at") is not None:
+    step = tf.compat.v1.train.get_global_step().read_value()
+    extra += tf.where(step + 1 >= params["nan_at"], float("nan"), 0.0)
   ballast_step = tf.compat.v1.train.GradientDescentOptimizer(0.5).minimize(
       extra, var_list=[ballast])
   return th.ModelSpec(mode=mode, loss=spec.loss + extra,
@@ -74,6 +79,8 @@ def main():
   parser.add_argument("--hold_in_end", action="store_true")
   parser.add_argument("--iterations_per_loop", type=int, default=2)
   parser.add_argument("--async_checkpoints", action="store_true")
+  parser.add_argument("--nan_at", type=int)
+  parser.add_argument("--keep_checkpoint_max", type=int, default=3)
   args = parser.parse_args()
   listeners = ([MarkerListener(args.markers, args.hold_in_end)]
                if args.markers else [])
@@ -81,10 +88,11 @@ def main():
       model_fn,
       th.RunConfig(args.model_dir,
                    iterations_per_loop=args.iterations_per_loop,
-                   save_checkpoints_steps=2, keep_checkpoint_max=3,
+                   save_checkpoints_steps=2,
+                   keep_checkpoint_max=args.keep_checkpoint_max,
                    log_step_count_steps=1000, save_summary_steps=1000,
                    async_checkpoints=args.async_checkpoints),
-      params={"lr": 0.05}, train_batch_size=8)
+      params={"lr": 0.05, "nan_at": args.nan_at}, train_batch_size=8)
   runner.train(train_input_fn(), max_steps=args.max_steps,
                saving_listeners=listeners)
   step = th.checkpoints.checkpoint_step(runner.latest_checkpoint())

@@ -1,4 +1,5 @@
-"""checkpoints: fall back past broken checkpoints; refuse foreign ones."""
+"""checkpoints: what belongs to a run; fall back past broken checkpoints;
+refuse foreign ones."""
 
 import logging as std_logging
 import os
@@ -21,8 +22,21 @@ def _data_file(prefix):
   return tf.io.gfile.glob(prefix + ".data-*")[0]
 
 
-def test_candidates_newest_first(tmp_path, three):
-  assert checkpoints.candidates(str(tmp_path)) == three[::-1]
+def test_scan_sorts_own_checkpoints_leftovers_and_others(tmp_path, three):
+  for name in ("best.ckpt-20.index", "pretrained-50.index",
+               "model.ckpt-7.index.tempstate123", "checkpoint.tmp"
+               + "0" * 32, "notes.tempstate5", "model.ckpt.index"):
+    (tmp_path / name).write_text("x")
+  for name in ("model.ckpt-4_temp", "eval_temp", "mine_temp"):
+    (tmp_path / name).mkdir()
+  contents = checkpoints.scan(str(tmp_path))
+  assert contents.checkpoints == three[::-1]
+  assert contents.leftovers == [
+      str(tmp_path / name) for name in (
+          "checkpoint.tmp" + "0" * 32, "model.ckpt-4_temp",
+          "model.ckpt-7.index.tempstate123")]
+  assert contents.foreign == ["best.ckpt-20.index", "model.ckpt.index",
+                              "pretrained-50.index"]
   assert [checkpoints.checkpoint_step(p) for p in three] == [1, 2, 3]
   assert checkpoints.checkpoint_step("/x/model.ckpt") is None
 
@@ -75,6 +89,83 @@ def test_nothing_restorable(tmp_path):
   assert checkpoints.latest_restorable(str(tmp_path)) is None
 
 
+def test_all_checkpoints_broken_is_an_error_not_a_fresh_start(tmp_path,
+                                                              three):
+  for prefix, how in zip(three, ["truncated data", "flipped bytes",
+                                 "garbage index"]):
+    _corrupt(how, prefix)
+  before = sorted(os.listdir(tmp_path))
+  with pytest.raises(checkpoints.NoRestorableCheckpointError) as info:
+    checkpoints.latest_restorable(str(tmp_path))
+  message = str(info.value)
+  assert "holds 3 checkpoint(s) of this run, and none reads back" in message
+  for prefix in three:
+    assert prefix in message
+  assert "Checksum does not match" in message
+  assert "To start from scratch, move these files out" in message
+  assert sorted(os.listdir(tmp_path)) == before
+
+
+def test_checkpoints_of_other_names_are_never_adopted(tmp_path, caplog):
+  write_checkpoint(str(tmp_path), [[9.0]] * 4, 50)
+  os.rename(tmp_path / "model.ckpt-50.index", tmp_path / "pretrained-50.index")
+  for suffix in (".data-00000-of-00001", ".meta"):
+    if os.path.exists(tmp_path / f"model.ckpt-50{suffix}"):
+      os.rename(tmp_path / f"model.ckpt-50{suffix}",
+                tmp_path / f"pretrained-50{suffix}")
+  with caplog.at_level(std_logging.INFO, logger="absl"):
+    point = checkpoints.resume_point(str(tmp_path))
+  assert point == checkpoints.ResumePoint(checkpoint=None, step=0, recent=[])
+  assert any("Ignoring pretrained-50.index" in r.getMessage() and
+             "never restored, rotated or deleted" in r.getMessage()
+             for r in caplog.records)
+
+
+def test_state_file_entries_outside_model_dir_are_ignored(tmp_path, caplog):
+  original = tmp_path / "A"
+  original.mkdir()
+  prefixes = [write_checkpoint(str(original), [[float(s)]] * 4, s)
+              for s in (1, 2)]
+  # A plain Saver writes absolute paths; copy the directory as `cp -r` does.
+  tf.compat.v1.train.update_checkpoint_state(
+      str(original), prefixes[-1], all_model_checkpoint_paths=prefixes)
+  import shutil  # pylint: disable=g-import-not-at-top
+  shutil.copytree(original, tmp_path / "B")
+  with caplog.at_level(std_logging.WARNING, logger="absl"):
+    point = checkpoints.resume_point(str(tmp_path / "B"))
+  assert point.checkpoint == str(tmp_path / "B" / "model.ckpt-2")
+  assert point.recent == [str(tmp_path / "B" / f"model.ckpt-{s}")
+                          for s in (1, 2)]
+  ignored = [r.getMessage() for r in caplog.records
+             if "outside model_dir" in r.getMessage()]
+  assert len(ignored) == 2 and prefixes[0] in ignored[0]
+
+
+@pytest.mark.parametrize("keep,steps,kept", [
+    (2, [1, 2, 3, 4, 5], [4, 5]),
+    (5, [1, 2, 3], [1, 2, 3]),
+    (0, [1, 2, 3], [1, 2, 3]),
+    (1, [3], [3]),
+])
+def test_enforce_keep_max(tmp_path, keep, steps, kept):
+  prefixes = [write_checkpoint(str(tmp_path), [[float(s)]] * 4, s)
+              for s in steps]
+  (tmp_path / "best.ckpt-1.index").write_text("not ours")
+  result = checkpoints.enforce_keep_max(str(tmp_path), prefixes, keep)
+  assert [checkpoints.checkpoint_step(p) for p in result] == kept
+  assert sorted(int(name[len("model.ckpt-"):-len(".index")])
+                for name in os.listdir(tmp_path)
+                if name.startswith("model.ckpt-") and name.endswith(
+                    ".index")) == kept
+  assert not [name for name in os.listdir(tmp_path) if name.startswith(
+      tuple(f"model.ckpt-{s}." for s in steps if s not in kept))]
+  assert (tmp_path / "best.ckpt-1.index").read_text() == "not ours"
+  if keep and len(steps) > keep:
+    state = tf.train.get_checkpoint_state(str(tmp_path))
+    assert [checkpoints.checkpoint_step(p) for p in
+            state.all_model_checkpoint_paths] == kept
+
+
 def test_check_matches_lists_every_difference(tmp_path):
   prefix = write_checkpoint(str(tmp_path), [[1.0]] * 4, 5)
   good = tf.compat.v1.get_variable("w", [4, 1])
@@ -88,6 +179,16 @@ def test_check_matches_lists_every_difference(tmp_path):
   assert ("missing from the checkpoint: ['global_step_copy', 'w2', 'x/w']"
           in message)
   assert prefix in message and "warm_start_from" in message
+
+
+def test_check_matches_reports_dtypes(tmp_path):
+  prefix = write_checkpoint(str(tmp_path), [[1.0]] * 4, 5)
+  with tf.Graph().as_default():
+    variable = tf.compat.v1.get_variable("w", [4, 1], dtype=tf.float64)
+    with pytest.raises(checkpoints.CheckpointMismatchError,
+                       match=r"dtype differs: \['w: checkpoint float32 vs "
+                       r"model float64'\]"):
+      checkpoints.check_matches(prefix, [variable])
 
 
 def test_check_matches_reports_shapes(tmp_path):
@@ -111,15 +212,28 @@ def test_prepare_model_dir_rejects_a_file(tmp_path):
     checkpoints.prepare_model_dir(str(path / "sub"))
 
 
-def test_prepare_model_dir_removes_interrupted_save_files(tmp_path, three):
+def test_resume_point_removes_only_its_own_interrupted_saves(tmp_path,
+                                                             three):
   (tmp_path / "model.ckpt-4.index.tempstate123").write_text("partial")
   (tmp_path / "model.ckpt-4_temp").mkdir()
   (tmp_path / "model.ckpt-4_temp" / "part-0").write_text("partial")
-  assert len(checkpoints.interrupted_save_files(str(tmp_path))) == 2
+  # Not leftovers of this run's saves: user data, other names, eval output.
+  (tmp_path / "eval_temp").mkdir()
+  (tmp_path / "eval_temp" / "events").write_text("eval results")
+  (tmp_path / "my_temp").mkdir()
+  (tmp_path / "data.tempstate7").write_text("user data")
+  (tmp_path / "best.ckpt-9.index.tempstate1").write_text("another saver's")
   checkpoints.prepare_model_dir(str(tmp_path))
-  assert checkpoints.interrupted_save_files(str(tmp_path)) == []
-  assert checkpoints.latest_restorable(str(tmp_path)) == three[2]
-  assert not os.path.exists(tmp_path / ".tpu_harness_write_probe")
+  point = checkpoints.resume_point(str(tmp_path))
+  assert point.checkpoint == three[2] and point.step == 3
+  assert point.recent == three
+  assert checkpoints.scan(str(tmp_path)).leftovers == []
+  assert sorted(os.listdir(tmp_path)) == sorted(
+      ["best.ckpt-9.index.tempstate1", "checkpoint", "data.tempstate7",
+       "eval_temp", "my_temp"] + [
+           f"model.ckpt-{s}.{ext}" for s in (1, 2, 3)
+           for ext in ("data-00000-of-00001", "index", "meta")])
+  assert (tmp_path / "eval_temp" / "events").read_text() == "eval results"
 
 
 def test_relative_model_dir_finds_checkpoints_without_warnings(
@@ -128,7 +242,7 @@ def test_relative_model_dir_finds_checkpoints_without_warnings(
   os.makedirs("runs/model")
   prefixes = [write_checkpoint("runs/model", [[float(s)]] * 4, s)
               for s in (1, 2)]
-  assert checkpoints.candidates("runs/model") == [
+  assert checkpoints.scan("runs/model").checkpoints == [
       os.path.normpath(p) for p in prefixes[::-1]]
   with caplog.at_level(std_logging.WARNING, logger="absl"):
     assert checkpoints.latest_restorable("runs/model") == os.path.normpath(

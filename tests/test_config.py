@@ -18,6 +18,9 @@ def test_defaults_are_valid_and_kept_as_given():
                       save_checkpoints_secs=600)
   assert by_time.save_checkpoints_secs == 600
   assert by_time.model_dir == "gs://bucket/m"
+  fractional = RunConfig("/tmp/m", save_checkpoints_steps=None,
+                         save_checkpoints_secs=0.5)
+  assert fractional.save_checkpoints_secs == 0.5
 
 
 def test_frozen():
@@ -50,6 +53,15 @@ def test_frozen():
     (dict(warm_start_from=""), ValueError, "`warm_start_from` ('')"),
     (dict(tpu={"num_shards": 2}), TypeError, "`tpu` ({'num_shards': 2}) "
      "must be a TPUConfig"),
+    (dict(model_dir="runs/sweep_lr[0.01]"), ValueError,
+     "`model_dir` ('runs/sweep_lr[0.01]') contains [, which TensorFlow's "
+     "checkpoint code"),
+    (dict(model_dir="gs://b/run*"), ValueError, "`model_dir` ('gs://b/run*')"),
+    (dict(warm_start_from="/w/a?b"), ValueError,
+     "`warm_start_from` ('/w/a?b') contains ?"),
+    (dict(save_checkpoints_steps=None, save_checkpoints_secs=float("inf")),
+     ValueError, "`save_checkpoints_secs` (inf) must be a positive, finite"),
+    (dict(max_infeed_bytes=0), ValueError, "`max_infeed_bytes` (0)"),
 ])
 def test_bad_run_config(kwargs, error, message):
   kwargs.setdefault("model_dir", "/tmp/m")

@@ -89,7 +89,7 @@ def test_random_sigkills_lose_nothing(tmp_path, extra, kills):
     process.communicate()
     if process.returncode != -signal.SIGKILL:
       break  # It had already finished.
-    if checkpoints.interrupted_save_files(model_dir):
+    if checkpoints.scan(model_dir).leftovers:
       mid_save += 1  # The kill interrupted a save in progress.
     latest = (tf.train.latest_checkpoint(model_dir)
               if os.path.exists(os.path.join(model_dir, "checkpoint"))

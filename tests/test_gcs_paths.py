@@ -3,6 +3,7 @@ real GCS emulator (fake-gcs-server) behind a TLS-terminating proxy."""
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -128,5 +129,55 @@ def test_no_credentials_is_a_clear_error(gcs, tmp_path):
   assert result["error"] == "ValueError", result
   assert f"`model_dir` ('{path}') is not a writable directory" in result[
       "message"]
+  assert "access refused" in result["message"]
+  assert "does not exist" not in result["message"]
   assert "credentials" in result["message"]
   assert _names(gcs, path) == []
+
+
+# ----------------------------------------------------------------------------
+# "Cannot read right now" is never taken for "no checkpoint": GCS_RETRY_CONFIG
+# gives TF 5 retries of its own (6 requests); 7 faults make TF give up once.
+
+
+def test_transient_listing_failure_at_start_resumes_not_restarts(gcs):
+  path = gcs.new_path("listing")
+  assert _worker(gcs, "train", path, 5)["latest"].endswith("ckpt-5")
+  name = path[len(f"gs://{gcs.bucket}/"):]
+  gcs.inject(Fault("GET", r"/o\?.*prefix=" + re.escape(name), "status", 503,
+                   times=7))
+  try:
+    result = _worker(gcs, "train", path, 10)
+  finally:
+    gcs.clear_faults()
+  assert "error" not in result, result
+  assert result["saved"] == [5, 10], result  # Resumed at 5, not 0.
+
+
+def test_transient_checkpoint_read_failure_resumes_not_falls_back(gcs):
+  path = gcs.new_path("read")
+  assert _worker(gcs, "train", path, 5)["latest"].endswith("ckpt-5")
+  gcs.inject(Fault("GET", r"model\.ckpt-5\.index", "status", 503, times=7))
+  try:
+    result = _worker(gcs, "train", path, 10)
+  finally:
+    gcs.clear_faults()
+  assert "error" not in result, result
+  assert result["saved"] == [5, 10], result  # Not from ckpt-0.
+
+
+def test_persistent_listing_failure_is_an_error_and_changes_nothing(gcs):
+  path = gcs.new_path("outage")
+  assert _worker(gcs, "train", path, 5)["latest"].endswith("ckpt-5")
+  before = _names(gcs, path)
+  name = path[len(f"gs://{gcs.bucket}/"):]
+  gcs.inject(Fault("GET", r"/o\?.*prefix=" + re.escape(name), "status", 503,
+                   times=10_000))
+  try:
+    result = _worker(gcs, "train", path, 10)
+  finally:
+    gcs.clear_faults()
+  assert result["error"] == "StorageError", result
+  assert "Storage kept failing while" in result["message"]
+  assert "Nothing was changed" in result["message"]
+  assert _names(gcs, path) == before

@@ -157,3 +157,40 @@ def test_unknown_shapes_are_rejected_with_their_path():
 def test_leaf_paths_follow_flatten_order(structure, expected):
   assert leaf_paths(structure, "e") == expected
   assert len(tf.nest.flatten(structure)) == len(expected)
+
+
+def test_max_steps_bounds_requests_chunks_and_reads():
+  infeed = HostInfeed(_dataset(1000).repeat(), capacity=10**9, name="t",
+                      max_steps=7)
+  element = infeed.dequeue()
+  with _running(infeed) as session:
+    with pytest.raises(ValueError, match=r"`steps` \(8\) must be in 1..7"):
+      infeed.request(8)
+    infeed.request(7)
+    assert infeed.wait() == 7
+    assert [session.run(element)["i"] for _ in range(7)] == list(range(7))
+    infeed.request(1)
+    assert infeed.wait() == 0  # Nothing read past the steps needed.
+
+
+@pytest.mark.parametrize("capacity,max_steps,max_bytes,fits", [
+    (100, None, 3 * 100 * 16, True),     # Three chunks of 100 x 16 B.
+    (100, None, 3 * 100 * 16 - 1, False),
+    (100, 10, 3 * 32 * 16, True),        # max_steps=10 shrinks the chunk.
+    (10**9, 5, 2**20, True),
+    (10**9, None, 2**30, False),
+])
+def test_host_memory_limit(capacity, max_steps, max_bytes, fits):
+  # An element is {"x": 2 float32, "i": int64} = 16 bytes.
+  build = lambda: HostInfeed(_dataset(10), capacity=capacity, name="train",
+                             max_steps=max_steps, max_bytes=max_bytes,
+                             layout="iterations_per_loop=N, batch B")
+  if fits:
+    build()
+  else:
+    with pytest.raises(infeed_lib.InfeedMemoryError) as info:
+      build()
+    message = str(info.value)
+    assert message.startswith(f"The train infeed would hold up to 3 x ")
+    assert "(iterations_per_loop=N, batch B), over the limit of" in message
+    assert "Lower `iterations_per_loop` or the batch size" in message

@@ -1,4 +1,5 @@
-"""SIGTERM: finish the loop, save, call listeners' end, exit 0; twice: die."""
+"""SIGTERM or SIGINT: finish the loop, save, call listeners' end, exit 0;
+twice: die."""
 
 import os
 import signal
@@ -6,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import tensorflow as tf
 
 from tpu_harness import checkpoints
@@ -44,16 +46,20 @@ def _start(model_dir, markers, *extra):
       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 
-def test_first_sigterm_stops_cleanly_with_a_checkpoint(tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT],
+                         ids=["SIGTERM", "SIGINT (Ctrl-C)"])
+def test_first_signal_stops_cleanly_with_a_checkpoint(tmp_path, signum):
   model_dir, markers = str(tmp_path / "model"), str(tmp_path)
   process = _start(model_dir, markers)
   _wait_for(os.path.join(markers, "began"), process)
   _wait_for_step(model_dir, 10, process)
-  process.send_signal(signal.SIGTERM)
+  process.send_signal(signum)
   out, err = process.communicate(timeout=120)
+  name = signal.Signals(signum).name
   assert process.returncode == 0, err[-3000:]
-  assert "Received SIGTERM: finishing the current loop" in err
-  assert "Stopped by SIGTERM at step" in err
+  assert f"Received {name}: finishing the current loop" in err
+  assert f"Stopped by {name} at step" in err
+  assert "KeyboardInterrupt" not in err
   final = int(out.split("FINAL_STEP=")[1].split()[0])
   assert "PREEMPTED=True" in out
   assert 10 <= final < 100000

@@ -1,13 +1,20 @@
 """Runner: loop accounting, hooks, checkpoints, resume, eval, predict, shards."""
 
+import dataclasses
 import logging as std_logging
 import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
 import hooks
+import reliability_worker
 import tpu_harness as th
 from runner_models import RecordingHook
 from runner_models import data
@@ -18,6 +25,10 @@ from runner_models import write_checkpoint
 from tf_fixtures import RecordingListener
 from tf_fixtures import checkpoint_steps
 from tf_fixtures import event_records
+from tpu_harness import checkpoints
+
+TESTS = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(TESTS)
 
 
 def _runner(model_dir, *, ipl=10, shards=1, save_steps=20, batch=32,
@@ -552,3 +563,330 @@ def test_async_checkpoints_give_the_same_checkpoints(tmp_path):
   # And it resumes from its own checkpoints.
   background.train(train_input_fn(), max_steps=40)
   assert background.latest_checkpoint().endswith("model.ckpt-40")
+
+
+def test_weights_made_nan_by_a_loops_last_update_are_not_saved(tmp_path):
+  # Every loss of the loop is finite; its last update makes w NaN.
+  def model_fn(features, labels, mode, params):
+    spec = linear_model_fn(features, labels, mode, params)
+    if mode != th.ModeKeys.TRAIN:
+      return spec
+    with tf.control_dependencies([spec.train_op]):
+      step = tf.compat.v1.train.get_global_step().read_value()
+      (w,) = [v for v in tf.compat.v1.trainable_variables()
+              if v.op.name == "w"]
+      poison = tf.cond(tf.equal(step, 5),
+                       lambda: tf.group(w.assign(w * float("nan"))),
+                       tf.no_op)
+    return th.ModelSpec(mode=mode, loss=spec.loss,
+                        train_op=tf.group(spec.train_op, poison))
+
+  runner = th.Runner(model_fn, th.RunConfig(
+      str(tmp_path), iterations_per_loop=5, save_checkpoints_steps=5),
+                     train_batch_size=8)
+  with pytest.raises(hooks.NonFiniteWeightsError) as info:
+    runner.train(train_input_fn(), max_steps=20)
+  assert str(info.value).startswith("Variables ['w'] hold NaN or Inf at step "
+                                    "5; their checkpoint was not saved, and "
+                                    "the newest checkpoint is still "
+                                    f"{tmp_path}/model.ckpt-0")
+  assert checkpoint_steps(str(tmp_path)) == [0]
+  assert np.all(np.isfinite(weights(runner.latest_checkpoint())))
+
+
+def test_nan_loss_message_names_the_checkpoint_training_resumes_from(
+    tmp_path):
+  runner = th.Runner(_nan_at_step(8), th.RunConfig(
+      str(tmp_path), iterations_per_loop=5, save_checkpoints_steps=5),
+                     train_batch_size=8)
+  with pytest.raises(th.NanLossError) as info:
+    runner.train(train_input_fn(), max_steps=20)
+  assert (f"it resumes from {tmp_path}/model.ckpt-5, saved before the NaN "
+          f"with its weights checked finite") in str(info.value)
+
+
+def test_stop_iteration_from_host_call_is_an_error_not_success(tmp_path):
+  def model_fn(features, labels, mode, params):
+    spec = linear_model_fn(features, labels, mode, params)
+    if mode != th.ModeKeys.TRAIN:
+      return spec
+
+    def host_fn(w0):
+      raise StopIteration("from a user's iterator")
+
+    return dataclasses.replace(spec, host_call=(
+        host_fn, {"w0": tf.reshape(spec.loss, [1])}))
+
+  runner = th.Runner(model_fn, th.RunConfig(
+      str(tmp_path), iterations_per_loop=5, save_checkpoints_steps=5,
+      save_summary_steps=5), train_batch_size=8)
+  with pytest.raises(RuntimeError, match="The host_call function raised "
+                     "StopIteration at step 5; training stopped"):
+    runner.train(train_input_fn(), max_steps=20)
+  # The loop to step 5 ran and was saved; no final save as after success.
+  assert checkpoint_steps(str(tmp_path)) == [0, 5]
+
+
+# ----------------------------------------------------------------------------
+# What belongs to a run: it never adopts, rotates or deletes anything else.
+
+
+def test_training_a_copied_model_dir_leaves_the_original_alone(tmp_path):
+  original = tmp_path / "A"
+  original.mkdir()
+  prefixes = [write_checkpoint(str(original), [[float(s)]] * 4, s)
+              for s in (1, 2, 3)]
+  # A plain tf.compat.v1.train.Saver() writes absolute paths.
+  tf.compat.v1.train.update_checkpoint_state(
+      str(original), prefixes[-1], all_model_checkpoint_paths=prefixes)
+  before = sorted(os.listdir(original))
+  shutil.copytree(original, tmp_path / "B")
+  _runner(tmp_path / "B", ipl=5, save_steps=5, keep_checkpoint_max=2).train(
+      train_input_fn(), max_steps=13)
+  assert sorted(os.listdir(original)) == before
+  assert [checkpoints.checkpoint_step(p) for p in checkpoints.scan(
+      str(original)).checkpoints] == [3, 2, 1]
+  # Resumed from B's copy of step 3: saves at 3, 8, 13; keeps two.
+  assert checkpoint_steps(str(tmp_path / "B")) == [8, 13]
+
+
+def test_checkpoints_of_other_names_are_never_restored_or_deleted(tmp_path):
+  other = tmp_path / "other"
+  other.mkdir()
+  for name, step in (("best.ckpt", 20), ("pretrained", 50)):
+    with tf.Graph().as_default():
+      global_step = tf.compat.v1.train.get_or_create_global_step()
+      tf.compat.v1.get_variable("w", initializer=np.full((4, 1), 9.0,
+                                                         np.float32))
+      saver = tf.compat.v1.train.Saver()
+      with tf.compat.v1.Session() as session:
+        session.run(tf.compat.v1.global_variables_initializer())
+        session.run(global_step.assign(step))
+        saver.save(session, str(tmp_path / name), global_step=step)
+  theirs = sorted(n for n in os.listdir(tmp_path)
+                  if n.startswith(("best", "pretrained")))
+  listener = RecordingListener()
+  _runner(tmp_path, ipl=5, save_steps=5, keep_checkpoint_max=1).train(
+      train_input_fn(), max_steps=15, saving_listeners=[listener])
+  # Started from scratch (not from pretrained-50's step and weights).
+  assert listener.saved_steps() == [0, 5, 10, 15]
+  assert sorted(n for n in os.listdir(tmp_path)
+                if n.startswith(("best", "pretrained"))) == theirs
+  assert np.all(weights(str(tmp_path / "pretrained-50")) == 9.0)
+
+
+def test_user_temp_files_and_eval_temp_output_survive_training(tmp_path):
+  runner = _runner(tmp_path, ipl=5, save_steps=5)
+  runner.train(train_input_fn(), max_steps=5)
+  runner.evaluate(train_input_fn(), steps=1, name="temp")
+  (tmp_path / "notes_temp").mkdir()
+  (tmp_path / "notes_temp" / "todo").write_text("mine")
+  (tmp_path / "data.tempstate1").write_text("mine too")
+  (tmp_path / "model.ckpt-7.index.tempstate99").write_text("partial save")
+  eval_files = sorted(os.listdir(tmp_path / "eval_temp"))
+  runner.train(train_input_fn(), max_steps=10)
+  assert sorted(os.listdir(tmp_path / "eval_temp")) == eval_files
+  assert (tmp_path / "notes_temp" / "todo").read_text() == "mine"
+  assert (tmp_path / "data.tempstate1").read_text() == "mine too"
+  assert not (tmp_path / "model.ckpt-7.index.tempstate99").exists()
+
+
+def test_lowering_keep_checkpoint_max_between_runs_is_enforced(tmp_path):
+  _runner(tmp_path, ipl=5, save_steps=5, keep_checkpoint_max=0).train(
+      train_input_fn(), max_steps=50)
+  assert len(checkpoint_steps(str(tmp_path))) == 11
+  _runner(tmp_path, ipl=5, save_steps=5, keep_checkpoint_max=2).train(
+      train_input_fn(), max_steps=55)
+  assert checkpoint_steps(str(tmp_path)) == [50, 55]
+
+
+def test_all_checkpoints_unreadable_refuses_to_start_over(tmp_path):
+  runner = _runner(tmp_path, ipl=5, save_steps=5)
+  runner.train(train_input_fn(), max_steps=10)
+  for data in tf.io.gfile.glob(str(tmp_path / "model.ckpt-*.data-*")):
+    with open(data, "r+b") as f:
+      f.truncate(3)
+  before = sorted(os.listdir(tmp_path))
+  with pytest.raises(checkpoints.NoRestorableCheckpointError,
+                     match="holds 3 checkpoint"):
+    runner.train(train_input_fn(), max_steps=20)
+  with pytest.raises(checkpoints.NoRestorableCheckpointError):
+    runner.evaluate(train_input_fn(), steps=1)
+  assert sorted(os.listdir(tmp_path)) == before
+
+
+def test_a_second_trainer_is_refused_and_evaluation_runs_beside(tmp_path):
+  model_dir = str(tmp_path / "model")
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join([TESTS, ROOT]))
+  # Keeps every checkpoint, so the one evaluated is not rotated away while
+  # it is read (that case: test_evaluate_rechooses_a_rotated_checkpoint).
+  worker = subprocess.Popen(
+      [sys.executable, os.path.join(TESTS, "reliability_worker.py"),
+       model_dir, "100000", "--keep_checkpoint_max", "0"],
+      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+  try:
+    deadline = time.monotonic() + 120
+    while not checkpoints.scan(model_dir).checkpoints:
+      assert worker.poll() is None, worker.communicate()
+      assert time.monotonic() < deadline
+      time.sleep(0.05)
+    second = th.Runner(reliability_worker.model_fn, th.RunConfig(
+        model_dir, iterations_per_loop=2, save_checkpoints_steps=2),
+                       params={"lr": 0.05}, train_batch_size=8,
+                       eval_batch_size=8)
+    with pytest.raises(th.ModelDirBusyError) as info:
+      second.train(train_input_fn(), max_steps=100000)
+    assert f"process {worker.pid} on host" in str(info.value)
+    assert second.evaluate(train_input_fn(), steps=1)["global_step"] >= 0
+  finally:
+    worker.send_signal(signal.SIGTERM)
+    worker.communicate(timeout=120)
+  assert worker.returncode == 0
+
+
+class _RotateNewestAway(tf.compat.v1.train.SessionRunHook):
+  """Deletes the newest checkpoint once, after the evaluation chose it and
+  before the session restores it, as a trainer's rotation beside would."""
+
+  def __init__(self, model_dir):
+    self._model_dir = model_dir
+    self.deleted = []
+
+  def begin(self):
+    if not self.deleted:
+      newest = checkpoints.scan(self._model_dir).checkpoints[0]
+      for path in tf.io.gfile.glob(newest + ".*"):
+        os.remove(path)
+      self.deleted.append(newest)
+
+
+def test_evaluate_rechooses_a_rotated_checkpoint(tmp_path):
+  runner = _runner(tmp_path, ipl=5, save_steps=5)
+  runner.train(train_input_fn(), max_steps=10)
+  rotate = _RotateNewestAway(str(tmp_path))
+  results = runner.evaluate(train_input_fn(), steps=1, hooks=[rotate])
+  assert rotate.deleted == [str(tmp_path / "model.ckpt-10")]
+  assert results["global_step"] == 5
+
+
+def test_an_exception_right_after_an_async_save_finishes_the_write(tmp_path):
+  # The process dies of the NaN error while the save of step 6 (8 MB) is
+  # being written in the background; the write must still complete.
+  model_dir = str(tmp_path / "model")
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join([TESTS, ROOT]))
+  result = subprocess.run(
+      [sys.executable, os.path.join(TESTS, "reliability_worker.py"),
+       model_dir, "100", "--async_checkpoints", "--nan_at", "7"],
+      capture_output=True, text=True, env=env, timeout=300, check=False)
+  assert result.returncode != 0 and "NanLossError: Loss is nan" in (
+      result.stderr)
+  # The message names the checkpoint the write in flight completed, the
+  # state file names it too, and it reads back.
+  latest = tf.train.latest_checkpoint(model_dir)
+  assert checkpoints.checkpoint_step(latest) >= 4
+  assert f"it resumes from {latest}, saved before the NaN" in result.stderr
+  assert checkpoints.unreadable_reason(latest) is None
+
+
+# ----------------------------------------------------------------------------
+# Input never read beyond need; host memory for it bounded.
+
+
+def test_a_huge_iterations_per_loop_reads_only_the_steps_needed(tmp_path):
+  read = []
+
+  def record(i, features, labels):
+    read.append(int(i))
+    return features, labels
+
+  def input_fn(params):
+    batch = params["batch_size"]
+    # The recording map comes last: tf.data does not parallelize (and so
+    # read ahead through) a py_function.
+    return tf.data.Dataset.range(10**6).map(
+        lambda i: (i, tf.fill([batch, 4], 0.5), tf.fill([batch, 1], 1.0))
+    ).map(lambda i, x, y: tuple(
+        tf.ensure_shape(t, s) for t, s in zip(
+            tf.py_function(record, [i, x, y], [tf.float32, tf.float32]),
+            [[batch, 4], [batch, 1]])))
+
+  hook = RecordingHook()
+  _runner(tmp_path, ipl=10**9, save_steps=100).train(input_fn, max_steps=10,
+                                                     hooks=[hook])
+  assert hook.steps == [10]
+  assert sorted(read) == list(range(10))
+
+
+def test_infeed_memory_limit_names_iterations_per_loop_and_batch(tmp_path):
+  with pytest.raises(th.InfeedMemoryError) as info:
+    _runner(tmp_path, ipl=1000, batch=32,
+            max_infeed_bytes=2**20).train(train_input_fn(), max_steps=5000)
+  message = str(info.value)
+  assert "3 x 1000 steps x 640 B = 1.8 MiB" in message
+  assert "iterations_per_loop=1000, train_batch_size=32" in message
+  assert "over the limit of 1.0 MiB (RunConfig.max_infeed_bytes)" in message
+  assert not checkpoint_steps(str(tmp_path))
+
+
+# ----------------------------------------------------------------------------
+# Clear errors.
+
+
+def test_dtype_mismatch_is_listed(tmp_path):
+  _runner(tmp_path, ipl=5).train(train_input_fn(), max_steps=5)
+
+  def float64_model_fn(features, labels, mode, params):
+    w = tf.compat.v1.get_variable("w", [4, 1], tf.float64)
+    loss = tf.reduce_mean(tf.cast(features, tf.float64) @ w)
+    return th.ModelSpec(mode=mode, loss=loss, train_op=tf.group(
+        tf.compat.v1.train.get_global_step().assign_add(1)))
+
+  runner = th.Runner(float64_model_fn, th.RunConfig(str(tmp_path)),
+                     train_batch_size=32)
+  with pytest.raises(th.CheckpointMismatchError,
+                     match=r"dtype differs: \['w: checkpoint float32 vs model "
+                     r"float64'\]"):
+    runner.train(train_input_fn(), max_steps=10)
+
+
+def test_unwritable_eval_dir_fails_before_evaluating(tmp_path):
+  runner = _runner(tmp_path, ipl=5)
+  runner.train(train_input_fn(), max_steps=5)
+  (tmp_path / "eval").write_text("a file where the eval directory goes")
+  read = []
+
+  def input_fn(params):
+    def record(x, y):
+      read.append(True)
+      return x, y
+    return train_input_fn()(params).map(lambda x, y: tuple(
+        tf.ensure_shape(t, s) for t, s in zip(
+            tf.py_function(record, [x, y], [tf.float32, tf.float32]),
+            [x.shape, y.shape])))
+
+  with pytest.raises(ValueError, match=r"The eval directory .*eval' \(under "
+                     r"`model_dir`, where evaluate writes its results\) is a "
+                     r"file"):
+    runner.evaluate(input_fn, steps=1)
+  assert not read  # Failed before reading any input.
+  assert (tmp_path / "eval").read_text().startswith("a file")
+
+
+def test_tf_variable_in_model_fn_gets_a_clear_error(tmp_path):
+  def model_fn(features, labels, mode, params):
+    w = tf.Variable(tf.zeros([4, 1]), name="weights")
+    loss = tf.reduce_mean(tf.square(features @ w - labels))
+    return th.ModelSpec(mode=mode, loss=loss, train_op=(
+        tf.compat.v1.train.GradientDescentOptimizer(0.1).minimize(
+            loss, global_step=tf.compat.v1.train.get_global_step())))
+
+  runner = th.Runner(model_fn, th.RunConfig(str(tmp_path),
+                                            iterations_per_loop=2),
+                     train_batch_size=8)
+  with pytest.raises(ValueError) as info:
+    runner.train(train_input_fn(), max_steps=4)
+  message = str(info.value)
+  assert message.startswith("`model_fn` created the variable 'weights' with "
+                            "tf.Variable from a tensor computed inside the "
+                            "device loop")
+  assert "tf.compat.v1.get_variable" in message

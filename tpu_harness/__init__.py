@@ -10,22 +10,32 @@ Public surface::
   CpuEmulationLoop       the local CPU implementation
   TpuLoop                the tf.compat.v1.tpu implementation (training)
   InputShapeError        input_fn gave batches of unknown shape
+  InfeedMemoryError      the emulated infeed would need too much memory
   CheckpointMismatchError  a checkpoint of another model
+  NoRestorableCheckpointError  checkpoints of the run, none reads back
+  ModelDirBusyError      another trainer holds model_dir
+  LeaseLostError         another trainer took model_dir over
+  StorageError           storage kept failing or refused access
   NanLossError           the loss became NaN
 """
 
 from tpu_harness.checkpoints import CheckpointMismatchError
+from tpu_harness.checkpoints import NoRestorableCheckpointError
 from tpu_harness.config import RunConfig
 from tpu_harness.config import TPUConfig
 from tpu_harness.cpu_loop import CpuEmulationLoop
 from tpu_harness.cross_shard import CrossShardOptimizer
 from tpu_harness.device_loop import BuiltLoop
 from tpu_harness.device_loop import DeviceLoop
+from tpu_harness.infeed import InfeedMemoryError
 from tpu_harness.infeed import InputShapeError
+from tpu_harness.lease import LeaseLostError
+from tpu_harness.lease import ModelDirBusyError
 from tpu_harness.nan_loss import NanLossError
 from tpu_harness.runner import Runner
 from tpu_harness.spec import ModeKeys
 from tpu_harness.spec import ModelSpec
+from tpu_harness.storage import StorageError
 from tpu_harness.tpu_loop import TpuLoop
 
 __all__ = [
@@ -34,12 +44,17 @@ __all__ = [
     "CpuEmulationLoop",
     "CrossShardOptimizer",
     "DeviceLoop",
+    "InfeedMemoryError",
     "InputShapeError",
+    "LeaseLostError",
+    "ModelDirBusyError",
     "ModeKeys",
     "ModelSpec",
     "NanLossError",
+    "NoRestorableCheckpointError",
     "Runner",
     "RunConfig",
+    "StorageError",
     "TPUConfig",
     "TpuLoop",
 ]

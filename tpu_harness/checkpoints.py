@@ -1,29 +1,49 @@
-"""Finding a checkpoint that restores, and refusing one that cannot.
+"""What in `model_dir` belongs to a run, and which checkpoint to resume from.
 
-A crash, kill or preemption may leave the newest checkpoint truncated or
-half-rewritten, the state file garbled, or the temporary files of an
-unfinished save. These functions find the newest checkpoint whose every
-tensor reads back (index present, data complete, checksums right), warn
-about each one skipped, and check a checkpoint against the model's variables
-before a session is created, so a mismatch is one clear error that lists the
-differences instead of a failed restore. All I/O is through `tf.io.gfile` and
-TF's checkpoint reader, so `gs://` directories work the same.
+A run owns exactly the checkpoints `<model_dir>/<basename>-<step>` (basename
+`model.ckpt`) whose files are in `model_dir`, and the partial files its own
+interrupted saves leave (`<basename>-<step>...tempstate<n>`,
+`<basename>-<step>_temp/`, `checkpoint.tmp<hex>`). Everything else is left
+alone and, where it looks like a checkpoint, named in the log: other
+basenames (`best.ckpt-20`, `pretrained-50`), state-file entries that point
+outside `model_dir` (a copied directory whose state file holds absolute
+paths), user files.
+
+A crash may leave the newest checkpoint truncated or half-written. The newest
+owned checkpoint whose every tensor reads back is the one to resume from;
+newer broken ones are skipped with a warning. "No checkpoint" is concluded
+only from a listing that succeeded (`tpu_harness.storage`): a read that fails
+for a transient reason is retried and then raised, never taken for
+corruption, and if checkpoints exist but none reads back, that is an error,
+not a fresh start.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
-from typing import List, Optional, Sequence
+import time
+from typing import Callable, List, Optional, Sequence
 
 from absl import logging
 import tensorflow as tf
 
+from hooks import _paths
+from tpu_harness import storage
+
+BASENAME = "model.ckpt"
 _STEP = re.compile(r"-(\d+)$")
+WRITE_PROBE = ".tpu_harness_write_probe"
 
 
 class CheckpointMismatchError(ValueError):
-  """A checkpoint does not have the variables or shapes the model has."""
+  """A checkpoint does not have the variables, shapes or dtypes the model
+  has."""
+
+
+class NoRestorableCheckpointError(RuntimeError):
+  """`model_dir` holds checkpoints of the run, but none reads back."""
 
 
 def checkpoint_step(prefix: str) -> Optional[int]:
@@ -32,139 +52,333 @@ def checkpoint_step(prefix: str) -> Optional[int]:
   return int(match.group(1)) if match else None
 
 
-def candidates(model_dir: str) -> List[str]:
-  """Checkpoint prefixes in `model_dir`, newest step first.
+join = _paths.join
 
-  The union of what the state file lists and the `*.index` files present, so
-  a garbled or stale state file does not hide checkpoints.
+
+@dataclasses.dataclass(frozen=True)
+class Contents:
+  """What a listing of `model_dir` found.
+
+  Attributes:
+    checkpoints: prefixes of the run's own checkpoints, newest step first.
+    leftovers: paths of files and directories its interrupted saves left.
+    foreign: names of other checkpoints (`<name>.index` of another
+      basename), which the run never restores, rotates or deletes.
   """
-  prefixes = set()
+  checkpoints: List[str]
+  leftovers: List[str]
+  foreign: List[str]
+
+
+def scan(model_dir: str, basename: str = BASENAME, *,
+         sleep: Callable[[float], None] = time.sleep) -> Contents:
+  """Lists `model_dir` and sorts what is there into the run's own
+  checkpoints, its leftovers and other checkpoints.
+
+  Raises:
+    StorageError: the listing kept failing or access was refused.
+  """
+  names = storage.list_names(model_dir, sleep=sleep)
+  base = re.escape(basename)
+  owned_index = re.compile(rf"^{base}-(\d+)\.index$")
+  leftover = re.compile(
+      rf"^({base}-\d+\..*\.tempstate\d+|{base}-\d+_temp|"
+      rf"checkpoint\.tmp[0-9a-f]{{32}}|{re.escape(WRITE_PROBE)})$")
+  owned, leftovers, foreign = [], [], []
+  for name in names:
+    match = owned_index.match(name)
+    if match:
+      owned.append((int(match.group(1)), join(model_dir, name[:-6])))
+    elif leftover.match(name):
+      leftovers.append(join(model_dir, name))
+    elif name.endswith(".index"):
+      foreign.append(name)
+  return Contents(checkpoints=[p for _, p in sorted(owned, reverse=True)],
+                  leftovers=leftovers, foreign=foreign)
+
+
+def log_ignored(model_dir: str, contents: Contents,
+                basename: str = BASENAME) -> None:
+  """Says in the log which checkpoint-like things the run leaves alone."""
+  for name in contents.foreign:
+    logging.info("Ignoring %s in %s: not a checkpoint of this run (its "
+                 "checkpoints are %s-<step>); it is never restored, rotated "
+                 "or deleted.", name, model_dir, basename)
   try:
     state = tf.train.get_checkpoint_state(model_dir)
-  except Exception as error:  # pylint: disable=broad-except  # Garbled file.
-    logging.warning("Ignoring unreadable checkpoint state in %s: %s",
-                    model_dir, error)
+  except Exception:  # pylint: disable=broad-except  # A garbled state file.
     state = None
-  if state is not None:
-    # get_checkpoint_state has already resolved relative entries against
-    # model_dir; normalize so they match the glob's spelling.
-    for path in list(state.all_model_checkpoint_paths) + [
-        state.model_checkpoint_path]:
-      if path:
-        prefixes.add(path if "://" in path else os.path.normpath(path))
-  for index in tf.io.gfile.glob(os.path.join(model_dir, "*.index")):
-    prefix = index[:-len(".index")]
-    prefixes.add(prefix if "://" in prefix else os.path.normpath(prefix))
-  ordered = [p for p in prefixes if checkpoint_step(p) is not None]
-  return sorted(ordered, key=lambda p: (checkpoint_step(p), p), reverse=True)
+  if state is None:
+    return
+  own = set(contents.checkpoints)
+  home = _normalized(model_dir)
+  for path in sorted(set(state.all_model_checkpoint_paths)
+                     | {state.model_checkpoint_path}):
+    if not path or _normalized(path) in own:
+      continue
+    if _normalized(os.path.dirname(path)) != home:
+      logging.warning(
+          "Ignoring %s, listed in %s/checkpoint: it is outside model_dir "
+          "(a copied directory?). It is never restored, rotated or "
+          "deleted by this run.", path, model_dir)
 
 
-def unreadable_reason(prefix: str) -> Optional[str]:
-  """None if every tensor of the checkpoint reads back, else why not."""
-  try:
-    reader = tf.train.load_checkpoint(prefix)
-    for name in reader.get_variable_to_shape_map():
-      reader.get_tensor(name)
-  except Exception as error:  # pylint: disable=broad-except
-    return f"{type(error).__name__}: {str(error).splitlines()[0][:300]}"
-  return None
+def _normalized(path: str) -> str:
+  return path.rstrip("/") if "://" in path else os.path.normpath(
+      os.path.abspath(path))
 
 
-def latest_restorable(model_dir: str) -> Optional[str]:
-  """The newest checkpoint in `model_dir` that reads back completely.
+def unreadable_reason(prefix: str, *,
+                      sleep: Callable[[float], None] = time.sleep
+                      ) -> Optional[str]:
+  """None if every tensor of the checkpoint reads back, else why not.
 
-  Logs a warning for each newer one that does not, and for a state file
-  whose latest entry is not the one returned.
+  A read that fails for a transient reason is retried, not reported as
+  unreadable.
+
+  Raises:
+    StorageError: storage kept failing, or refused access.
   """
-  if not tf.io.gfile.isdir(model_dir):
+  def read():
+    try:
+      reader = tf.train.load_checkpoint(prefix)
+      for name in reader.get_variable_to_shape_map():
+        reader.get_tensor(name)
+    except Exception as error:  # pylint: disable=broad-except
+      if storage.kind(error) != "other":
+        raise  # Retried (transient) or raised (access) by storage.retry.
+      return storage.first_line(error)
     return None
-  for prefix in candidates(model_dir):
-    reason = unreadable_reason(prefix)
+  return storage.retry(read, f"reading checkpoint {prefix}", sleep=sleep)
+
+
+def latest_restorable(model_dir: str, basename: str = BASENAME, *,
+                      contents: Optional[Contents] = None,
+                      sleep: Callable[[float], None] = time.sleep
+                      ) -> Optional[str]:
+  """The newest checkpoint of the run in `model_dir` that reads back.
+
+  Args:
+    model_dir: the directory.
+    basename: the run's checkpoint basename.
+    contents: a `scan` of `model_dir` made just before, to save a listing.
+    sleep: waits between retries.
+
+  Returns:
+    Its prefix, or None when `model_dir` holds no checkpoint of the run (or
+    does not exist).
+
+  Raises:
+    NoRestorableCheckpointError: checkpoints of the run exist, but none
+      reads back; the message lists them with the reasons.
+    StorageError: storage kept failing, or refused access.
+  """
+  if contents is None:
+    contents = scan(model_dir, basename, sleep=sleep)
+  broken = []
+  for prefix in contents.checkpoints:
+    reason = unreadable_reason(prefix, sleep=sleep)
     if reason is None:
-      try:
-        stated = tf.train.latest_checkpoint(model_dir)
-      except Exception:  # pylint: disable=broad-except
-        stated = None
-      if stated is not None and os.path.normpath(stated) != os.path.normpath(
-          prefix) and checkpoint_step(stated) != checkpoint_step(prefix):
-        logging.warning("The checkpoint state names %s, but the newest "
-                        "checkpoint that reads back is %s; using it.", stated,
-                        prefix)
+      if broken:
+        logging.warning("Resuming from %s, the newest checkpoint that reads "
+                        "back.", prefix)
       return prefix
     logging.warning("Skipping checkpoint %s, which does not read back "
                     "(%s); falling back to the previous one.", prefix, reason)
+    broken.append(f"{prefix} ({reason})")
+  if broken:
+    raise NoRestorableCheckpointError(
+        f"`model_dir` ({model_dir!r}) holds {len(broken)} checkpoint(s) of "
+        f"this run, and none reads back: {'; '.join(broken)}. Nothing was "
+        f"changed. To start from scratch, move these files out of model_dir "
+        f"or use another model_dir; to resume, restore a good copy of one.")
   return None
 
 
 def check_matches(prefix: str, variables: Sequence[tf.Variable]) -> None:
   """Raises CheckpointMismatchError unless `prefix` has every variable with
-  its shape; the message lists every missing name and shape difference."""
-  shapes = tf.train.load_checkpoint(prefix).get_variable_to_shape_map()
-  missing, different = [], []
+  its shape and dtype; the message lists every difference."""
+  reader = tf.train.load_checkpoint(prefix)
+  shapes = reader.get_variable_to_shape_map()
+  dtypes = reader.get_variable_to_dtype_map()
+  missing, shape_differs, dtype_differs = [], [], []
   for variable in variables:
     name = variable.op.name
     if name not in shapes:
       missing.append(name)
-    elif variable.shape.is_fully_defined() and list(shapes[name]) != (
+      continue
+    if variable.shape.is_fully_defined() and list(shapes[name]) != (
         variable.shape.as_list()):
-      different.append(f"{name}: checkpoint {tuple(shapes[name])} vs model "
-                       f"{tuple(variable.shape.as_list())}")
-  if missing or different:
-    parts = []
-    if missing:
-      parts.append(f"missing from the checkpoint: {sorted(missing)}")
-    if different:
-      parts.append(f"shape differs: {sorted(different)}")
+      shape_differs.append(f"{name}: checkpoint {tuple(shapes[name])} vs "
+                           f"model {tuple(variable.shape.as_list())}")
+    if dtypes[name].base_dtype != variable.dtype.base_dtype:
+      dtype_differs.append(f"{name}: checkpoint {dtypes[name].name} vs model "
+                           f"{variable.dtype.base_dtype.name}")
+  parts = []
+  if missing:
+    parts.append(f"missing from the checkpoint: {sorted(missing)}")
+  if shape_differs:
+    parts.append(f"shape differs: {sorted(shape_differs)}")
+  if dtype_differs:
+    parts.append(f"dtype differs: {sorted(dtype_differs)}")
+  if parts:
     raise CheckpointMismatchError(
         f"Checkpoint {prefix} was not written by this model ("
         + "; ".join(parts) + "). Use another `model_dir`, or pass "
         "`warm_start_from` to start from a compatible checkpoint.")
 
 
-def prepare_model_dir(model_dir: str) -> None:
-  """Creates `model_dir` and checks it is a writable directory; removes the
-  partial files of saves that a kill interrupted.
+def prepare_model_dir(model_dir: str, *, label: Optional[str] = None,
+                      sleep: Callable[[float], None] = time.sleep) -> None:
+  """Creates `model_dir` and checks it is a writable directory.
+
+  Args:
+    model_dir: the directory.
+    label: how messages name it; default "`model_dir` ('<path>')".
+    sleep: waits between retries.
 
   Raises:
-    ValueError: `model_dir` is a file, or cannot be created or written.
+    ValueError: `model_dir` is a file, its bucket does not exist, access is
+      refused, or it cannot be created or written (the reason is in the
+      message).
+    StorageError: storage kept failing.
   """
+  label = label or f"`model_dir` ({model_dir!r})"
   hint = ""
   if model_dir.startswith("gs://"):
     hint = (" For gs:// the bucket must exist and the credentials must allow "
             "writing to it (GOOGLE_APPLICATION_CREDENTIALS, or `gcloud auth "
             "application-default login`).")
-  probe = os.path.join(model_dir, ".tpu_harness_write_probe")
   try:
     if model_dir.startswith("gs://"):
       # TF's makedirs retries a missing bucket forever; ask first.
       bucket = "gs://" + model_dir[len("gs://"):].split("/", 1)[0]
-      if not tf.io.gfile.isdir(bucket):
-        raise ValueError(f"`model_dir` ({model_dir!r}) is not a writable "
-                         f"directory: bucket {bucket} does not exist.{hint}")
-    if tf.io.gfile.exists(model_dir) and not tf.io.gfile.isdir(model_dir):
-      raise ValueError(f"`model_dir` ({model_dir!r}) is a file, not a "
-                       f"directory.")
-    tf.io.gfile.makedirs(model_dir)
-    with tf.io.gfile.GFile(probe, "w") as f:
-      f.write("ok")
-    tf.io.gfile.remove(probe)
+      if storage.stat_or_none(bucket, sleep=sleep) is None:
+        raise ValueError(f"{label} is not a writable directory: bucket "
+                         f"{bucket} does not exist.{hint}")
+    status = storage.stat_or_none(model_dir, sleep=sleep)
+    if status is not None and not status.is_directory:
+      raise ValueError(f"{label} is a file, not a directory.")
+    probe = join(model_dir, WRITE_PROBE)
+
+    def make_and_probe():
+      tf.io.gfile.makedirs(model_dir)
+      with tf.io.gfile.GFile(probe, "w") as f:
+        f.write("ok")
+      tf.io.gfile.remove(probe)
+
+    storage.retry(make_and_probe, f"creating {model_dir}", sleep=sleep)
+  except storage.StorageError as error:
+    if storage.kind(error.__cause__) == "access":
+      raise ValueError(f"{label} is not a writable directory: access "
+                       f"refused ({storage.first_line(error.__cause__)})."
+                       f"{hint}") from error
+    raise
   except (tf.errors.OpError, OSError) as error:
-    raise ValueError(f"`model_dir` ({model_dir!r}) is not a writable "
-                     f"directory: {str(error).splitlines()[0]}{hint}"
-                     ) from error
-  for leftover in interrupted_save_files(model_dir):
+    raise ValueError(f"{label} is not a writable directory: "
+                     f"{str(error).splitlines()[0]}{hint}") from error
+
+
+def remove_leftovers(contents: Contents) -> None:
+  """Removes the partial files of the run's own interrupted saves."""
+  for leftover in contents.leftovers:
     logging.warning("Removing %s, left by an interrupted save.", leftover)
-    if tf.io.gfile.isdir(leftover):
-      tf.io.gfile.rmtree(leftover)
-    else:
-      tf.io.gfile.remove(leftover)
+    try:
+      if tf.io.gfile.isdir(leftover):
+        tf.io.gfile.rmtree(leftover)
+      else:
+        tf.io.gfile.remove(leftover)
+    except tf.errors.NotFoundError:
+      pass
 
 
-def interrupted_save_files(model_dir: str) -> List[str]:
-  """What an interrupted save leaves: TF writes each checkpoint file as
-  `<file>.tempstate<random>` and renames it when complete; sharded savers
-  write into a `<prefix>_temp` directory first."""
-  return sorted(
-      tf.io.gfile.glob(os.path.join(model_dir, "*.tempstate*"))
-      + [path for path in tf.io.gfile.glob(os.path.join(model_dir, "*_temp"))
-         if tf.io.gfile.isdir(path)])
+def delete_checkpoint(prefix: str, names: Sequence[str]) -> None:
+  """Deletes the files of checkpoint `prefix` among `names` (a listing of
+  its directory): `.index`, `.data-*`, `.meta`."""
+  directory, base = os.path.split(prefix) if "://" not in prefix else (
+      prefix.rsplit("/", 1))
+  for name in names:
+    if name.startswith(base + ".") and re.match(
+        r"^\.(index|meta|data-\d+-of-\d+)$", name[len(base):]):
+      try:
+        tf.io.gfile.remove(join(directory, name))
+      except tf.errors.NotFoundError:
+        pass
+
+
+def enforce_keep_max(model_dir: str, owned_oldest_first: Sequence[str],
+                     keep_max: int, *,
+                     sleep: Callable[[float], None] = time.sleep) -> List[str]:
+  """Deletes the oldest of `owned_oldest_first` beyond `keep_max` (0 keeps
+  all) and points the state file at what is kept; returns what is kept.
+
+  A lowered `keep_checkpoint_max` is so enforced when a run starts, not one
+  checkpoint per save.
+  """
+  owned = list(owned_oldest_first)
+  if not keep_max or len(owned) <= keep_max:
+    return owned
+  expired, kept = owned[:-keep_max], owned[-keep_max:]
+  names = storage.list_names(model_dir, sleep=sleep)
+  tf.compat.v1.train.update_checkpoint_state(
+      model_dir, _paths.state_file_entry(model_dir, kept[-1]),
+      all_model_checkpoint_paths=[_paths.state_file_entry(model_dir, p)
+                                  for p in kept])
+  for prefix in expired:
+    logging.info("Deleting %s: keep_checkpoint_max is %d.", prefix, keep_max)
+    delete_checkpoint(prefix, names)
+  return kept
+
+
+def checkpoint_global_step(prefix: str) -> int:
+  """The `global_step` stored in a checkpoint.
+
+  Raises:
+    ValueError: the checkpoint has no global_step.
+  """
+  reader = tf.train.load_checkpoint(prefix)
+  if not reader.has_tensor("global_step"):
+    raise ValueError(f"Checkpoint {prefix} has no global_step; it was not "
+                     f"written by a training run.")
+  return int(reader.get_tensor("global_step"))
+
+
+@dataclasses.dataclass(frozen=True)
+class ResumePoint:
+  """Where a run resumes.
+
+  Attributes:
+    checkpoint: the checkpoint to restore, or None to start from scratch.
+    step: its global step (0 without one).
+    recent: the run's checkpoints up to it, oldest first, for rotation.
+  """
+  checkpoint: Optional[str]
+  step: int
+  recent: List[str]
+
+
+def resume_point(model_dir: str, basename: str = BASENAME, *,
+                 sleep: Callable[[float], None] = time.sleep) -> ResumePoint:
+  """Lists `model_dir`, logs what the run ignores there, removes its own
+  interrupted saves' leftovers, and finds the checkpoint to resume from.
+
+  Call it holding the lease on `model_dir` (leftovers are only leftovers
+  when no other trainer is writing).
+
+  Raises:
+    NoRestorableCheckpointError: checkpoints exist, none reads back.
+    StorageError: storage kept failing, or refused access.
+  """
+  contents = scan(model_dir, basename, sleep=sleep)
+  log_ignored(model_dir, contents, basename)
+  remove_leftovers(contents)
+  latest = latest_restorable(model_dir, basename, contents=contents,
+                             sleep=sleep)
+  if latest is None:
+    logging.info("No checkpoint of this run in %s: starting from scratch.",
+                 model_dir)
+    return ResumePoint(checkpoint=None, step=0, recent=[])
+  step = checkpoint_global_step(latest)
+  recent = [p for p in reversed(contents.checkpoints)
+            if checkpoint_step(p) <= checkpoint_step(latest)]
+  return ResumePoint(checkpoint=latest, step=step, recent=recent)

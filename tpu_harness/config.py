@@ -6,7 +6,11 @@ import dataclasses
 import os
 from typing import Optional
 
+from hooks import _paths
 from hooks import _validation
+
+# Host memory the emulated infeed may hold by default.
+DEFAULT_MAX_INFEED_BYTES = 4 * 2**30
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,20 +33,25 @@ class RunConfig:
   """Where and how training runs.
 
   Attributes:
-    model_dir: checkpoints and events; a local path or `gs://` URL.
+    model_dir: checkpoints and events; a local path or `gs://` URL, without
+      `*`, `?`, `[` or a backslash (TF's checkpoint code globs it). The run
+      owns only its own checkpoints there (`model.ckpt-<step>`), and one
+      trainer at a time holds it (a lease file; evaluation may run beside).
     iterations_per_loop: steps run inside one `Session.run`.
     save_checkpoints_steps: save every N steps. Exactly one of this and
       `save_checkpoints_secs` is set; to save by time, pass
       `save_checkpoints_steps=None, save_checkpoints_secs=600`.
     save_checkpoints_secs: save every N seconds.
-    keep_checkpoint_max: checkpoints kept on disk; 0 keeps all.
+    keep_checkpoint_max: checkpoints kept on disk; 0 keeps all. Lowered
+      between runs, the surplus is deleted when training starts.
     log_step_count_steps: how often global_step/sec is logged and recorded.
     save_summary_steps: how often loss and host_call scalars are written.
     tf_random_seed: graph-level random seed, or None.
     warm_start_from: a checkpoint file or directory to initialize trainable
       variables from when `model_dir` has no checkpoint yet.
     stop_on_nan_loss: raise `NanLossError` when a step's loss is NaN or
-      infinite, before a checkpoint of that state is saved.
+      infinite, and `hooks.NonFiniteWeightsError` when a weight is at a
+      save, so no checkpoint ever holds a NaN.
     async_checkpoints: write checkpoints on a background thread, so a save
       stalls training only for a copy of the variables to host memory (see
       `hooks.CheckpointSaverHook(async_save=...)`).
@@ -50,11 +59,16 @@ class RunConfig:
       runs the graph on that TF server (a Cloud TPU worker, see
       `tpu_harness.cluster.resolve_master`).
     tpu: the device-loop layout.
+    max_infeed_bytes: the most host memory the emulated infeed may hold:
+      up to three chunks of `iterations_per_loop` steps (two queued, one
+      being read). Building a loop that needs more is an error naming
+      `iterations_per_loop` and the batch size. (The TPU infeed holds one
+      step at a time.)
   """
   model_dir: str
   iterations_per_loop: int = 100
   save_checkpoints_steps: Optional[int] = 1000
-  save_checkpoints_secs: Optional[int] = None
+  save_checkpoints_secs: Optional[float] = None
   keep_checkpoint_max: int = 5
   log_step_count_steps: int = 100
   save_summary_steps: int = 100
@@ -64,12 +78,14 @@ class RunConfig:
   async_checkpoints: bool = False
   master: str = ""
   tpu: TPUConfig = dataclasses.field(default_factory=TPUConfig)
+  max_infeed_bytes: int = DEFAULT_MAX_INFEED_BYTES
 
   def __post_init__(self):
     _validation.non_empty_path("model_dir", self.model_dir)
     if isinstance(self.model_dir, os.PathLike):
       raise TypeError(f"`model_dir` ({self.model_dir!r}) must be a str; "
                       f"pass os.fspath(...).")
+    _paths.check_no_glob_characters("model_dir", self.model_dir)
     _validation.positive_int("iterations_per_loop", self.iterations_per_loop)
     if (self.save_checkpoints_steps is not None
         and self.save_checkpoints_secs is not None):
@@ -84,8 +100,8 @@ class RunConfig:
       _validation.positive_int("save_checkpoints_steps",
                                self.save_checkpoints_steps)
     if self.save_checkpoints_secs is not None:
-      _validation.positive_int("save_checkpoints_secs",
-                               self.save_checkpoints_secs)
+      _validation.positive_number("save_checkpoints_secs",
+                                  self.save_checkpoints_secs)
     if (isinstance(self.keep_checkpoint_max, bool)
         or not isinstance(self.keep_checkpoint_max, int)
         or self.keep_checkpoint_max < 0):
@@ -99,7 +115,9 @@ class RunConfig:
       raise TypeError(f"`tf_random_seed` ({self.tf_random_seed!r}) must be an "
                       f"integer or None.")
     if self.warm_start_from is not None:
-      _validation.non_empty_path("warm_start_from", self.warm_start_from)
+      _paths.check_no_glob_characters(
+          "warm_start_from",
+          _validation.non_empty_path("warm_start_from", self.warm_start_from))
     if not isinstance(self.stop_on_nan_loss, bool):
       raise TypeError(f"`stop_on_nan_loss` ({self.stop_on_nan_loss!r}) must "
                       f"be True or False.")
@@ -110,6 +128,7 @@ class RunConfig:
         self.master and not self.master.startswith("grpc://")):
       raise ValueError(f"`master` ({self.master!r}) must be '' (in-process) "
                        f"or a grpc://host:port target.")
+    _validation.positive_int("max_infeed_bytes", self.max_infeed_bytes)
     if not isinstance(self.tpu, TPUConfig):
       raise TypeError(f"`tpu` ({self.tpu!r}) must be a TPUConfig, got "
                       f"{type(self.tpu).__name__}.")

@@ -15,7 +15,7 @@ neither. `scripts/bench_loop.py` measures the result (runner/1).
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List
+from typing import Any, Callable, Dict, List, Optional
 
 import tensorflow as tf
 
@@ -35,9 +35,19 @@ LOSS = "loss"
 class CpuEmulationLoop(DeviceLoop):
   """Runs `iterations_per_loop` steps of `num_shards` replicas on CPU."""
 
-  def __init__(self, *, num_shards: int, iterations_per_loop: int):
+  def __init__(self, *, num_shards: int, iterations_per_loop: int,
+               max_infeed_bytes: Optional[int] = None):
+    """Initializes the loop builder.
+
+    Args:
+      num_shards: replicas, each on its own virtual CPU device.
+      iterations_per_loop: steps per `Session.run`.
+      max_infeed_bytes: host memory the infeed may hold (see
+        `RunConfig.max_infeed_bytes`); None: no limit.
+    """
     self._num_shards = num_shards
     self._iterations_per_loop = iterations_per_loop
+    self._max_infeed_bytes = max_infeed_bytes
 
   @property
   def num_shards(self) -> int:
@@ -50,14 +60,22 @@ class CpuEmulationLoop(DeviceLoop):
   # Building blocks.
 
   def _infeed(self, dataset: tf.data.Dataset, name: str,
-              skip_steps: int = 0) -> HostInfeed:
+              params: Dict[str, Any], skip_steps: int = 0,
+              max_steps: Optional[int] = None,
+              batched: bool = False) -> HostInfeed:
     """The infeed of one element per step: with several replicas, their
-    batches stacked; the first `skip_steps` steps' elements skipped."""
-    if self._num_shards > 1:
+    batches stacked (unless already `batched`); the first `skip_steps`
+    steps' elements skipped; at most `max_steps` read."""
+    if self._num_shards > 1 and not batched:
       dataset = dataset.batch(self._num_shards, drop_remainder=True)
     if skip_steps:
       dataset = dataset.skip(skip_steps)
-    return HostInfeed(dataset, self._iterations_per_loop, name)
+    layout = (f"iterations_per_loop={self._iterations_per_loop}, "
+              f"{name}_batch_size="
+              f"{params['batch_size'] * self._num_shards}")
+    return HostInfeed(dataset, self._iterations_per_loop, name,
+                      max_steps=max_steps, max_bytes=self._max_infeed_bytes,
+                      layout=layout)
 
   def _replicas(self, model_fn: Callable, element: Any, mode: str,
                 params: Dict[str, Any], stacked: bool
@@ -74,7 +92,8 @@ class CpuEmulationLoop(DeviceLoop):
         reuse = tf.compat.v1.AUTO_REUSE if index else None
         with tf.device(f"/device:CPU:{index}"), replica(index) as context, \
             tf.compat.v1.variable_scope(tf.compat.v1.get_variable_scope(),
-                                        reuse=reuse):
+                                        reuse=reuse), \
+            tf.variable_creator_scope(_explain_variable_errors):
           specs.append(spec_lib.check_spec(
               model_fn(features, labels, mode, params), mode))
       if (mode == spec_lib.ModeKeys.TRAIN and self._num_shards > 1
@@ -141,10 +160,11 @@ class CpuEmulationLoop(DeviceLoop):
 
   # The three modes.
 
-  def build_train(self, model_fn, input_fn, params, skip_steps):
+  def build_train(self, model_fn, input_fn, params, skip_steps,
+                  max_steps=None):
     mode = spec_lib.ModeKeys.TRAIN
     infeed = self._infeed(make_input(input_fn, params, mode), "train",
-                          skip_steps)
+                          params, skip_steps, max_steps)
     global_step = tf.compat.v1.train.get_global_step()
     host_fn_holder = {}
 
@@ -165,9 +185,10 @@ class CpuEmulationLoop(DeviceLoop):
                      fetches={"outfeed": stacked, "end_step": end_step},
                      host_fn=host_fn_holder.get("fn"))
 
-  def build_eval(self, model_fn, input_fn, params):
+  def build_eval(self, model_fn, input_fn, params, steps=None):
     mode = spec_lib.ModeKeys.EVAL
-    infeed = self._infeed(make_input(input_fn, params, mode), "eval")
+    infeed = self._infeed(make_input(input_fn, params, mode), "eval", params,
+                          max_steps=steps)
     metric_holder = {}
 
     def step_fn(element):
@@ -218,7 +239,7 @@ class CpuEmulationLoop(DeviceLoop):
     mode = spec_lib.ModeKeys.PREDICT
     dataset = _padded_predict_input(make_input(input_fn, params, mode),
                                     params["batch_size"], self._num_shards)
-    infeed = HostInfeed(dataset, self._iterations_per_loop, "predict")
+    infeed = self._infeed(dataset, "predict", params, batched=True)
 
     def step_fn(element):
       features, valid = element
@@ -234,6 +255,24 @@ class CpuEmulationLoop(DeviceLoop):
     iterations, stacked = self._loop(infeed, step_fn)
     return BuiltLoop(infeed=infeed, iterations=iterations,
                      fetches={"outfeed": stacked})
+
+
+def _explain_variable_errors(next_creator, **kwargs):
+  """Variable creator: says in the user's terms why a variable whose initial
+  value was computed inside the device loop cannot be created there."""
+  try:
+    return next_creator(**kwargs)
+  except ValueError as error:
+    if "could not be lifted out" not in str(error):
+      raise
+    raise ValueError(
+        f"`model_fn` created the variable {kwargs.get('name')!r} with "
+        f"tf.Variable from a tensor computed inside the device loop (the "
+        f"loop runs `model_fn` in a tf.while_loop, where such a value does "
+        f"not exist before the loop starts). Create variables with "
+        f"tf.compat.v1.get_variable (or tf.compat.v1.layers), which the loop "
+        f"also shares across replicas, or pass tf.Variable a callable "
+        f"initial value: tf.Variable(lambda: tf.zeros([4, 1])).") from error
 
 
 def make_input(input_fn: Callable, params: Dict[str, Any],

@@ -61,13 +61,17 @@ class DeviceLoop(abc.ABC):
 
   @abc.abstractmethod
   def build_train(self, model_fn: Callable, input_fn: Callable,
-                  params: Dict[str, Any], skip_steps: int) -> BuiltLoop:
-    """Builds the training loop, skipping `skip_steps` steps of input."""
+                  params: Dict[str, Any], skip_steps: int,
+                  max_steps: Optional[int] = None) -> BuiltLoop:
+    """Builds the training loop, skipping `skip_steps` steps of input and
+    reading at most `max_steps` after them."""
 
   @abc.abstractmethod
   def build_eval(self, model_fn: Callable, input_fn: Callable,
-                 params: Dict[str, Any]) -> BuiltLoop:
-    """Builds the evaluation loop and its metrics."""
+                 params: Dict[str, Any],
+                 steps: Optional[int] = None) -> BuiltLoop:
+    """Builds the evaluation loop and its metrics; reads at most `steps`
+    steps of input (None: until it ends)."""
 
   @abc.abstractmethod
   def build_predict(self, model_fn: Callable, input_fn: Callable,

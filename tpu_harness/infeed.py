@@ -15,10 +15,15 @@ does not cost a host `Session.run` per step. Elements of a chunk beyond a
 request stay queued for the next, and a request they cover is answered at
 once, without a round trip to the host thread. (On CPU, an in-graph loop
 that enqueues one element per iteration costs about 30 us per element, a
-chunk about 5.) The queue holds up to two chunks, so host memory is bounded
-by two chunks. With a custom `enqueue_fn` (a TPU's infeed, which takes one
-element at a time), a request runs an in-graph loop that enqueues up to k
-elements one by one.
+chunk about 5.) The queue holds up to two chunks and a third may be being
+read, so host memory is bounded by three chunks; a layout whose chunks would
+exceed `max_bytes` is refused when the infeed is built (`InfeedMemoryError`).
+Given the steps a run needs (`max_steps`), the infeed never asks for more
+elements than that, and no chunk is larger. (tf.data's own optimizations
+may still read an element or two ahead inside the input pipeline, e.g. a map
+it made parallel.) With a custom `enqueue_fn` (a
+TPU's infeed, which takes one element at a time), a request runs an in-graph
+loop that enqueues up to k elements one by one.
 
 Device side: the loop calls `dequeue()` once per step.
 """
@@ -42,12 +47,20 @@ class InputShapeError(ValueError):
   """The input pipeline's elements do not have the fixed shapes a loop needs."""
 
 
+class InfeedMemoryError(ValueError):
+  """The emulated infeed would hold more host memory than allowed."""
+
+
 class HostInfeed:
   """Queue, iterator and enqueue loop of one input pipeline."""
 
   def __init__(self, dataset: tf.data.Dataset, capacity: int, name: str,
                enqueue_fn: Optional[Callable[[List[tf.Tensor]],
-                                             tf.Operation]] = None):
+                                             tf.Operation]] = None,
+               *,
+               max_steps: Optional[int] = None,
+               max_bytes: Optional[int] = None,
+               layout: str = ""):
     """Builds the host-side ops in the default graph.
 
     Args:
@@ -58,11 +71,22 @@ class HostInfeed:
       enqueue_fn: enqueues one element's flat tensors somewhere else than
         the emulated queue (a TPU's infeed); `dequeue()` is then the
         device's business.
+      max_steps: the most steps the run needs, or None (until the input
+        ends): no more elements are ever read, and requests, chunks and
+        the queue are no larger.
+      max_bytes: the most host memory the emulated queue's chunks may take
+        (three chunks: two queued, one being read); None: no limit.
+      layout: how the caller sized a step, for the InfeedMemoryError
+        message (e.g. "iterations_per_loop=100, train_batch_size=128").
 
     Raises:
       InputShapeError: an element tensor has an unknown dimension.
+      InfeedMemoryError: three chunks would exceed `max_bytes`.
     """
     self._name = name
+    if max_steps is not None:
+      dataset = dataset.take(max_steps)
+      capacity = max(1, min(capacity, max_steps))
     self._capacity = capacity
     self._structure = dataset.element_spec
     specs = tf.nest.flatten(self._structure)
@@ -80,6 +104,9 @@ class HostInfeed:
       self._steps = None
       if enqueue_fn is None:
         self._chunk = chunk_steps(capacity, specs)
+        if max_steps is not None:
+          self._chunk = max(1, min(self._chunk, max_steps))
+        _check_memory(name, self._chunk, specs, max_bytes, layout)
         self._queue = tf.queue.FIFOQueue(2 * self._chunk, self._dtypes,
                                          shapes=self._shapes)
         self._close = self._queue.close(cancel_pending_enqueues=True)
@@ -291,11 +318,36 @@ class InfeedHook(tf.compat.v1.train.SessionRunHook):
     self._infeed.stop()
 
 
+def element_bytes(specs: List[tf.TensorSpec]) -> int:
+  """Bytes of one element (one step of input)."""
+  return sum(spec.shape.num_elements() * spec.dtype.size for spec in specs)
+
+
+def _check_memory(name: str, chunk: int, specs: List[tf.TensorSpec],
+                  max_bytes: Optional[int], layout: str) -> None:
+  """Raises InfeedMemoryError if three chunks exceed `max_bytes`."""
+  step = element_bytes(specs)
+  need = 3 * chunk * step
+  if max_bytes is not None and need > max_bytes:
+    raise InfeedMemoryError(
+        f"The {name} infeed would hold up to 3 x {chunk} steps x "
+        f"{_size(step)} = {_size(need)} of input in host memory "
+        f"({layout}), over the limit of {_size(max_bytes)} "
+        f"(RunConfig.max_infeed_bytes). Lower `iterations_per_loop` or the "
+        f"batch size, or raise max_infeed_bytes if the host has the memory.")
+
+
+def _size(count: int) -> str:
+  for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+    if count >= scale:
+      return f"{count / scale:.1f} {unit}"
+  return f"{count} B"
+
+
 def chunk_steps(capacity: int, specs: List[tf.TensorSpec]) -> int:
   """Elements the emulated infeed reads and enqueues at a time: `capacity`,
   or up to MIN_CHUNK_STEPS if that many stay within MIN_CHUNK_BYTES."""
-  size = max(1, sum(spec.shape.num_elements() * spec.dtype.size
-                    for spec in specs))
+  size = max(1, element_bytes(specs))
   return max(capacity, min(MIN_CHUNK_STEPS, MIN_CHUNK_BYTES // size))
 
 

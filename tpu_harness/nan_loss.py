@@ -4,10 +4,15 @@ The hook fetches the loop's per-step losses (the same outfeed tensor the
 runner fetches, so nothing is computed twice) and raises in `after_run`. The
 runner places it before the checkpoint saver, whose `after_run` then never
 runs for that loop, and a session that ends with an error does not call the
-hooks' `end()`: the newest checkpoint stays the last good one.
+hooks' `end()`: no checkpoint is saved after the NaN. Weights can turn NaN in
+the last update of a loop whose losses were all finite; the saver checks the
+weights themselves before every save (`check_finite`), so the newest
+checkpoint is one whose weights were finite.
 """
 
 from __future__ import annotations
+
+from typing import Callable, Optional
 
 import numpy as np
 import tensorflow as tf
@@ -22,9 +27,17 @@ class NanLossError(RuntimeError):
 class NanLossHook(tf.compat.v1.train.SessionRunHook):
   """Raises NanLossError if any step of a loop had a non-finite loss."""
 
-  def __init__(self, losses: tf.Tensor):
-    """Args: losses: the loop's per-step losses, shape [steps]."""
+  def __init__(self, losses: tf.Tensor,
+               latest_saved: Callable[[], Optional[str]] = lambda: None):
+    """Initializes the hook.
+
+    Args:
+      losses: the loop's per-step losses, shape [steps].
+      latest_saved: the newest checkpoint saved so far, once any write in
+        flight is complete (for the message).
+    """
     self._losses = losses
+    self._latest_saved = latest_saved
     self._global_step = None
 
   def begin(self) -> None:
@@ -41,8 +54,11 @@ class NanLossHook(tf.compat.v1.train.SessionRunHook):
     bad = np.flatnonzero(~np.isfinite(losses))
     if bad.size:
       step = int(run_values.results["start"]) + int(bad[0]) + 1
+      latest = self._latest_saved()
+      resume = (f"it resumes from {latest}, saved before the NaN with its "
+                f"weights checked finite" if latest else
+                "it resumes from the newest checkpoint in model_dir")
       raise NanLossError(
           f"Loss is {losses[bad[0]]} at step {step}; training stopped and no "
           f"checkpoint was saved after it. Lower the learning rate or check "
-          f"the input, then train again: it resumes from the last good "
-          f"checkpoint.")
+          f"the input, then train again: {resume}.")

@@ -1,11 +1,12 @@
 """Preemption: the first SIGTERM asks for a clean stop, a second one kills.
 
-Cloud TPU preempts with SIGTERM. While a `PreemptionWatcher` is active (in
-the main thread), the first SIGTERM only sets `requested`; the runner checks
+Cloud TPU preempts with SIGTERM; Ctrl-C sends SIGINT, which is treated the
+same way. While a `PreemptionWatcher` is active (in the main thread), the
+first such signal only sets `requested`; the runner checks
 it between loops, so the current loop finishes, the hooks' `end()` saves a
 checkpoint and calls the listeners' `end`, and training returns normally.
-The handler also restores the default action, so a second SIGTERM ends the
-process at once, as an unhandled SIGTERM does.
+The handler also restores the default action of that signal, so a second
+one ends the process at once, as an unhandled SIGTERM (or SIGINT) does.
 
 Python runs signal handlers between bytecodes of the main thread, so a
 SIGTERM that arrives during a `Session.run` is seen when that run returns:
@@ -23,9 +24,11 @@ from absl import logging
 
 
 class PreemptionWatcher:
-  """Context manager that turns the first SIGTERM into a stop request."""
+  """Context manager that turns the first SIGTERM or SIGINT into a stop
+  request."""
 
-  def __init__(self, signals: Sequence[int] = (signal.SIGTERM,)):
+  def __init__(self,
+               signals: Sequence[int] = (signal.SIGTERM, signal.SIGINT)):
     self._signals = tuple(signals)
     self._previous: Dict[int, object] = {}
     self._requested = False

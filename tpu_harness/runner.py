@@ -15,8 +15,8 @@ The last loop is shortened so training stops exactly at `max_steps`.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
-import os
 import time
 from typing import (Any, Callable, Dict, Iterable, Iterator, Mapping,
                     Optional, Sequence)
@@ -26,13 +26,16 @@ import numpy as np
 import tensorflow as tf
 
 import hooks as hooks_lib
+from hooks import _paths
 from hooks import _validation
 from tpu_harness import checkpoints
 from tpu_harness import cpu_loop
+from tpu_harness import storage
 from tpu_harness.config import RunConfig
 from tpu_harness.device_loop import BuiltLoop
 from tpu_harness.device_loop import DeviceLoop
 from tpu_harness.infeed import InfeedHook
+from tpu_harness.lease import ModelDirLease
 from tpu_harness.nan_loss import NanLossHook
 from tpu_harness.preemption import PreemptionWatcher
 
@@ -105,7 +108,8 @@ class Runner:
     self._batch_sizes = {"train": train_batch_size, "eval": eval_batch_size,
                          "predict": predict_batch_size}
     self._device = device_loop or cpu_loop.CpuEmulationLoop(
-        num_shards=shards, iterations_per_loop=config.iterations_per_loop)
+        num_shards=shards, iterations_per_loop=config.iterations_per_loop,
+        max_infeed_bytes=config.max_infeed_bytes)
     self._clock = clock
     self._preempted = False
 
@@ -119,14 +123,20 @@ class Runner:
 
   @property
   def preempted(self) -> bool:
-    """Whether the last `train` stopped early because of a SIGTERM."""
+    """Whether the last `train` stopped early because of a SIGTERM or
+    SIGINT."""
     return self._preempted
 
   def latest_checkpoint(self) -> Optional[str]:
-    """The newest checkpoint in `model_dir` that reads back, or None.
+    """The newest checkpoint of the run in `model_dir` that reads back, or
+    None when there is none.
 
     Reads every tensor of the checkpoint it returns (and of newer broken
     ones) to verify it: as much I/O as a restore.
+
+    Raises:
+      NoRestorableCheckpointError: checkpoints exist, none reads back.
+      StorageError: storage kept failing or refused access.
     """
     return checkpoints.latest_restorable(self._config.model_dir)
 
@@ -142,11 +152,15 @@ class Runner:
             ) -> "Runner":
     """Trains until the global step is `max_steps` (or for `steps` more).
 
-    Resumes from the newest checkpoint in `model_dir` that reads back (a
-    truncated or corrupt newer one is skipped with a warning); with none there
-    and `config.warm_start_from` set, initializes trainable variables from it.
-    A SIGTERM stops training after the current loop, with a checkpoint saved
-    and listeners' `end` called; `preempted` is then True.
+    Holds the lease on `model_dir` while it trains (a second trainer gets
+    `ModelDirBusyError`). Resumes from the newest checkpoint of the run in
+    `model_dir` that reads back (a truncated or corrupt newer one is skipped
+    with a warning; other files and other checkpoints there are left alone);
+    with none there and `config.warm_start_from` set, initializes trainable
+    variables from it. A SIGTERM or SIGINT stops training after the current
+    loop, with a checkpoint saved and listeners' `end` called; `preempted` is
+    then True. If training stops with an error, a checkpoint write in flight
+    is finished first.
 
     Args:
       input_fn: `input_fn(params) -> Dataset` of (features, labels) with
@@ -166,9 +180,16 @@ class Runner:
         that breaks the contract (see `tpu_harness.spec`).
       RuntimeError: the train op did not advance the global step by one
         per step.
+      ModelDirBusyError: another trainer holds `model_dir`.
+      LeaseLostError: another trainer took `model_dir` over.
       CheckpointMismatchError: the checkpoint in `model_dir` has other
-        variables or shapes than the model.
+        variables, shapes or dtypes than the model.
+      NoRestorableCheckpointError: `model_dir` holds checkpoints of the run
+        but none reads back.
+      StorageError: storage kept failing or refused access.
       NanLossError: the loss became NaN (with `config.stop_on_nan_loss`).
+      hooks.NonFiniteWeightsError: a weight was NaN or Inf when a save was
+        due (with `config.stop_on_nan_loss`); it was not saved.
     """
     _validation.exactly_one({"max_steps": max_steps, "steps": steps})
     if max_steps is not None:
@@ -181,39 +202,62 @@ class Runner:
         raise TypeError(f"`hooks[{index}]` ({hook!r}) must be a "
                         f"tf.compat.v1.train.SessionRunHook.")
     batch_size = self._batch_size("train")
-    config = self._config
+    model_dir = self._config.model_dir
     self._preempted = False
-    checkpoints.prepare_model_dir(config.model_dir)
-    latest = self.latest_checkpoint()
-    start_step = _checkpoint_step(latest) if latest else 0
-    last_step = max_steps if max_steps is not None else start_step + steps
-    if start_step >= last_step:
-      logging.info("Skipping training: global step %d is already at or past "
-                   "max_steps %d (%s).", start_step, last_step, latest)
-      return self
+    checkpoints.prepare_model_dir(model_dir)
+    with ModelDirLease(model_dir) as lease:
+      resume = checkpoints.resume_point(model_dir)
+      last_step = max_steps if max_steps is not None else resume.step + steps
+      if resume.step >= last_step:
+        logging.info("Skipping training: global step %d is already at or "
+                     "past max_steps %d (%s).", resume.step, last_step,
+                     resume.checkpoint)
+        return self
+      self._train(input_fn, resume, last_step, batch_size, user_hooks,
+                  saving_listeners, lease)
+    return self
 
+  def _train(self, input_fn, resume: checkpoints.ResumePoint, last_step: int,
+             batch_size: int, user_hooks, saving_listeners,
+             lease: ModelDirLease) -> None:
+    config = self._config
+    start_step = resume.step
     with tf.Graph().as_default():
       if config.tf_random_seed is not None:
         tf.compat.v1.set_random_seed(config.tf_random_seed)
       tf.compat.v1.train.get_or_create_global_step()
       loop = self._device.build_train(self._model_fn, input_fn,
                                       self._params_for(batch_size),
-                                      skip_steps=start_step)
-      if latest is not None:
-        checkpoints.check_matches(latest, tf.compat.v1.global_variables())
+                                      skip_steps=start_step,
+                                      max_steps=last_step - start_step)
+      if resume.checkpoint is not None:
+        checkpoints.check_matches(resume.checkpoint,
+                                  tf.compat.v1.global_variables())
       elif config.warm_start_from:
         logging.info("Warm-starting trainable variables from %s.",
                      config.warm_start_from)
         tf.compat.v1.train.warm_start(config.warm_start_from)
       saver = tf.compat.v1.train.Saver(
           max_to_keep=config.keep_checkpoint_max, save_relative_paths=True)
-      # Let rotation (keep_checkpoint_max) see checkpoints of earlier runs.
-      saver.recover_last_checkpoints([
-          path for path in reversed(checkpoints.candidates(config.model_dir))
-          if checkpoints.checkpoint_step(path) <= start_step])
+      # Rotation (keep_checkpoint_max) covers the run's own checkpoints of
+      # earlier runs, and a lowered maximum applies at once.
+      saver.recover_last_checkpoints(checkpoints.enforce_keep_max(
+          config.model_dir, resume.recent, config.keep_checkpoint_max))
       scaffold = tf.compat.v1.train.Scaffold(saver=saver)
       ipl = config.iterations_per_loop
-      guards = ([NanLossHook(loop.fetches["outfeed"][cpu_loop.LOSS])]
+      saver_hook = hooks_lib.CheckpointSaverHook(
+          config.model_dir, save_steps=config.save_checkpoints_steps,
+          save_secs=config.save_checkpoints_secs, scaffold=scaffold,
+          listeners=saving_listeners, steps_per_run=ipl,
+          async_save=config.async_checkpoints,
+          check_finite=config.stop_on_nan_loss)
+
+      def newest_checkpoint():  # Once the loss is NaN: nothing more to save.
+        saver_hook.finish_pending_save()
+        return saver_hook.latest_saved
+
+      guards = ([NanLossHook(loop.fetches["outfeed"][cpu_loop.LOSS],
+                             newest_checkpoint)]
                 if config.stop_on_nan_loss else [])
       all_hooks = list(loop.hooks) + [InfeedHook(loop.infeed)] + guards + [
           hooks_lib.StopAtStepHook(last_step=last_step, steps_per_run=ipl),
@@ -221,41 +265,42 @@ class Runner:
               every_n_steps=config.log_step_count_steps,
               output_dir=config.model_dir, steps_per_run=ipl,
               batch_size=batch_size),
-      ] + user_hooks + [
-          hooks_lib.CheckpointSaverHook(
-              config.model_dir, save_steps=config.save_checkpoints_steps,
-              save_secs=config.save_checkpoints_secs, scaffold=scaffold,
-              listeners=saving_listeners, steps_per_run=ipl,
-              async_save=config.async_checkpoints),
-      ]
+      ] + user_hooks + [saver_hook]
       creator = tf.compat.v1.train.ChiefSessionCreator(
-          scaffold=scaffold, checkpoint_filename_with_path=latest,
+          scaffold=scaffold, checkpoint_filename_with_path=resume.checkpoint,
           master=config.master, config=self._device.session_config())
       writer = tf.compat.v1.summary.FileWriterCache.get(config.model_dir)
       logging.info("Training from step %d to %d, %d steps per loop, on %s.",
                    start_step, last_step, ipl, config.master or "this process")
-      with PreemptionWatcher() as preemption:
-        with tf.compat.v1.train.MonitoredSession(
-            session_creator=creator, hooks=all_hooks) as session:
-          try:
-            self._train_loops(session, loop, start_step, last_step,
-                              batch_size, writer, preemption)
-          finally:
-            loop.infeed.stop()
+      try:
+        with PreemptionWatcher() as preemption:
+          with tf.compat.v1.train.MonitoredSession(
+              session_creator=creator, hooks=all_hooks) as session:
+            try:
+              self._train_loops(session, loop, start_step, last_step,
+                                batch_size, writer, preemption, lease)
+            finally:
+              loop.infeed.stop()
+      except BaseException:
+        # The session ended without the hooks' end(): finish a checkpoint
+        # write in flight rather than abandon it.
+        saver_hook.finish_pending_save()
+        raise
+      finally:
         writer.flush()
-        if preemption.requested:
-          self._preempted = True
-          saved = tf.train.latest_checkpoint(config.model_dir)
-          logging.warning("Stopped by %s at step %s with a checkpoint saved "
-                          "(%s); training resumes from it when run again.",
-                          preemption.signal_name,
-                          checkpoints.checkpoint_step(saved), saved)
-    return self
+      if preemption.requested:
+        self._preempted = True
+        logging.warning("Stopped by %s at step %s with a checkpoint saved "
+                        "(%s); training resumes from it when run again.",
+                        preemption.signal_name,
+                        checkpoints.checkpoint_step(saver_hook.latest_saved),
+                        saver_hook.latest_saved)
 
   def _train_loops(self, session, loop: BuiltLoop, step: int, last_step: int,
-                   batch_size: int, writer, preemption) -> None:
+                   batch_size: int, writer, preemption,
+                   lease: ModelDirLease) -> None:
     def stop():
-      return session.should_stop() or preemption.requested
+      return session.should_stop() or preemption.requested or lease.lost
 
     for count, results, elapsed in self._loops(loop, session,
                                                last_step - step, stop):
@@ -266,9 +311,17 @@ class Runner:
             f"{count} steps: `model_fn`'s train_op must advance it by exactly "
             f"one per step (pass global_step=tf.compat.v1.train."
             f"get_global_step() to the optimizer's minimize).")
-      self._report(results["outfeed"], loop.host_fn, step, end_step, elapsed,
-                   batch_size, last_step, writer)
+      try:
+        self._report(results["outfeed"], loop.host_fn, step, end_step,
+                     elapsed, batch_size, last_step, writer)
+      except StopIteration as error:
+        # MonitoredSession would take it for the end of the input and
+        # close as if training had succeeded.
+        raise RuntimeError(
+            f"The host_call function raised StopIteration at step "
+            f"{end_step}; training stopped.") from error
       step = end_step
+    lease.check()
     if step < last_step and not stop():
       logging.info("Input ended at step %d, before max_steps %d.", step,
                    last_step)
@@ -313,31 +366,38 @@ class Runner:
       hooks: more `SessionRunHook`s.
 
     Raises:
-      ValueError: no checkpoint, bad `steps`, or a contract violation.
+      ValueError: no checkpoint, bad `steps`, a contract violation, or an
+        eval directory that cannot be written (checked before evaluating).
     """
     if steps is not None:
       _validation.positive_int("steps", steps)
     if name is not None:
       _validation.non_empty_str("name", name)
     batch_size = self._batch_size("eval")
-    checkpoint = self._checkpoint_to_use(checkpoint_path)
-    with tf.Graph().as_default():
-      global_step = tf.compat.v1.train.get_or_create_global_step()
-      loop = self._device.build_eval(self._model_fn, input_fn,
-                                     self._params_for(batch_size))
-      with self._restored_session(loop, checkpoint, hooks) as session:
-        try:
-          ran = sum(count for count, _, _ in self._loops(loop, session,
-                                                          steps))
-        finally:
-          loop.infeed.stop()
-        metrics, step = session.run((loop.metrics, global_step))
+    eval_dir = checkpoints.join(self._config.model_dir,
+                                f"eval_{name}" if name else "eval")
+    params = self._params_for(batch_size)
+
+    def prepare():
+      # Before any work, so as not to evaluate and then fail to write.
+      checkpoints.prepare_model_dir(
+          eval_dir, label=f"The eval directory {eval_dir!r} (under "
+          f"`model_dir`, where evaluate writes its results)")
+
+    with self._restored(
+        lambda: self._device.build_eval(self._model_fn, input_fn, params,
+                                        steps),
+        checkpoint_path, hooks, prepare) as (loop, session, checkpoint):
+      try:
+        ran = sum(count for count, _, _ in self._loops(loop, session, steps))
+      finally:
+        loop.infeed.stop()
+      metrics, step = session.run(
+          (loop.metrics, tf.compat.v1.train.get_global_step()))
       if ran == 0:
         raise ValueError("`input_fn` gave no complete eval step (each step "
                          f"needs {self._device.num_shards} batches of "
                          f"{batch_size // self._device.num_shards}).")
-      eval_dir = os.path.join(self._config.model_dir,
-                              f"eval_{name}" if name else "eval")
       writer = tf.compat.v1.summary.FileWriterCache.get(eval_dir)
       writer.add_summary(tf.compat.v1.Summary(value=[
           tf.compat.v1.Summary.Value(tag=key, simple_value=float(value))
@@ -363,18 +423,15 @@ class Runner:
     Raises:
       ValueError: no checkpoint, or a contract violation.
     """
-    batch_size = self._batch_size("predict")
-    checkpoint = self._checkpoint_to_use(checkpoint_path)
-    with tf.Graph().as_default():
-      tf.compat.v1.train.get_or_create_global_step()
-      loop = self._device.build_predict(self._model_fn, input_fn,
-                                        self._params_for(batch_size))
-      with self._restored_session(loop, checkpoint, None) as session:
-        try:
-          for _, results, _ in self._loops(loop, session, None):
-            yield from _rows(results["outfeed"])
-        finally:
-          loop.infeed.stop()
+    params = self._params_for(self._batch_size("predict"))
+    with self._restored(
+        lambda: self._device.build_predict(self._model_fn, input_fn, params),
+        checkpoint_path, None) as (loop, session, _):
+      try:
+        for _, results, _ in self._loops(loop, session, None):
+          yield from _rows(results["outfeed"])
+      finally:
+        loop.infeed.stop()
 
   # Shared.
 
@@ -391,7 +448,9 @@ class Runner:
 
   def _checkpoint_to_use(self, checkpoint_path: Optional[str]) -> str:
     if checkpoint_path is not None:
-      _validation.non_empty_path("checkpoint_path", checkpoint_path)
+      _paths.check_no_glob_characters(
+          "checkpoint_path",
+          _validation.non_empty_path("checkpoint_path", checkpoint_path))
       if not tf.io.gfile.exists(checkpoint_path + ".index"):
         raise ValueError(f"`checkpoint_path` ({checkpoint_path!r}) is not a "
                          f"checkpoint: {checkpoint_path}.index does not "
@@ -403,6 +462,41 @@ class Runner:
                        f"({self._config.model_dir!r}); train first or pass "
                        f"`checkpoint_path`.")
     return latest
+
+  @contextlib.contextmanager
+  def _restored(self, build: Callable[[], BuiltLoop],
+                checkpoint_path: Optional[str], hooks,
+                prepare: Callable[[], None] = lambda: None):
+    """In a new graph, builds a loop with `build`; chooses `checkpoint_path`
+    or the newest checkpoint in `model_dir`; calls `prepare`; opens a session
+    restored from the checkpoint; yields (loop, session, checkpoint).
+
+    The checkpoint is chosen last, just before the session restores it,
+    because a trainer running beside may rotate it away: if it is gone when
+    the session reads it, all of this is done again with the newest one (up
+    to 3 times).
+    """
+    attempts = 1 if checkpoint_path is not None else 3
+    for attempt in range(1, attempts + 1):
+      with tf.Graph().as_default():
+        tf.compat.v1.train.get_or_create_global_step()
+        loop = build()
+        checkpoint = self._checkpoint_to_use(checkpoint_path)
+        if attempt == 1:
+          prepare()
+        try:
+          session = self._restored_session(loop, checkpoint, hooks)
+        except (tf.errors.NotFoundError, ValueError):
+          if attempt == attempts or storage.stat_or_none(
+              checkpoint + ".index") is not None:
+            raise
+          logging.info("Checkpoint %s was deleted before it could be read "
+                       "(rotated by a trainer beside?); using the newest "
+                       "one.", checkpoint)
+          continue
+        with session:
+          yield loop, session, checkpoint
+        return
 
   def _restored_session(self, loop: BuiltLoop, checkpoint: str, hooks):
     checkpoints.check_matches(checkpoint, tf.compat.v1.global_variables())
@@ -456,14 +550,6 @@ def _rows(outfeed: Mapping[str, np.ndarray]) -> Iterator[Dict[str, Any]]:
     for shard in range(valid.shape[1]):
       for row in range(int(valid[step, shard])):
         yield {name: outfeed[name][step, shard, row] for name in names}
-
-
-def _checkpoint_step(checkpoint: str) -> int:
-  reader = tf.train.load_checkpoint(checkpoint)
-  if not reader.has_tensor("global_step"):
-    raise ValueError(f"Checkpoint {checkpoint} has no global_step; it was not "
-                     f"written by a training run.")
-  return int(reader.get_tensor("global_step"))
 
 
 def _python_value(value: Any) -> Any:

@@ -21,7 +21,7 @@ graph's ops and shapes (tests/test_tpu_loop.py). It was not run on a TPU.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List
+from typing import Any, Callable, Dict, List, Optional
 
 import tensorflow as tf
 
@@ -69,7 +69,8 @@ class TpuLoop(DeviceLoop):
                                     isolate_session_state=True)
 
   def build_train(self, model_fn: Callable, input_fn: Callable,
-                  params: Dict[str, Any], skip_steps: int) -> BuiltLoop:
+                  params: Dict[str, Any], skip_steps: int,
+                  max_steps: Optional[int] = None) -> BuiltLoop:
     mode = spec_lib.ModeKeys.TRAIN
     shards = self._num_shards
     with tf.device(self._host_device):
@@ -87,7 +88,7 @@ class TpuLoop(DeviceLoop):
             for core in range(shards)])
 
       infeed = HostInfeed(dataset, self._iterations_per_loop, "train",
-                          enqueue_fn=enqueue)
+                          enqueue_fn=enqueue, max_steps=max_steps)
     iterations = tf.compat.v1.placeholder_with_default(
         self._iterations_per_loop, [], name="iterations")
     outfeed_spec: Dict[str, Any] = {}
@@ -166,7 +167,7 @@ class TpuLoop(DeviceLoop):
                              [tf.constant(0)] + arrays, name="outfeed_loop")
     return {name: array.stack() for name, array in zip(names, result[1:])}
 
-  def build_eval(self, model_fn, input_fn, params) -> BuiltLoop:
+  def build_eval(self, model_fn, input_fn, params, steps=None) -> BuiltLoop:
     raise NotImplementedError(
         "TpuLoop builds training loops only so far; evaluate with the CPU "
         "emulation (CpuEmulationLoop, --use_tpu=false).")

@@ -1,0 +1,137 @@
+"""lease: one trainer per model_dir, stale-lease takeover, lost leases."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from tpu_harness import lease as lease_lib
+
+
+class _Clock:
+
+  def __init__(self, now=1000.0):
+    self.now = now
+
+  def __call__(self):
+    return self.now
+
+
+def _lease(model_dir, clock=None, **kwargs):
+  kwargs.setdefault("settle_secs", 0.0)
+  return lease_lib.ModelDirLease(str(model_dir), clock=clock or _Clock(),
+                                 **kwargs)
+
+
+def _write_record(model_dir, **record):
+  base = {"token": "someone-else", "host": socket.gethostname(),
+          "pid": os.getpid(), "heartbeat": 1000.0}
+  base.update(record)
+  with open(os.path.join(model_dir, lease_lib.LEASE_NAME), "w") as f:
+    json.dump(base, f)
+
+
+def _read_record(model_dir):
+  with open(os.path.join(model_dir, lease_lib.LEASE_NAME)) as f:
+    return json.load(f)
+
+
+def test_acquire_writes_and_release_deletes(tmp_path):
+  lease = _lease(tmp_path)
+  with lease:
+    record = _read_record(tmp_path)
+    assert record["pid"] == os.getpid()
+    assert record["host"] == socket.gethostname()
+  assert not os.path.exists(lease.path)
+
+
+def test_second_trainer_is_refused_while_the_first_holds(tmp_path):
+  with _lease(tmp_path):
+    with pytest.raises(lease_lib.ModelDirBusyError) as info:
+      _lease(tmp_path).acquire()
+  message = str(info.value)
+  assert f"`model_dir` ({str(tmp_path)!r}) is in use by another trainer" in (
+      message)
+  assert f"process {os.getpid()} on host {socket.gethostname()}" in message
+  assert "Evaluation may run beside training" in message
+  # Released: the next one gets it.
+  with _lease(tmp_path):
+    pass
+
+
+@pytest.mark.parametrize("age,host,takes_over", [
+    (30, "another-host", False),   # Fresh heartbeat elsewhere: busy.
+    (61, "another-host", True),    # Stale heartbeat: taken over.
+    (5, None, False),              # This host, live process: busy.
+])
+def test_stale_leases_are_taken_over(tmp_path, age, host, takes_over):
+  clock = _Clock()
+  _write_record(str(tmp_path), heartbeat=clock.now - age,
+                **({"host": host} if host else {}))
+  lease = _lease(tmp_path, clock=clock, stale_secs=60)
+  if takes_over:
+    with lease:
+      assert _read_record(tmp_path)["pid"] == os.getpid()
+  else:
+    with pytest.raises(lease_lib.ModelDirBusyError):
+      lease.acquire()
+    assert _read_record(tmp_path)["token"] == "someone-else"
+
+
+def test_lease_of_a_dead_process_on_this_host_is_taken_over_at_once(
+    tmp_path):
+  process = subprocess.Popen([sys.executable, "-c", "pass"])
+  process.wait()
+  _write_record(str(tmp_path), pid=process.pid)  # Heartbeat is fresh.
+  with _lease(tmp_path):
+    assert _read_record(tmp_path)["pid"] == os.getpid()
+
+
+def test_losing_the_race_after_writing_is_busy(tmp_path):
+  # Both read "no lease"; the other trainer writes after us but before our
+  # read-back: it won.
+  def other_writes(_):
+    _write_record(str(tmp_path), host="another-host")
+
+  with pytest.raises(lease_lib.ModelDirBusyError):
+    _lease(tmp_path, sleep=other_writes).acquire()
+  assert _read_record(tmp_path)["host"] == "another-host"
+
+
+def test_takeover_is_noticed_by_the_heartbeat(tmp_path):
+  lease = _lease(tmp_path, heartbeat_secs=0.01, stale_secs=1)
+  beats = threading.Event()
+  with lease:
+    lease.check()  # Still ours: no error.
+    _write_record(str(tmp_path), host="another-host")
+    for _ in range(500):
+      if lease.lost:
+        break
+      beats.wait(0.01)
+    assert lease.lost
+    with pytest.raises(lease_lib.LeaseLostError, match="took over the lease"):
+      lease.check()
+  # The new owner's lease is not deleted by the old owner's release.
+  assert _read_record(tmp_path)["host"] == "another-host"
+
+
+def test_heartbeat_refreshes_the_lease(tmp_path):
+  clock = _Clock()
+  lease = _lease(tmp_path, clock=clock, heartbeat_secs=0.01, stale_secs=1)
+  with lease:
+    clock.now += 100
+    for _ in range(500):
+      if _read_record(tmp_path)["heartbeat"] == clock.now:
+        break
+      threading.Event().wait(0.01)
+    assert _read_record(tmp_path)["heartbeat"] == clock.now
+
+
+def test_bad_timings_are_refused(tmp_path):
+  with pytest.raises(ValueError, match=r"`stale_secs` \(5\) must be larger "
+                     r"than `heartbeat_secs` \(10\)"):
+    lease_lib.ModelDirLease(str(tmp_path), heartbeat_secs=10, stale_secs=5)
