@@ -140,43 +140,40 @@ def test_no_credentials_is_a_clear_error(gcs, tmp_path):
 # gives TF 5 retries of its own (6 requests); 7 faults make TF give up once.
 
 
-def test_transient_listing_failure_at_start_resumes_not_restarts(gcs):
-  path = gcs.new_path("listing")
+def _resume_under_fault(gcs, name, fault_for):
+  """Trains to step 5, then to 10 with `fault_for(object prefix)` injected;
+  returns (the second run's result, object names before it)."""
+  path = gcs.new_path(name)
   assert _worker(gcs, "train", path, 5)["latest"].endswith("ckpt-5")
-  name = path[len(f"gs://{gcs.bucket}/"):]
-  gcs.inject(Fault("GET", r"/o\?.*prefix=" + re.escape(name), "status", 503,
-                   times=7))
+  before = _names(gcs, path)
+  gcs.inject(fault_for(path[len(f"gs://{gcs.bucket}/"):]))
   try:
-    result = _worker(gcs, "train", path, 10)
+    return _worker(gcs, "train", path, 10), before, path
   finally:
     gcs.clear_faults()
+
+
+def _listing_fault(times):
+  return lambda prefix: Fault("GET", r"/o\?.*prefix=" + re.escape(prefix),
+                              "status", 503, times=times)
+
+
+def test_transient_listing_failure_at_start_resumes_not_restarts(gcs):
+  result, _, _ = _resume_under_fault(gcs, "listing", _listing_fault(7))
   assert "error" not in result, result
   assert result["saved"] == [5, 10], result  # Resumed at 5, not 0.
 
 
 def test_transient_checkpoint_read_failure_resumes_not_falls_back(gcs):
-  path = gcs.new_path("read")
-  assert _worker(gcs, "train", path, 5)["latest"].endswith("ckpt-5")
-  gcs.inject(Fault("GET", r"model\.ckpt-5\.index", "status", 503, times=7))
-  try:
-    result = _worker(gcs, "train", path, 10)
-  finally:
-    gcs.clear_faults()
+  result, _, _ = _resume_under_fault(gcs, "read", lambda prefix: Fault(
+      "GET", r"model\.ckpt-5\.index", "status", 503, times=7))
   assert "error" not in result, result
   assert result["saved"] == [5, 10], result  # Not from ckpt-0.
 
 
 def test_persistent_listing_failure_is_an_error_and_changes_nothing(gcs):
-  path = gcs.new_path("outage")
-  assert _worker(gcs, "train", path, 5)["latest"].endswith("ckpt-5")
-  before = _names(gcs, path)
-  name = path[len(f"gs://{gcs.bucket}/"):]
-  gcs.inject(Fault("GET", r"/o\?.*prefix=" + re.escape(name), "status", 503,
-                   times=10_000))
-  try:
-    result = _worker(gcs, "train", path, 10)
-  finally:
-    gcs.clear_faults()
+  result, before, path = _resume_under_fault(gcs, "outage",
+                                             _listing_fault(10_000))
   assert result["error"] == "StorageError", result
   assert "Storage kept failing while" in result["message"]
   assert "Nothing was changed" in result["message"]

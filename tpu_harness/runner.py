@@ -15,7 +15,6 @@ The last loop is shortened so training stops exactly at `max_steps`.
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import time
 from typing import (Any, Callable, Dict, Iterable, Iterator, Mapping,
@@ -30,7 +29,8 @@ from hooks import _paths
 from hooks import _validation
 from tpu_harness import checkpoints
 from tpu_harness import cpu_loop
-from tpu_harness import storage
+from tpu_harness import host_loop
+from tpu_harness import restore
 from tpu_harness.config import RunConfig
 from tpu_harness.device_loop import BuiltLoop
 from tpu_harness.device_loop import DeviceLoop
@@ -302,7 +302,7 @@ class Runner:
     def stop():
       return session.should_stop() or preemption.requested or lease.lost
 
-    for count, results, elapsed in self._loops(loop, session,
+    for count, results, elapsed in self._run_loops(loop, session,
                                                last_step - step, stop):
       end_step = int(results["end_step"])
       if end_step - step != count:
@@ -389,7 +389,8 @@ class Runner:
                                         steps),
         checkpoint_path, hooks, prepare) as (loop, session, checkpoint):
       try:
-        ran = sum(count for count, _, _ in self._loops(loop, session, steps))
+        ran = sum(count for count, _, _ in self._run_loops(loop, session,
+                                                              steps))
       finally:
         loop.infeed.stop()
       metrics, step = session.run(
@@ -428,12 +429,18 @@ class Runner:
         lambda: self._device.build_predict(self._model_fn, input_fn, params),
         checkpoint_path, None) as (loop, session, _):
       try:
-        for _, results, _ in self._loops(loop, session, None):
-          yield from _rows(results["outfeed"])
+        for _, results, _ in self._run_loops(loop, session, None):
+          yield from host_loop.prediction_rows(results["outfeed"])
       finally:
         loop.infeed.stop()
 
   # Shared.
+
+  def _run_loops(self, loop: BuiltLoop, session, steps: Optional[int],
+                 stop: Callable[[], bool] = lambda: False):
+    return host_loop.run_loops(loop, session, steps,
+                               self._config.iterations_per_loop, self._clock,
+                               stop)
 
   def _batch_size(self, mode: str) -> int:
     value = self._batch_sizes[mode]
@@ -463,93 +470,16 @@ class Runner:
                        f"`checkpoint_path`.")
     return latest
 
-  @contextlib.contextmanager
   def _restored(self, build: Callable[[], BuiltLoop],
                 checkpoint_path: Optional[str], hooks,
                 prepare: Callable[[], None] = lambda: None):
-    """In a new graph, builds a loop with `build`; chooses `checkpoint_path`
-    or the newest checkpoint in `model_dir`; calls `prepare`; opens a session
-    restored from the checkpoint; yields (loop, session, checkpoint).
-
-    The checkpoint is chosen last, just before the session restores it,
-    because a trainer running beside may rotate it away: if it is gone when
-    the session reads it, all of this is done again with the newest one (up
-    to 3 times).
-    """
-    attempts = 1 if checkpoint_path is not None else 3
-    for attempt in range(1, attempts + 1):
-      with tf.Graph().as_default():
-        tf.compat.v1.train.get_or_create_global_step()
-        loop = build()
-        checkpoint = self._checkpoint_to_use(checkpoint_path)
-        if attempt == 1:
-          prepare()
-        try:
-          session = self._restored_session(loop, checkpoint, hooks)
-        except (tf.errors.NotFoundError, ValueError):
-          if attempt == attempts or storage.stat_or_none(
-              checkpoint + ".index") is not None:
-            raise
-          logging.info("Checkpoint %s was deleted before it could be read "
-                       "(rotated by a trainer beside?); using the newest "
-                       "one.", checkpoint)
-          continue
-        with session:
-          yield loop, session, checkpoint
-        return
-
-  def _restored_session(self, loop: BuiltLoop, checkpoint: str, hooks):
-    checkpoints.check_matches(checkpoint, tf.compat.v1.global_variables())
-    scaffold = tf.compat.v1.train.Scaffold(saver=tf.compat.v1.train.Saver())
-    creator = tf.compat.v1.train.ChiefSessionCreator(
-        scaffold=scaffold, checkpoint_filename_with_path=checkpoint,
-        master=self._config.master, config=self._device.session_config())
-    return tf.compat.v1.train.MonitoredSession(
-        session_creator=creator,
-        hooks=list(loop.hooks) + [InfeedHook(loop.infeed)]
-        + list(hooks or []))
-
-  def _loops(self, loop: BuiltLoop, session, steps: Optional[int],
-             stop: Callable[[], bool] = lambda: False):
-    """Runs loops until `steps` (or the input) is done, or `stop()`.
-
-    The next loop's input is requested before this loop runs, so the host
-    fills the infeed while the device works.
-
-    Yields:
-      (steps run, the run's results, seconds the run took) per loop.
-    """
-    ipl = self._config.iterations_per_loop
-    # Feeding costs host time on every run: feed only a count other than
-    # the loop's default.
-    default = (tf.get_static_value(loop.iterations.op.inputs[0])
-               if loop.iterations.op.type == "PlaceholderWithDefault" else None)
-    done = 0
-    requested = ipl if steps is None else min(ipl, steps)
-    loop.infeed.request(requested)
-    while requested and not stop():
-      count = loop.infeed.wait()
-      if count == 0 or stop():
-        return
-      done += count
-      ended = count < requested
-      requested = 0 if ended else (
-          ipl if steps is None else min(ipl, steps - done))
-      if requested:
-        loop.infeed.request(requested)
-      started = self._clock()
-      results = session.run(loop.fetches, feed_dict=(
-          None if count == default else {loop.iterations: count}))
-      yield count, results, self._clock() - started
-
-
-def _rows(outfeed: Mapping[str, np.ndarray]) -> Iterator[Dict[str, Any]]:
-  valid = outfeed[cpu_loop.VALID]
-  names = [name for name in outfeed if name != cpu_loop.VALID]
-  for step in range(valid.shape[0]):
-    for shard in range(valid.shape[1]):
-      for row in range(int(valid[step, shard])):
-        yield {name: outfeed[name][step, shard, row] for name in names}
+    """`restore.restored` on `checkpoint_path`, or on the newest checkpoint
+    of the run in `model_dir`."""
+    return restore.restored(
+        build, lambda: self._checkpoint_to_use(checkpoint_path),
+        fixed=checkpoint_path is not None, master=self._config.master,
+        session_config=self._device.session_config(), hooks=hooks,
+        prepare=prepare)
 
 
 def _python_value(value: Any) -> Any:
