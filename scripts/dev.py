@@ -76,8 +76,11 @@ def ensure_venv(root: pathlib.Path = ROOT) -> pathlib.Path:
     venv.EnvBuilder(with_pip=True, clear=True).create(env_dir)
   print("[dev] installing requirements.lock (one pip command)", flush=True)
   pip = [str(python), "-m", "pip", "--disable-pip-version-check"]
+  # The lock is the whole closure, so no dependency resolution: it would
+  # pull `tensorflow` (which tf-keras names) beside `tensorflow-cpu`.
   subprocess.run(
-      pip + ["install", "-q", "-r", str(root / "requirements.lock")],
+      pip + ["install", "-q", "--no-deps", "-r",
+             str(root / "requirements.lock")],
       check=True)
   subprocess.run(
       pip + ["install", "-q", "--no-deps", "--no-build-isolation", "-e",

@@ -17,8 +17,19 @@ Public surface::
   LeaseLostError         another trainer took model_dir over
   StorageError           storage kept failing or refused access
   NanLossError           the loss became NaN
+
+Importing it sets `TF_USE_LEGACY_KERAS=1` unless already set: TensorFlow
+reads it on the first use of `tf.compat.v1.layers` or `tf.keras`, which then
+give the legacy Keras (tf-keras) that graph-mode programs, TPUEstimator's
+among them, are written for. Import `tpu_harness` before that first use, or
+set the variable yourself.
 """
 
+import os as _os
+
+_os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
 from tpu_harness.checkpoints import CheckpointMismatchError
 from tpu_harness.checkpoints import NoRestorableCheckpointError
 from tpu_harness.config import RunConfig
