@@ -90,8 +90,24 @@ def model_fn(features, labels, mode, params) -> th.ModelSpec:
       loss, global_step=tf.compat.v1.train.get_global_step())
   batch_accuracy = tf.reduce_mean(tf.cast(tf.equal(classes, labels),
                                           tf.float32))
-  return th.ModelSpec(
-      mode=mode, loss=loss, train_op=train_op,
-      host_call=(lambda accuracy: {"train/batch_accuracy":
-                                   float(np.mean(accuracy))},
-                 {"accuracy": batch_accuracy}))
+  host_call = None
+  if params.get("model_dir"):
+    summary_steps = params.get("summary_steps", 100)
+
+    def host_call_fn(step, accuracy):
+      # As TPUEstimator programs do: tf2 summaries on the host, per step.
+      step = step[0]
+      with tf.compat.v2.summary.create_file_writer(
+          params["model_dir"], max_queue=summary_steps).as_default():
+        with tf.compat.v2.summary.record_if(
+            tf.equal(step % summary_steps, 0)):
+          tf.compat.v2.summary.scalar("train/batch_accuracy",
+                                      tf.reduce_mean(accuracy), step=step)
+        return tf.compat.v1.summary.all_v2_summary_ops()
+
+    host_call = (host_call_fn, [
+        # Reads see the step's start value: +1 is the step being taken.
+        tf.reshape(tf.compat.v1.train.get_global_step() + 1, [1]),
+        tf.reshape(batch_accuracy, [1])])
+  return th.ModelSpec(mode=mode, loss=loss, train_op=train_op,
+                      host_call=host_call)

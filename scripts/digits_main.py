@@ -132,7 +132,9 @@ def make_runner(master: str) -> th.Runner:
       save_summary_steps=FLAGS.iterations_per_loop,
       master=master,
       tpu=th.TPUConfig(num_shards=FLAGS.num_cores))
-  params = {"learning_rate": FLAGS.learning_rate}
+  params = {"learning_rate": FLAGS.learning_rate,
+            "model_dir": FLAGS.model_dir,
+            "summary_steps": FLAGS.iterations_per_loop}
   if FLAGS.data_dir:
     params["data_file"] = os.path.join(FLAGS.data_dir, "digits.csv.gz")
   device_loop = None

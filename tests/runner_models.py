@@ -56,9 +56,20 @@ def linear_model_fn(features, labels, mode, params):
       loss, global_step=tf.compat.v1.train.get_global_step())
   host_call = None
   if params.get("host_call"):
-    host_call = (lambda loss_copy, w0: {"host/loss": float(np.mean(loss_copy)),
-                                        "host/w0": float(w0[0])},
-                 {"loss_copy": loss, "w0": tf.reshape(w[0, 0], [1])})
+    log_dir = params["host_call"]
+
+    def host_fn(step, loss_copy, w0):
+      with tf.compat.v2.summary.create_file_writer(log_dir).as_default():
+        tf.compat.v2.summary.scalar("host/loss", tf.reduce_mean(loss_copy),
+                                    step=step[0])
+        tf.compat.v2.summary.scalar("host/w0", w0[0], step=step[0])
+        return tf.compat.v1.summary.all_v2_summary_ops()
+
+    # Reads see the step's start value: +1 is the step being taken.
+    step = tf.compat.v1.train.get_global_step() + 1
+    host_call = (host_fn, {"step": tf.reshape(step, [1]),
+                           "loss_copy": tf.reshape(loss, [1]),
+                           "w0": tf.reshape(w[0, 0], [1])})
   return th.ModelSpec(mode=mode, loss=loss, train_op=train_op,
                       host_call=host_call)
 

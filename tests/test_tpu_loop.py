@@ -63,15 +63,20 @@ def test_train_graph_has_the_tpu_parts_with_per_core_shapes():
   assert tf.get_static_value(built.iterations.op.inputs[0]) == 4
 
 
-def test_host_call_tensors_go_through_the_outfeed():
-  built, nodes = _build(shards=2, batch=8, params={"host_call": True})
+def test_host_call_tensors_go_through_the_outfeed(tmp_path):
+  built, nodes = _build(shards=2, batch=8, params={"host_call": str(
+      tmp_path)})
   outfeed = built.fetches["outfeed"]
-  assert sorted(outfeed) == ["loss", "loss_copy", "w0"]
-  # Scalars become [1] per core; 2 cores -> [steps, 2].
-  assert outfeed["loss_copy"].shape.as_list() == [None, 2]
-  assert built.host_fn is not None
+  assert sorted(outfeed) == ["host_call/0", "host_call/1", "host_call/2",
+                             "loss"]
+  # [1] per core; 2 cores -> [steps, 2].
+  assert outfeed["host_call/1"].shape.as_list() == [None, 2]
+  assert built.host_call is not None and built.host_call in built.hooks
   sent, = [n for n in nodes if n.op == "OutfeedEnqueueTuple"]
-  assert len(sent.attr["dtypes"].list.type) == 3
+  assert len(sent.attr["dtypes"].list.type) == 4
+  # The host ops (tf2 summaries) were built on the host, outside the TPU
+  # computation.
+  assert [n for n in nodes if n.op == "WriteSummary"]
 
 
 def test_one_core_needs_no_cross_shard_optimizer():

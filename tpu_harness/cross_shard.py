@@ -4,8 +4,10 @@ On a TPU each replica runs the same step on its slice of the batch and
 `tf.compat.v1.tpu.CrossShardOptimizer` sums gradients with a cross-replica
 all-reduce. Locally the runner builds each replica's step in turn, on its own
 virtual CPU device, inside one loop body. `CrossShardOptimizer` then collects
-the gradients of every replica and applies their mean once, in the last
-replica's `apply_gradients`; earlier replicas' `apply_gradients` are no-ops.
+the gradients of every replica and applies their mean once, in the
+`apply_gradients` of the replica built last; the others' are no-ops. The
+CPU emulation builds replica 0 last, so that, as on a TPU, replica 0 reads
+the global step after the update once its own train op is built.
 One step of N replicas thus equals one step of one replica on the whole batch
 (for a loss that is a mean over the batch), and the global step advances once.
 
@@ -24,6 +26,8 @@ from typing import Dict, List, Optional
 import tensorflow as tf
 
 _LOCAL = threading.local()
+# TF's own, held before the CPU emulation may point the public name at ours.
+_TPU_CROSS_SHARD_OPTIMIZER = tf.compat.v1.tpu.CrossShardOptimizer
 
 
 @dataclasses.dataclass
@@ -36,6 +40,7 @@ class _ReplicaContext:
       default_factory=dict)
   used: bool = False
   tpu: bool = False
+  applies: int = 0  # apply_gradients calls so far in this step.
 
 
 def current_replica() -> Optional[_ReplicaContext]:
@@ -91,16 +96,36 @@ class CrossShardOptimizer(tf.compat.v1.train.Optimizer):
   """
 
   def __init__(self, optimizer: tf.compat.v1.train.Optimizer,
-               name: str = "CrossShardOptimizer"):
+               name: str = "CrossShardOptimizer",
+               reduction: str = tf.compat.v1.losses.Reduction.MEAN):
+    """Wraps `optimizer`.
+
+    Args:
+      optimizer: the optimizer to apply the combined gradients with.
+      name: the optimizer's name.
+      reduction: MEAN averages the replicas' gradients, SUM adds them (as
+        `tf.compat.v1.tpu.CrossShardOptimizer`'s `reduction`).
+
+    Raises:
+      TypeError: `optimizer` is not a tf.compat.v1.train.Optimizer.
+      ValueError: `reduction` is neither MEAN nor SUM.
+    """
     if not isinstance(optimizer, tf.compat.v1.train.Optimizer):
       raise TypeError(f"`optimizer` ({optimizer!r}) must be a "
                       f"tf.compat.v1.train.Optimizer.")
+    reductions = (tf.compat.v1.losses.Reduction.MEAN,
+                  tf.compat.v1.losses.Reduction.SUM)
+    if reduction not in reductions:
+      raise ValueError(f"`reduction` ({reduction!r}) must be one of "
+                       f"{list(reductions)}.")
     super().__init__(use_locking=False, name=name)
     self._optimizer = optimizer
+    self._reduction = reduction
 
   def _tpu_optimizer(self):
     if not hasattr(self, "_tpu"):
-      self._tpu = tf.compat.v1.tpu.CrossShardOptimizer(self._optimizer)
+      self._tpu = _TPU_CROSS_SHARD_OPTIMIZER(self._optimizer,
+                                             reduction=self._reduction)
     return self._tpu
 
   def compute_gradients(self, loss, var_list=None, **kwargs):
@@ -128,8 +153,10 @@ class CrossShardOptimizer(tf.compat.v1.train.Optimizer):
       key = var.ref()
       context.grads.setdefault(key, []).append(grad)
       context.variables[key] = var
-    if context.index < context.count - 1:
+    context.applies += 1
+    if context.applies < context.count:
       return tf.no_op(name="collect_replica_gradients")
+    context.applies = 0
     averaged = []
     for key, grads in context.grads.items():
       if len(grads) != context.count:
@@ -137,8 +164,10 @@ class CrossShardOptimizer(tf.compat.v1.train.Optimizer):
             f"Variable {context.variables[key].name} got gradients from "
             f"{len(grads)} of {context.count} replicas; every replica must "
             f"compute the same gradients.")
-      averaged.append((tf.add_n(grads) / float(context.count),
-                       context.variables[key]))
+      total = tf.add_n(grads)
+      averaged.append((
+          total if self._reduction == tf.compat.v1.losses.Reduction.SUM
+          else total / float(context.count), context.variables[key]))
     context.grads.clear()
     return self._optimizer.apply_gradients(averaged, global_step, name)
 

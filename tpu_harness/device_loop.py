@@ -31,20 +31,24 @@ class BuiltLoop:
       the steps the next run does; feed it only to run fewer (a feed costs
       host time on every run).
     fetches: what one run returns: `outfeed` (per-step values stacked on a
-      first axis of length `iterations`), and for TRAIN `end_step`, the global
-      step after the run.
-    host_fn: TRAIN: the host_call function, or None.
+      first axis of length `iterations`), for TRAIN `end_step`, the global
+      step after the run, for EVAL `update` (the metrics' updates).
+    host_call: the spec's `host_call` built on the host (TRAIN, EVAL), or
+      None; run it on each loop's outfeed.
     metrics: EVAL: `{name: value tensor}` of the streaming metrics, updated by
       running `fetches`.
-    hooks: session hooks the loop needs (e.g. TPU system initialization),
-      run before the runner's own.
+    hooks: session hooks the loop needs (e.g. TPU system initialization, the
+      host_call's summary writers), run before the runner's own.
+    spec: the first replica's ModelSpec (its scaffold_fn, hooks and
+      export outputs).
   """
   infeed: HostInfeed
   iterations: tf.Tensor
   fetches: Dict[str, Any]
-  host_fn: Optional[Callable[..., Mapping[str, float]]] = None
+  host_call: Optional[Any] = None
   metrics: Optional[Dict[str, tf.Tensor]] = None
   hooks: Tuple[tf.compat.v1.train.SessionRunHook, ...] = ()
+  spec: Optional[Any] = None
 
 
 class DeviceLoop(abc.ABC):

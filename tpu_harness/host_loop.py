@@ -69,10 +69,15 @@ def run_loops(loop: BuiltLoop, session, steps: Optional[int],
 def prediction_rows(outfeed: Mapping[str, np.ndarray]
                     ) -> Iterator[Dict[str, Any]]:
   """One `{name: value}` per real example of a predict loop's outfeed
-  (values shaped [steps, replicas, rows, ...]; padding rows dropped)."""
+  (values shaped [steps, replicas, rows, ...]; padding rows dropped), or
+  one value per example where the predictions were a single tensor."""
   valid = outfeed[cpu_loop.VALID]
   names = [name for name in outfeed if name != cpu_loop.VALID]
+  single = names == [cpu_loop.SINGLE_PREDICTION]
   for step in range(valid.shape[0]):
     for shard in range(valid.shape[1]):
       for row in range(int(valid[step, shard])):
-        yield {name: outfeed[name][step, shard, row] for name in names}
+        if single:
+          yield outfeed[cpu_loop.SINGLE_PREDICTION][step, shard, row]
+        else:
+          yield {name: outfeed[name][step, shard, row] for name in names}

@@ -77,14 +77,40 @@ def restored(build: Callable[[], BuiltLoop],
       return
 
 
+def scaffold_for(spec, default_saver: Callable[[], tf.compat.v1.train.Saver]
+                 ) -> Tuple[tf.compat.v1.train.Scaffold, bool]:
+  """The session's Scaffold: the spec's `scaffold_fn()` (called here, once,
+  on the host), with `default_saver()` where it has no saver.
+
+  Returns:
+    (the Scaffold, whether its saver is the user's).
+  """
+  user = spec.scaffold_fn() if spec is not None and spec.scaffold_fn else None
+  if user is None:
+    return tf.compat.v1.train.Scaffold(saver=default_saver()), False
+  if not isinstance(user, tf.compat.v1.train.Scaffold):
+    raise TypeError(f"`scaffold_fn` must return a "
+                    f"tf.compat.v1.train.Scaffold, got {user!r}.")
+  if user.saver is not None:
+    return tf.compat.v1.train.Scaffold(copy_from_scaffold=user), True
+  return tf.compat.v1.train.Scaffold(saver=default_saver(),
+                                     copy_from_scaffold=user), False
+
+
 def _open(loop: BuiltLoop, checkpoint: str, master: str,
           session_config: tf.compat.v1.ConfigProto,
           hooks) -> tf.compat.v1.train.MonitoredSession:
-  checkpoints.check_matches(checkpoint, tf.compat.v1.global_variables())
-  scaffold = tf.compat.v1.train.Scaffold(saver=tf.compat.v1.train.Saver())
+  scaffold, users_saver = scaffold_for(loop.spec, tf.compat.v1.train.Saver)
+  if not users_saver:
+    # A user's saver (e.g. mapping moving-average names onto the model's
+    # variables) restores what it was built for; TF's restore says what is
+    # missing then.
+    checkpoints.check_matches(checkpoint, tf.compat.v1.global_variables())
   creator = tf.compat.v1.train.ChiefSessionCreator(
       scaffold=scaffold, checkpoint_filename_with_path=checkpoint,
       master=master, config=session_config)
+  spec_hooks = loop.spec.hooks_for_mode if loop.spec is not None else ()
   return tf.compat.v1.train.MonitoredSession(
       session_creator=creator,
-      hooks=list(loop.hooks) + [InfeedHook(loop.infeed)] + list(hooks or []))
+      hooks=list(loop.hooks) + [InfeedHook(loop.infeed)] + list(spec_hooks)
+      + list(hooks or []))

@@ -237,13 +237,13 @@ class Runner:
         logging.info("Warm-starting trainable variables from %s.",
                      config.warm_start_from)
         tf.compat.v1.train.warm_start(config.warm_start_from)
-      saver = tf.compat.v1.train.Saver(
-          max_to_keep=config.keep_checkpoint_max, save_relative_paths=True)
+      scaffold, _ = restore.scaffold_for(loop.spec, lambda: (
+          tf.compat.v1.train.Saver(max_to_keep=config.keep_checkpoint_max,
+                                   save_relative_paths=True)))
       # Rotation (keep_checkpoint_max) covers the run's own checkpoints of
       # earlier runs, and a lowered maximum applies at once.
-      saver.recover_last_checkpoints(checkpoints.enforce_keep_max(
+      scaffold.saver.recover_last_checkpoints(checkpoints.enforce_keep_max(
           config.model_dir, resume.recent, config.keep_checkpoint_max))
-      scaffold = tf.compat.v1.train.Scaffold(saver=saver)
       ipl = config.iterations_per_loop
       saver_hook = hooks_lib.CheckpointSaverHook(
           config.model_dir, save_steps=config.save_checkpoints_steps,
@@ -265,7 +265,7 @@ class Runner:
               every_n_steps=config.log_step_count_steps,
               output_dir=config.model_dir, steps_per_run=ipl,
               batch_size=batch_size),
-      ] + user_hooks + [saver_hook]
+      ] + list(loop.spec.training_hooks) + user_hooks + [saver_hook]
       creator = tf.compat.v1.train.ChiefSessionCreator(
           scaffold=scaffold, checkpoint_filename_with_path=resume.checkpoint,
           master=config.master, config=self._device.session_config())
@@ -311,23 +311,17 @@ class Runner:
             f"{count} steps: `model_fn`'s train_op must advance it by exactly "
             f"one per step (pass global_step=tf.compat.v1.train."
             f"get_global_step() to the optimizer's minimize).")
-      try:
-        self._report(results["outfeed"], loop.host_fn, step, end_step,
-                     elapsed, batch_size, last_step, writer)
-      except StopIteration as error:
-        # MonitoredSession would take it for the end of the input and
-        # close as if training had succeeded.
-        raise RuntimeError(
-            f"The host_call function raised StopIteration at step "
-            f"{end_step}; training stopped.") from error
+      self._report(results["outfeed"], step, end_step, elapsed, batch_size,
+                   last_step, writer)
+      _run_host_call(loop, results, count)
       step = end_step
     lease.check()
     if step < last_step and not stop():
       logging.info("Input ended at step %d, before max_steps %d.", step,
                    last_step)
 
-  def _report(self, outfeed, host_fn, start, end, elapsed, batch_size,
-              last_step, writer) -> None:
+  def _report(self, outfeed, start, end, elapsed, batch_size, last_step,
+              writer) -> None:
     losses = outfeed[cpu_loop.LOSS]
     steps = end - start
     rate = steps / elapsed if elapsed > 0 else float("inf")
@@ -337,15 +331,9 @@ class Runner:
     for offset, step in enumerate(range(start + 1, end + 1)):
       if step % every and step != last_step:
         continue
-      values = [tf.compat.v1.Summary.Value(tag="loss",
-                                           simple_value=losses[offset])]
-      if host_fn is not None:
-        scalars = host_fn(**{name: value[offset]
-                             for name, value in outfeed.items()
-                             if name != cpu_loop.LOSS})
-        values += [tf.compat.v1.Summary.Value(tag=tag, simple_value=float(v))
-                   for tag, v in dict(scalars).items()]
-      writer.add_summary(tf.compat.v1.Summary(value=values), step)
+      writer.add_summary(tf.compat.v1.Summary(value=[
+          tf.compat.v1.Summary.Value(tag="loss",
+                                     simple_value=losses[offset])]), step)
 
   # Evaluation.
 
@@ -388,9 +376,11 @@ class Runner:
         lambda: self._device.build_eval(self._model_fn, input_fn, params,
                                         steps),
         checkpoint_path, hooks, prepare) as (loop, session, checkpoint):
+      ran = 0
       try:
-        ran = sum(count for count, _, _ in self._run_loops(loop, session,
-                                                              steps))
+        for count, results, _ in self._run_loops(loop, session, steps):
+          _run_host_call(loop, results, count)
+          ran += count
       finally:
         loop.infeed.stop()
       metrics, step = session.run(
@@ -480,6 +470,12 @@ class Runner:
         fixed=checkpoint_path is not None, master=self._config.master,
         session_config=self._device.session_config(), hooks=hooks,
         prepare=prepare)
+
+
+def _run_host_call(loop: BuiltLoop, results, count: int) -> None:
+  """Runs the loop's host_call for each of its `count` steps."""
+  if loop.host_call is not None:
+    loop.host_call.run(results["outfeed"], count)
 
 
 def _python_value(value: Any) -> Any:

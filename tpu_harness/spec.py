@@ -3,68 +3,105 @@
     model_fn(features, labels, mode, params) -> ModelSpec
     input_fn(params) -> tf.data.Dataset
 
+`ModelSpec` has TPUEstimatorSpec's fields, in its order, with its meaning
+(`tpu_harness.estimator.tpu.TPUEstimatorSpec` is this class).
 `params` is the runner's params plus `batch_size`, the per-replica batch size.
 `model_fn` is called once per replica per step, inside the device loop, so it
 must create variables with `tf.compat.v1.get_variable` (or
 `tf.compat.v1.layers`), which the loop shares across replicas and steps, and
-with `num_shards > 1` wrap its optimizer in `tpu_harness.CrossShardOptimizer`.
+with `num_shards > 1` wrap its optimizer in `tpu_harness.CrossShardOptimizer`
+(or `tf.compat.v1.tpu.CrossShardOptimizer`, which the emulation maps to it).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from typing import Any, Callable, Mapping, Optional, Sequence, Tuple, Union
 
 import tensorflow as tf
 
 
 class ModeKeys:
-  """The three modes `model_fn` is called in."""
+  """The three modes `model_fn` is called in (TF's strings)."""
   TRAIN = "train"
   EVAL = "eval"
   PREDICT = "infer"
 
 
-# (fn, tensors): fn(**tensors) or fn(*tensors) when tensors is a list.
+# (fn, tensors): fn(**tensors), or fn(*tensors) when tensors is a list.
 TensorsCall = Tuple[Callable[..., Any],
                     Union[Mapping[str, tf.Tensor], Sequence[tf.Tensor]]]
+
+Hooks = Tuple[tf.compat.v1.train.SessionRunHook, ...]
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
-  """What `model_fn` returns.
+  """What `model_fn` returns: TPUEstimatorSpec's fields and meaning.
 
   Attributes:
     mode: the mode it was called in.
+    predictions: a tensor, or a dict of tensors, each with the batch as first
+      axis (PREDICT).
     loss: scalar loss (TRAIN and EVAL).
     train_op: the op of one training step; it must advance the global step
       by one (pass `global_step=` to `minimize`) (TRAIN).
-    eval_metrics: `(metric_fn, tensors)`. The tensors of every step and
-      replica are concatenated along their first axis and handed to
-      `metric_fn`, which returns `{name: (value, update_op)}` built from
+    eval_metrics: `(metric_fn, tensors)`, tensors a list or dict. The
+      tensors of every step and replica are concatenated along their first
+      axis and handed to `metric_fn` (positionally for a list, by name for a
+      dict), which returns `{name: (value, update_op)}` built from
       `tf.compat.v1.metrics` (EVAL).
-    predictions: `{name: tensor}`, each with the batch as first axis
-      (PREDICT).
-    host_call: `(host_fn, {name: tensor})`. After each loop, for every step,
-      `host_fn(**values)` is called on the host with that step's values as
-      numpy arrays (replicas concatenated along the first axis; scalars become
-      shape [num_shards]) and returns `{tag: float}` scalars, written to
-      TensorBoard at that step every `save_summary_steps` steps (TRAIN).
+    export_outputs: `{name: tpu_harness.estimator.export.*Output}` for
+      `export_saved_model` (PREDICT).
+    scaffold_fn: returns a `tf.compat.v1.train.Scaffold`; called once on the
+      host after the loop is built. Its `saver` saves (TRAIN) and restores
+      (EVAL, PREDICT, e.g. moving-average variables); its `init_fn`
+      initializes a run without a checkpoint.
+    host_call: `(fn, tensors)`, tensors a list or dict of tensors of rank >=
+      1. Every step their values, concatenated across replicas on axis 0,
+      are fed to the ops `fn` built on the host (see
+      `tpu_harness.host_call`) (TRAIN and EVAL).
+    training_hooks: more session hooks for `train`; each sees one
+      `Session.run` per loop.
+    evaluation_hooks: more session hooks for `evaluate`.
+    prediction_hooks: more session hooks for `predict`.
   """
   mode: str
+  predictions: Optional[Union[tf.Tensor, Mapping[str, tf.Tensor]]] = None
   loss: Optional[tf.Tensor] = None
   train_op: Optional[Union[tf.Operation, tf.Tensor]] = None
   eval_metrics: Optional[TensorsCall] = None
-  predictions: Optional[Mapping[str, tf.Tensor]] = None
-  host_call: Optional[Tuple[Callable[..., Mapping[str, float]],
-                            Mapping[str, tf.Tensor]]] = None
+  export_outputs: Optional[Mapping[str, Any]] = None
+  scaffold_fn: Optional[Callable[[], tf.compat.v1.train.Scaffold]] = None
+  host_call: Optional[TensorsCall] = None
+  training_hooks: Hooks = ()
+  evaluation_hooks: Hooks = ()
+  prediction_hooks: Hooks = ()
+
+  def __post_init__(self):
+    for name in ("training_hooks", "evaluation_hooks", "prediction_hooks"):
+      hooks = tuple(getattr(self, name) or ())
+      for index, hook in enumerate(hooks):
+        if not isinstance(hook, tf.compat.v1.train.SessionRunHook):
+          raise TypeError(f"`{name}[{index}]` ({hook!r}) must be a "
+                          f"tf.compat.v1.train.SessionRunHook.")
+      object.__setattr__(self, name, hooks)
+
+  @property
+  def hooks_for_mode(self) -> Hooks:
+    """The hooks for the spec's own mode."""
+    return {ModeKeys.TRAIN: self.training_hooks,
+            ModeKeys.EVAL: self.evaluation_hooks,
+            ModeKeys.PREDICT: self.prediction_hooks}[self.mode]
 
 
 def check_spec(spec: Any, mode: str) -> ModelSpec:
   """Returns `spec` if it fits `mode`; raises a clear error otherwise."""
   if not isinstance(spec, ModelSpec):
-    raise TypeError(f"`model_fn` must return a tpu_harness.ModelSpec, got "
-                    f"{type(spec).__name__} ({spec!r}).")
+    raise TypeError(f"`model_fn` must return a tpu_harness.ModelSpec (or "
+                    f"TPUEstimatorSpec), got {type(spec).__name__} "
+                    f"({spec!r}).")
   if spec.mode != mode:
     raise ValueError(f"`model_fn` returned a ModelSpec with mode "
                      f"{spec.mode!r} when called with mode {mode!r}.")
@@ -77,28 +114,47 @@ def check_spec(spec: Any, mode: str) -> ModelSpec:
     raise ValueError(f"`model_fn` must return a `train_op` in mode "
                      f"{mode!r}; got {spec.train_op!r}.")
   if mode == ModeKeys.EVAL and spec.eval_metrics is not None:
-    _check_call("eval_metrics", spec.eval_metrics)
-  if mode == ModeKeys.TRAIN and spec.host_call is not None:
-    _check_call("host_call", spec.host_call)
-    if not isinstance(spec.host_call[1], Mapping):
-      raise ValueError(f"`host_call` tensors must be a dict of name -> "
-                       f"tensor; got {spec.host_call[1]!r}.")
-    if "loss" in spec.host_call[1]:
-      raise ValueError("`host_call` tensors may not be named 'loss'; the "
-                       "runner records the loss itself.")
+    check_call("eval_metrics", spec.eval_metrics)
+  if mode in (ModeKeys.TRAIN, ModeKeys.EVAL) and spec.host_call is not None:
+    check_call("host_call", spec.host_call)
+  if spec.scaffold_fn is not None and not callable(spec.scaffold_fn):
+    raise TypeError(f"`scaffold_fn` ({spec.scaffold_fn!r}) must be a "
+                    f"function returning a tf.compat.v1.train.Scaffold.")
+  if spec.export_outputs is not None and not isinstance(spec.export_outputs,
+                                                        Mapping):
+    raise TypeError(f"`export_outputs` ({spec.export_outputs!r}) must be a "
+                    f"dict of name -> export output.")
   if mode == ModeKeys.PREDICT:
-    if (not isinstance(spec.predictions, Mapping) or not spec.predictions
-        or not all(isinstance(t, tf.Tensor) and t.shape.rank
-                   for t in spec.predictions.values())):
-      raise ValueError(f"`model_fn` must return `predictions` as a non-empty "
-                       f"dict of tensors with a batch axis in mode {mode!r}; "
-                       f"got {spec.predictions!r}.")
+    predictions = spec.predictions
+    values = (list(predictions.values()) if isinstance(predictions, Mapping)
+              else [predictions])
+    if not values or not all(isinstance(t, tf.Tensor) and t.shape.rank
+                             for t in values):
+      raise ValueError(f"`model_fn` must return `predictions` as a tensor or "
+                       f"a non-empty dict of tensors, each with a batch axis, "
+                       f"in mode {mode!r}; got {predictions!r}.")
   return spec
 
 
-def _check_call(name: str, value: Any) -> None:
-  if (not isinstance(value, tuple) or len(value) != 2
+def check_call(name: str, value: Any) -> None:
+  """Checks a `(fn, tensors)` pair as TPUEstimatorSpec did."""
+  if (not isinstance(value, (tuple, list)) or len(value) != 2
       or not callable(value[0])
       or not isinstance(value[1], (Mapping, list, tuple))):
     raise ValueError(f"`{name}` must be a (fn, tensors) pair with tensors a "
                      f"dict or list; got {value!r}.")
+  fn, tensors = value
+  if isinstance(tensors, (list, tuple)):
+    try:
+      parameters = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+      return
+    if any(p.kind == p.VAR_POSITIONAL for p in parameters):
+      return
+    positional = [p for p in parameters
+                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if len(positional) != len(tensors):
+      raise ValueError(
+          f"`{name}` passes {len(tensors)} tensors to {fn.__name__}, which "
+          f"takes {len(positional)} arguments "
+          f"({', '.join(p.name for p in positional)}).")

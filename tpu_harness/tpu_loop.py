@@ -32,6 +32,7 @@ from tpu_harness.cpu_loop import LOSS
 from tpu_harness.cpu_loop import make_input
 from tpu_harness.device_loop import BuiltLoop
 from tpu_harness.device_loop import DeviceLoop
+from tpu_harness.host_call import HostCall
 from tpu_harness.infeed import HostInfeed
 
 
@@ -92,7 +93,7 @@ class TpuLoop(DeviceLoop):
     iterations = tf.compat.v1.placeholder_with_default(
         self._iterations_per_loop, [], name="iterations")
     outfeed_spec: Dict[str, Any] = {}
-    host_fn_holder: Dict[str, Any] = {}
+    holder: Dict[str, Any] = {}
 
     def computation(steps):
       def body(i):
@@ -101,12 +102,13 @@ class TpuLoop(DeviceLoop):
         features, labels = tf.nest.pack_sequence_as(structure, flat)
         spec = spec_lib.check_spec(model_fn(features, labels, mode, params),
                                    mode)
+        holder["spec"] = spec
         values = {LOSS: spec.loss}
         if spec.host_call is not None:
-          host_fn_holder["fn"] = spec.host_call[0]
-          for name, tensor in spec.host_call[1].items():
-            values[name] = (tf.reshape(tensor, [1]) if tensor.shape.rank == 0
-                            else tensor)
+          # Each core sends its own tensors; the host concatenates them.
+          call = HostCall(*spec.host_call)
+          holder["host_call"] = call
+          values.update(call.outfeed([spec.host_call[1]]))
         names = sorted(values)
         outfeed_spec["names"] = names
         outfeed_spec["dtypes"] = [values[n].dtype for n in names]
@@ -136,10 +138,14 @@ class TpuLoop(DeviceLoop):
                                       [r[0] for r in replicated])
       with tf.control_dependencies(list(stacked.values())):
         end_step = tf.compat.v1.train.get_global_step().read_value()
+      call = holder.get("host_call")
+      if call is not None:
+        call.build(stacked)
     return BuiltLoop(infeed=infeed, iterations=iterations,
                      fetches={"outfeed": stacked, "end_step": end_step},
-                     host_fn=host_fn_holder.get("fn"),
-                     hooks=(TpuSystemHook(self._host_device),))
+                     host_call=call, spec=holder.get("spec"),
+                     hooks=(TpuSystemHook(self._host_device),)
+                     + ((call,) if call is not None else ()))
 
   def _dequeue_outfeed(self, iterations, spec, done) -> Dict[str, tf.Tensor]:
     """Host loop: each step's outfeed from every core, stacked by step.

@@ -1,0 +1,144 @@
+"""replicas: N emulated replicas behave as N TPU cores would."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tpu_harness as th
+from runner_models import NUM_FEATURES
+from runner_models import data
+from runner_models import train_input_fn
+from runner_models import weights
+
+
+def _same_batch_input(batch):
+  """Every step and every replica gets the same `batch` rows."""
+  x, y = data(n=batch)
+
+  def input_fn(params):
+    assert params["batch_size"] == batch
+    return tf.data.Dataset.from_tensors((x, y)).repeat()
+
+  return input_fn
+
+
+def _bn_model_fn(features, labels, mode, params):
+  """Dense -> batch norm (momentum 0.9) -> Dense, with TF's own
+  tf.compat.v1.tpu.CrossShardOptimizer, as TPUEstimator programs write it."""
+  init = tf.compat.v1.glorot_uniform_initializer
+  hidden = tf.compat.v1.layers.Dense(8, name="hidden",
+                                     kernel_initializer=init(seed=1))(features)
+  hidden = tf.compat.v1.layers.BatchNormalization(momentum=0.9, name="bn")(
+      hidden, training=mode == th.ModeKeys.TRAIN)
+  output = tf.compat.v1.layers.Dense(1, name="out", kernel_initializer=init(
+      seed=2))(tf.nn.relu(hidden))
+  loss = tf.reduce_mean(tf.square(output - labels))
+  optimizer = tf.compat.v1.train.GradientDescentOptimizer(0.05)
+  if params["use_tpu"]:
+    optimizer = tf.compat.v1.tpu.CrossShardOptimizer(optimizer)
+  with tf.control_dependencies(
+      tf.compat.v1.get_collection(tf.compat.v1.GraphKeys.UPDATE_OPS)):
+    train_op = optimizer.minimize(
+        loss, global_step=tf.compat.v1.train.get_global_step())
+  return th.ModelSpec(mode=mode, loss=loss, train_op=train_op)
+
+
+def _train(model_dir, shards, batch=16, steps=6, model_fn=_bn_model_fn):
+  runner = th.Runner(
+      model_fn, th.RunConfig(str(model_dir), iterations_per_loop=3,
+                             tpu=th.TPUConfig(num_shards=shards)),
+      params={"use_tpu": shards > 1}, train_batch_size=batch * shards)
+  runner.train(_same_batch_input(batch), max_steps=steps)
+  return tf.train.load_checkpoint(runner.latest_checkpoint())
+
+
+def test_batch_norm_statistics_match_one_replica_with_identical_data(
+    tmp_path):
+  one = _train(tmp_path / "one", shards=1)
+  two = _train(tmp_path / "two", shards=2)
+  for name in ("bn/moving_mean", "bn/moving_variance", "bn/gamma",
+               "hidden/kernel", "out/kernel"):
+    np.testing.assert_allclose(two.get_tensor(name), one.get_tensor(name),
+                               rtol=1e-5, atol=1e-6, err_msg=name)
+  # Six updates of momentum 0.9 from the initial zeros: 1 - 0.9**6 of the
+  # way to the batch mean (compounding across 2 replicas would be 0.81**6).
+  assert not np.allclose(one.get_tensor("bn/moving_mean"), 0)
+  # Replica 1's own copies are never saved.
+  assert not [n for n in two.get_variable_to_shape_map() if "replica_" in n]
+
+
+def test_tf_cross_shard_optimizer_is_emulated_and_restored_afterwards(
+    tmp_path):
+  original = tf.compat.v1.tpu.CrossShardOptimizer
+  _train(tmp_path / "two", shards=2, steps=3)
+  assert tf.compat.v1.tpu.CrossShardOptimizer is original
+
+
+def test_global_step_reads_in_model_fn_see_the_steps_start(tmp_path):
+  seen = []
+
+  def model_fn(features, labels, mode, params):
+    spec = _bn_model_fn(features, labels, mode, params)
+    # Built after the train op, read in the same step: still the start value.
+    step = tf.compat.v1.train.get_global_step().read_value()
+    record = tf.py_function(lambda s: seen.append(int(s)) or s, [step],
+                            tf.int64)
+    return th.ModelSpec(mode=mode, loss=spec.loss,
+                        train_op=tf.group(spec.train_op, record))
+
+  _train(tmp_path, shards=2, steps=6, model_fn=model_fn)
+  # Two replicas, each reading steps 0..5.
+  assert sorted(seen) == sorted(list(range(6)) * 2)
+
+
+def test_per_host_input_splits_global_batches_among_replicas(tmp_path):
+  sizes = []
+
+  def input_fn(params):
+    sizes.append(params["batch_size"])
+    return train_input_fn()(params)
+
+  def run(model_dir, shards, per_host):
+    runner = th.Runner(
+        _linear, th.RunConfig(
+            str(model_dir), iterations_per_loop=4,
+            tpu=th.TPUConfig(num_shards=shards)),
+        train_batch_size=32,
+        device_loop=th.CpuEmulationLoop(num_shards=shards,
+                                        iterations_per_loop=4,
+                                        per_host_input=per_host))
+    runner.train(input_fn, max_steps=8)
+    return weights(runner.latest_checkpoint())
+
+  whole = run(tmp_path / "one", 1, False)
+  split = run(tmp_path / "split", 2, True)
+  # input_fn got the global batch (32) both times; the 2 replicas each took
+  # 16 rows of it, so training equals one replica on the same batches.
+  assert sizes == [32, 32]
+  np.testing.assert_allclose(split, whole, rtol=1e-5)
+
+
+def _linear(features, labels, mode, params):
+  w = tf.compat.v1.get_variable("w", [NUM_FEATURES, 1],
+                                initializer=tf.zeros_initializer())
+  loss = tf.reduce_mean(tf.square(features @ w - labels))
+  optimizer = th.CrossShardOptimizer(
+      tf.compat.v1.train.GradientDescentOptimizer(0.1))
+  return th.ModelSpec(mode=mode, loss=loss, train_op=optimizer.minimize(
+      loss, global_step=tf.compat.v1.train.get_global_step()))
+
+
+def test_group_assignment_is_refused_clearly(tmp_path):
+  def model_fn(features, labels, mode, params):
+    w = tf.compat.v1.get_variable("w", [NUM_FEATURES, 1])
+    loss = tf.reduce_mean(tf.square(features @ w - labels))
+    optimizer = tf.compat.v1.tpu.CrossShardOptimizer(
+        tf.compat.v1.train.GradientDescentOptimizer(0.1),
+        group_assignment=[[0, 1]])
+    return th.ModelSpec(mode=mode, loss=loss, train_op=optimizer.minimize(
+        loss, global_step=tf.compat.v1.train.get_global_step()))
+
+  runner = th.Runner(model_fn, th.RunConfig(
+      str(tmp_path), tpu=th.TPUConfig(num_shards=2)), train_batch_size=8)
+  with pytest.raises(NotImplementedError, match="group_assignment"):
+    runner.train(train_input_fn(), max_steps=2)

@@ -1,0 +1,127 @@
+"""The one place where the runner touches TensorFlow internals.
+
+Why each is needed, and what it does; nothing here leaks into a public
+signature.
+
+- Summary writers (tf.compat.v2.summary.create_file_writer) that a
+  `host_call` creates in graph mode must be initialized once the session
+  exists and flushed when it ends, as TPUEstimator did. TF lists their
+  initializers only in a private collection (`summary_ops_v2`); flushing uses
+  the public raw op on each writer's resource.
+- A TPUEstimator program wraps its optimizer in
+  `tf.compat.v1.tpu.CrossShardOptimizer`, whose gradient all-reduce is a TPU
+  op with no CPU kernel. While the CPU emulation builds its replicas, that
+  public name is pointed at `tpu_harness.CrossShardOptimizer`, which averages
+  the replicas' gradients on CPU (the `tensorflow.compat.v1.tpu` API module
+  is the object both `tf.compat.v1.tpu` and `tensorflow.compat.v1 as tf;
+  tf.tpu` resolve to).
+- Within a step, reads of the global step in `model_fn` are made to run
+  before its increment (`reads_before_update`), so they see the value from
+  before the step, every time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from typing import Callable, List
+
+import tensorflow as tf
+from tensorflow.python.ops import summary_ops_v2  # pylint: disable=g-direct-tensorflow-import
+
+
+def summary_writer_init_ops() -> List[tf.Operation]:
+  """Initializers of the tf2 summary writers of the default graph."""
+  return list(summary_ops_v2.summary_writer_initializer_op())
+
+
+def summary_writer_flush_ops(init_ops: List[tf.Operation]
+                             ) -> List[tf.Operation]:
+  """One flush op per writer whose initializer is in `init_ops`."""
+  return [tf.raw_ops.FlushSummaryWriter(writer=op.inputs[0])
+          for op in init_ops]
+
+
+def _tpu_api_modules() -> list:
+  """The API modules that export CrossShardOptimizer for v1 code."""
+  names = ("tensorflow._api.v2.compat.v1.tpu",
+           "tensorflow._api.v2.compat.v2.compat.v1.tpu")
+  modules = [sys.modules[n] for n in names if n in sys.modules]
+  modules.append(tf.compat.v1.tpu)
+  unique = []
+  for module in modules:
+    if all(module is not seen for seen in unique):
+      unique.append(module)
+  return unique
+
+
+@contextlib.contextmanager
+def cross_shard_optimizer_as(factory: Callable) -> None:
+  """Within the block, `tf.compat.v1.tpu.CrossShardOptimizer(...)` calls
+  `factory(...)`."""
+  modules = _tpu_api_modules()
+  saved = [module.CrossShardOptimizer for module in modules]
+  for module in modules:
+    module.CrossShardOptimizer = factory
+  try:
+    yield
+  finally:
+    for module, original in zip(modules, saved):
+      module.CrossShardOptimizer = original
+
+
+def reads_before_update(variable: tf.Variable,
+                        ops: List[tf.Operation]) -> None:
+  """Among `ops` (one step's ops, in the graph being built), makes every
+  read of `variable` run before every update of it, unless the read depends
+  on the update (e.g. the value an `assign_add` returns).
+
+  Why: a TPUEstimator `model_fn` reads the global step (a `host_call`
+  summary step, a learning-rate schedule) in the same step whose train op
+  increments it. Ordered only by data, such a read races the increment
+  (seen: summary steps skipped and repeated). With this, every read in a
+  step sees the value from before the step. Adding control inputs to
+  existing ops has no public API.
+  """
+  if not isinstance(getattr(variable, "handle", None), tf.Tensor):
+    return  # A reference variable: reads are not separate ops.
+  handles = {id(t) for t in _handles_of(variable, ops)}
+  reads, updates = [], []
+  for op in ops:
+    if not op.inputs or id(op.inputs[0]) not in handles:
+      continue
+    if op.type == "ReadVariableOp":
+      reads.append(op)
+    elif op.type in ("AssignAddVariableOp", "AssignVariableOp",
+                     "AssignSubVariableOp"):
+      updates.append(op)
+  if not reads or not updates:
+    return
+  after = _downstream(updates)
+  independent = [op for op in reads if op not in after]
+  for update in updates:
+    update._add_control_inputs(  # pylint: disable=protected-access
+        [op for op in independent if op not in update.control_inputs])
+
+
+def _handles_of(variable: tf.Variable, ops: List[tf.Operation]) -> list:
+  """The tensors that stand for `variable`'s handle in the graph of `ops`."""
+  graph = ops[0].graph if ops else tf.compat.v1.get_default_graph()
+  if graph is variable.handle.graph:
+    return [variable.handle]
+  captures = getattr(graph, "captures", [])
+  return [internal for external, internal in captures
+          if external is variable.handle]
+
+
+def _downstream(ops: List[tf.Operation]) -> set:
+  """Ops reachable from `ops` through data and control edges."""
+  seen, stack = set(), list(ops)
+  while stack:
+    op = stack.pop()
+    for nxt in ([c for out in op.outputs for c in out.consumers()]
+                + list(op._control_outputs)):  # pylint: disable=protected-access
+      if nxt not in seen:
+        seen.add(nxt)
+        stack.append(nxt)
+  return seen
