@@ -21,6 +21,9 @@ def test_defaults_are_valid_and_kept_as_given():
   fractional = RunConfig("/tmp/m", save_checkpoints_steps=None,
                          save_checkpoints_secs=0.5)
   assert fractional.save_checkpoints_secs == 0.5
+  # Neither: no periodic saves, as in TF.
+  never = RunConfig("/tmp/m", save_checkpoints_steps=None)
+  assert never.save_checkpoints_steps is never.save_checkpoints_secs is None
 
 
 def test_frozen():
@@ -38,8 +41,9 @@ def test_frozen():
     (dict(save_checkpoints_secs=60), ValueError,
      "`save_checkpoints_steps` (1000) and `save_checkpoints_secs` (60) are "
      "both set"),
-    (dict(save_checkpoints_steps=None), ValueError,
-     "Exactly one of `save_checkpoints_steps` and `save_checkpoints_secs`"),
+    (dict(session_config="allow_soft_placement"), TypeError,
+     "`session_config` ('allow_soft_placement') must be a "
+     "tf.compat.v1.ConfigProto"),
     (dict(save_checkpoints_steps=-1), ValueError,
      "`save_checkpoints_steps` (-1)"),
     (dict(save_checkpoints_steps=None, save_checkpoints_secs=0), ValueError,

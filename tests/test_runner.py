@@ -901,3 +901,36 @@ def test_tf_variable_in_model_fn_gets_a_clear_error(tmp_path):
                             "tf.Variable from a tensor computed inside the "
                             "device loop")
   assert "tf.compat.v1.get_variable" in message
+
+
+def test_no_periodic_saves_still_saves_at_start_and_end(tmp_path):
+  listener = RecordingListener()
+  _runner(tmp_path, ipl=5, save_steps=None).train(
+      train_input_fn(), max_steps=20, saving_listeners=[listener])
+  assert listener.saved_steps() == [0, 20]
+
+
+def test_session_config_is_merged_into_the_device_loops(tmp_path):
+  config = tf.compat.v1.ConfigProto(allow_soft_placement=True,
+                                    log_device_placement=True,
+                                    device_count={"CPU": 1})
+  runner = _runner(tmp_path, ipl=5, shards=2, session_config=config)
+  merged = runner._session_config()  # pylint: disable=protected-access
+  assert merged.log_device_placement and merged.allow_soft_placement
+  assert merged.device_count["CPU"] == 2  # The emulation's replicas win.
+  runner.train(train_input_fn(), max_steps=5)
+
+
+def test_predict_can_yield_whole_batches(tmp_path):
+  runner = _runner(tmp_path, ipl=2, batch=4, shards=2)
+  runner.train(train_input_fn(), max_steps=2)
+  x = np.arange(4 * 10, dtype=np.float32).reshape(10, 4)
+  batches = list(runner.predict(
+      lambda params: tf.data.Dataset.from_tensor_slices(x).batch(
+          params["batch_size"]), yield_single_examples=False))
+  # Batches of 2 per replica, 2 replicas per step: 4, 4, then 2.
+  assert [b["y"].shape for b in batches] == [(4, 1), (4, 1), (2, 1)]
+  rows = list(runner.predict(lambda params: tf.data.Dataset.from_tensor_slices(
+      x).batch(params["batch_size"])))
+  np.testing.assert_allclose(np.concatenate([b["y"] for b in batches]),
+                             np.stack([r["y"] for r in rows]))

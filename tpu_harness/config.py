@@ -6,6 +6,8 @@ import dataclasses
 import os
 from typing import Optional
 
+import tensorflow as tf
+
 from hooks import _paths
 from hooks import _validation
 
@@ -38,9 +40,11 @@ class RunConfig:
       owns only its own checkpoints there (`model.ckpt-<step>`), and one
       trainer at a time holds it (a lease file; evaluation may run beside).
     iterations_per_loop: steps run inside one `Session.run`.
-    save_checkpoints_steps: save every N steps. Exactly one of this and
+    save_checkpoints_steps: save every N steps. At most one of this and
       `save_checkpoints_secs` is set; to save by time, pass
-      `save_checkpoints_steps=None, save_checkpoints_secs=600`.
+      `save_checkpoints_steps=None, save_checkpoints_secs=600`. With both
+      None there are no periodic saves (as in TF): a run still saves when
+      it starts and when it stops, so that it can be resumed and evaluated.
     save_checkpoints_secs: save every N seconds.
     keep_checkpoint_max: checkpoints kept on disk; 0 keeps all. Lowered
       between runs, the surplus is deleted when training starts.
@@ -59,6 +63,9 @@ class RunConfig:
       runs the graph on that TF server (a Cloud TPU worker, see
       `tpu_harness.cluster.resolve_master`).
     tpu: the device-loop layout.
+    session_config: a `tf.compat.v1.ConfigProto` merged into the device
+      loop's own (which keeps its device counts).
+    save_graph_def: write `graph.pbtxt` and each checkpoint's `.meta`.
     max_infeed_bytes: the most host memory the emulated infeed may hold:
       up to three chunks of `iterations_per_loop` steps (two queued, one
       being read). Building a loop that needs more is an error naming
@@ -79,6 +86,8 @@ class RunConfig:
   master: str = ""
   tpu: TPUConfig = dataclasses.field(default_factory=TPUConfig)
   max_infeed_bytes: int = DEFAULT_MAX_INFEED_BYTES
+  session_config: Optional[tf.compat.v1.ConfigProto] = None
+  save_graph_def: bool = True
 
   def __post_init__(self):
     _validation.non_empty_path("model_dir", self.model_dir)
@@ -93,9 +102,6 @@ class RunConfig:
           f"`save_checkpoints_steps` ({self.save_checkpoints_steps!r}) and "
           f"`save_checkpoints_secs` ({self.save_checkpoints_secs!r}) are both "
           f"set; exactly one must be, so set the other to None.")
-    _validation.exactly_one({
-        "save_checkpoints_steps": self.save_checkpoints_steps,
-        "save_checkpoints_secs": self.save_checkpoints_secs})
     if self.save_checkpoints_steps is not None:
       _validation.positive_int("save_checkpoints_steps",
                                self.save_checkpoints_steps)
@@ -129,6 +135,13 @@ class RunConfig:
       raise ValueError(f"`master` ({self.master!r}) must be '' (in-process) "
                        f"or a grpc://host:port target.")
     _validation.positive_int("max_infeed_bytes", self.max_infeed_bytes)
+    if self.session_config is not None and not isinstance(
+        self.session_config, tf.compat.v1.ConfigProto):
+      raise TypeError(f"`session_config` ({self.session_config!r}) must be a "
+                      f"tf.compat.v1.ConfigProto or None.")
+    if not isinstance(self.save_graph_def, bool):
+      raise TypeError(f"`save_graph_def` ({self.save_graph_def!r}) must be "
+                      f"True or False.")
     if not isinstance(self.tpu, TPUConfig):
       raise TypeError(f"`tpu` ({self.tpu!r}) must be a TPUConfig, got "
                       f"{type(self.tpu).__name__}.")

@@ -81,3 +81,22 @@ def prediction_rows(outfeed: Mapping[str, np.ndarray]
           yield outfeed[cpu_loop.SINGLE_PREDICTION][step, shard, row]
         else:
           yield {name: outfeed[name][step, shard, row] for name in names}
+
+
+def batches(rows: Iterator[Any], outfeed: Mapping[str, np.ndarray]
+            ) -> Iterator[Any]:
+  """The rows of a predict loop's outfeed regrouped by input batch (one
+  step's replicas together), each value stacked: `{name: [rows, ...]}`, or
+  an array for a single-tensor prediction."""
+  valid = outfeed[cpu_loop.VALID]
+  rows = iter(rows)
+  for step in range(valid.shape[0]):
+    count = int(np.sum(valid[step]))
+    if not count:
+      continue
+    group = [next(rows) for _ in range(count)]
+    if isinstance(group[0], dict):
+      yield {name: np.stack([row[name] for row in group])
+             for name in group[0]}
+    else:
+      yield np.stack(group)

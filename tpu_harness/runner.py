@@ -245,10 +245,16 @@ class Runner:
       scaffold.saver.recover_last_checkpoints(checkpoints.enforce_keep_max(
           config.model_dir, resume.recent, config.keep_checkpoint_max))
       ipl = config.iterations_per_loop
+      periodic = (config.save_checkpoints_steps is not None
+                  or config.save_checkpoints_secs is not None)
       saver_hook = hooks_lib.CheckpointSaverHook(
-          config.model_dir, save_steps=config.save_checkpoints_steps,
+          config.model_dir,
+          # No periodic saves: only the one at the start and the last.
+          save_steps=(config.save_checkpoints_steps if periodic
+                      else _NEVER),
           save_secs=config.save_checkpoints_secs, scaffold=scaffold,
           listeners=saving_listeners, steps_per_run=ipl,
+          save_graph_def=config.save_graph_def,
           async_save=config.async_checkpoints,
           check_finite=config.stop_on_nan_loss)
 
@@ -268,7 +274,7 @@ class Runner:
       ] + list(loop.spec.training_hooks) + user_hooks + [saver_hook]
       creator = tf.compat.v1.train.ChiefSessionCreator(
           scaffold=scaffold, checkpoint_filename_with_path=resume.checkpoint,
-          master=config.master, config=self._device.session_config())
+          master=config.master, config=self._session_config())
       writer = tf.compat.v1.summary.FileWriterCache.get(config.model_dir)
       logging.info("Training from step %d to %d, %d steps per loop, on %s.",
                    start_step, last_step, ipl, config.master or "this process")
@@ -405,11 +411,23 @@ class Runner:
   def predict(self,
               input_fn: Callable[[Dict[str, Any]], tf.data.Dataset],
               checkpoint_path: Optional[str] = None,
-              ) -> Iterator[Dict[str, np.ndarray]]:
-    """Yields one `{name: value}` per input example, in input order.
+              hooks: Optional[Sequence[tf.compat.v1.train.SessionRunHook]]
+              = None,
+              yield_single_examples: bool = True,
+              ) -> Iterator[Any]:
+    """Yields the predictions, in input order.
 
     The input's last batch may be partial; it is padded for the device and
     the padding is dropped.
+
+    Args:
+      input_fn: `input_fn(params) -> Dataset` of features (or (features,
+        labels), labels ignored).
+      checkpoint_path: the checkpoint; default: the latest in `model_dir`.
+      hooks: more `SessionRunHook`s.
+      yield_single_examples: one item per example (a `{name: value}` dict,
+        or the value for a single-tensor prediction); else one per input
+        batch, its values stacked.
 
     Raises:
       ValueError: no checkpoint, or a contract violation.
@@ -417,10 +435,14 @@ class Runner:
     params = self._params_for(self._batch_size("predict"))
     with self._restored(
         lambda: self._device.build_predict(self._model_fn, input_fn, params),
-        checkpoint_path, None) as (loop, session, _):
+        checkpoint_path, hooks) as (loop, session, _):
       try:
         for _, results, _ in self._run_loops(loop, session, None):
-          yield from host_loop.prediction_rows(results["outfeed"])
+          rows = host_loop.prediction_rows(results["outfeed"])
+          if yield_single_examples:
+            yield from rows
+          else:
+            yield from host_loop.batches(rows, results["outfeed"])
       finally:
         loop.infeed.stop()
 
@@ -438,6 +460,19 @@ class Runner:
       raise ValueError(f"`{mode}_batch_size` was not given to the Runner; "
                        f"it is needed to {mode}.")
     return value
+
+  def _session_config(self) -> tf.compat.v1.ConfigProto:
+    """The device loop's session config with `config.session_config`
+    merged in; the loop's device counts win."""
+    device = self._device.session_config()
+    if self._config.session_config is None:
+      return device
+    merged = tf.compat.v1.ConfigProto()
+    merged.CopyFrom(self._config.session_config)
+    merged.MergeFrom(device)
+    for name, count in device.device_count.items():
+      merged.device_count[name] = count
+    return merged
 
   def _params_for(self, global_batch_size: int) -> Dict[str, Any]:
     return dict(self._params,
@@ -468,8 +503,12 @@ class Runner:
     return restore.restored(
         build, lambda: self._checkpoint_to_use(checkpoint_path),
         fixed=checkpoint_path is not None, master=self._config.master,
-        session_config=self._device.session_config(), hooks=hooks,
+        session_config=self._session_config(), hooks=hooks,
         prepare=prepare)
+
+
+# A save interval no run reaches.
+_NEVER = 2**62
 
 
 def _run_host_call(loop: BuiltLoop, results, count: int) -> None:
