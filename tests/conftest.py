@@ -3,6 +3,8 @@
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# As `import tpu_harness` sets it; here before any test touches tf.keras.
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 from absl import flags  # pylint: disable=g-import-not-at-top
 import pytest  # pylint: disable=g-import-not-at-top

@@ -1,0 +1,255 @@
+"""tpu_harness.estimator.tpu: TPUEstimator programs run unchanged but for
+the import line."""
+
+import difflib
+import glob
+import json
+import logging as std_logging
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import estimator_programs as programs
+from tf_fixtures import event_records
+from tpu_harness import estimator as tf_estimator
+
+TESTS = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(TESTS)
+REFERENCE = os.path.join(TESTS, "reference")
+
+
+# ----------------------------------------------------------------------------
+# Google's mnist_tpu.py, as published but for two lines.
+
+
+def _write_mnist_records(directory, n=96):
+  rng = np.random.RandomState(0)
+  for name in ("train", "validation", "test"):
+    with tf.io.TFRecordWriter(os.path.join(directory,
+                                           f"{name}.tfrecords")) as writer:
+      for _ in range(n):
+        label = int(rng.randint(10))
+        image = rng.randint(0, 40, size=(28, 28)).astype(np.uint8)
+        image[label * 2:label * 2 + 8, 4:24] = 250  # A learnable mark.
+        example = tf.train.Example(features=tf.train.Features(feature={
+            "image_raw": tf.train.Feature(bytes_list=tf.train.BytesList(
+                value=[image.tobytes()])),
+            "label": tf.train.Feature(int64_list=tf.train.Int64List(
+                value=[label]))}))
+        writer.write(example.SerializeToString())
+
+
+def test_reference_mnist_differs_from_upstream_in_two_lines_only():
+  with open(os.path.join(REFERENCE, "upstream", "mnist_tpu.py")) as f:
+    upstream = f.read().splitlines()
+  with open(os.path.join(REFERENCE, "mnist_tpu.py")) as f:
+    ours = f.read().splitlines()
+  changed = [line for line in difflib.unified_diff(upstream, ours, n=0,
+                                                   lineterm="")
+             if line[:1] in "+-" and not line.startswith(("+++", "---"))]
+  assert changed == [
+      "-from tensorflow.compat.v1 import estimator as tf_estimator",
+      "+from tpu_harness import estimator as tf_estimator",
+      '-      FLAGS.tpu if (FLAGS.tpu or FLAGS.use_tpu) else "",',
+      "+      FLAGS.tpu,",
+      "-  )",
+      "+  ) if (FLAGS.tpu or FLAGS.use_tpu) else None"]
+
+
+def test_reference_mnist_trains_evaluates_and_predicts(tmp_path):
+  data_dir, model_dir = tmp_path / "data", tmp_path / "model"
+  data_dir.mkdir()
+  _write_mnist_records(str(data_dir))
+  env = dict(os.environ, PYTHONPATH=ROOT)
+  env.pop("TF_USE_LEGACY_KERAS", None)  # The import sets it.
+  result = subprocess.run(
+      [sys.executable, os.path.join(REFERENCE, "mnist_tpu.py"),
+       "--use_tpu=false", f"--data_dir={data_dir}",
+       f"--model_dir={model_dir}", "--batch_size=16", "--train_steps=30",
+       "--eval_steps=3", "--iterations=10"],
+      cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+      check=False)
+  assert result.returncode == 0, result.stderr[-5000:]
+  assert tf.train.latest_checkpoint(str(model_dir)).endswith("ckpt-30")
+  assert re.search(r"Eval of .*model\.ckpt-30 over 3 steps: \{.*'accuracy'",
+                   result.stderr), result.stderr[-3000:]
+  predictions = re.findall(r'Prediction is "(\d)" \(([0-9.]+)%\)',
+                           result.stderr)
+  assert len(predictions) == 10
+
+
+# ----------------------------------------------------------------------------
+# A TPUEstimator-style conv net (estimator_programs.py): 1 and 2 emulated
+# cores, and use_tpu=False.
+
+
+@pytest.mark.parametrize("cores", [0, 1, 2], ids=["cpu", "1 core",
+                                                  "2 cores"])
+def test_conv_program_train_evaluate_predict_export_resume(tmp_path, cores):
+  model_dir = str(tmp_path / "model")
+  estimator = programs.estimator(model_dir, cores)
+  estimator.train(programs.input_fn, max_steps=8)
+  assert estimator.latest_checkpoint().endswith("model.ckpt-8")
+  # Resume: continues from step 8.
+  estimator.train(programs.input_fn, steps=4)
+  assert estimator.latest_checkpoint().endswith("model.ckpt-12")
+
+  # host_call's tf2 summaries, once per step, at the step read in model_fn.
+  tf.compat.v1.summary.FileWriterCache.clear()
+  steps = sorted(e.step for e in event_records(os.path.join(
+      model_dir, "host_call")) if e.HasField("summary")
+                 for v in e.summary.value if v.tag == "learning_rate")
+  assert steps == list(range(12))
+
+  # Eval restores the moving averages (scaffold_fn's saver).
+  results = estimator.evaluate(programs.input_fn, steps=4)
+  assert results["global_step"] == 12 and 0 <= results["accuracy"] <= 1
+  names = estimator.get_variable_names()
+  assert "logits/kernel/ExponentialMovingAverage" in names
+  assert estimator.get_variable_value("global_step") == 12
+
+  predictions = list(estimator.predict(programs.predict_input_fn))
+  assert len(predictions) == 10
+  assert sorted(predictions[0]) == ["classes", "probabilities"]
+  np.testing.assert_allclose(
+      [p["probabilities"].sum() for p in predictions], 1.0, rtol=1e-5)
+  only = list(estimator.predict(programs.predict_input_fn,
+                                predict_keys="classes"))
+  assert [sorted(p) for p in only] == [["classes"]] * 10
+
+  export_dir = estimator.export_saved_model(
+      str(tmp_path / "export"), programs.serving_input_receiver_fn)
+  assert isinstance(export_dir, bytes)
+  served = _serve_in_a_fresh_process(export_dir.decode(),
+                                     programs.images(10, seed=2)[0])
+  np.testing.assert_array_equal(served["classes"],
+                                [p["classes"] for p in predictions])
+  np.testing.assert_allclose(served["probabilities"],
+                             [p["probabilities"] for p in predictions],
+                             rtol=1e-5, atol=1e-6)
+
+
+def _serve_in_a_fresh_process(export_dir, images):
+  code = (
+      "import json, sys\n"
+      "import numpy as np, tensorflow as tf\n"
+      "images = np.array(json.loads(sys.stdin.read()), np.float32)\n"
+      "model = tf.saved_model.load(sys.argv[1])\n"
+      "assert sorted(model.signatures) == ['classify', 'serving_default']\n"
+      "out = model.signatures['serving_default'](input=tf.constant(images))\n"
+      "print(json.dumps({k: v.numpy().tolist() for k, v in out.items()}))\n")
+  result = subprocess.run([sys.executable, "-c", code, export_dir],
+                          input=json.dumps(images.tolist()),
+                          capture_output=True, text=True, timeout=300,
+                          check=False)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return {k: np.array(v) for k, v in json.loads(
+      result.stdout.strip().splitlines()[-1]).items()}
+
+
+def test_params_batch_size_context_and_use_tpu(tmp_path):
+  seen = {}
+
+  def input_fn(params):
+    seen.setdefault("input", []).append(
+        (params["batch_size"], type(params.get("context")).__name__))
+    return programs.input_fn(params, mode=tf_estimator.ModeKeys.TRAIN)
+
+  def model_fn(features, labels, mode, params, config):
+    seen.setdefault("model", []).append(
+        (params["batch_size"], params["use_tpu"],
+         params["context"].num_replicas, type(config).__name__))
+    return programs.conv_model_fn(features, labels, mode, params)
+
+  config = tf_estimator.tpu.RunConfig(
+      model_dir=str(tmp_path), tpu_config=tf_estimator.tpu.TPUConfig(
+          iterations_per_loop=2, num_shards=2))
+  estimator = tf_estimator.tpu.TPUEstimator(
+      model_fn=model_fn, config=config, use_tpu=True, train_batch_size=16,
+      params={"model_dir": str(tmp_path / "host"), "iterations_per_loop": 2,
+              "train_steps": 2})
+  estimator.train(input_fn, max_steps=2)
+  # PER_HOST_V1 (the default): input_fn gets the host's (global) batch.
+  assert seen["input"] == [(16, "TPUContext")]
+  assert set(seen["model"]) == {(8, True, 2, "RunConfig")}
+
+
+def test_model_dir_defaults_to_a_temporary_directory(caplog):
+  config = tf_estimator.tpu.RunConfig()
+  with caplog.at_level(std_logging.WARNING, logger="absl"):
+    estimator = tf_estimator.tpu.TPUEstimator(
+        model_fn=programs.conv_model_fn, config=config, use_tpu=False)
+  assert os.path.isdir(estimator.model_dir)
+  assert any("Using temporary folder as model directory" in r.getMessage()
+             for r in caplog.records)
+  # TF's RunConfig defaults: a save every 600 seconds.
+  assert (estimator.config.save_checkpoints_secs,
+          estimator.config.save_checkpoints_steps) == (600, None)
+
+
+@pytest.mark.parametrize("kwargs,error,message", [
+    (dict(config=None), ValueError, "`config` (None) must be a "
+     "tpu_harness.estimator.tpu.RunConfig"),
+    (dict(params={"batch_size": 3}), ValueError,
+     "`params` has ['batch_size'], which TPUEstimator reserves"),
+    (dict(model_fn=lambda features, labels, mode: None), ValueError,
+     "must take a `params` argument"),
+    (dict(use_tpu=True, train_batch_size=None), ValueError,
+     "`train_batch_size` cannot be None when use_tpu=True"),
+    (dict(use_tpu=True, train_batch_size=8), ValueError,
+     "use_tpu=True needs the number of TPU cores"),
+    (dict(batch_axis=(0, 0)), NotImplementedError, "`batch_axis` ((0, 0)) is "
+     "not supported"),
+    (dict(embedding_config_spec=object()), NotImplementedError,
+     "`embedding_config_spec`"),
+    (dict(model_dir="/elsewhere"), ValueError, "`model_dir` ('/elsewhere') "
+     "and config.model_dir"),
+])
+def test_bad_estimator_arguments(tmp_path, kwargs, error, message):
+  arguments = dict(model_fn=programs.conv_model_fn,
+                   config=tf_estimator.tpu.RunConfig(model_dir=str(tmp_path)),
+                   use_tpu=False)
+  arguments.update(kwargs)
+  with pytest.raises(error) as info:
+    tf_estimator.tpu.TPUEstimator(**arguments)
+  assert message in str(info.value)
+
+
+def test_export_to_tpu_is_refused_clearly(tmp_path):
+  estimator = programs.estimator(str(tmp_path), 0, export_to_tpu=True)
+  estimator.train(programs.input_fn, max_steps=1)
+  with pytest.raises(NotImplementedError, match="export_to_tpu=False"):
+    estimator.export_saved_model(str(tmp_path / "export"),
+                                 programs.serving_input_receiver_fn)
+
+
+def test_estimator_spec_eval_metric_ops_are_refused(tmp_path):
+  def model_fn(features, labels, mode, params):
+    spec = programs.conv_model_fn(features, labels, mode, params)
+    if mode != tf_estimator.ModeKeys.EVAL:
+      return spec
+    return tf_estimator.EstimatorSpec(mode=mode, loss=spec.loss,
+                                      eval_metric_ops={"x": (spec.loss,
+                                                             tf.no_op())})
+
+  estimator = programs.estimator(str(tmp_path), 0)
+  estimator.train(programs.input_fn, max_steps=1)
+  refusing = tf_estimator.tpu.TPUEstimator(
+      model_fn=model_fn, config=estimator.config, use_tpu=False,
+      params=estimator.params, eval_batch_size=16)
+  with pytest.raises(ValueError, match="return TPUEstimatorSpec"
+                     r"\(eval_metrics=\(metric_fn, tensors\)\)"):
+    refusing.evaluate(programs.input_fn, steps=1)
+
+
+def test_get_variable_value_without_a_checkpoint(tmp_path):
+  estimator = programs.estimator(str(tmp_path), 0)
+  with pytest.raises(ValueError, match="Could not find a trained model"):
+    estimator.get_variable_value("global_step")
+  assert estimator.latest_checkpoint() is None
+  assert not glob.glob(str(tmp_path / "*.index"))

@@ -1,0 +1,248 @@
+"""`tf_estimator.tpu.RunConfig`, `TPUConfig`, `InputPipelineConfig`.
+
+TPUEstimator's names, argument order, defaults and meaning. An argument TF
+had that the harness cannot honour raises a clear error naming it when it is
+given a value other than TF's default; nothing is silently ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Optional
+
+import tensorflow as tf
+
+from hooks import _validation
+
+_USE_DEFAULT = object()
+
+
+class InputPipelineConfig:
+  """How `input_fn` feeds the replicas (TF's values)."""
+  PER_SHARD_V1 = 1
+  PER_HOST_V1 = 2
+  PER_HOST_V2 = 3
+  BROADCAST = 4
+  SLICED = 5
+
+
+def _refuse(name: str, value: Any, default: Any, what: str) -> None:
+  """Raises NotImplementedError if `value` is not TF's `default`."""
+  if value is not default and value != default:
+    raise NotImplementedError(
+        f"`{name}` ({value!r}) is not supported by tpu_harness: {what} "
+        f"Leave it at its default ({default!r}).")
+
+
+@dataclasses.dataclass(frozen=True)
+class TPUConfig:
+  """TPU layout, as `tf_estimator.tpu.TPUConfig`.
+
+  Attributes:
+    iterations_per_loop: steps per `Session.run`, an integer (TF's "Ns"
+      time form is not supported).
+    num_shards: the replicas. TPUEstimator ignored it (the TPU says how many
+      cores it has); here it is the number of cores to emulate on CPU when
+      `use_tpu=True` and no TPU is named, and the number of TPU cores
+      otherwise.
+    num_cores_per_replica: model parallelism; not supported (None).
+    per_host_input_for_training: True / PER_HOST_V1 (input_fn gets the
+      global batch, split among replicas), PER_HOST_V2 or False /
+      PER_SHARD_V1 (input_fn gets per-replica batches); BROADCAST and
+      SLICED are not supported.
+    tpu_job_name, initial_infeed_sleep_secs, input_partition_dims,
+    experimental_allow_per_host_v2_parallel_get_next, experimental_feed_hook:
+      not supported (their defaults only).
+    eval_training_input_configuration: PER_HOST_V1 only.
+    experimental_host_call_every_n_steps: run host_call on every n-th step of
+      a loop.
+  """
+  iterations_per_loop: int = 2
+  num_shards: Optional[int] = None
+  num_cores_per_replica: Optional[int] = None
+  per_host_input_for_training: Any = True
+  tpu_job_name: Optional[str] = None
+  initial_infeed_sleep_secs: Optional[int] = None
+  input_partition_dims: Optional[Any] = None
+  eval_training_input_configuration: int = InputPipelineConfig.PER_HOST_V1
+  experimental_host_call_every_n_steps: int = 1
+  experimental_allow_per_host_v2_parallel_get_next: bool = False
+  experimental_feed_hook: Optional[Any] = None
+
+  def __post_init__(self):
+    if isinstance(self.iterations_per_loop, str):
+      raise NotImplementedError(
+          f"`iterations_per_loop` ({self.iterations_per_loop!r}) as a time "
+          f"is not supported by tpu_harness; give a number of steps.")
+    _validation.positive_int("iterations_per_loop", self.iterations_per_loop)
+    if self.num_shards is not None:
+      _validation.positive_int("num_shards", self.num_shards)
+    _refuse("num_cores_per_replica", self.num_cores_per_replica, None,
+            "model parallelism is not emulated.")
+    mapped = {True: InputPipelineConfig.PER_HOST_V1,
+              False: InputPipelineConfig.PER_SHARD_V1}.get(
+                  self.per_host_input_for_training,
+                  self.per_host_input_for_training)
+    if mapped not in (InputPipelineConfig.PER_SHARD_V1,
+                      InputPipelineConfig.PER_HOST_V1,
+                      InputPipelineConfig.PER_HOST_V2):
+      raise NotImplementedError(
+          f"`per_host_input_for_training` "
+          f"({self.per_host_input_for_training!r}) is not supported by "
+          f"tpu_harness: use True (PER_HOST_V1), PER_HOST_V2 or False "
+          f"(PER_SHARD_V1).")
+    object.__setattr__(self, "per_host_input_for_training", mapped)
+    _refuse("tpu_job_name", self.tpu_job_name, None,
+            "the TPU worker job is the session target's.")
+    _refuse("initial_infeed_sleep_secs", self.initial_infeed_sleep_secs,
+            None, "the infeed starts when a loop asks for input.")
+    _refuse("input_partition_dims", self.input_partition_dims, None,
+            "spatial partitioning is not emulated.")
+    _refuse("eval_training_input_configuration",
+            self.eval_training_input_configuration,
+            InputPipelineConfig.PER_HOST_V1,
+            "evaluation input is per host.")
+    _validation.positive_int("experimental_host_call_every_n_steps",
+                             self.experimental_host_call_every_n_steps)
+    _refuse("experimental_allow_per_host_v2_parallel_get_next",
+            self.experimental_allow_per_host_v2_parallel_get_next, False,
+            "the emulated infeed is read in order.")
+    _refuse("experimental_feed_hook", self.experimental_feed_hook, None,
+            "the infeed is the harness's own.")
+
+  @property
+  def per_host_input(self) -> bool:
+    """Whether training `input_fn` gets the global batch (PER_HOST_V1)."""
+    return (self.per_host_input_for_training
+            == InputPipelineConfig.PER_HOST_V1)
+
+
+class RunConfig:
+  """Where and how a TPUEstimator runs, as `tf_estimator.tpu.RunConfig`.
+
+  Args (TF's): tpu_config, evaluation_master, master, cluster (a
+  TPUClusterResolver, whose master() is the session target), and the base
+  RunConfig's model_dir, tf_random_seed, save_summary_steps,
+  save_checkpoints_steps, save_checkpoints_secs (neither given: every 600
+  seconds; both None: no periodic saves), session_config,
+  keep_checkpoint_max, keep_checkpoint_every_n_hours (default only),
+  log_step_count_steps, train_distribute, device_fn, protocol,
+  eval_distribute, experimental_distribute,
+  experimental_max_worker_delay_secs (None only),
+  session_creation_timeout_secs (default only), checkpoint_save_graph_def.
+
+  Raises:
+    ValueError: both save intervals given; both `master` and `cluster`; an
+      `evaluation_master` other than the master.
+    NotImplementedError: an argument the harness cannot honour.
+  """
+
+  def __init__(self,
+               tpu_config: Optional[TPUConfig] = None,
+               evaluation_master: Optional[str] = None,
+               master: Optional[str] = None,
+               cluster: Any = None,
+               *,
+               model_dir: Optional[str] = None,
+               tf_random_seed: Optional[int] = None,
+               save_summary_steps: int = 100,
+               save_checkpoints_steps: Any = _USE_DEFAULT,
+               save_checkpoints_secs: Any = _USE_DEFAULT,
+               session_config: Optional[tf.compat.v1.ConfigProto] = None,
+               keep_checkpoint_max: int = 5,
+               keep_checkpoint_every_n_hours: float = 10000,
+               log_step_count_steps: int = 100,
+               train_distribute: Any = None,
+               device_fn: Any = None,
+               protocol: Optional[str] = None,
+               eval_distribute: Any = None,
+               experimental_distribute: Any = None,
+               experimental_max_worker_delay_secs: Optional[int] = None,
+               session_creation_timeout_secs: int = 7200,
+               checkpoint_save_graph_def: bool = True):
+    if tpu_config is not None and not isinstance(tpu_config, TPUConfig):
+      raise TypeError(f"`tpu_config` ({tpu_config!r}) must be a "
+                      f"tpu_harness.estimator.tpu.TPUConfig.")
+    if master is not None and cluster is not None:
+      raise ValueError("Both `master` and `cluster` are set; give one.")
+    if (save_checkpoints_steps is _USE_DEFAULT
+        and save_checkpoints_secs is _USE_DEFAULT):
+      save_checkpoints_steps, save_checkpoints_secs = None, 600
+    elif save_checkpoints_steps is _USE_DEFAULT:
+      save_checkpoints_steps = None
+    elif save_checkpoints_secs is _USE_DEFAULT:
+      save_checkpoints_secs = None
+    if save_checkpoints_steps is not None and save_checkpoints_secs is not None:
+      raise ValueError(
+          f"`save_checkpoints_steps` ({save_checkpoints_steps!r}) and "
+          f"`save_checkpoints_secs` ({save_checkpoints_secs!r}) are both set; "
+          f"set at most one.")
+    _refuse("keep_checkpoint_every_n_hours", keep_checkpoint_every_n_hours,
+            10000, "checkpoints are kept by keep_checkpoint_max only.")
+    for name, value in (("train_distribute", train_distribute),
+                        ("device_fn", device_fn), ("protocol", protocol),
+                        ("eval_distribute", eval_distribute),
+                        ("experimental_distribute", experimental_distribute),
+                        ("experimental_max_worker_delay_secs",
+                         experimental_max_worker_delay_secs)):
+      _refuse(name, value, None, "TPUEstimator did not use it either;")
+    _refuse("session_creation_timeout_secs", session_creation_timeout_secs,
+            7200, "sessions are created without a timeout.")
+    self._tpu_config = tpu_config or TPUConfig()
+    self._cluster = cluster
+    if master is None:
+      master = cluster.master() if cluster is not None else ""
+    self._master = master
+    if evaluation_master not in (None, master):
+      raise NotImplementedError(
+          f"`evaluation_master` ({evaluation_master!r}) differs from the "
+          f"master ({master!r}); tpu_harness evaluates where it trains.")
+    self._evaluation_master = master
+    self._values = dict(
+        model_dir=model_dir, tf_random_seed=tf_random_seed,
+        save_summary_steps=save_summary_steps,
+        save_checkpoints_steps=save_checkpoints_steps,
+        save_checkpoints_secs=save_checkpoints_secs,
+        session_config=session_config,
+        keep_checkpoint_max=keep_checkpoint_max,
+        keep_checkpoint_every_n_hours=keep_checkpoint_every_n_hours,
+        log_step_count_steps=log_step_count_steps,
+        checkpoint_save_graph_def=checkpoint_save_graph_def)
+
+  def __getattr__(self, name: str) -> Any:
+    values = self.__dict__.get("_values", {})
+    if name in values:
+      return values[name]
+    raise AttributeError(name)
+
+  @property
+  def tpu_config(self) -> TPUConfig:
+    return self._tpu_config
+
+  @property
+  def master(self) -> str:
+    return self._master
+
+  @property
+  def evaluation_master(self) -> str:
+    return self._evaluation_master
+
+  @property
+  def cluster(self) -> Any:
+    return self._cluster
+
+  def replace(self, **changes) -> "RunConfig":
+    """A copy with `changes` (TF's RunConfig.replace)."""
+    arguments = dict(self._values, tpu_config=self._tpu_config,
+                     cluster=self._cluster,
+                     master=None if self._cluster is not None else
+                     self._master)
+    arguments.update(changes)
+    if "cluster" in changes and "master" not in changes:
+      arguments["master"] = None
+    return RunConfig(**arguments)
+
+  def __repr__(self) -> str:
+    return (f"RunConfig(master={self._master!r}, tpu_config="
+            f"{self._tpu_config!r}, " + ", ".join(
+                f"{k}={v!r}" for k, v in self._values.items()) + ")")
