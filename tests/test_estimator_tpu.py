@@ -253,3 +253,19 @@ def test_get_variable_value_without_a_checkpoint(tmp_path):
     estimator.get_variable_value("global_step")
   assert estimator.latest_checkpoint() is None
   assert not glob.glob(str(tmp_path / "*.index"))
+
+
+@pytest.mark.parametrize("cores", [0, 2], ids=["cpu", "2 cores"])
+def test_programs_that_disable_v2_behavior_run_too(tmp_path, cores):
+  # resnet_main.py calls tf.disable_v2_behavior(): reference variables and
+  # v1 control flow, in a process of its own.
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join([TESTS, ROOT]))
+  result = subprocess.run(
+      [sys.executable, os.path.join(TESTS, "estimator_v1_worker.py"),
+       str(tmp_path), str(cores)], env=env, capture_output=True, text=True,
+      timeout=600, check=False)
+  assert result.returncode == 0, result.stderr[-4000:]
+  outcome = json.loads(result.stdout.strip().splitlines()[-1])
+  assert outcome == {"steps": list(range(8)), "global_step": 8,
+                     "accuracy": outcome["accuracy"], "predictions": 10,
+                     "exported": True}

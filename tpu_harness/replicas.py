@@ -49,7 +49,10 @@ def building(index: int, count: int, mode: str) -> Iterator[None]:
   before = list(updates)
   del updates[:]
   try:
-    with tf.device(f"/device:CPU:{index}"), \
+    # Outside the loop's name scope: names derived from it (e.g. an
+    # ExponentialMovingAverage's) would otherwise differ from the same
+    # model_fn's outside the loop (v1 control flow).
+    with tf.compat.v1.name_scope(None), tf.device(f"/device:CPU:{index}"), \
         tf.compat.v1.variable_scope(tf.compat.v1.get_variable_scope(),
                                     reuse=reuse, custom_getter=getter), \
         tf.variable_creator_scope(_explain_variable_errors), \

@@ -16,6 +16,7 @@ from absl import logging
 import tensorflow as tf
 
 from tpu_harness import checkpoints
+from tpu_harness import spec as spec_lib
 from tpu_harness import storage
 from tpu_harness.device_loop import BuiltLoop
 from tpu_harness.infeed import InfeedHook
@@ -57,7 +58,7 @@ def restored(build: Callable[[], BuiltLoop],
   attempts = 1 if fixed else ATTEMPTS
   for attempt in range(1, attempts + 1):
     with tf.Graph().as_default():
-      tf.compat.v1.train.get_or_create_global_step()
+      spec_lib.create_global_step()
       loop = build()
       checkpoint = choose()
       if attempt == 1:

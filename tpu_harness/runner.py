@@ -31,6 +31,7 @@ from tpu_harness import checkpoints
 from tpu_harness import cpu_loop
 from tpu_harness import host_loop
 from tpu_harness import restore
+from tpu_harness import spec as spec_lib
 from tpu_harness.config import RunConfig
 from tpu_harness.device_loop import BuiltLoop
 from tpu_harness.device_loop import DeviceLoop
@@ -225,7 +226,7 @@ class Runner:
     with tf.Graph().as_default():
       if config.tf_random_seed is not None:
         tf.compat.v1.set_random_seed(config.tf_random_seed)
-      tf.compat.v1.train.get_or_create_global_step()
+      spec_lib.create_global_step()
       loop = self._device.build_train(self._model_fn, input_fn,
                                       self._params_for(batch_size),
                                       skip_steps=start_step,

@@ -158,3 +158,22 @@ def check_call(name: str, value: Any) -> None:
           f"`{name}` passes {len(tensors)} tensors to {fn.__name__}, which "
           f"takes {len(positional)} arguments "
           f"({', '.join(p.name for p in positional)}).")
+
+
+def create_global_step() -> tf.Variable:
+  """Creates the default graph's global step as a resource variable, as
+  TPUEstimator did, whatever TF behaviour the program chose
+  (`tf.compat.v1.disable_v2_behavior()` makes reference variables the
+  default; a reference variable read inside a v1 while loop gives a stale
+  value, while a resource variable's reads are ordered within the step).
+
+  Returns:
+    The global step (int64 scalar, initialized to 0).
+  """
+  return tf.compat.v1.get_variable(
+      tf.compat.v1.GraphKeys.GLOBAL_STEP, shape=[], dtype=tf.int64,
+      initializer=tf.compat.v1.zeros_initializer(), trainable=False,
+      aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
+      collections=[tf.compat.v1.GraphKeys.GLOBAL_VARIABLES,
+                   tf.compat.v1.GraphKeys.GLOBAL_STEP],
+      use_resource=True)

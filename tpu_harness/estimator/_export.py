@@ -19,6 +19,8 @@ import tensorflow as tf
 
 from hooks import _paths
 from tpu_harness import restore
+from tpu_harness import spec as spec_lib
+from tpu_harness import spec as spec_lib
 from tpu_harness.estimator import export as export_lib
 
 
@@ -43,7 +45,7 @@ def export_saved_model(*, export_dir_base: str,
     ValueError: no signature fits the serving inputs.
   """
   with tf.Graph().as_default():
-    tf.compat.v1.train.get_or_create_global_step()
+    spec_lib.create_global_step()
     receiver = serving_input_receiver_fn()
     if not isinstance(receiver, export_lib.ServingInputReceiver):
       raise TypeError(
