@@ -84,6 +84,93 @@ def test_reference_mnist_trains_evaluates_and_predicts(tmp_path):
 
 
 # ----------------------------------------------------------------------------
+# Google's resnet_main.py and its modules, as published but for the import
+# lines (and the resolver line).
+
+RESNET = os.path.join(REFERENCE, "tpu_models")
+
+
+@pytest.mark.parametrize("name", ["resnet_main.py", "imagenet_input.py"])
+def test_reference_resnet_differs_from_upstream_in_the_import_only(name):
+  def lines(root):
+    with open(os.path.join(root, "official", "resnet", name)) as f:
+      return f.read().splitlines()
+  changed = [line for line in difflib.unified_diff(
+      lines(os.path.join(REFERENCE, "upstream", "tpu_models")), lines(RESNET),
+      n=0, lineterm="") if line[:1] in "+-"
+             and not line.startswith(("+++", "---"))]
+  expected = ["-from tensorflow.compat.v1 import estimator as tf_estimator",
+              "+from tpu_harness import estimator as tf_estimator"]
+  if name == "resnet_main.py":
+    expected += ["-      FLAGS.tpu if (FLAGS.tpu or params.use_tpu) else '',",
+                 "+      FLAGS.tpu,",
+                 "-      project=FLAGS.gcp_project)",
+                 "+      project=FLAGS.gcp_project) if (FLAGS.tpu or "
+                 "params.use_tpu) else None"]
+  assert changed == expected
+
+
+def test_reference_resnet_trains_evaluates_moving_averages_and_exports(
+    tmp_path):
+  model_dir = tmp_path / "model"
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join([RESNET, ROOT]))
+  env.pop("TF_USE_LEGACY_KERAS", None)  # The import sets it.
+  overrides = ",".join([
+      "use_tpu=False", "resnet_depth=18", "image_size=32",
+      "train_batch_size=8", "eval_batch_size=8", "train_steps=4",
+      "iterations_per_loop=2", "num_train_images=32", "num_eval_images=16",
+      "precision=float32", "num_label_classes=10", "use_cache=False",
+      "num_parallel_calls=2", "transpose_input=False",
+      "moving_average_decay=0.9", "bn_momentum=0.0"])
+  result = subprocess.run(
+      [sys.executable, "resnet_main.py", "--data_dir=null",
+       f"--model_dir={model_dir}", "--mode=train_and_eval",
+       f"--params_override={overrides}", "--steps_per_eval=2",
+       f"--export_dir={tmp_path / 'export'}"],
+      cwd=os.path.join(RESNET, "official", "resnet"), env=env,
+      capture_output=True, text=True, timeout=900, check=False)
+  assert result.returncode == 0, result.stderr[-5000:]
+  # train_and_eval: train to 2, evaluate, resume to 4, evaluate.
+  for step in (2, 4):
+    assert re.search(rf"Eval results at step {step}: \{{'loss': [0-9.]+, "
+                     rf"'top_1_accuracy': [0-9.]+, 'top_5_accuracy': "
+                     rf"[0-9.]+, 'global_step': {step}\}}", result.stderr)
+  reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(
+      str(model_dir)))
+  assert reader.get_tensor("global_step") == 4
+  assert any(name.endswith("/ExponentialMovingAverage")
+             for name in reader.get_variable_to_shape_map())
+  # The host_call's tf2 summaries, one per step, in model_dir.
+  tf.compat.v1.summary.FileWriterCache.clear()
+  steps = sorted(e.step for e in event_records(str(model_dir))
+                 if e.HasField("summary") for v in e.summary.value
+                 if v.tag == "current_epoch")
+  assert steps == [0, 1, 2, 3]
+  (export_dir,) = glob.glob(str(tmp_path / "export" / "*"))
+  served = _serve_jpeg_in_a_fresh_process(export_dir)
+  assert served["classes"].shape == (2,)
+  assert served["probabilities"].shape == (2, 10)
+
+
+def _serve_jpeg_in_a_fresh_process(export_dir):
+  code = (
+      "import json, sys\n"
+      "import numpy as np, tensorflow as tf\n"
+      "model = tf.saved_model.load(sys.argv[1])\n"
+      "image = tf.io.encode_jpeg(tf.zeros([32, 32, 3], tf.uint8))\n"
+      "serve = model.signatures['serving_default']\n"
+      "out = serve(**{list(serve.structured_input_signature[1])[0]:\n"
+      "               tf.stack([image, image])})\n"
+      "print(json.dumps({k: v.numpy().tolist() for k, v in out.items()}))\n")
+  result = subprocess.run([sys.executable, "-c", code, export_dir],
+                          capture_output=True, text=True, timeout=300,
+                          check=False)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return {k: np.array(v) for k, v in json.loads(
+      result.stdout.strip().splitlines()[-1]).items()}
+
+
+# ----------------------------------------------------------------------------
 # A TPUEstimator-style conv net (estimator_programs.py): 1 and 2 emulated
 # cores, and use_tpu=False.
 

@@ -1,6 +1,7 @@
 """`tf_estimator.export`: what a model serves, and what it is fed.
 
     ServingInputReceiver(features, receiver_tensors)
+    TensorServingInputReceiver(features, receiver_tensors)
     PredictOutput(outputs), ClassificationOutput(scores, classes),
     RegressionOutput(value)
 
@@ -19,7 +20,8 @@ from absl import logging
 import tensorflow as tf
 
 __all__ = ["ClassificationOutput", "ExportOutput", "PredictOutput",
-           "RegressionOutput", "ServingInputReceiver"]
+           "RegressionOutput", "ServingInputReceiver",
+           "TensorServingInputReceiver"]
 
 TensorOrDict = Union[tf.Tensor, Mapping[str, tf.Tensor]]
 
@@ -61,6 +63,20 @@ class ServingInputReceiver:
     self.receiver_tensors = _as_dict("receiver_tensors", receiver_tensors,
                                      "input")
     self.receiver_tensors_alternatives = None
+
+
+class TensorServingInputReceiver(ServingInputReceiver):
+  """A ServingInputReceiver whose `features` reach `model_fn` as the one
+  tensor they are, not wrapped in a dict (TF's)."""
+
+  def __init__(self, features: tf.Tensor, receiver_tensors: TensorOrDict,
+               receiver_tensors_alternatives: Optional[Mapping] = None):
+    if not isinstance(features, (tf.Tensor, tf.SparseTensor)):
+      raise ValueError(f"`features` ({features!r}) must be a single tensor; "
+                       f"use ServingInputReceiver for a dict.")
+    super().__init__({"feature": features}, receiver_tensors,
+                     receiver_tensors_alternatives)
+    self.features = features
 
 
 class ExportOutput:
