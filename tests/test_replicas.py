@@ -142,3 +142,38 @@ def test_group_assignment_is_refused_clearly(tmp_path):
       str(tmp_path), tpu=th.TPUConfig(num_shards=2)), train_batch_size=8)
   with pytest.raises(NotImplementedError, match="group_assignment"):
     runner.train(train_input_fn(), max_steps=2)
+
+
+def _keras_model_fn(features, labels, mode, params):
+  """The same network with graph-mode tf.keras layers, which create new
+  variables on every call: the replicas must share them all the same."""
+  init = tf.keras.initializers.GlorotUniform
+  hidden = tf.keras.layers.Dense(8, kernel_initializer=init(seed=1),
+                                 name="hidden")(features)
+  hidden = tf.keras.layers.BatchNormalization(momentum=0.9, name="bn")(
+      hidden, training=mode == th.ModeKeys.TRAIN)
+  output = tf.keras.layers.Dense(1, kernel_initializer=init(seed=2),
+                                 name="out")(tf.nn.relu(hidden))
+  loss = tf.reduce_mean(tf.square(output - labels))
+  optimizer = tf.compat.v1.train.GradientDescentOptimizer(0.05)
+  if params["use_tpu"]:
+    optimizer = tf.compat.v1.tpu.CrossShardOptimizer(optimizer)
+  with tf.control_dependencies(
+      tf.compat.v1.get_collection(tf.compat.v1.GraphKeys.UPDATE_OPS)):
+    train_op = optimizer.minimize(
+        loss, global_step=tf.compat.v1.train.get_global_step())
+  return th.ModelSpec(mode=mode, loss=loss, train_op=train_op)
+
+
+def test_keras_layers_are_shared_across_replicas(tmp_path):
+  one = _train(tmp_path / "one", shards=1, model_fn=_keras_model_fn)
+  two = _train(tmp_path / "two", shards=2, model_fn=_keras_model_fn)
+  names = sorted(n for n in two.get_variable_to_shape_map()
+                 if n != "global_step")
+  # One set of variables, not one per replica.
+  assert names == sorted(n for n in one.get_variable_to_shape_map()
+                         if n != "global_step")
+  assert len([n for n in names if "kernel" in n]) == 2
+  for name in names:
+    np.testing.assert_allclose(two.get_tensor(name), one.get_tensor(name),
+                               rtol=1e-5, atol=1e-6, err_msg=name)

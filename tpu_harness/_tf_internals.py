@@ -105,13 +105,23 @@ def reads_before_update(variable: tf.Variable,
 
 
 def _handles_of(variable: tf.Variable, ops: List[tf.Operation]) -> list:
-  """The tensors that stand for `variable`'s handle in the graph of `ops`."""
+  """The tensors that stand for `variable`'s handle among `ops`: the handle
+  itself, a v2 loop body's capture of it, and (v1 control flow) what
+  `Enter`/`Identity` ops pass of it into the loop."""
   graph = ops[0].graph if ops else tf.compat.v1.get_default_graph()
   if graph is variable.handle.graph:
-    return [variable.handle]
-  captures = getattr(graph, "captures", [])
-  return [internal for external, internal in captures
-          if external is variable.handle]
+    handles = [variable.handle]
+  else:
+    handles = [internal for external, internal in getattr(graph, "captures",
+                                                          [])
+               if external is variable.handle]
+  known = {id(t) for t in handles}
+  for op in ops:  # In creation order: an Enter comes before its readers.
+    if (op.type in ("Enter", "Identity") and op.inputs
+        and id(op.inputs[0]) in known):
+      handles.append(op.outputs[0])
+      known.add(id(op.outputs[0]))
+  return handles
 
 
 def _downstream(ops: List[tf.Operation]) -> set:

@@ -127,6 +127,7 @@ class CpuEmulationLoop(DeviceLoop):
     """Calls `model_fn` once per replica on its slice of `element` (or on
     `element` itself when it is not `stacked` by replica)."""
     specs = [None] * self._num_shards
+    group = replicas_lib.Group(self._num_shards)
     with cross_shard.replica_group(self._num_shards) as replica:
       # Replica 0 last: the gradients are applied (and the global step
       # advanced) in the replica built last, and replica 0's values are the
@@ -137,7 +138,7 @@ class CpuEmulationLoop(DeviceLoop):
             tf.nest.map_structure(lambda t, i=index: t[i], part)
             for part in element)
         with replica(index) as context, replicas_lib.building(
-            index, self._num_shards, mode):
+            group, index, mode):
           specs[index] = spec_lib.check_spec(
               model_fn(features, labels, mode, params), mode)
       if (mode == spec_lib.ModeKeys.TRAIN and self._num_shards > 1

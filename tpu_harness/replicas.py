@@ -19,6 +19,9 @@ means:
   real, restored variables.
 - `tf.compat.v1.GraphKeys.UPDATE_OPS` holds, while a replica's `model_fn`
   runs, only that replica's update ops, so its train op depends on its own.
+- Variables created directly (`tf.Variable`, graph-mode `tf.keras` layers,
+  which create new ones on every call) are shared too: those the
+  first-built replica creates are handed, in the same order, to the others.
 - A `tf.Variable` whose initial value is computed inside the loop cannot be
   created there; the error says so in the user's terms.
 """
@@ -37,14 +40,27 @@ from tpu_harness.spec import ModeKeys
 _UPDATE_OPS = tf.compat.v1.GraphKeys.UPDATE_OPS
 
 
+class Group:
+  """What the replicas of one step share while they are built: the
+  variables the first-built replica created directly (`tf.Variable`, graph-
+  mode `tf.keras` layers), handed in the same order to the others."""
+
+  def __init__(self, count: int):
+    self.count = count
+    self.created = []
+    self.cursor = 0
+    self.in_get_variable = 0
+
+
 @contextlib.contextmanager
-def building(index: int, count: int, mode: str) -> Iterator[None]:
-  """While replica `index` of `count` is built in `mode` (inside the
-  runner's `cross_shard.replica_group`)."""
-  first = index == count - 1  # Replicas are built from the last to 0.
+def building(group: Group, index: int, mode: str) -> Iterator[None]:
+  """While replica `index` of `group` is built in `mode` (inside the
+  runner's `cross_shard.replica_group`), replicas built from the last to
+  0."""
+  first = index == group.count - 1
   reuse = None if first else tf.compat.v1.AUTO_REUSE
-  getter = (_per_replica_state(index)
-            if index and mode == ModeKeys.TRAIN else None)
+  own_state = index > 0 and mode == ModeKeys.TRAIN
+  group.cursor = 0
   updates = tf.compat.v1.get_collection_ref(_UPDATE_OPS)
   before = list(updates)
   del updates[:]
@@ -53,53 +69,98 @@ def building(index: int, count: int, mode: str) -> Iterator[None]:
     # ExponentialMovingAverage's) would otherwise differ from the same
     # model_fn's outside the loop (v1 control flow).
     with tf.compat.v1.name_scope(None), tf.device(f"/device:CPU:{index}"), \
-        tf.compat.v1.variable_scope(tf.compat.v1.get_variable_scope(),
-                                    reuse=reuse, custom_getter=getter), \
-        tf.variable_creator_scope(_explain_variable_errors), \
+        tf.compat.v1.variable_scope(
+            tf.compat.v1.get_variable_scope(), reuse=reuse,
+            custom_getter=_getter(group, index, own_state)), \
+        tf.variable_creator_scope(_creator(group, index, first, own_state)), \
         _tf_internals.cross_shard_optimizer_as(_cross_shard_optimizer):
       yield
+    if group.count > 1 and not first and group.cursor != len(group.created):
+      raise ValueError(
+          f"Replica {index} created {group.cursor} variables directly "
+          f"(tf.Variable, tf.keras layers), replica {group.count - 1} "
+          f"{len(group.created)}: `model_fn` must build the same variables "
+          f"for every replica.")
   finally:
     mine = list(updates)
     updates[:] = before + mine
 
 
-def _per_replica_state(index: int):
-  """A custom getter: non-trainable global variables become this replica's
-  local copies."""
+def _is_state(variable: tf.Variable, trainable: object) -> bool:
+  """Whether `variable` is non-gradient state of the model (not the global
+  step): batch-norm moving averages, EMA shadows."""
+  return (trainable is False
+          and variable is not tf.compat.v1.train.get_global_step()
+          and any(v is variable for v in tf.compat.v1.global_variables()))
+
+
+def _local_copy(create, variable: tf.Variable, kwargs: dict, name: str):
+  """This replica's own copy of `variable`: a local variable, never saved."""
+  copy_kwargs = dict(kwargs)
+  copy_kwargs.update(dtype=variable.dtype.base_dtype, trainable=False,
+                     collections=[tf.compat.v1.GraphKeys.LOCAL_VARIABLES])
+  copy_kwargs.pop("partitioner", None)
+  return create(name, copy_kwargs)
+
+
+def _getter(group: Group, index: int, own_state: bool):
+  """A custom getter: marks get_variable calls (their sharing is the
+  variable store's), and gives replicas > 0 their own copies of state."""
 
   def custom_getter(getter, name, *args, **kwargs):
-    variable = getter(name, *args, **kwargs)
-    if kwargs.get("trainable", True) is not False or variable is (
-        tf.compat.v1.train.get_global_step()):
-      return variable
-    if not any(v is variable for v in tf.compat.v1.global_variables()):
-      return variable
-    copy_kwargs = dict(kwargs)
-    copy_kwargs.update(
-        dtype=variable.dtype.base_dtype, trainable=False,
-        collections=[tf.compat.v1.GraphKeys.LOCAL_VARIABLES])
-    if isinstance(kwargs.get("initializer"), tf.Tensor):
-      copy_kwargs.pop("shape", None)  # The initial value has it.
-    else:
-      copy_kwargs["shape"] = variable.shape
-    copy_kwargs.pop("partitioner", None)
-    return getter(f"replica_{index}_state/{name}", *args, **copy_kwargs)
+    group.in_get_variable += 1
+    try:
+      variable = getter(name, *args, **kwargs)
+      if not own_state or not _is_state(variable, kwargs.get("trainable",
+                                                              True)):
+        return variable
+
+      def create(copy_name, copy_kwargs):
+        if isinstance(copy_kwargs.get("initializer"), tf.Tensor):
+          copy_kwargs.pop("shape", None)  # The initial value has it.
+        else:
+          copy_kwargs["shape"] = variable.shape
+        return getter(copy_name, *args, **copy_kwargs)
+
+      return _local_copy(create, variable, kwargs,
+                         f"replica_{index}_state/{name}")
+    finally:
+      group.in_get_variable -= 1
 
   return custom_getter
 
 
-def _cross_shard_optimizer(opt, reduction=tf.compat.v1.losses.Reduction.MEAN,
-                           name="CrossShardOptimizer", group_assignment=None):
-  """`tf.compat.v1.tpu.CrossShardOptimizer`'s signature, emulated."""
-  if group_assignment is not None:
-    raise NotImplementedError(
-        "tf.compat.v1.tpu.CrossShardOptimizer(group_assignment=...) is not "
-        "emulated on CPU; run with group_assignment=None, or on a TPU.")
-  return cross_shard.CrossShardOptimizer(opt, name=name, reduction=reduction)
+def _creator(group: Group, index: int, first: bool, own_state: bool):
+  """A variable creator: variables created directly (not by get_variable)
+  by the first-built replica are handed to the others in the same order;
+  errors of variables made inside the loop are explained."""
+
+  def creator(next_creator, **kwargs):
+    if group.in_get_variable or group.count == 1:
+      return _explained(next_creator, kwargs)
+    if first:
+      variable = _explained(next_creator, kwargs)
+      group.created.append(variable)
+    else:
+      if group.cursor >= len(group.created):
+        raise ValueError(
+            f"Replica {index} creates more variables directly (tf.Variable, "
+            f"tf.keras layers) than replica {group.count - 1} did: "
+            f"`model_fn` must build the same variables for every replica.")
+      variable = group.created[group.cursor]
+      group.cursor += 1
+    if own_state and _is_state(variable, kwargs.get("trainable")):
+      return _local_copy(
+          lambda name, copy_kwargs: _explained(next_creator, dict(
+              copy_kwargs, name=name)), variable, kwargs,
+          f"replica_{index}_state/{variable.op.name}")
+    return variable
+
+  return creator
 
 
-def _explain_variable_errors(next_creator, **kwargs):
-  """Variable creator: says in the user's terms why a variable whose initial
+def _explained(next_creator, kwargs):
+  """Creates the variable; says in the user's terms why one whose initial
   value was computed inside the device loop cannot be created there."""
   try:
     return next_creator(**kwargs)
@@ -114,3 +175,13 @@ def _explain_variable_errors(next_creator, **kwargs):
         f"tf.compat.v1.get_variable (or tf.compat.v1.layers), which the loop "
         f"also shares across replicas, or pass tf.Variable a callable "
         f"initial value: tf.Variable(lambda: tf.zeros([4, 1])).") from error
+
+
+def _cross_shard_optimizer(opt, reduction=tf.compat.v1.losses.Reduction.MEAN,
+                           name="CrossShardOptimizer", group_assignment=None):
+  """`tf.compat.v1.tpu.CrossShardOptimizer`'s signature, emulated."""
+  if group_assignment is not None:
+    raise NotImplementedError(
+        "tf.compat.v1.tpu.CrossShardOptimizer(group_assignment=...) is not "
+        "emulated on CPU; run with group_assignment=None, or on a TPU.")
+  return cross_shard.CrossShardOptimizer(opt, name=name, reduction=reduction)
