@@ -191,6 +191,6 @@ def test_host_memory_limit(capacity, max_steps, max_bytes, fits):
     with pytest.raises(infeed_lib.InfeedMemoryError) as info:
       build()
     message = str(info.value)
-    assert message.startswith(f"The train infeed would hold up to 3 x ")
+    assert message.startswith("The train infeed would hold up to 3 x ")
     assert "(iterations_per_loop=N, batch B), over the limit of" in message
     assert "Lower `iterations_per_loop` or the batch size" in message

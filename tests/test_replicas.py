@@ -22,25 +22,39 @@ def _same_batch_input(batch):
   return input_fn
 
 
-def _bn_model_fn(features, labels, mode, params):
-  """Dense -> batch norm (momentum 0.9) -> Dense, with TF's own
-  tf.compat.v1.tpu.CrossShardOptimizer, as TPUEstimator programs write it."""
-  init = tf.compat.v1.glorot_uniform_initializer
-  hidden = tf.compat.v1.layers.Dense(8, name="hidden",
-                                     kernel_initializer=init(seed=1))(features)
-  hidden = tf.compat.v1.layers.BatchNormalization(momentum=0.9, name="bn")(
-      hidden, training=mode == th.ModeKeys.TRAIN)
-  output = tf.compat.v1.layers.Dense(1, name="out", kernel_initializer=init(
-      seed=2))(tf.nn.relu(hidden))
-  loss = tf.reduce_mean(tf.square(output - labels))
-  optimizer = tf.compat.v1.train.GradientDescentOptimizer(0.05)
-  if params["use_tpu"]:
-    optimizer = tf.compat.v1.tpu.CrossShardOptimizer(optimizer)
-  with tf.control_dependencies(
-      tf.compat.v1.get_collection(tf.compat.v1.GraphKeys.UPDATE_OPS)):
-    train_op = optimizer.minimize(
-        loss, global_step=tf.compat.v1.train.get_global_step())
-  return th.ModelSpec(mode=mode, loss=loss, train_op=train_op)
+def _model_fn_with(dense, batch_norm, initializer):
+  """Dense -> batch norm (momentum 0.9) -> Dense from the given layers,
+  with TF's own tf.compat.v1.tpu.CrossShardOptimizer, as TPUEstimator
+  programs write it."""
+
+  def model_fn(features, labels, mode, params):
+    hidden = dense(8, name="hidden",
+                   kernel_initializer=initializer(seed=1))(features)
+    hidden = batch_norm(momentum=0.9, name="bn")(
+        hidden, training=mode == th.ModeKeys.TRAIN)
+    output = dense(1, name="out", kernel_initializer=initializer(seed=2))(
+        tf.nn.relu(hidden))
+    loss = tf.reduce_mean(tf.square(output - labels))
+    optimizer = tf.compat.v1.train.GradientDescentOptimizer(0.05)
+    if params["use_tpu"]:
+      optimizer = tf.compat.v1.tpu.CrossShardOptimizer(optimizer)
+    with tf.control_dependencies(
+        tf.compat.v1.get_collection(tf.compat.v1.GraphKeys.UPDATE_OPS)):
+      train_op = optimizer.minimize(
+          loss, global_step=tf.compat.v1.train.get_global_step())
+    return th.ModelSpec(mode=mode, loss=loss, train_op=train_op)
+
+  return model_fn
+
+
+_bn_model_fn = _model_fn_with(tf.compat.v1.layers.Dense,
+                              tf.compat.v1.layers.BatchNormalization,
+                              tf.compat.v1.glorot_uniform_initializer)
+# Graph-mode tf.keras layers create new variables on every call: the
+# replicas must share them all the same.
+_keras_model_fn = _model_fn_with(tf.keras.layers.Dense,
+                                 tf.keras.layers.BatchNormalization,
+                                 tf.keras.initializers.GlorotUniform)
 
 
 def _train(model_dir, shards, batch=16, steps=6, model_fn=_bn_model_fn):
@@ -142,27 +156,6 @@ def test_group_assignment_is_refused_clearly(tmp_path):
       str(tmp_path), tpu=th.TPUConfig(num_shards=2)), train_batch_size=8)
   with pytest.raises(NotImplementedError, match="group_assignment"):
     runner.train(train_input_fn(), max_steps=2)
-
-
-def _keras_model_fn(features, labels, mode, params):
-  """The same network with graph-mode tf.keras layers, which create new
-  variables on every call: the replicas must share them all the same."""
-  init = tf.keras.initializers.GlorotUniform
-  hidden = tf.keras.layers.Dense(8, kernel_initializer=init(seed=1),
-                                 name="hidden")(features)
-  hidden = tf.keras.layers.BatchNormalization(momentum=0.9, name="bn")(
-      hidden, training=mode == th.ModeKeys.TRAIN)
-  output = tf.keras.layers.Dense(1, kernel_initializer=init(seed=2),
-                                 name="out")(tf.nn.relu(hidden))
-  loss = tf.reduce_mean(tf.square(output - labels))
-  optimizer = tf.compat.v1.train.GradientDescentOptimizer(0.05)
-  if params["use_tpu"]:
-    optimizer = tf.compat.v1.tpu.CrossShardOptimizer(optimizer)
-  with tf.control_dependencies(
-      tf.compat.v1.get_collection(tf.compat.v1.GraphKeys.UPDATE_OPS)):
-    train_op = optimizer.minimize(
-        loss, global_step=tf.compat.v1.train.get_global_step())
-  return th.ModelSpec(mode=mode, loss=loss, train_op=train_op)
 
 
 def test_keras_layers_are_shared_across_replicas(tmp_path):

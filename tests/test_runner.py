@@ -714,8 +714,8 @@ def test_lowering_keep_checkpoint_max_between_runs_is_enforced(tmp_path):
 def test_all_checkpoints_unreadable_refuses_to_start_over(tmp_path):
   runner = _runner(tmp_path, ipl=5, save_steps=5)
   runner.train(train_input_fn(), max_steps=10)
-  for data in tf.io.gfile.glob(str(tmp_path / "model.ckpt-*.data-*")):
-    with open(data, "r+b") as f:
+  for data_file in tf.io.gfile.glob(str(tmp_path / "model.ckpt-*.data-*")):
+    with open(data_file, "r+b") as f:
       f.truncate(3)
   before = sorted(os.listdir(tmp_path))
   with pytest.raises(checkpoints.NoRestorableCheckpointError,

@@ -377,6 +377,12 @@ def make_input(input_fn: Callable, params: Dict[str, Any],
   return dataset
 
 
+def _pad_to(tensor: tf.Tensor, rows: int) -> tf.Tensor:
+  """`tensor` with zero rows appended up to `rows` along its first axis."""
+  return tf.pad(tensor, [[0, rows - tf.shape(tensor)[0]]]
+                + [[0, 0]] * (tensor.shape.rank - 1))
+
+
 def _padded_predict_input(dataset: tf.data.Dataset, batch_size: int,
                           num_shards: int,
                           per_host: bool = False) -> tf.data.Dataset:
@@ -402,19 +408,17 @@ def _padded_predict_input(dataset: tf.data.Dataset, batch_size: int,
         f"({batch_size})")
     with tf.control_dependencies([check]):
       padded = tf.nest.map_structure(
-          lambda t: tf.ensure_shape(
-              tf.pad(t, [[0, batch_size - tf.shape(t)[0]]]
-                     + [[0, 0]] * (t.shape.rank - 1)),
-              [batch_size] + t.shape[1:].as_list()), features)
+          lambda t: tf.ensure_shape(_pad_to(t, batch_size),
+                                    [batch_size] + t.shape[1:].as_list()),
+          features)
     return padded, rows
 
   def pad_shards(features, rows):
-    missing = num_shards - tf.shape(rows)[0]
     features = tf.nest.map_structure(
-        lambda t: tf.ensure_shape(
-            tf.pad(t, [[0, missing]] + [[0, 0]] * (t.shape.rank - 1)),
-            [num_shards] + t.shape[1:].as_list()), features)
-    rows = tf.ensure_shape(tf.pad(rows, [[0, missing]]), [num_shards])
+        lambda t: tf.ensure_shape(_pad_to(t, num_shards),
+                                  [num_shards] + t.shape[1:].as_list()),
+        features)
+    rows = tf.ensure_shape(_pad_to(rows, num_shards), [num_shards])
     return features, rows
 
   if per_host and num_shards > 1:
@@ -428,8 +432,7 @@ def _padded_predict_input(dataset: tf.data.Dataset, batch_size: int,
       with tf.control_dependencies([check]):
         split = tf.nest.map_structure(
             lambda t: tf.reshape(
-                tf.pad(t, [[0, host_rows - tf.shape(t)[0]]]
-                       + [[0, 0]] * (t.shape.rank - 1)),
+                _pad_to(t, host_rows),
                 [num_shards, batch_size] + t.shape[1:].as_list()), features)
       starts = tf.range(num_shards) * batch_size
       return split, tf.clip_by_value(rows - starts, 0, batch_size)

@@ -66,6 +66,13 @@ def run_loops(loop: BuiltLoop, session, steps: Optional[int],
     yield count, results, clock() - started
 
 
+def run_host_call(loop: BuiltLoop, results: Mapping[str, Any],
+                  count: int) -> None:
+  """Runs the loop's host_call (if any) for each of its `count` steps."""
+  if loop.host_call is not None:
+    loop.host_call.run(results["outfeed"], count)
+
+
 def prediction_rows(outfeed: Mapping[str, np.ndarray]
                     ) -> Iterator[Dict[str, Any]]:
   """One `{name: value}` per real example of a predict loop's outfeed

@@ -1,16 +1,8 @@
 """`Runner`: TPUEstimator-style train / evaluate / predict over device loops.
 
-Per training loop (one `Session.run` of up to `iterations_per_loop` steps)::
-
-  infeed.request(k)            # host thread moves k steps of input
-  n = infeed.wait()            # steps actually available (input may end)
-  infeed.request(next k)       # so the host fills while the device runs
-  hooks.before_run             # every hook, steps_per_run = iterations_per_loop
-  session.run(loop, iterations=n)   # n steps on the device, outfeed back
-  hooks.after_run              # saves, step counting, stop at max_steps
-  log: step, loss, steps/sec, examples/sec; write loss + host_call scalars
-
-The last loop is shortened so training stops exactly at `max_steps`.
+The public API and its checks. A training session is `training.train`;
+sessions restored for evaluate and predict are `restore.restored`; the host
+side of running loops is `host_loop`.
 """
 
 from __future__ import annotations
@@ -24,21 +16,17 @@ from absl import logging
 import numpy as np
 import tensorflow as tf
 
-import hooks as hooks_lib
 from hooks import _paths
 from hooks import _validation
 from tpu_harness import checkpoints
 from tpu_harness import cpu_loop
 from tpu_harness import host_loop
 from tpu_harness import restore
-from tpu_harness import spec as spec_lib
+from tpu_harness import training
 from tpu_harness.config import RunConfig
 from tpu_harness.device_loop import BuiltLoop
 from tpu_harness.device_loop import DeviceLoop
-from tpu_harness.infeed import InfeedHook
 from tpu_harness.lease import ModelDirLease
-from tpu_harness.nan_loss import NanLossHook
-from tpu_harness.preemption import PreemptionWatcher
 
 
 class Runner:
@@ -214,133 +202,15 @@ class Runner:
                      "past max_steps %d (%s).", resume.step, last_step,
                      resume.checkpoint)
         return self
-      self._train(input_fn, resume, last_step, batch_size, user_hooks,
-                  saving_listeners, lease)
+      self._preempted = training.train(
+          training.Job(model_fn=self._model_fn, config=self._config,
+                       device=self._device,
+                       params=self._params_for(batch_size),
+                       session_config=self._session_config(),
+                       clock=self._clock),
+          input_fn, resume, last_step, batch_size, user_hooks,
+          saving_listeners, lease)
     return self
-
-  def _train(self, input_fn, resume: checkpoints.ResumePoint, last_step: int,
-             batch_size: int, user_hooks, saving_listeners,
-             lease: ModelDirLease) -> None:
-    config = self._config
-    start_step = resume.step
-    with tf.Graph().as_default():
-      if config.tf_random_seed is not None:
-        tf.compat.v1.set_random_seed(config.tf_random_seed)
-      spec_lib.create_global_step()
-      loop = self._device.build_train(self._model_fn, input_fn,
-                                      self._params_for(batch_size),
-                                      skip_steps=start_step,
-                                      max_steps=last_step - start_step)
-      if resume.checkpoint is not None:
-        checkpoints.check_matches(resume.checkpoint,
-                                  tf.compat.v1.global_variables())
-      elif config.warm_start_from:
-        logging.info("Warm-starting trainable variables from %s.",
-                     config.warm_start_from)
-        tf.compat.v1.train.warm_start(config.warm_start_from)
-      scaffold, _ = restore.scaffold_for(loop.spec, lambda: (
-          tf.compat.v1.train.Saver(max_to_keep=config.keep_checkpoint_max,
-                                   save_relative_paths=True)))
-      # Rotation (keep_checkpoint_max) covers the run's own checkpoints of
-      # earlier runs, and a lowered maximum applies at once.
-      scaffold.saver.recover_last_checkpoints(checkpoints.enforce_keep_max(
-          config.model_dir, resume.recent, config.keep_checkpoint_max))
-      ipl = config.iterations_per_loop
-      periodic = (config.save_checkpoints_steps is not None
-                  or config.save_checkpoints_secs is not None)
-      saver_hook = hooks_lib.CheckpointSaverHook(
-          config.model_dir,
-          # No periodic saves: only the one at the start and the last.
-          save_steps=(config.save_checkpoints_steps if periodic
-                      else _NEVER),
-          save_secs=config.save_checkpoints_secs, scaffold=scaffold,
-          listeners=saving_listeners, steps_per_run=ipl,
-          save_graph_def=config.save_graph_def,
-          async_save=config.async_checkpoints,
-          check_finite=config.stop_on_nan_loss)
-
-      def newest_checkpoint():  # Once the loss is NaN: nothing more to save.
-        saver_hook.finish_pending_save()
-        return saver_hook.latest_saved
-
-      guards = ([NanLossHook(loop.fetches["outfeed"][cpu_loop.LOSS],
-                             newest_checkpoint)]
-                if config.stop_on_nan_loss else [])
-      all_hooks = list(loop.hooks) + [InfeedHook(loop.infeed)] + guards + [
-          hooks_lib.StopAtStepHook(last_step=last_step, steps_per_run=ipl),
-          hooks_lib.StepCounterHook(
-              every_n_steps=config.log_step_count_steps,
-              output_dir=config.model_dir, steps_per_run=ipl,
-              batch_size=batch_size),
-      ] + list(loop.spec.training_hooks) + user_hooks + [saver_hook]
-      creator = tf.compat.v1.train.ChiefSessionCreator(
-          scaffold=scaffold, checkpoint_filename_with_path=resume.checkpoint,
-          master=config.master, config=self._session_config())
-      writer = tf.compat.v1.summary.FileWriterCache.get(config.model_dir)
-      logging.info("Training from step %d to %d, %d steps per loop, on %s.",
-                   start_step, last_step, ipl, config.master or "this process")
-      try:
-        with PreemptionWatcher() as preemption:
-          with tf.compat.v1.train.MonitoredSession(
-              session_creator=creator, hooks=all_hooks) as session:
-            try:
-              self._train_loops(session, loop, start_step, last_step,
-                                batch_size, writer, preemption, lease)
-            finally:
-              loop.infeed.stop()
-      except BaseException:
-        # The session ended without the hooks' end(): finish a checkpoint
-        # write in flight rather than abandon it.
-        saver_hook.finish_pending_save()
-        raise
-      finally:
-        writer.flush()
-      if preemption.requested:
-        self._preempted = True
-        logging.warning("Stopped by %s at step %s with a checkpoint saved "
-                        "(%s); training resumes from it when run again.",
-                        preemption.signal_name,
-                        checkpoints.checkpoint_step(saver_hook.latest_saved),
-                        saver_hook.latest_saved)
-
-  def _train_loops(self, session, loop: BuiltLoop, step: int, last_step: int,
-                   batch_size: int, writer, preemption,
-                   lease: ModelDirLease) -> None:
-    def stop():
-      return session.should_stop() or preemption.requested or lease.lost
-
-    for count, results, elapsed in self._run_loops(loop, session,
-                                               last_step - step, stop):
-      end_step = int(results["end_step"])
-      if end_step - step != count:
-        raise RuntimeError(
-            f"The global step went from {step} to {end_step} in a loop of "
-            f"{count} steps: `model_fn`'s train_op must advance it by exactly "
-            f"one per step (pass global_step=tf.compat.v1.train."
-            f"get_global_step() to the optimizer's minimize).")
-      self._report(results["outfeed"], step, end_step, elapsed, batch_size,
-                   last_step, writer)
-      _run_host_call(loop, results, count)
-      step = end_step
-    lease.check()
-    if step < last_step and not stop():
-      logging.info("Input ended at step %d, before max_steps %d.", step,
-                   last_step)
-
-  def _report(self, outfeed, start, end, elapsed, batch_size, last_step,
-              writer) -> None:
-    losses = outfeed[cpu_loop.LOSS]
-    steps = end - start
-    rate = steps / elapsed if elapsed > 0 else float("inf")
-    logging.info("step %d: loss = %.6g (%.1f steps/sec, %.1f examples/sec)",
-                 end, losses[-1], rate, rate * batch_size)
-    every = self._config.save_summary_steps
-    for offset, step in enumerate(range(start + 1, end + 1)):
-      if step % every and step != last_step:
-        continue
-      writer.add_summary(tf.compat.v1.Summary(value=[
-          tf.compat.v1.Summary.Value(tag="loss",
-                                     simple_value=losses[offset])]), step)
 
   # Evaluation.
 
@@ -386,7 +256,7 @@ class Runner:
       ran = 0
       try:
         for count, results, _ in self._run_loops(loop, session, steps):
-          _run_host_call(loop, results, count)
+          host_loop.run_host_call(loop, results, count)
           ran += count
       finally:
         loop.infeed.stop()
@@ -506,16 +376,6 @@ class Runner:
         fixed=checkpoint_path is not None, master=self._config.master,
         session_config=self._session_config(), hooks=hooks,
         prepare=prepare)
-
-
-# A save interval no run reaches.
-_NEVER = 2**62
-
-
-def _run_host_call(loop: BuiltLoop, results, count: int) -> None:
-  """Runs the loop's host_call for each of its `count` steps."""
-  if loop.host_call is not None:
-    loop.host_call.run(results["outfeed"], count)
 
 
 def _python_value(value: Any) -> Any:

@@ -26,8 +26,9 @@ class InputPipelineConfig:
   SLICED = 5
 
 
-def _refuse(name: str, value: Any, default: Any, what: str) -> None:
-  """Raises NotImplementedError if `value` is not TF's `default`."""
+def refuse(name: str, value: Any, default: Any, what: str) -> None:
+  """Raises NotImplementedError naming `name` if `value` is not TF's
+  `default`; `what` says why it cannot be honoured."""
   if value is not default and value != default:
     raise NotImplementedError(
         f"`{name}` ({value!r}) is not supported by tpu_harness: {what} "
@@ -77,7 +78,7 @@ class TPUConfig:
     _validation.positive_int("iterations_per_loop", self.iterations_per_loop)
     if self.num_shards is not None:
       _validation.positive_int("num_shards", self.num_shards)
-    _refuse("num_cores_per_replica", self.num_cores_per_replica, None,
+    refuse("num_cores_per_replica", self.num_cores_per_replica, None,
             "model parallelism is not emulated.")
     mapped = {True: InputPipelineConfig.PER_HOST_V1,
               False: InputPipelineConfig.PER_SHARD_V1}.get(
@@ -92,22 +93,22 @@ class TPUConfig:
           f"tpu_harness: use True (PER_HOST_V1), PER_HOST_V2 or False "
           f"(PER_SHARD_V1).")
     object.__setattr__(self, "per_host_input_for_training", mapped)
-    _refuse("tpu_job_name", self.tpu_job_name, None,
+    refuse("tpu_job_name", self.tpu_job_name, None,
             "the TPU worker job is the session target's.")
-    _refuse("initial_infeed_sleep_secs", self.initial_infeed_sleep_secs,
+    refuse("initial_infeed_sleep_secs", self.initial_infeed_sleep_secs,
             None, "the infeed starts when a loop asks for input.")
-    _refuse("input_partition_dims", self.input_partition_dims, None,
+    refuse("input_partition_dims", self.input_partition_dims, None,
             "spatial partitioning is not emulated.")
-    _refuse("eval_training_input_configuration",
+    refuse("eval_training_input_configuration",
             self.eval_training_input_configuration,
             InputPipelineConfig.PER_HOST_V1,
             "evaluation input is per host.")
     _validation.positive_int("experimental_host_call_every_n_steps",
                              self.experimental_host_call_every_n_steps)
-    _refuse("experimental_allow_per_host_v2_parallel_get_next",
+    refuse("experimental_allow_per_host_v2_parallel_get_next",
             self.experimental_allow_per_host_v2_parallel_get_next, False,
             "the emulated infeed is read in order.")
-    _refuse("experimental_feed_hook", self.experimental_feed_hook, None,
+    refuse("experimental_feed_hook", self.experimental_feed_hook, None,
             "the infeed is the harness's own.")
 
   @property
@@ -177,7 +178,7 @@ class RunConfig:
           f"`save_checkpoints_steps` ({save_checkpoints_steps!r}) and "
           f"`save_checkpoints_secs` ({save_checkpoints_secs!r}) are both set; "
           f"set at most one.")
-    _refuse("keep_checkpoint_every_n_hours", keep_checkpoint_every_n_hours,
+    refuse("keep_checkpoint_every_n_hours", keep_checkpoint_every_n_hours,
             10000, "checkpoints are kept by keep_checkpoint_max only.")
     for name, value in (("train_distribute", train_distribute),
                         ("device_fn", device_fn), ("protocol", protocol),
@@ -185,8 +186,9 @@ class RunConfig:
                         ("experimental_distribute", experimental_distribute),
                         ("experimental_max_worker_delay_secs",
                          experimental_max_worker_delay_secs)):
-      _refuse(name, value, None, "TPUEstimator did not use it either;")
-    _refuse("session_creation_timeout_secs", session_creation_timeout_secs,
+      refuse(name, value, None, "distribution strategies and device "
+             "functions do not apply to TPUEstimator programs.")
+    refuse("session_creation_timeout_secs", session_creation_timeout_secs,
             7200, "sessions are created without a timeout.")
     self._tpu_config = tpu_config or TPUConfig()
     self._cluster = cluster

@@ -20,7 +20,6 @@ import tensorflow as tf
 from hooks import _paths
 from tpu_harness import restore
 from tpu_harness import spec as spec_lib
-from tpu_harness import spec as spec_lib
 from tpu_harness.estimator import export as export_lib
 
 

@@ -44,6 +44,7 @@ from tpu_harness.estimator import _export
 from tpu_harness.estimator._config import InputPipelineConfig
 from tpu_harness.estimator._config import RunConfig
 from tpu_harness.estimator._config import TPUConfig
+from tpu_harness.estimator._config import refuse
 from tpu_harness.estimator._spec import EstimatorSpec
 from tpu_harness.estimator._spec import TPUContext
 from tpu_harness.spec import ModeKeys
@@ -67,12 +68,6 @@ def _arg_names(fn: Callable) -> list:
     return list(inspect.signature(fn).parameters)
   except (TypeError, ValueError):
     return []
-
-
-def _refuse(name: str, value: Any, default: Any, what: str) -> None:
-  if value is not default and value != default:
-    raise NotImplementedError(f"`{name}` ({value!r}) is not supported by "
-                              f"tpu_harness: {what}")
 
 
 class TPUEstimator:
@@ -121,9 +116,9 @@ class TPUEstimator:
       raise ValueError(f"`model_fn` ({model_fn!r}) must take a `params` "
                        f"argument: TPUEstimator passes the batch size as "
                        f"params['batch_size'].")
-    _refuse("batch_axis", batch_axis, None,
+    refuse("batch_axis", batch_axis, None,
             "batches are split along their first axis.")
-    _refuse("embedding_config_spec", embedding_config_spec, None,
+    refuse("embedding_config_spec", embedding_config_spec, None,
             "TPU embeddings are not emulated.")
     if warm_start_from is not None and not isinstance(warm_start_from, str):
       raise NotImplementedError(
