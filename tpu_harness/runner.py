@@ -21,6 +21,7 @@ from hooks import _validation
 from tpu_harness import checkpoints
 from tpu_harness import cpu_loop
 from tpu_harness import host_loop
+from tpu_harness import logs
 from tpu_harness import restore
 from tpu_harness import training
 from tpu_harness.config import RunConfig
@@ -180,6 +181,7 @@ class Runner:
       hooks.NonFiniteWeightsError: a weight was NaN or Inf when a save was
         due (with `config.stop_on_nan_loss`); it was not saved.
     """
+    logs.one_line_per_message()
     _validation.exactly_one({"max_steps": max_steps, "steps": steps})
     if max_steps is not None:
       _validation.positive_int("max_steps", max_steps)
@@ -234,6 +236,7 @@ class Runner:
       ValueError: no checkpoint, bad `steps`, a contract violation, or an
         eval directory that cannot be written (checked before evaluating).
     """
+    logs.one_line_per_message()
     if steps is not None:
       _validation.positive_int("steps", steps)
     if name is not None:
@@ -303,6 +306,7 @@ class Runner:
     Raises:
       ValueError: no checkpoint, or a contract violation.
     """
+    logs.one_line_per_message()
     params = self._params_for(self._batch_size("predict"))
     with self._restored(
         lambda: self._device.build_predict(self._model_fn, input_fn, params),
