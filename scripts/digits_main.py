@@ -167,6 +167,13 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   runner = make_runner(resolve())
+  try:
+    _run_mode(runner)
+  except cluster.NoTPUError as error:  # Raised before any graph is built.
+    sys.exit(f"error: {error}")
+
+
+def _run_mode(runner: th.Runner) -> None:
   if FLAGS.mode in ("train", "train_and_eval"):
     runner.train(digits.train_input_fn, max_steps=FLAGS.train_steps)
     if runner.preempted:

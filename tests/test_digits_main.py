@@ -178,3 +178,18 @@ def test_console_script_help_lists_the_flags():
                           text=True, timeout=300, check=False)
   assert "--train_steps:" in result.stdout and "--tpu:" in result.stdout, (
       result.stdout[-2000:])
+
+
+def test_use_tpu_without_tpu_devices_is_a_one_line_error(tmp_path,
+                                                         tpu_worker):
+  model_dir = tmp_path / "never"
+  target = f"grpc://127.0.0.1:{tpu_worker}"
+  result = _script(f"--master={target}", "--use_tpu", "--mode=train",
+                   f"--model_dir={model_dir}")
+  assert result.returncode == 1
+  last = result.stderr.strip().splitlines()[-1]
+  assert last.startswith(f"error: use_tpu is set, but the session target "
+                         f"({target}) has no TPU devices; it has ")
+  assert "'CPU'" in last and "--use_tpu=false" in last
+  assert "Traceback" not in result.stderr
+  assert not model_dir.exists()

@@ -91,3 +91,24 @@ def test_eval_and_predict_are_not_built_yet():
     loop.build_eval(linear_model_fn, train_input_fn(), {"batch_size": 1})
   with pytest.raises(NotImplementedError, match="training loops only"):
     loop.build_predict(linear_model_fn, train_input_fn(), {"batch_size": 1})
+
+
+def test_a_target_without_tpu_devices_is_refused_before_any_graph():
+  loop = th.TpuLoop(num_shards=2, iterations_per_loop=4)
+  with pytest.raises(th.cluster.NoTPUError,
+                     match=r"use_tpu is set, but the session target \(this "
+                     r"process\) has no TPU devices; it has \d+ device\(s\) "
+                     r"of types \['CPU'\]"):
+    loop.check_target("")
+  # The CPU emulation runs anywhere.
+  th.CpuEmulationLoop(num_shards=2, iterations_per_loop=4).check_target("")
+
+
+def test_the_runner_checks_the_target_first(tmp_path):
+  runner = th.Runner(linear_model_fn, th.RunConfig(str(tmp_path / "never")),
+                     train_batch_size=8,
+                     device_loop=th.TpuLoop(num_shards=1,
+                                            iterations_per_loop=1))
+  with pytest.raises(th.cluster.NoTPUError):
+    runner.train(train_input_fn(), max_steps=1)
+  assert not (tmp_path / "never").exists()

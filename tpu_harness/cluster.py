@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import socket
 import time
-from typing import Any, Callable, Optional
+from typing import Any, Callable, List, Optional
 from urllib.parse import urlparse
 
 from absl import logging
@@ -34,6 +34,33 @@ class TPUNotFoundError(ValueError):
 
 class TPUNotReadyError(RuntimeError):
   """The TPU did not become READY and HEALTHY in time."""
+
+
+class NoTPUError(RuntimeError):
+  """The session target has no TPU devices."""
+
+
+def check_tpu_devices(target: str) -> List[str]:
+  """Returns the TPU devices of session target `target` ('' = this
+  process).
+
+  Raises:
+    NoTPUError: it has none; the message names the target, what it has, and
+      how to run without a TPU.
+  """
+  with tf.Graph().as_default(), tf.compat.v1.Session(target) as session:
+    devices = session.list_devices()
+  tpus = [d.name for d in devices if d.device_type == "TPU"]
+  if not tpus:
+    found = sorted({d.device_type for d in devices})
+    where = target or "this process"
+    raise NoTPUError(
+        f"use_tpu is set, but the session target ({where}) has no TPU "
+        f"devices; it has {len(devices)} device(s) of types {found}. To run "
+        f"on CPU, set use_tpu=False (--use_tpu=false); to emulate N TPU "
+        f"cores here, use the CPU emulation (TPUEstimator: use_tpu=True "
+        f"with TPUConfig(num_shards=N) and no cluster or master).")
+  return tpus
 
 
 class TPUUnreachableError(ConnectionError):

@@ -63,6 +63,11 @@ class DeviceLoop(abc.ABC):
   def session_config(self) -> tf.compat.v1.ConfigProto:
     """The session configuration the loop needs (devices, threads)."""
 
+  def check_target(self, master: str) -> None:
+    """Raises if session target `master` cannot run this loop; called
+    before any graph is built. The default accepts any target."""
+    del master  # Any target will do.
+
   @abc.abstractmethod
   def build_train(self, model_fn: Callable, input_fn: Callable,
                   params: Dict[str, Any], skip_steps: int,

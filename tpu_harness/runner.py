@@ -182,6 +182,7 @@ class Runner:
         due (with `config.stop_on_nan_loss`); it was not saved.
     """
     logs.one_line_per_message()
+    self._device.check_target(self._config.master)
     _validation.exactly_one({"max_steps": max_steps, "steps": steps})
     if max_steps is not None:
       _validation.positive_int("max_steps", max_steps)
@@ -237,6 +238,7 @@ class Runner:
         eval directory that cannot be written (checked before evaluating).
     """
     logs.one_line_per_message()
+    self._device.check_target(self._config.master)
     if steps is not None:
       _validation.positive_int("steps", steps)
     if name is not None:
@@ -307,6 +309,7 @@ class Runner:
       ValueError: no checkpoint, or a contract violation.
     """
     logs.one_line_per_message()
+    self._device.check_target(self._config.master)
     params = self._params_for(self._batch_size("predict"))
     with self._restored(
         lambda: self._device.build_predict(self._model_fn, input_fn, params),

@@ -26,6 +26,7 @@ from typing import Any, Callable, Dict, List, Optional
 import tensorflow as tf
 
 import hooks
+from tpu_harness import cluster
 from tpu_harness import cross_shard
 from tpu_harness import spec as spec_lib
 from tpu_harness.cpu_loop import LOSS
@@ -68,6 +69,10 @@ class TpuLoop(DeviceLoop):
   def session_config(self) -> tf.compat.v1.ConfigProto:
     return tf.compat.v1.ConfigProto(allow_soft_placement=True,
                                     isolate_session_state=True)
+
+  def check_target(self, master: str) -> None:
+    """Raises cluster.NoTPUError unless `master` has TPU devices."""
+    cluster.check_tpu_devices(master)
 
   def build_train(self, model_fn: Callable, input_fn: Callable,
                   params: Dict[str, Any], skip_steps: int,
