@@ -25,7 +25,8 @@ def _data_file(prefix):
 def test_scan_sorts_own_checkpoints_leftovers_and_others(tmp_path, three):
   for name in ("best.ckpt-20.index", "pretrained-50.index",
                "model.ckpt-7.index.tempstate123", "checkpoint.tmp"
-               + "0" * 32, "notes.tempstate5", "model.ckpt.index"):
+               + "0" * 32, "notes.tempstate5", "model.ckpt.index",
+               ".tpu_harness_lease.json." + "a" * 32 + ".tmp"):
     (tmp_path / name).write_text("x")
   for name in ("model.ckpt-4_temp", "eval_temp", "mine_temp"):
     (tmp_path / name).mkdir()
@@ -33,6 +34,7 @@ def test_scan_sorts_own_checkpoints_leftovers_and_others(tmp_path, three):
   assert contents.checkpoints == three[::-1]
   assert contents.leftovers == [
       str(tmp_path / name) for name in (
+          ".tpu_harness_lease.json." + "a" * 32 + ".tmp",
           "checkpoint.tmp" + "0" * 32, "model.ckpt-4_temp",
           "model.ckpt-7.index.tempstate123")]
   assert contents.foreign == ["best.ckpt-20.index", "model.ckpt.index",

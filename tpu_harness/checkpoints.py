@@ -3,7 +3,8 @@
 A run owns exactly the checkpoints `<model_dir>/<basename>-<step>` (basename
 `model.ckpt`) whose files are in `model_dir`, and the partial files its own
 interrupted saves leave (`<basename>-<step>...tempstate<n>`,
-`<basename>-<step>_temp/`, `checkpoint.tmp<hex>`). Everything else is left
+`<basename>-<step>_temp/`, `checkpoint.tmp<hex>`) and its interrupted lease
+writes (`.tpu_harness_lease.json.<hex>.tmp`). Everything else is left
 alone and, where it looks like a checkpoint, named in the log: other
 basenames (`best.ckpt-20`, `pretrained-50`), state-file entries that point
 outside `model_dir` (a copied directory whose state file holds absolute
@@ -35,6 +36,7 @@ from tpu_harness import storage
 BASENAME = "model.ckpt"
 _STEP = re.compile(r"-(\d+)$")
 WRITE_PROBE = ".tpu_harness_write_probe"
+LEASE_NAME = ".tpu_harness_lease.json"  # tpu_harness.lease's file.
 
 
 class CheckpointMismatchError(ValueError):
@@ -83,7 +85,8 @@ def scan(model_dir: str, basename: str = BASENAME, *,
   owned_index = re.compile(rf"^{base}-(\d+)\.index$")
   leftover = re.compile(
       rf"^({base}-\d+\..*\.tempstate\d+|{base}-\d+_temp|"
-      rf"checkpoint\.tmp[0-9a-f]{{32}}|{re.escape(WRITE_PROBE)})$")
+      rf"checkpoint\.tmp[0-9a-f]{{32}}|{re.escape(WRITE_PROBE)}|"
+      rf"{re.escape(LEASE_NAME)}\.[0-9a-f]{{32}}\.tmp)$")
   owned, leftovers, foreign = [], [], []
   for name in names:
     match = owned_index.match(name)

@@ -41,9 +41,10 @@ from absl import logging
 import tensorflow as tf
 
 from hooks import _paths
+from tpu_harness import checkpoints
 from tpu_harness import storage
 
-LEASE_NAME = ".tpu_harness_lease.json"
+LEASE_NAME = checkpoints.LEASE_NAME
 
 
 class ModelDirBusyError(RuntimeError):
