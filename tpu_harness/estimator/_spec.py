@@ -70,11 +70,9 @@ class TPUContext:
   """What TPUEstimator passed as `params['context']` on TPU: the replica
   layout. One host here (the emulation, or one TPU worker)."""
 
-  def __init__(self, *, mode: str, num_replicas: int,
-               per_replica_batch_size: int):
+  def __init__(self, *, mode: str, num_replicas: int):
     self._mode = mode
     self._num_replicas = num_replicas
-    self._batch = per_replica_batch_size
 
   @property
   def mode(self) -> str:

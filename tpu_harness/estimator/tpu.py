@@ -228,16 +228,15 @@ class TPUEstimator:
     self._runners[mode] = runner
     return runner
 
-  def _context(self, mode: str, batch_size: int) -> TPUContext:
-    return TPUContext(mode=mode, num_replicas=self._cores(mode),
-                      per_replica_batch_size=batch_size)
+  def _context(self, mode: str) -> TPUContext:
+    return TPUContext(mode=mode, num_replicas=self._cores(mode))
 
   def _wrapped_model_fn(self, features, labels, mode, params):
     """The runner's model_fn: the user's, called as TPUEstimator did."""
     params = copy.deepcopy(params)
     params["use_tpu"] = self._on_tpu(mode)
     if self._on_tpu(mode):
-      params["context"] = self._context(mode, params["batch_size"])
+      params["context"] = self._context(mode)
     return self._call_model_fn(features, labels, mode, params)
 
   def _call_model_fn(self, features, labels, mode, params):
@@ -265,8 +264,7 @@ class TPUEstimator:
     def wrapped(params):
       params = copy.deepcopy(params)
       if self._on_tpu(mode):
-        params["context"] = self._context(
-            mode, params["batch_size"] // max(1, self._cores(mode)))
+        params["context"] = self._context(mode)
       kwargs = {"params": params}
       if "mode" in args:
         kwargs["mode"] = mode

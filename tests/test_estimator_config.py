@@ -1,0 +1,83 @@
+"""estimator RunConfig / TPUConfig: TF's names, defaults and meaning; what
+cannot be honoured is refused by name."""
+
+import pytest
+import tensorflow as tf
+
+from tpu_harness import estimator as tf_estimator
+
+RunConfig = tf_estimator.tpu.RunConfig
+TPUConfig = tf_estimator.tpu.TPUConfig
+InputPipelineConfig = tf_estimator.tpu.InputPipelineConfig
+
+
+@pytest.mark.parametrize("kwargs,steps,secs", [
+    (dict(), None, 600),                              # TF's default.
+    (dict(save_checkpoints_steps=100), 100, None),
+    (dict(save_checkpoints_secs=30), None, 30),
+    (dict(save_checkpoints_steps=None, save_checkpoints_secs=None), None,
+     None),                                           # No periodic saves.
+])
+def test_save_interval_defaults(kwargs, steps, secs):
+  config = RunConfig(**kwargs)
+  assert (config.save_checkpoints_steps, config.save_checkpoints_secs) == (
+      steps, secs)
+
+
+def test_positional_tpu_config_and_per_host_mapping():
+  config = TPUConfig(50, 8)  # As mnist_tpu.py writes it.
+  assert (config.iterations_per_loop, config.num_shards) == (50, 8)
+  assert config.per_host_input_for_training == InputPipelineConfig.PER_HOST_V1
+  assert config.per_host_input
+  v2 = TPUConfig(per_host_input_for_training=InputPipelineConfig.PER_HOST_V2)
+  assert not v2.per_host_input
+  assert TPUConfig(per_host_input_for_training=False).per_host_input_for_training == (  # pylint: disable=line-too-long
+      InputPipelineConfig.PER_SHARD_V1)
+
+
+def test_replace_and_master():
+  config = RunConfig(master="grpc://10.0.0.2:8470", model_dir="/a",
+                     tpu_config=TPUConfig(5, 2))
+  other = config.replace(model_dir="/b")
+  assert (other.model_dir, other.master, other.tpu_config) == (
+      "/b", "grpc://10.0.0.2:8470", TPUConfig(5, 2))
+  assert other.evaluation_master == "grpc://10.0.0.2:8470"
+
+
+@pytest.mark.parametrize("make,error,message", [
+    (lambda: RunConfig(save_checkpoints_steps=1, save_checkpoints_secs=1),
+     ValueError, "are both set"),
+    (lambda: RunConfig(master="grpc://h:1", cluster=object()), ValueError,
+     "Both `master` and `cluster`"),
+    (lambda: RunConfig(keep_checkpoint_every_n_hours=1), NotImplementedError,
+     "`keep_checkpoint_every_n_hours` (1) is not supported"),
+    (lambda: RunConfig(train_distribute=object()), NotImplementedError,
+     "`train_distribute`"),
+    (lambda: RunConfig(evaluation_master="grpc://other:1"),
+     NotImplementedError, "evaluates where it trains"),
+    (lambda: RunConfig(tpu_config={"iterations_per_loop": 2}), TypeError,
+     "`tpu_config`"),
+    (lambda: TPUConfig(iterations_per_loop="60s"), NotImplementedError,
+     "as a time is not supported"),
+    (lambda: TPUConfig(iterations_per_loop=0), ValueError,
+     "`iterations_per_loop` (0) must be a positive integer"),
+    (lambda: TPUConfig(num_cores_per_replica=2), NotImplementedError,
+     "model parallelism"),
+    (lambda: TPUConfig(per_host_input_for_training=InputPipelineConfig.
+                       BROADCAST), NotImplementedError,
+     "`per_host_input_for_training` (4)"),
+    (lambda: TPUConfig(tpu_job_name="worker"), NotImplementedError,
+     "`tpu_job_name` ('worker')"),
+    (lambda: TPUConfig(experimental_host_call_every_n_steps=0), ValueError,
+     "`experimental_host_call_every_n_steps` (0)"),
+])
+def test_refused_and_bad_arguments(make, error, message):
+  with pytest.raises(error) as info:
+    make()
+  assert message in str(info.value)
+
+
+def test_session_config_is_kept():
+  session_config = tf.compat.v1.ConfigProto(allow_soft_placement=True)
+  assert RunConfig(session_config=session_config).session_config is (
+      session_config)
