@@ -15,6 +15,8 @@ from __future__ import annotations
 import os
 import re
 
+import tensorflow as tf
+
 # The characters TensorFlow's file matching treats specially.
 GLOB_CHARACTERS = "*?[\\"
 
@@ -62,3 +64,13 @@ def state_file_entry(save_dir: str, prefix: str) -> str:
   """
   name = prefix.rstrip("/").rsplit("/", 1)[-1]
   return name if os.path.isabs(save_dir) else join(save_dir, name)
+
+
+def delete_checkpoint(prefix: str) -> None:
+  """Deletes the files of checkpoint `prefix` (`prefix.*`: index, data,
+  meta), matching the prefix literally."""
+  for path in tf.io.gfile.glob(escape(prefix) + ".*"):
+    try:
+      tf.io.gfile.remove(path)
+    except tf.errors.NotFoundError:
+      pass

@@ -176,7 +176,7 @@ class AsyncCheckpointWriter:
           all_model_checkpoint_paths=[self._path_for_state(p)
                                       for p in self._recent])
       for old in expired:
-        _delete_checkpoint(old)
+        _paths.delete_checkpoint(old)
       self._done_step = step
     except BaseException as error:  # pylint: disable=broad-except
       self._error = error
@@ -184,11 +184,3 @@ class AsyncCheckpointWriter:
   def _path_for_state(self, prefix: str) -> str:
     return (_paths.state_file_entry(self._dir, prefix) if self._relative
             else prefix)
-
-
-def _delete_checkpoint(prefix: str) -> None:
-  for path in tf.io.gfile.glob(_paths.escape(prefix) + ".*"):
-    try:
-      tf.io.gfile.remove(path)
-    except tf.errors.NotFoundError:
-      pass

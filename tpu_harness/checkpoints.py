@@ -295,23 +295,8 @@ def remove_leftovers(contents: Contents) -> None:
       pass
 
 
-def delete_checkpoint(prefix: str, names: Sequence[str]) -> None:
-  """Deletes the files of checkpoint `prefix` among `names` (a listing of
-  its directory): `.index`, `.data-*`, `.meta`."""
-  directory, base = os.path.split(prefix) if "://" not in prefix else (
-      prefix.rsplit("/", 1))
-  for name in names:
-    if name.startswith(base + ".") and re.match(
-        r"^\.(index|meta|data-\d+-of-\d+)$", name[len(base):]):
-      try:
-        tf.io.gfile.remove(join(directory, name))
-      except tf.errors.NotFoundError:
-        pass
-
-
 def enforce_keep_max(model_dir: str, owned_oldest_first: Sequence[str],
-                     keep_max: int, *,
-                     sleep: Callable[[float], None] = time.sleep) -> List[str]:
+                     keep_max: int) -> List[str]:
   """Deletes the oldest of `owned_oldest_first` beyond `keep_max` (0 keeps
   all) and points the state file at what is kept; returns what is kept.
 
@@ -322,14 +307,13 @@ def enforce_keep_max(model_dir: str, owned_oldest_first: Sequence[str],
   if not keep_max or len(owned) <= keep_max:
     return owned
   expired, kept = owned[:-keep_max], owned[-keep_max:]
-  names = storage.list_names(model_dir, sleep=sleep)
   tf.compat.v1.train.update_checkpoint_state(
       model_dir, _paths.state_file_entry(model_dir, kept[-1]),
       all_model_checkpoint_paths=[_paths.state_file_entry(model_dir, p)
                                   for p in kept])
   for prefix in expired:
     logging.info("Deleting %s: keep_checkpoint_max is %d.", prefix, keep_max)
-    delete_checkpoint(prefix, names)
+    _paths.delete_checkpoint(prefix)
   return kept
 
 
