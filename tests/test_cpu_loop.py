@@ -101,31 +101,6 @@ def test_skip_steps_skips_whole_steps_of_input():
       built.infeed.stop()
 
 
-def test_predict_input_pads_rows_and_shards():
-  dataset = tf.data.Dataset.from_tensor_slices(
-      np.arange(5, dtype=np.float32).reshape(5, 1)).batch(2)
-  padded = cpu_loop._padded_predict_input(dataset, batch_size=2,  # pylint: disable=protected-access
-                                          num_shards=2)
-  assert padded.element_spec[0].shape == (2, 2, 1)
-  iterator = tf.compat.v1.data.make_one_shot_iterator(padded)
-  element = iterator.get_next()
-  with tf.compat.v1.Session() as session:
-    first = session.run(element)
-    second = session.run(element)
-  np.testing.assert_array_equal(first[1], [2, 2])
-  np.testing.assert_array_equal(second[1], [1, 0])
-  np.testing.assert_array_equal(second[0][:, :, 0], [[4, 0], [0, 0]])
-
-
-def test_predict_input_with_unknown_feature_shape_is_rejected():
-  dataset = tf.data.Dataset.from_generator(
-      lambda: iter([np.zeros((2, 3), np.float32)]),
-      output_signature=tf.TensorSpec([None, None], tf.float32))
-  with pytest.raises(th.InputShapeError, match="after the first are fixed; "
-                     r"features has shape \(None, None\)"):
-    cpu_loop._padded_predict_input(dataset, 2, 1)  # pylint: disable=protected-access
-
-
 def test_eval_metrics_from_only_some_replicas_is_a_clear_error():
   calls = []
 

@@ -1,12 +1,15 @@
-"""TpuLoop: the TPU training graph builds on CPU with the expected ops and
-shapes. (It cannot run here: there is no TPU; see the module docstring.)"""
+"""TpuLoop: the TPU training, evaluation and prediction graphs build on CPU
+with the expected ops and shapes. (It cannot run here: there is no TPU; see the module docstring.)"""
 
 import collections
 
+import numpy as np
 import pytest
 import tensorflow as tf
 
+import runner_models
 import tpu_harness as th
+from tpu_harness import host_loop
 from runner_models import linear_model_fn
 from runner_models import train_input_fn
 
@@ -85,12 +88,108 @@ def test_one_core_needs_no_cross_shard_optimizer():
       "num_replicas"].i == 1
 
 
-def test_eval_and_predict_are_not_built_yet():
-  loop = th.TpuLoop(num_shards=1, iterations_per_loop=1)
-  with pytest.raises(NotImplementedError, match="training loops only"):
-    loop.build_eval(linear_model_fn, train_input_fn(), {"batch_size": 1})
-  with pytest.raises(NotImplementedError, match="training loops only"):
-    loop.build_predict(linear_model_fn, train_input_fn(), {"batch_size": 1})
+def _by_type(nodes):
+  by_type = collections.defaultdict(list)
+  for node in nodes:
+    by_type[node.op].append(node)
+  return by_type
+
+
+def _shapes(node, attr="shapes"):
+  return [[d.size for d in s.dim] for s in node.attr[attr].list.shape]
+
+
+def _eval_input(params):
+  x, y = runner_models.data(64)
+  return tf.data.Dataset.from_tensor_slices((x, y)).batch(
+      params["batch_size"], drop_remainder=True)
+
+
+@pytest.mark.parametrize("per_host_input", [False, True])
+def test_eval_graph_sends_loss_and_metric_tensors_per_core(per_host_input):
+  tf.compat.v1.train.get_or_create_global_step()
+  loop = th.TpuLoop(num_shards=2, iterations_per_loop=4,
+                    per_host_input=per_host_input)
+  calls = []
+
+  def input_fn(params):
+    calls.append(params["batch_size"])
+    return _eval_input(params)
+
+  built = loop.build_eval(linear_model_fn, input_fn, {"batch_size": 4})
+  # PER_HOST_V1 reads the global batch and splits it; V2 a core's batch.
+  assert calls == [8 if per_host_input else 4]
+  by_type = _by_type(_ops(tf.compat.v1.get_default_graph().as_graph_def()))
+  enqueues = by_type["InfeedEnqueueTuple"]
+  assert sorted(n.attr["device_ordinal"].i for n in enqueues) == [0, 1]
+  for node in enqueues + by_type["InfeedDequeueTuple"]:
+    assert _shapes(node) == [[4, 4], [4, 1]]
+  metadata, = by_type["TPUReplicateMetadata"]
+  assert metadata.attr["num_replicas"].i == 2
+  assert not by_type["CrossReplicaSum"]  # No gradients in eval.
+  # Per core and step: the loss and metric_fn's two tensors.
+  sent, = by_type["OutfeedEnqueueTuple"]
+  assert len(sent.attr["dtypes"].list.type) == 3
+  received = by_type["OutfeedDequeueTuple"]
+  assert sorted(n.attr["device_ordinal"].i for n in received) == [0, 1]
+  assert _shapes(received[0]) == [[], [4, 1], [4, 1]]  # Sorted by name.
+  # On the host: the cores' tensors concatenated per step, metric_fn's
+  # metrics and the mean loss over them.
+  outfeed = built.fetches["outfeed"]
+  assert sorted(outfeed) == ["loss", "metric/labels", "metric/prediction"]
+  assert outfeed["metric/labels"].shape.as_list() == [None, 8, 1]
+  assert outfeed["loss"].shape.as_list() == [None]
+  assert sorted(built.metrics) == ["loss", "mae", "mse"]
+  assert built.fetches["update"].type == "NoOp"
+  assert "end_step" not in built.fetches
+  assert isinstance(built.hooks[0], th.tpu_loop.TpuSystemHook)
+  assert built.host_call is None
+  # metric_fn ran on the host, outside the replicated computation.
+  for metric in built.metrics.values():
+    assert "_tpu_replicate" not in metric.op.node_def.attr
+
+
+@pytest.mark.parametrize("per_host_input", [False, True])
+def test_predict_graph_pads_batches_and_sends_real_row_counts(
+    per_host_input):
+  loop = th.TpuLoop(num_shards=2, iterations_per_loop=3,
+                    per_host_input=per_host_input)
+
+  def input_fn(params):
+    x, _ = runner_models.data(5)  # Less than a batch: padded.
+    return tf.data.Dataset.from_tensor_slices(x).batch(params["batch_size"])
+
+  built = loop.build_predict(linear_model_fn, input_fn, {"batch_size": 4})
+  by_type = _by_type(_ops(tf.compat.v1.get_default_graph().as_graph_def()))
+  # Each core gets a full batch of 4 and its count of real rows.
+  for node in by_type["InfeedEnqueueTuple"] + by_type["InfeedDequeueTuple"]:
+    assert _shapes(node) == [[4, 4], []]
+  # Per core: its count and its two predictions; the host stacks the cores.
+  assert _shapes(by_type["OutfeedDequeueTuple"][0]) == [[], [4, 1], [4, 1]]
+  outfeed = built.fetches["outfeed"]
+  assert sorted(outfeed) == ["__valid__", "doubled", "y"]
+  assert outfeed["__valid__"].shape.as_list() == [None, 2]
+  assert outfeed["y"].shape.as_list() == [None, 2, 4, 1]
+  assert not by_type["CrossReplicaSum"]
+  # The host drops the padding as it does for the CPU emulation.
+  fake = {"__valid__": np.array([[4, 1]]),
+          "y": np.arange(8).reshape(1, 2, 4, 1),
+          "doubled": np.zeros((1, 2, 4, 1))}
+  rows = list(host_loop.prediction_rows(fake))
+  assert [int(r["y"][0]) for r in rows] == [0, 1, 2, 3, 4]
+
+
+def test_predictions_as_one_tensor():
+  def model_fn(features, labels, mode, params):
+    del labels, params
+    return th.ModelSpec(mode=mode, predictions=features * 2.0)
+
+  built = th.TpuLoop(num_shards=1, iterations_per_loop=2).build_predict(
+      model_fn, lambda p: tf.data.Dataset.from_tensor_slices(
+          np.zeros((3, 2), np.float32)).batch(p["batch_size"]),
+      {"batch_size": 2})
+  assert built.fetches["outfeed"]["__single__"].shape.as_list() == [
+      None, 1, 2, 2]
 
 
 def test_a_target_without_tpu_devices_is_refused_before_any_graph():

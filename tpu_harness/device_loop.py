@@ -14,11 +14,18 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import tensorflow as tf
 
 from tpu_harness.infeed import HostInfeed
+
+# Outfeed names every loop uses: each step's mean loss (TRAIN, EVAL), the
+# count of real rows in each replica's predict batch, and predictions given
+# as one tensor rather than a dict.
+LOSS = "loss"
+VALID = "__valid__"
+SINGLE_PREDICTION = "__single__"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,6 +70,24 @@ class DeviceLoop(abc.ABC):
   def session_config(self) -> tf.compat.v1.ConfigProto:
     """The session configuration the loop needs (devices, threads)."""
 
+  @property
+  def per_host_input(self) -> bool:
+    """Whether `input_fn` gets the global batch size and its batches are
+    split among the replicas (else: it gets the per-replica batch size)."""
+    return False
+
+  @property
+  def compiles_for_tpu(self) -> bool:
+    """Whether the loop's steps run on a TPU, so that the runner checks
+    that they compile for one (`tpu_harness.tpu_check`) before building."""
+    return False
+
+  def input_params(self, params: Dict[str, Any]) -> Dict[str, Any]:
+    """The params `input_fn` gets, from `model_fn`'s."""
+    if not self.per_host_input:
+      return params
+    return dict(params, batch_size=params["batch_size"] * self.num_shards)
+
   def check_target(self, master: str) -> None:
     """Raises if session target `master` cannot run this loop; called
     before any graph is built. The default accepts any target."""
@@ -86,3 +111,24 @@ class DeviceLoop(abc.ABC):
   def build_predict(self, model_fn: Callable, input_fn: Callable,
                     params: Dict[str, Any]) -> BuiltLoop:
     """Builds the prediction loop; fetches carry `valid` row counts."""
+
+
+def prediction_outfeed(per_replica: List[Any], valid: tf.Tensor
+                       ) -> Dict[str, tf.Tensor]:
+  """One step's predict outfeed: {name: the replicas' predictions stacked
+  on a first axis}, with `valid`, the replicas' counts of real rows.
+
+  Args:
+    per_replica: each replica's `predictions` (a tensor, or a dict).
+    valid: [replicas] int32.
+  """
+  values = {VALID: valid}
+  if isinstance(per_replica[0], tf.Tensor):
+    values[SINGLE_PREDICTION] = tf.stack(per_replica)
+    return values
+  for name in per_replica[0]:
+    if name in (VALID, SINGLE_PREDICTION):
+      raise ValueError(f"A prediction may not be named {name!r}.")
+    values[name] = tf.stack([predictions[name]
+                             for predictions in per_replica])
+  return values

@@ -18,8 +18,9 @@ from typing import Any, Callable, Dict, Iterator, Mapping, Optional, Tuple
 import numpy as np
 import tensorflow as tf
 
-from tpu_harness import cpu_loop
 from tpu_harness.device_loop import BuiltLoop
+from tpu_harness.device_loop import SINGLE_PREDICTION
+from tpu_harness.device_loop import VALID
 
 
 def run_loops(loop: BuiltLoop, session, steps: Optional[int],
@@ -78,14 +79,14 @@ def prediction_rows(outfeed: Mapping[str, np.ndarray]
   """One `{name: value}` per real example of a predict loop's outfeed
   (values shaped [steps, replicas, rows, ...]; padding rows dropped), or
   one value per example where the predictions were a single tensor."""
-  valid = outfeed[cpu_loop.VALID]
-  names = [name for name in outfeed if name != cpu_loop.VALID]
-  single = names == [cpu_loop.SINGLE_PREDICTION]
+  valid = outfeed[VALID]
+  names = [name for name in outfeed if name != VALID]
+  single = names == [SINGLE_PREDICTION]
   for step in range(valid.shape[0]):
     for shard in range(valid.shape[1]):
       for row in range(int(valid[step, shard])):
         if single:
-          yield outfeed[cpu_loop.SINGLE_PREDICTION][step, shard, row]
+          yield outfeed[SINGLE_PREDICTION][step, shard, row]
         else:
           yield {name: outfeed[name][step, shard, row] for name in names}
 
@@ -95,7 +96,7 @@ def batches(rows: Iterator[Any], outfeed: Mapping[str, np.ndarray]
   """The rows of a predict loop's outfeed regrouped by input batch (one
   step's replicas together), each value stacked: `{name: [rows, ...]}`, or
   an array for a single-tensor prediction."""
-  valid = outfeed[cpu_loop.VALID]
+  valid = outfeed[VALID]
   rows = iter(rows)
   for step in range(valid.shape[0]):
     count = int(np.sum(valid[step]))

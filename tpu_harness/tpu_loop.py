@@ -4,19 +4,23 @@ The same interface as `cpu_loop.CpuEmulationLoop`, with TPU parts:
 
 * host: the input pipeline runs on the TPU host's CPU; the runner's infeed
   thread runs an in-graph loop of `InfeedEnqueueTuple` ops, one per core
-  (`device_ordinal`), each with that core's per-replica batch;
+  (`device_ordinal`), each with that core's per-replica part of the step's
+  element (see `step_input` for the layouts);
 * device: `tf.compat.v1.tpu.replicate` over `num_shards` cores of a
   `tf.while_loop` whose body dequeues (`InfeedDequeueTuple`), calls
   `model_fn` (its `tpu_harness.CrossShardOptimizer` becomes TF's TPU
   `CrossShardOptimizer`, i.e. a `CrossReplicaSum` of gradients), and sends
-  the step's loss and host_call tensors out (`OutfeedEnqueueTuple`);
+  the step's values out (`OutfeedEnqueueTuple`): the loss and host_call
+  tensors in TRAIN, also the `eval_metrics` tensors in EVAL, the
+  predictions and the count of real rows in PREDICT;
 * host again: after the loop, `OutfeedDequeueTuple` per core per step, in
-  the same `Session.run`;
+  the same `Session.run`, merged across cores as the CPU emulation merges
+  replicas (the loss averaged, eval and host_call tensors concatenated,
+  predictions stacked); `metric_fn` and `host_call` run there;
 * session start: `tf.compat.v1.tpu.initialize_system()`.
 
-This build only covers training (evaluate and predict raise
-NotImplementedError). It cannot run without a TPU: on CPU, tests check the
-graph's ops and shapes (tests/test_tpu_loop.py). It was not run on a TPU.
+It cannot run without a TPU: on CPU, tests check the graphs' ops and shapes
+for all three modes (tests/test_tpu_loop.py). It was not run on a TPU.
 """
 
 from __future__ import annotations
@@ -28,13 +32,20 @@ import tensorflow as tf
 import hooks
 from tpu_harness import cluster
 from tpu_harness import cross_shard
+from tpu_harness import eval_metrics as eval_metrics_lib
 from tpu_harness import spec as spec_lib
-from tpu_harness.cpu_loop import LOSS
-from tpu_harness.cpu_loop import make_input
+from tpu_harness import step_input
 from tpu_harness.device_loop import BuiltLoop
 from tpu_harness.device_loop import DeviceLoop
+from tpu_harness.device_loop import LOSS
+from tpu_harness.device_loop import prediction_outfeed
+from tpu_harness.eval_metrics import EvalMetrics
 from tpu_harness.host_call import HostCall
 from tpu_harness.infeed import HostInfeed
+
+# Outfeed values whose per-core parts are stacked on a new first axis (the
+# predict outfeed); the loss is averaged; the rest concatenated on axis 0.
+_STACKED = "stacked"
 
 
 class TpuSystemHook(tf.compat.v1.train.SessionRunHook):
@@ -57,10 +68,29 @@ class TpuLoop(DeviceLoop):
   """`iterations_per_loop` steps on `num_shards` TPU cores per Session.run."""
 
   def __init__(self, *, num_shards: int, iterations_per_loop: int,
-               host_device: str = "/job:worker/task:0/device:CPU:0"):
+               host_device: str = "/job:worker/task:0/device:CPU:0",
+               max_infeed_bytes: Optional[int] = None,
+               per_host_input: bool = False,
+               host_call_every_n_steps: int = 1):
+    """Initializes the loop builder.
+
+    Args:
+      num_shards: TPU cores.
+      iterations_per_loop: steps per `Session.run`.
+      host_device: the TPU host's CPU, where the input pipeline runs.
+      max_infeed_bytes: host memory the infeed may hold (see
+        `RunConfig.max_infeed_bytes`); None: no limit.
+      per_host_input: `input_fn` gets the global batch size and its batches
+        are split among the cores (else: per-core batches).
+      host_call_every_n_steps: run a `host_call` on every n-th step of a
+        loop only.
+    """
     self._num_shards = num_shards
     self._iterations_per_loop = iterations_per_loop
     self._host_device = host_device
+    self._max_infeed_bytes = max_infeed_bytes
+    self._per_host_input = per_host_input
+    self._host_call_every = host_call_every_n_steps
 
   @property
   def num_shards(self) -> int:
@@ -74,51 +104,157 @@ class TpuLoop(DeviceLoop):
     """Raises cluster.NoTPUError unless `master` has TPU devices."""
     cluster.check_tpu_devices(master)
 
+  @property
+  def per_host_input(self) -> bool:
+    return self._per_host_input
+
+  @property
+  def compiles_for_tpu(self) -> bool:
+    return True
+
+  # The three modes.
+
   def build_train(self, model_fn: Callable, input_fn: Callable,
                   params: Dict[str, Any], skip_steps: int,
                   max_steps: Optional[int] = None) -> BuiltLoop:
     mode = spec_lib.ModeKeys.TRAIN
+    with tf.device(self._host_device):
+      dataset = self._per_step(input_fn, params, mode).skip(skip_steps)
+
+    def step_fn(element, holder):
+      features, labels = element
+      spec = spec_lib.check_spec(model_fn(features, labels, mode, params),
+                                 mode)
+      holder["spec"] = spec
+      values = {LOSS: spec.loss}
+      values.update(self._host_call(spec, holder))
+      return [spec.train_op], values
+
+    infeed, iterations, stacked, holder = self._build(
+        mode, dataset, params, step_fn, max_steps)
+    with tf.device(self._host_device):
+      with tf.control_dependencies(list(stacked.values())):
+        end_step = tf.compat.v1.train.get_global_step().read_value()
+    return self._built(infeed, iterations,
+                       {"outfeed": stacked, "end_step": end_step}, holder)
+
+  def build_eval(self, model_fn, input_fn, params, steps=None) -> BuiltLoop:
+    mode = spec_lib.ModeKeys.EVAL
+    with tf.device(self._host_device):
+      dataset = self._per_step(input_fn, params, mode)
+
+    def step_fn(element, holder):
+      features, labels = element
+      spec = spec_lib.check_spec(model_fn(features, labels, mode, params),
+                                 mode)
+      holder["spec"] = spec
+      values = {LOSS: spec.loss}
+      values.update(self._host_call(spec, holder))
+      if spec.eval_metrics is not None:
+        metrics = EvalMetrics(*spec.eval_metrics)
+        holder["eval_metrics"] = metrics
+        values.update(metrics.outfeed([spec.eval_metrics[1]]))
+      return [], values
+
+    infeed, iterations, stacked, holder = self._build(
+        mode, dataset, params, step_fn, steps)
+    with tf.device(self._host_device):
+      metrics, update = eval_metrics_lib.on_host(
+          stacked, holder.get("eval_metrics"))
+    return self._built(infeed, iterations,
+                       {"update": update, "outfeed": stacked}, holder,
+                       metrics=metrics)
+
+  def build_predict(self, model_fn, input_fn, params) -> BuiltLoop:
+    mode = spec_lib.ModeKeys.PREDICT
+    with tf.device(self._host_device):
+      dataset = step_input.padded_predict_input(
+          step_input.make_input(input_fn, self.input_params(params), mode),
+          params["batch_size"], self._num_shards, self._per_host_input)
+
+    def step_fn(element, holder):
+      features, valid = element
+      spec = spec_lib.check_spec(model_fn(features, None, mode, params),
+                                 mode)
+      holder["spec"] = spec
+      holder[_STACKED] = True
+      # One core's values; the host stacks the cores' on a first axis.
+      values = prediction_outfeed([spec.predictions],
+                                  tf.reshape(valid, [1]))
+      return [], {name: value[0] for name, value in values.items()}
+
+    infeed, iterations, stacked, holder = self._build(
+        mode, dataset, params, step_fn)
+    return self._built(infeed, iterations, {"outfeed": stacked}, holder)
+
+  # Building blocks.
+
+  def _per_step(self, input_fn, params, mode) -> tf.data.Dataset:
+    """`input_fn`'s batches, one element per step with the cores' parts
+    stacked on a first axis."""
+    return step_input.per_step(
+        step_input.make_input(input_fn, self.input_params(params), mode),
+        self._num_shards, self._per_host_input, stack_one=True)
+
+  def _host_call(self, spec, holder) -> Dict[str, tf.Tensor]:
+    """This core's host_call outfeed values; the call goes in `holder`."""
+    if spec.host_call is None:
+      return {}
+    call = HostCall(*spec.host_call, every_n_steps=self._host_call_every)
+    holder["host_call"] = call
+    return call.outfeed([spec.host_call[1]])
+
+  def _build(self, mode: str, dataset: tf.data.Dataset,
+             params: Dict[str, Any], step_fn: Callable,
+             max_steps: Optional[int] = None) -> tuple:
+    """The infeed, the replicated device loop and the host's outfeed loop.
+
+    Args:
+      mode: a ModeKeys value.
+      dataset: one element per step, each leaf [num_shards, ...].
+      params: `model_fn`'s params (for the infeed's messages).
+      step_fn: `step_fn(element, holder)` on one core's part of a step's
+        element returns (ops to run, {name: tensor} to send out); it
+        records the spec and calls in `holder`.
+      max_steps: read at most this many steps of input.
+
+    Returns:
+      (infeed, iterations, {name: [steps, ...]} merged outfeed, holder).
+    """
     shards = self._num_shards
     with tf.device(self._host_device):
-      dataset = make_input(input_fn, params, mode).batch(
-          shards, drop_remainder=True).skip(skip_steps)
       structure = dataset.element_spec
-      per_replica = [spec.shape[1:] for spec in tf.nest.flatten(structure)]
+      per_core = [spec.shape[1:] for spec in tf.nest.flatten(structure)]
       dtypes = [spec.dtype for spec in tf.nest.flatten(structure)]
 
       def enqueue(values: List[tf.Tensor]) -> tf.Operation:
         return tf.group([
             tf.raw_ops.InfeedEnqueueTuple(
                 inputs=[value[core] for value in values],
-                shapes=per_replica, device_ordinal=core)
+                shapes=per_core, device_ordinal=core)
             for core in range(shards)])
 
-      infeed = HostInfeed(dataset, self._iterations_per_loop, "train",
-                          enqueue_fn=enqueue, max_steps=max_steps)
+      name = {spec_lib.ModeKeys.PREDICT: "predict"}.get(mode, mode)
+      infeed = HostInfeed(
+          dataset, self._iterations_per_loop, name, enqueue_fn=enqueue,
+          max_steps=max_steps, max_bytes=self._max_infeed_bytes,
+          layout=(f"iterations_per_loop={self._iterations_per_loop}, "
+                  f"{name}_batch_size={params['batch_size'] * shards}"))
     iterations = tf.compat.v1.placeholder_with_default(
         self._iterations_per_loop, [], name="iterations")
-    outfeed_spec: Dict[str, Any] = {}
+    outfeed: Dict[str, Any] = {}
     holder: Dict[str, Any] = {}
 
     def computation(steps):
       def body(i):
-        flat = tf.raw_ops.InfeedDequeueTuple(dtypes=dtypes,
-                                             shapes=per_replica)
-        features, labels = tf.nest.pack_sequence_as(structure, flat)
-        spec = spec_lib.check_spec(model_fn(features, labels, mode, params),
-                                   mode)
-        holder["spec"] = spec
-        values = {LOSS: spec.loss}
-        if spec.host_call is not None:
-          # Each core sends its own tensors; the host concatenates them.
-          call = HostCall(*spec.host_call)
-          holder["host_call"] = call
-          values.update(call.outfeed([spec.host_call[1]]))
+        flat = tf.raw_ops.InfeedDequeueTuple(dtypes=dtypes, shapes=per_core)
+        ops, values = step_fn(tf.nest.pack_sequence_as(structure, flat),
+                              holder)
         names = sorted(values)
-        outfeed_spec["names"] = names
-        outfeed_spec["dtypes"] = [values[n].dtype for n in names]
-        outfeed_spec["shapes"] = [values[n].shape for n in names]
-        with tf.control_dependencies([spec.train_op]):
+        outfeed["names"] = names
+        outfeed["dtypes"] = [values[n].dtype for n in names]
+        outfeed["shapes"] = [values[n].shape for n in names]
+        with tf.control_dependencies(ops):
           sent = tf.raw_ops.OutfeedEnqueueTuple(
               inputs=[tf.identity(values[n]) for n in names])
         with tf.control_dependencies([sent]):
@@ -127,7 +263,7 @@ class TpuLoop(DeviceLoop):
       with cross_shard.tpu_replicas(shards) as context:
         done = tf.while_loop(lambda i: i < steps, body, [tf.constant(0)],
                              name="device_loop")
-      if not context.used and shards > 1:
+      if mode == spec_lib.ModeKeys.TRAIN and not context.used and shards > 1:
         raise ValueError(
             f"With num_shards={shards}, `model_fn` must wrap its optimizer in "
             f"tpu_harness.CrossShardOptimizer so that gradients are summed "
@@ -139,24 +275,18 @@ class TpuLoop(DeviceLoop):
       replicated = tf.compat.v1.tpu.replicate(
           computation, inputs=[[iterations]] * shards)
     with tf.device(self._host_device):
-      stacked = self._dequeue_outfeed(iterations, outfeed_spec,
-                                      [r[0] for r in replicated])
-      with tf.control_dependencies(list(stacked.values())):
-        end_step = tf.compat.v1.train.get_global_step().read_value()
-      call = holder.get("host_call")
-      if call is not None:
-        call.build(stacked)
-    return BuiltLoop(infeed=infeed, iterations=iterations,
-                     fetches={"outfeed": stacked, "end_step": end_step},
-                     host_call=call, spec=holder.get("spec"),
-                     hooks=(TpuSystemHook(self._host_device),)
-                     + ((call,) if call is not None else ()))
+      stacked = self._dequeue_outfeed(iterations, outfeed,
+                                      [r[0] for r in replicated],
+                                      stack=holder.get(_STACKED, False))
+    return infeed, iterations, stacked, holder
 
-  def _dequeue_outfeed(self, iterations, spec, done) -> Dict[str, tf.Tensor]:
+  def _dequeue_outfeed(self, iterations, spec, done,
+                       stack: bool) -> Dict[str, tf.Tensor]:
     """Host loop: each step's outfeed from every core, stacked by step.
 
-    Per name: [steps] for the loss (mean over cores), else the cores'
-    values concatenated on their first axis: [steps, cores * d, ...].
+    Per name: [steps] for the loss (mean over cores); with `stack`, the
+    cores' values stacked: [steps, cores, ...]; else concatenated on their
+    first axis: [steps, cores * d, ...].
     """
     names, dtypes, shapes = spec["names"], spec["dtypes"], spec["shapes"]
     arrays = [tf.TensorArray(dtype, size=iterations) for dtype in dtypes]
@@ -168,8 +298,12 @@ class TpuLoop(DeviceLoop):
       out = []
       for index, (name, array) in enumerate(zip(names, arrays)):
         values = [core_values[index] for core_values in per_core]
-        merged = (tf.add_n(values) / self._num_shards if name == LOSS
-                  else tf.concat(values, axis=0))
+        if name == LOSS:
+          merged = tf.add_n(values) / self._num_shards
+        elif stack:
+          merged = tf.stack(values)
+        else:
+          merged = tf.concat(values, axis=0)
         out.append(array.write(step, merged))
       return [step + 1] + out
 
@@ -178,12 +312,14 @@ class TpuLoop(DeviceLoop):
                              [tf.constant(0)] + arrays, name="outfeed_loop")
     return {name: array.stack() for name, array in zip(names, result[1:])}
 
-  def build_eval(self, model_fn, input_fn, params, steps=None) -> BuiltLoop:
-    raise NotImplementedError(
-        "TpuLoop builds training loops only so far; evaluate with the CPU "
-        "emulation (CpuEmulationLoop, --use_tpu=false).")
-
-  def build_predict(self, model_fn, input_fn, params) -> BuiltLoop:
-    raise NotImplementedError(
-        "TpuLoop builds training loops only so far; predict with the CPU "
-        "emulation (CpuEmulationLoop, --use_tpu=false).")
+  def _built(self, infeed, iterations, fetches, holder,
+             **kwargs) -> BuiltLoop:
+    """The BuiltLoop, with the host_call built on the host."""
+    call = holder.get("host_call")
+    if call is not None:
+      with tf.device(self._host_device):
+        call.build(fetches["outfeed"])
+    return BuiltLoop(infeed=infeed, iterations=iterations, fetches=fetches,
+                     host_call=call, spec=holder.get("spec"),
+                     hooks=(TpuSystemHook(self._host_device),)
+                     + ((call,) if call is not None else ()), **kwargs)

@@ -25,7 +25,7 @@ import tensorflow as tf
 
 import hooks as hooks_lib
 from tpu_harness import checkpoints
-from tpu_harness import cpu_loop
+from tpu_harness.device_loop import LOSS
 from tpu_harness import host_loop
 from tpu_harness import restore
 from tpu_harness import spec as spec_lib
@@ -102,7 +102,7 @@ def train(job: Job, input_fn, resume: checkpoints.ResumePoint, last_step: int,
       saver_hook.finish_pending_save()
       return saver_hook.latest_saved
 
-    guards = ([NanLossHook(loop.fetches["outfeed"][cpu_loop.LOSS],
+    guards = ([NanLossHook(loop.fetches["outfeed"][LOSS],
                            newest_checkpoint)]
               if config.stop_on_nan_loss else [])
     all_hooks = list(loop.hooks) + [InfeedHook(loop.infeed)] + guards + [
@@ -172,7 +172,7 @@ def _train_loops(job: Job, session, loop: BuiltLoop, step: int,
 def _report(config: RunConfig, outfeed, start, end, elapsed, batch_size,
             last_step, writer) -> None:
   """The progress line, and the loss summary every save_summary_steps."""
-  losses = outfeed[cpu_loop.LOSS]
+  losses = outfeed[LOSS]
   steps = end - start
   rate = steps / elapsed if elapsed > 0 else float("inf")
   logging.info("step %d: loss = %.6g (%.1f steps/sec, %.1f examples/sec)",

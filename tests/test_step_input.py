@@ -1,0 +1,75 @@
+"""step_input: per-step layouts of the input across replicas."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tpu_harness as th
+from tpu_harness import step_input
+
+
+def _elements(dataset):
+  iterator = tf.compat.v1.data.make_one_shot_iterator(dataset)
+  element = iterator.get_next()
+  out = []
+  with tf.compat.v1.Session() as session:
+    while True:
+      try:
+        out.append(session.run(element))
+      except tf.errors.OutOfRangeError:
+        return out
+
+
+def _rows(n):
+  return tf.data.Dataset.from_tensor_slices(
+      (np.arange(n, dtype=np.float32).reshape(n, 1),
+       np.arange(n, dtype=np.int32)))
+
+
+@pytest.mark.parametrize("shards, per_host, stack_one, first_features", [
+    # PER_HOST_V2: each replica its own consecutive batch of 2.
+    (2, False, False, [[[0], [1]], [[2], [3]]]),
+    # PER_HOST_V1: one batch of 2 split between the replicas.
+    (2, True, False, [[[0]], [[1]]]),
+    # One replica: the batch as it is, or stacked on a first axis of 1.
+    (1, False, False, [[0], [1]]),
+    (1, False, True, [[[0], [1]]]),
+    (1, True, True, [[[0], [1]]]),
+])
+def test_per_step_layouts(shards, per_host, stack_one, first_features):
+  dataset = step_input.per_step(_rows(8).batch(2, drop_remainder=True), shards, per_host,
+                                stack_one=stack_one)
+  features, labels = _elements(dataset)[0]
+  np.testing.assert_array_equal(features, first_features)
+  np.testing.assert_array_equal(labels, np.array(first_features)[..., 0])
+
+
+def test_a_global_batch_that_does_not_split_is_refused():
+  with pytest.raises(th.InputShapeError, match=r"A batch of 3 rows \(features\) cannot be "
+                     "split among 2 replicas"):
+    step_input.per_step(_rows(6).batch(3, drop_remainder=True), 2, per_host=True)
+
+
+def test_predict_input_pads_rows_and_shards():
+  dataset = tf.data.Dataset.from_tensor_slices(
+      np.arange(5, dtype=np.float32).reshape(5, 1)).batch(2)
+  padded = step_input.padded_predict_input(dataset, batch_size=2,
+                                          num_shards=2)
+  assert padded.element_spec[0].shape == (2, 2, 1)
+  iterator = tf.compat.v1.data.make_one_shot_iterator(padded)
+  element = iterator.get_next()
+  with tf.compat.v1.Session() as session:
+    first = session.run(element)
+    second = session.run(element)
+  np.testing.assert_array_equal(first[1], [2, 2])
+  np.testing.assert_array_equal(second[1], [1, 0])
+  np.testing.assert_array_equal(second[0][:, :, 0], [[4, 0], [0, 0]])
+
+
+def test_predict_input_with_unknown_feature_shape_is_rejected():
+  dataset = tf.data.Dataset.from_generator(
+      lambda: iter([np.zeros((2, 3), np.float32)]),
+      output_signature=tf.TensorSpec([None, None], tf.float32))
+  with pytest.raises(th.InputShapeError, match="after the first are fixed; "
+                     r"features has shape \(None, None\)"):
+    step_input.padded_predict_input(dataset, 2, 1)
