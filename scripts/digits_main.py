@@ -13,6 +13,7 @@ Where it runs:
 worker); --use_tpu=false runs the CPU emulation on whichever target.
 
     python -m scripts.digits_main --model_dir=runs/digits --mode=train_and_eval
+    python -m scripts.digits_main --mode=check    # Would it run on a TPU?
 """
 
 from __future__ import annotations
@@ -54,8 +55,13 @@ flags.DEFINE_string("model_dir", os.path.join("runs", "digits"),
 flags.DEFINE_string("data_dir", None, "Directory holding digits.csv.gz "
                     "(local or gs://); default: the copy in scripts/data.")
 flags.DEFINE_enum("mode", "train_and_eval",
-                  ["train", "eval", "train_and_eval", "predict"],
-                  "What to do.")
+                  ["train", "eval", "train_and_eval", "predict", "check"],
+                  "What to do. check: whether the model's train, eval and "
+                  "predict steps can run on a TPU, found out on CPU by "
+                  "compiling them with XLA (no TPU needed).")
+flags.DEFINE_bool("check_tpu", True, "With --use_tpu, run the TPU "
+                  "compatibility check (as --mode=check) before building "
+                  "each TPU loop.")
 flags.DEFINE_integer("train_steps", 2000, "Global step to train to.",
                      lower_bound=1)
 flags.DEFINE_integer("iterations_per_loop", 100,
@@ -115,14 +121,6 @@ def _check_data_dir(value):
     return False
 
 
-@flags.multi_flags_validator(
-    ["use_tpu", "mode"],
-    message="--use_tpu supports --mode=train only so far (the TPU loop is "
-            "built for training; evaluate with --use_tpu=false).")
-def _check_tpu_mode(values):
-  return not values["use_tpu"] or values["mode"] == "train"
-
-
 def make_runner(master: str) -> th.Runner:
   config = th.RunConfig(
       model_dir=FLAGS.model_dir,
@@ -131,7 +129,8 @@ def make_runner(master: str) -> th.Runner:
       log_step_count_steps=FLAGS.iterations_per_loop,
       save_summary_steps=FLAGS.iterations_per_loop,
       master=master,
-      tpu=th.TPUConfig(num_shards=FLAGS.num_cores))
+      tpu=th.TPUConfig(num_shards=FLAGS.num_cores),
+      check_tpu_compatibility=FLAGS.check_tpu)
   params = {"learning_rate": FLAGS.learning_rate,
             "model_dir": FLAGS.model_dir,
             "summary_steps": FLAGS.iterations_per_loop}
@@ -166,11 +165,31 @@ def resolve() -> str:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if FLAGS.mode == "check":  # On this host's CPU; no TPU is resolved.
+    sys.exit(check(make_runner("")))
   runner = make_runner(resolve())
   try:
     _run_mode(runner)
-  except cluster.NoTPUError as error:  # Raised before any graph is built.
+  except (cluster.NoTPUError, th.TPUCompatibilityError) as error:
+    # Raised before any graph of the loop is built.
     sys.exit(f"error: {error}")
+
+
+def check(runner: th.Runner) -> int:
+  """--mode=check: prints each reason the model cannot run on a TPU (to
+  stderr) or that it passed; returns the exit status."""
+  problems = runner.check_tpu_compatibility(
+      train_input_fn=digits.train_input_fn,
+      eval_input_fn=digits.eval_input_fn,
+      predict_input_fn=digits.predict_input_fn)
+  for problem in problems:
+    print(f"error: {problem}", file=sys.stderr)
+  if problems:
+    print(f"TPU compatibility check: {len(problems)} problem(s)")
+    return 1
+  print("TPU compatibility check: passed (train, eval, predict steps "
+        "compiled with XLA on CPU)")
+  return 0
 
 
 def _run_mode(runner: th.Runner) -> None:

@@ -66,6 +66,8 @@ def test_frozen():
     (dict(save_checkpoints_steps=None, save_checkpoints_secs=float("inf")),
      ValueError, "`save_checkpoints_secs` (inf) must be a positive, finite"),
     (dict(max_infeed_bytes=0), ValueError, "`max_infeed_bytes` (0)"),
+    (dict(check_tpu_compatibility="no"), TypeError,
+     "`check_tpu_compatibility` ('no') must be True or False"),
 ])
 def test_bad_run_config(kwargs, error, message):
   kwargs.setdefault("model_dir", "/tmp/m")

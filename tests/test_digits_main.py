@@ -144,8 +144,6 @@ def test_tpu_problems_are_clear_and_write_nothing(tmp_path, tpu_api,
     (["--tpu=a", "--master=grpc://h:1"], "--tpu and --master exclude"),
     (["--tpu_zone=z"], "--tpu_zone and --gcp_project need a --tpu name"),
     (["--num_cores=3"], "must be multiples of --num_cores"),
-    (["--master=grpc://h:1", "--use_tpu", "--mode=eval"],
-     "--use_tpu supports --mode=train only"),
     (["--iterations_per_loop=0"], "--iterations_per_loop"),
     (["--model_dir="], "--model_dir must be a non-empty path"),
     (["--model_dir=runs/sweep[1]"], "without * ? [ or a backslash"),
@@ -193,3 +191,52 @@ def test_use_tpu_without_tpu_devices_is_a_one_line_error(tmp_path,
   assert "'CPU'" in last and "--use_tpu=false" in last
   assert "Traceback" not in result.stderr
   assert not model_dir.exists()
+
+
+# ----------------------------------------------------------------------------
+# --mode=check: would the model run on a TPU? Found out on CPU.
+
+
+def test_check_mode_passes_the_digits_model_and_writes_nothing(tmp_path):
+  model_dir = tmp_path / "never"
+  result = _script("--mode=check", "--num_cores=2",
+                   f"--model_dir={model_dir}")
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "TPU compatibility check: passed (train, eval, predict" in (
+      result.stdout)
+  assert not model_dir.exists()
+
+
+BROKEN = '''\
+import sys
+import tensorflow as tf
+from scripts import digits, digits_main
+original = digits.model_fn
+
+
+def broken(features, labels, mode, params):
+  kept = tf.boolean_mask(features, features > 0.5)
+  return original(features + tf.reduce_mean(kept), labels, mode, params)
+
+
+digits.model_fn = broken
+digits_main.run()
+'''
+
+
+def test_check_mode_names_what_a_tpu_cannot_run_and_where(tmp_path):
+  program = tmp_path / "broken_digits.py"
+  program.write_text(BROKEN)
+  env = dict(os.environ, PYTHONPATH=ROOT)
+  result = subprocess.run(
+      [sys.executable, str(program), "--mode=check",
+       f"--model_dir={tmp_path / 'never'}"], cwd=ROOT, capture_output=True,
+      text=True, timeout=600, check=False, env=env)
+  assert result.returncode == 1, result.stderr[-3000:]
+  for mode in ("train", "eval", "infer"):
+    assert (f"error: [{mode}] dynamic shape: Where ('boolean_mask/Where')"
+            in result.stderr), result.stderr[-3000:]
+  assert ("broken_digits.py:8 in broken: `kept = tf.boolean_mask(features, "
+          "features > 0.5)`") in result.stderr
+  assert "TPU compatibility check: 3 problem(s)" in result.stdout
+  assert "Traceback" not in result.stderr

@@ -8,7 +8,9 @@ Public surface::
   CrossShardOptimizer    gradient averaging across replicas
   DeviceLoop, BuiltLoop  the interface a device implementation provides
   CpuEmulationLoop       the local CPU implementation
-  TpuLoop                the tf.compat.v1.tpu implementation (training)
+  TpuLoop                the tf.compat.v1.tpu implementation
+  TPUCompatibilityError  a step cannot run on a TPU (Runner.check_tpu_...)
+  CompatibilityProblem   one reason why: the op and the user's line
   InputShapeError        input_fn gave batches of unknown shape
   InfeedMemoryError      the emulated infeed would need too much memory
   CheckpointMismatchError  a checkpoint of another model
@@ -47,11 +49,14 @@ from tpu_harness.runner import Runner
 from tpu_harness.spec import ModeKeys
 from tpu_harness.spec import ModelSpec
 from tpu_harness.storage import StorageError
+from tpu_harness.tpu_check import Problem as CompatibilityProblem
+from tpu_harness.tpu_check import TPUCompatibilityError
 from tpu_harness.tpu_loop import TpuLoop
 
 __all__ = [
     "BuiltLoop",
     "CheckpointMismatchError",
+    "CompatibilityProblem",
     "CpuEmulationLoop",
     "CrossShardOptimizer",
     "DeviceLoop",
@@ -66,6 +71,7 @@ __all__ = [
     "Runner",
     "RunConfig",
     "StorageError",
+    "TPUCompatibilityError",
     "TPUConfig",
     "TpuLoop",
 ]

@@ -18,15 +18,25 @@ signature.
 - Within a step, reads of the global step in `model_fn` are made to run
   before its increment (`reads_before_update`), so they see the value from
   before the step, every time.
+- The TPU-compatibility check (`tpu_harness.tpu_check`) compiles one step
+  with `tf.compat.v1.xla.experimental.compile` (public, deprecated, and the
+  only XLA entry point for graph-mode v1 code with variables). XLA stops at
+  the first op it has no kernel for; to report every such op, the check
+  reads TF's kernel registry (private `tensorflow.python.framework.kernels`)
+  for XLA CPU kernels, which XLA registers there once it has compiled
+  something, and tells the compiled ops by the attribute the compile
+  context marks them with (`_xla_compile_id`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import sys
+import warnings
 from typing import Callable, List
 
 import tensorflow as tf
+from tensorflow.python.framework import kernels  # pylint: disable=g-direct-tensorflow-import
 from tensorflow.python.ops import summary_ops_v2  # pylint: disable=g-direct-tensorflow-import
 
 
@@ -135,3 +145,41 @@ def _downstream(ops: List[tf.Operation]) -> set:
         seen.add(nxt)
         stack.append(nxt)
   return seen
+
+
+# XLA's compilation device for CPU, and the attribute
+# tf.compat.v1.xla.experimental.compile puts on the ops it compiles.
+_XLA_CPU_JIT = "XLA_CPU_JIT"
+_XLA_COMPILE_ATTR = "_xla_compile_id"
+
+
+def xla_compile(computation: Callable, inputs: List[tf.Tensor]) -> List:
+  """`computation(*inputs)` built for XLA in the default graph; its outputs.
+  XLA compiles it when they are first run."""
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    return tf.compat.v1.xla.experimental.compile(computation, inputs)
+
+
+def in_xla_compilation(op: tf.Operation) -> bool:
+  """Whether `op` is part of an `xla_compile` computation."""
+  return _XLA_COMPILE_ATTR in op.node_def.attr
+
+
+_xla_kernels_registered = False
+
+
+def has_xla_kernel(op_type: str) -> bool:
+  """Whether XLA (on CPU) has a kernel for ops of type `op_type`."""
+  global _xla_kernels_registered
+  if not _xla_kernels_registered:
+    # XLA registers its kernels with TF's registry when it first compiles.
+    with tf.Graph().as_default():
+      value = tf.compat.v1.placeholder(tf.float32, [1])
+      (doubled,) = xla_compile(lambda x: x * 2.0, [value])
+      with tf.compat.v1.Session() as session:
+        session.run(doubled, {value: [1.0]})
+    _xla_kernels_registered = True
+  registered = kernels.get_registered_kernels_for_op(op_type)
+  return any(kernel.device_type == _XLA_CPU_JIT
+             for kernel in registered.kernel)

@@ -71,6 +71,10 @@ class RunConfig:
       being read). Building a loop that needs more is an error naming
       `iterations_per_loop` and the batch size. (The TPU infeed holds one
       step at a time.)
+    check_tpu_compatibility: before a device loop that runs on a TPU
+      (`TpuLoop`) is built, compile one replica's step with XLA on CPU and
+      stop with `TPUCompatibilityError` if it cannot run on a TPU (see
+      `tpu_harness.tpu_check`); a few seconds for small models.
   """
   model_dir: str
   iterations_per_loop: int = 100
@@ -88,6 +92,7 @@ class RunConfig:
   max_infeed_bytes: int = DEFAULT_MAX_INFEED_BYTES
   session_config: Optional[tf.compat.v1.ConfigProto] = None
   save_graph_def: bool = True
+  check_tpu_compatibility: bool = True
 
   def __post_init__(self):
     _validation.non_empty_path("model_dir", self.model_dir)
@@ -142,6 +147,10 @@ class RunConfig:
     if not isinstance(self.save_graph_def, bool):
       raise TypeError(f"`save_graph_def` ({self.save_graph_def!r}) must be "
                       f"True or False.")
+    if not isinstance(self.check_tpu_compatibility, bool):
+      raise TypeError(f"`check_tpu_compatibility` "
+                      f"({self.check_tpu_compatibility!r}) must be True or "
+                      f"False.")
     if not isinstance(self.tpu, TPUConfig):
       raise TypeError(f"`tpu` ({self.tpu!r}) must be a TPUConfig, got "
                       f"{type(self.tpu).__name__}.")

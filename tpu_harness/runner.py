@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import inspect
 import time
-from typing import (Any, Callable, Dict, Iterable, Iterator, Mapping,
+from typing import (Any, Callable, Dict, Iterable, Iterator, List, Mapping,
                     Optional, Sequence)
 
 from absl import logging
@@ -23,11 +23,17 @@ from tpu_harness import cpu_loop
 from tpu_harness import host_loop
 from tpu_harness import logs
 from tpu_harness import restore
+from tpu_harness import spec as spec_lib
+from tpu_harness import tpu_check
 from tpu_harness import training
 from tpu_harness.config import RunConfig
 from tpu_harness.device_loop import BuiltLoop
 from tpu_harness.device_loop import DeviceLoop
 from tpu_harness.lease import ModelDirLease
+
+
+_MODE_KEYS = {"train": spec_lib.ModeKeys.TRAIN, "eval": spec_lib.ModeKeys.EVAL,
+              "predict": spec_lib.ModeKeys.PREDICT}
 
 
 class Runner:
@@ -180,6 +186,9 @@ class Runner:
       NanLossError: the loss became NaN (with `config.stop_on_nan_loss`).
       hooks.NonFiniteWeightsError: a weight was NaN or Inf when a save was
         due (with `config.stop_on_nan_loss`); it was not saved.
+      TPUCompatibilityError: the device loop runs on a TPU and the training
+        step cannot (with `config.check_tpu_compatibility`); raised before
+        anything is written.
     """
     logs.one_line_per_message()
     self._device.check_target(self._config.master)
@@ -194,6 +203,7 @@ class Runner:
         raise TypeError(f"`hooks[{index}]` ({hook!r}) must be a "
                         f"tf.compat.v1.train.SessionRunHook.")
     batch_size = self._batch_size("train")
+    self._check_before_building("train", input_fn)
     model_dir = self._config.model_dir
     self._preempted = False
     checkpoints.prepare_model_dir(model_dir)
@@ -236,6 +246,8 @@ class Runner:
     Raises:
       ValueError: no checkpoint, bad `steps`, a contract violation, or an
         eval directory that cannot be written (checked before evaluating).
+      TPUCompatibilityError: the device loop runs on a TPU and the eval
+        step cannot (with `config.check_tpu_compatibility`).
     """
     logs.one_line_per_message()
     self._device.check_target(self._config.master)
@@ -244,6 +256,7 @@ class Runner:
     if name is not None:
       _validation.non_empty_str("name", name)
     batch_size = self._batch_size("eval")
+    self._check_before_building("eval", input_fn)
     eval_dir = checkpoints.join(self._config.model_dir,
                                 f"eval_{name}" if name else "eval")
     params = self._params_for(batch_size)
@@ -307,10 +320,13 @@ class Runner:
 
     Raises:
       ValueError: no checkpoint, or a contract violation.
+      TPUCompatibilityError: the device loop runs on a TPU and the predict
+        step cannot (with `config.check_tpu_compatibility`).
     """
     logs.one_line_per_message()
     self._device.check_target(self._config.master)
     params = self._params_for(self._batch_size("predict"))
+    self._check_before_building("predict", input_fn)
     with self._restored(
         lambda: self._device.build_predict(self._model_fn, input_fn, params),
         checkpoint_path, hooks) as (loop, session, _):
@@ -323,6 +339,66 @@ class Runner:
             yield from host_loop.batches(rows, results["outfeed"])
       finally:
         loop.infeed.stop()
+
+  # TPU compatibility.
+
+  def check_tpu_compatibility(
+      self, *,
+      train_input_fn: Optional[Callable[[Dict[str, Any]],
+                                        tf.data.Dataset]] = None,
+      eval_input_fn: Optional[Callable[[Dict[str, Any]],
+                                       tf.data.Dataset]] = None,
+      predict_input_fn: Optional[Callable[[Dict[str, Any]],
+                                          tf.data.Dataset]] = None,
+  ) -> List[tpu_check.Problem]:
+    """Whether the model's steps can run on a TPU, found out on CPU.
+
+    For each mode given an input_fn, compiles one replica's step of
+    `model_fn` with XLA on CPU, on inputs of the per-replica static shapes
+    the device loop would give it, and runs it once (see
+    `tpu_harness.tpu_check`). Nothing is read from or written to
+    `model_dir`. Runs in any process; no TPU is needed.
+
+    Args:
+      train_input_fn: the training input; checks the TRAIN step.
+      eval_input_fn: the evaluation input; checks the EVAL step.
+      predict_input_fn: the prediction input; checks the PREDICT step.
+
+    Returns:
+      Every problem found (`tpu_check.Problem`: mode, kind, op or input,
+      what is wrong, and the line of the user's code that created it);
+      empty when every step compiled and ran.
+
+    Raises:
+      ValueError: no input_fn given, or the mode's batch size was not
+        given to the Runner; `model_fn` or `input_fn` break the runner's
+        contract.
+    """
+    given = {"train": train_input_fn, "eval": eval_input_fn,
+             "predict": predict_input_fn}
+    if all(fn is None for fn in given.values()):
+      raise ValueError("Pass at least one of `train_input_fn`, "
+                       "`eval_input_fn` and `predict_input_fn` to check.")
+    problems = []
+    for mode, input_fn in given.items():
+      if input_fn is not None:
+        problems += self._check(mode, input_fn)
+    return problems
+
+  def _check(self, mode: str, input_fn: Callable) -> List[tpu_check.Problem]:
+    params = self._params_for(self._batch_size(mode))
+    return tpu_check.check_model(
+        self._model_fn, input_fn, params, _MODE_KEYS[mode],
+        input_params=self._device.input_params(params),
+        num_shards=self._device.num_shards,
+        per_host_input=self._device.per_host_input)
+
+  def _check_before_building(self, mode: str, input_fn: Callable) -> None:
+    """TPUCompatibilityError before a TPU loop is built for a model that
+    cannot run on a TPU (unless `config.check_tpu_compatibility` is off)."""
+    if (self._device.compiles_for_tpu
+        and self._config.check_tpu_compatibility):
+      tpu_check.check_or_raise(self._check(mode, input_fn))
 
   # Shared.
 

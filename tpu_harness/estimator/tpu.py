@@ -11,7 +11,8 @@ names, defaults and meaning:
 - `use_tpu=False`: one replica on the whole batch, as TPUEstimator on CPU;
   `params['use_tpu']` is False.
 - `use_tpu=True` with a TPU (`RunConfig(cluster=...)` or `master=`): the
-  loop is built with TPU ops (training only so far). Without one,
+  loops are built with TPU ops, after a check on CPU that each step
+  compiles for a TPU (`check_tpu_compatibility`). Without one,
   `TPUConfig(num_shards=N)` asks for N cores emulated on CPU (the loop,
   infeed, outfeed and replicas as a TPU runs them); without `num_shards`
   it is an error.
@@ -206,18 +207,16 @@ class TPUEstimator:
         session_config=config.session_config,
         save_graph_def=config.checkpoint_save_graph_def,
         tpu=config_lib.TPUConfig(num_shards=cores))
-    if self._on_tpu(mode) and self._on_tpu_hardware:
-      device_loop = tpu_loop.TpuLoop(
-          num_shards=cores,
-          iterations_per_loop=tpu_config.iterations_per_loop)
-    else:
-      device_loop = cpu_loop.CpuEmulationLoop(
-          num_shards=cores, iterations_per_loop=tpu_config.iterations_per_loop,
-          max_infeed_bytes=run_config.max_infeed_bytes,
-          per_host_input=(tpu_config.per_host_input
-                          if mode == ModeKeys.TRAIN else True),
-          host_call_every_n_steps=(
-              tpu_config.experimental_host_call_every_n_steps))
+    loop_class = (tpu_loop.TpuLoop
+                  if self._on_tpu(mode) and self._on_tpu_hardware
+                  else cpu_loop.CpuEmulationLoop)
+    device_loop = loop_class(
+        num_shards=cores, iterations_per_loop=tpu_config.iterations_per_loop,
+        max_infeed_bytes=run_config.max_infeed_bytes,
+        per_host_input=(tpu_config.per_host_input
+                        if mode == ModeKeys.TRAIN else True),
+        host_call_every_n_steps=(
+            tpu_config.experimental_host_call_every_n_steps))
     batch = self._batch_sizes[mode]
     runner = runner_lib.Runner(
         self._wrapped_model_fn, run_config, params=self._params,
@@ -332,6 +331,29 @@ class TPUEstimator:
         raise ValueError(f"`predict_keys` {missing} are not among the "
                          f"predictions {sorted(item)}.")
       yield {k: item[k] for k in keys}
+
+  def check_tpu_compatibility(self, input_fn: Callable,
+                              mode: str = ModeKeys.TRAIN) -> list:
+    """Whether `mode`'s step can run on a TPU, found out on CPU in seconds
+    (not in TF's TPUEstimator; see `tpu_harness.Runner.
+    check_tpu_compatibility`). With `use_tpu` on a TPU the same check runs
+    before each loop is built.
+
+    Args:
+      input_fn: the mode's input, as `train`, `evaluate` or `predict` take.
+      mode: a `ModeKeys` value.
+
+    Returns:
+      The `tpu_harness.CompatibilityProblem`s found; empty if the step
+      compiled for XLA and ran.
+    """
+    name = {ModeKeys.TRAIN: "train", ModeKeys.EVAL: "eval",
+            ModeKeys.PREDICT: "predict"}.get(mode)
+    if name is None:
+      raise ValueError(f"`mode` ({mode!r}) must be a ModeKeys value: "
+                       f"'train', 'eval' or 'infer'.")
+    return self._runner(mode).check_tpu_compatibility(
+        **{f"{name}_input_fn": self._wrapped_input_fn(input_fn, mode)})
 
   def latest_checkpoint(self) -> Optional[str]:
     """The newest checkpoint of the run in `model_dir`, or None."""
