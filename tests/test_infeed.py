@@ -194,3 +194,16 @@ def test_host_memory_limit(capacity, max_steps, max_bytes, fits):
     assert message.startswith("The train infeed would hold up to 3 x ")
     assert "(iterations_per_loop=N, batch B), over the limit of" in message
     assert "Lower `iterations_per_loop` or the batch size" in message
+
+
+def test_the_infeed_turns_tf_data_autotuning_off_unless_the_input_sets_it():
+  dataset = tf.data.Dataset.range(4)
+  assert dataset.options().autotune.enabled is None  # TF's default: on.
+  assert infeed_lib.without_autotune_thread(
+      dataset).options().autotune.enabled is False
+  for choice in (True, False):
+    options = tf.data.Options()
+    options.autotune.enabled = choice
+    chosen = dataset.with_options(options)
+    assert infeed_lib.without_autotune_thread(
+        chosen).options().autotune.enabled is choice

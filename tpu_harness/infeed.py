@@ -84,6 +84,7 @@ class HostInfeed:
       InfeedMemoryError: three chunks would exceed `max_bytes`.
     """
     self._name = name
+    dataset = without_autotune_thread(dataset)
     if max_steps is not None:
       dataset = dataset.take(max_steps)
       capacity = max(1, min(capacity, max_steps))
@@ -316,6 +317,24 @@ class InfeedHook(tf.compat.v1.train.SessionRunHook):
   def end(self, session) -> None:
     del session  # Unused.
     self._infeed.stop()
+
+
+def without_autotune_thread(dataset: tf.data.Dataset) -> tf.data.Dataset:
+  """`dataset` with tf.data's autotuning off, unless its options set it.
+
+  TF 2.21's autotuning thread ignores the end of its iterator until its
+  current wait is over; the waits double from 10 ms to 60 s as a pipeline
+  runs. Destroying the infeed's iterator, when a session closes, waited for
+  it: every train(), evaluate() and predict() paid up to a minute after its
+  last loop (scripts/bench_end_of_train.py measured 0.5 s after 3 s of
+  input). Without autotuning, AUTOTUNE parallelism is the host's core
+  count, and the infeed's own queue of whole loops is the prefetch buffer.
+  """
+  if dataset.options().autotune.enabled is not None:
+    return dataset  # The user's choice.
+  options = tf.data.Options()
+  options.autotune.enabled = False
+  return dataset.with_options(options)
 
 
 def element_bytes(specs: List[tf.TensorSpec]) -> int:
