@@ -250,3 +250,38 @@ def test_relative_model_dir_finds_checkpoints_without_warnings(
     assert checkpoints.latest_restorable("runs/model") == os.path.normpath(
         prefixes[1])
   assert not [r for r in caplog.records if r.levelno >= std_logging.WARNING]
+
+
+def test_restore_candidate_reads_only_the_index_and_global_step(tmp_path,
+                                                                 three):
+  _corrupt("flipped bytes", three[2])  # In `global_step`, the first tensor.
+  broken = []
+  assert checkpoints.restore_candidate(str(tmp_path), broken=broken) == (
+      three[1], 2)
+  assert [prefix for prefix, _ in broken] == [three[2]]
+  assert checkpoints.restore_candidate(
+      str(tmp_path), excluded={three[1]}) == (three[0], 1)
+  assert checkpoints.restore_candidate(
+      str(tmp_path), excluded=set(three)) is None
+
+
+def test_resume_point_after_a_failed_restore_takes_an_older_one(tmp_path,
+                                                                three):
+  first = checkpoints.resume_point(str(tmp_path))
+  assert (first.checkpoint, first.step) == (three[2], 3)
+  failed = checkpoints.CheckpointRestoreError(three[2], "Checksum")
+  second = checkpoints.resume_point(str(tmp_path), after=failed,
+                                    previous=first)
+  assert (second.checkpoint, second.step) == (three[1], 2)
+  assert second.recent == three[:2]
+  assert second.broken == ((three[2], "Checksum"),)
+  third = checkpoints.resume_point(
+      str(tmp_path), after=checkpoints.CheckpointRestoreError(three[1], "x"),
+      previous=second)
+  assert third.checkpoint == three[0]
+  with pytest.raises(checkpoints.NoRestorableCheckpointError,
+                     match=r"holds 3 checkpoint\(s\) of this run, and none "
+                     r"reads back: .*model.ckpt-3 \(Checksum\)"):
+    checkpoints.resume_point(
+        str(tmp_path), after=checkpoints.CheckpointRestoreError(three[0], "y"),
+        previous=third)

@@ -488,6 +488,46 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous(tmp_path,
   assert checkpoint_steps(str(tmp_path))[-3:] == [20, 30, 40]
 
 
+def test_a_checkpoint_that_fails_only_on_restore_is_skipped(tmp_path, caplog):
+  # Its index and global step read back; a weight's bytes do not (the last
+  # tensor in the data file is `w`): only the restore finds out.
+  runner = _runner(tmp_path, ipl=10, save_steps=10)
+  runner.train(train_input_fn(), max_steps=30)
+  data_file = tf.io.gfile.glob(str(tmp_path / "model.ckpt-30.data-*"))[0]
+  with open(data_file, "r+b") as f:
+    f.seek(-1, os.SEEK_END)
+    last = f.read(1)
+    f.seek(-1, os.SEEK_END)
+    f.write(bytes([last[0] ^ 0xFF]))
+  assert checkpoints.checkpoint_global_step(
+      str(tmp_path / "model.ckpt-30")) == 30
+  with caplog.at_level(std_logging.WARNING, logger="absl"):
+    assert runner.evaluate(train_input_fn(), steps=1)["global_step"] == 20
+    listener = RecordingListener()
+    runner.train(train_input_fn(), max_steps=40, saving_listeners=[listener])
+  assert listener.saved_steps() == [20, 30, 40]
+  messages = [r.getMessage() for r in caplog.records]
+  assert any("model.ckpt-30, which does not restore" in m
+             and "Checksum does not match" in m for m in messages), messages
+  assert any("Checkpoint" in m and "model.ckpt-30 does not restore" in m
+             for m in messages), messages
+
+
+def test_a_good_checkpoint_is_read_once_by_restoring_it(tmp_path,
+                                                         monkeypatch):
+  runner = _runner(tmp_path, ipl=10, save_steps=10)
+  runner.train(train_input_fn(), max_steps=10)
+
+  def full_read(*args, **kwargs):
+    raise AssertionError(f"read through before restoring: {args}")
+
+  # The full read is only for a restore that failed.
+  monkeypatch.setattr(checkpoints, "unreadable_reason", full_read)
+  runner.train(train_input_fn(), max_steps=20)
+  assert runner.evaluate(train_input_fn(), steps=1)["global_step"] == 20
+  assert len(list(runner.predict(train_input_fn(repeat=False)))) == 256
+
+
 def test_checkpoint_of_another_model_is_refused_and_untouched(tmp_path):
   with tf.Graph().as_default():
     tf.compat.v1.train.get_or_create_global_step()

@@ -14,6 +14,7 @@ Public surface::
   InputShapeError        input_fn gave batches of unknown shape
   InfeedMemoryError      the emulated infeed would need too much memory
   CheckpointMismatchError  a checkpoint of another model
+  CheckpointRestoreError a named checkpoint does not read back
   NoRestorableCheckpointError  checkpoints of the run, none reads back
   ModelDirBusyError      another trainer holds model_dir
   LeaseLostError         another trainer took model_dir over
@@ -33,6 +34,7 @@ _os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from tpu_harness.checkpoints import CheckpointMismatchError
+from tpu_harness.checkpoints import CheckpointRestoreError
 from tpu_harness.checkpoints import NoRestorableCheckpointError
 from tpu_harness.config import RunConfig
 from tpu_harness.config import TPUConfig
@@ -56,6 +58,7 @@ from tpu_harness.tpu_loop import TpuLoop
 __all__ = [
     "BuiltLoop",
     "CheckpointMismatchError",
+    "CheckpointRestoreError",
     "CompatibilityProblem",
     "CpuEmulationLoop",
     "CrossShardOptimizer",

@@ -11,12 +11,18 @@ outside `model_dir` (a copied directory whose state file holds absolute
 paths), user files.
 
 A crash may leave the newest checkpoint truncated or half-written. The newest
-owned checkpoint whose every tensor reads back is the one to resume from;
-newer broken ones are skipped with a warning. "No checkpoint" is concluded
-only from a listing that succeeded (`tpu_harness.storage`): a read that fails
-for a transient reason is retried and then raised, never taken for
-corruption, and if checkpoints exist but none reads back, that is an error,
-not a fresh start.
+owned checkpoint that restores is the one to resume from; newer broken ones
+are skipped with a warning. Training, evaluation and prediction read the
+checkpoint once, by restoring it: the newest candidate whose index and
+global step read back is restored, and only if that restore fails is the
+checkpoint read through to tell corruption (`CheckpointRestoreError`, then
+the next older candidate) from any other error (raised as it is).
+`latest_restorable` still reads every tensor, for callers that want a
+verified path without restoring. "No checkpoint" is concluded only from a
+listing that succeeded (`tpu_harness.storage`): a read that fails for a
+transient reason is retried and then raised, never taken for corruption,
+and if checkpoints exist but none reads back, that is an error, not a fresh
+start.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ import dataclasses
 import os
 import re
 import time
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, Collection, List, Optional, Sequence, Tuple
 
 from absl import logging
 import tensorflow as tf
@@ -42,6 +48,21 @@ LEASE_NAME = ".tpu_harness_lease.json"  # tpu_harness.lease's file.
 class CheckpointMismatchError(ValueError):
   """A checkpoint does not have the variables, shapes or dtypes the model
   has."""
+
+
+class CheckpointRestoreError(RuntimeError):
+  """Restoring a checkpoint failed because its files do not read back.
+
+  Attributes:
+    checkpoint: its prefix.
+    reason: what reading it found.
+  """
+
+  def __init__(self, checkpoint: str, reason: str):
+    self.checkpoint = checkpoint
+    self.reason = reason
+    super().__init__(f"Checkpoint {checkpoint} does not read back "
+                     f"({reason}).")
 
 
 class NoRestorableCheckpointError(RuntimeError):
@@ -190,12 +211,83 @@ def latest_restorable(model_dir: str, basename: str = BASENAME, *,
                     "(%s); falling back to the previous one.", prefix, reason)
     broken.append(f"{prefix} ({reason})")
   if broken:
-    raise NoRestorableCheckpointError(
-        f"`model_dir` ({model_dir!r}) holds {len(broken)} checkpoint(s) of "
-        f"this run, and none reads back: {'; '.join(broken)}. Nothing was "
-        f"changed. To start from scratch, move these files out of model_dir "
-        f"or use another model_dir; to resume, restore a good copy of one.")
+    raise none_restorable(model_dir, broken)
   return None
+
+
+def none_restorable(model_dir: str, broken: Sequence[str]
+                    ) -> NoRestorableCheckpointError:
+  """The error for a `model_dir` whose checkpoints (`broken`: each
+  "prefix (reason)") all fail to read back."""
+  return NoRestorableCheckpointError(
+      f"`model_dir` ({model_dir!r}) holds {len(broken)} checkpoint(s) of "
+      f"this run, and none reads back: {'; '.join(broken)}. Nothing was "
+      f"changed. To start from scratch, move these files out of model_dir "
+      f"or use another model_dir; to resume, restore a good copy of one.")
+
+
+def restore_candidate(model_dir: str, *,
+                      excluded: Collection[str] = (),
+                      broken: Optional[List[str]] = None,
+                      contents: Optional[Contents] = None,
+                      sleep: Callable[[float], None] = time.sleep
+                      ) -> Optional[Tuple[str, int]]:
+  """The newest checkpoint of the run to restore, without reading it all:
+  its index and its global step read back (a small read), and it is not in
+  `excluded`.
+
+  Args:
+    model_dir: the directory.
+    excluded: prefixes known not to restore (they failed before).
+    broken: (prefix, reason) of each checkpoint skipped here is appended
+      to it.
+    contents: a `scan` of `model_dir` made just before.
+    sleep: waits between retries.
+
+  Returns:
+    (prefix, global step), or None when no checkpoint is left.
+
+  Raises:
+    StorageError: storage kept failing, or refused access.
+  """
+  if contents is None:
+    contents = scan(model_dir, sleep=sleep)
+  for prefix in contents.checkpoints:
+    if prefix in excluded:
+      continue
+    try:
+      step = storage.retry(lambda p=prefix: checkpoint_global_step(p),
+                           f"reading checkpoint {prefix}", sleep=sleep)
+    except storage.StorageError:
+      raise
+    except Exception as error:  # pylint: disable=broad-except
+      # What reading a broken file raises varies (OpError, ValueError, the
+      # reader's IndexError for a truncated file).
+      reason = storage.first_line(error)
+      logging.warning("Skipping checkpoint %s, which does not read back "
+                      "(%s); falling back to the previous one.", prefix,
+                      reason)
+      if broken is not None:
+        broken.append((prefix, reason))
+      continue
+    return prefix, step
+  return None
+
+
+def restore_failure(checkpoint: str, error: BaseException, *,
+                    sleep: Callable[[float], None] = time.sleep
+                    ) -> Optional[CheckpointRestoreError]:
+  """After restoring `checkpoint` raised `error` (not a transient one): a
+  CheckpointRestoreError if reading the checkpoint through fails, else None
+  (the error is not the checkpoint's files).
+
+  Raises:
+    StorageError: storage kept failing, or refused access.
+  """
+  del error  # The read below says whether the files are to blame.
+  reason = unreadable_reason(checkpoint, sleep=sleep)
+  return None if reason is None else CheckpointRestoreError(checkpoint,
+                                                            reason)
 
 
 def check_matches(prefix: str, variables: Sequence[tf.Variable]) -> None:
@@ -338,34 +430,65 @@ class ResumePoint:
     checkpoint: the checkpoint to restore, or None to start from scratch.
     step: its global step (0 without one).
     recent: the run's checkpoints up to it, oldest first, for rotation.
+    broken: (prefix, reason) of newer checkpoints that did not read back.
   """
   checkpoint: Optional[str]
   step: int
   recent: List[str]
+  broken: Tuple[Tuple[str, str], ...] = ()
 
 
 def resume_point(model_dir: str, basename: str = BASENAME, *,
+                 after: Optional[CheckpointRestoreError] = None,
+                 previous: Optional[ResumePoint] = None,
                  sleep: Callable[[float], None] = time.sleep) -> ResumePoint:
   """Lists `model_dir`, logs what the run ignores there, removes its own
-  interrupted saves' leftovers, and finds the checkpoint to resume from.
+  interrupted saves' leftovers, and finds the checkpoint to resume from:
+  the newest whose index and global step read back (it is read in full
+  only by restoring it).
 
   Call it holding the lease on `model_dir` (leftovers are only leftovers
   when no other trainer is writing).
+
+  Args:
+    model_dir: the directory.
+    basename: the run's checkpoint basename.
+    after: restoring `previous.checkpoint` failed so: find an older one.
+    previous: the resume point that failed (with `after`).
+    sleep: waits between retries.
 
   Raises:
     NoRestorableCheckpointError: checkpoints exist, none reads back.
     StorageError: storage kept failing, or refused access.
   """
   contents = scan(model_dir, basename, sleep=sleep)
-  log_ignored(model_dir, contents, basename)
-  remove_leftovers(contents)
-  latest = latest_restorable(model_dir, basename, contents=contents,
-                             sleep=sleep)
-  if latest is None:
+  broken = list(previous.broken) if previous is not None else []
+  excluded = set()
+  if after is not None:
+    logging.warning("Checkpoint %s does not restore (%s); falling back to "
+                    "the previous one.", after.checkpoint, after.reason)
+    broken.append((after.checkpoint, after.reason))
+    excluded = {prefix for prefix, _ in broken}
+    # Only checkpoints older than the one that failed.
+    contents = dataclasses.replace(contents, checkpoints=[
+        p for p in contents.checkpoints
+        if checkpoint_step(p) < checkpoint_step(after.checkpoint)])
+  else:
+    log_ignored(model_dir, contents, basename)
+    remove_leftovers(contents)
+  found = restore_candidate(model_dir, excluded=excluded, broken=broken,
+                            contents=contents, sleep=sleep)
+  if found is None:
+    if broken:
+      raise none_restorable(model_dir, [f"{p} ({r})" for p, r in broken])
     logging.info("No checkpoint of this run in %s: starting from scratch.",
                  model_dir)
     return ResumePoint(checkpoint=None, step=0, recent=[])
-  step = checkpoint_global_step(latest)
+  latest, step = found
+  if broken:
+    logging.warning("Resuming from %s, the newest checkpoint that reads "
+                    "back.", latest)
   recent = [p for p in reversed(contents.checkpoints)
             if checkpoint_step(p) <= checkpoint_step(latest)]
-  return ResumePoint(checkpoint=latest, step=step, recent=recent)
+  return ResumePoint(checkpoint=latest, step=step, recent=recent,
+                     broken=tuple(broken))

@@ -1,16 +1,26 @@
-"""Sessions restored from a checkpoint, for evaluate and predict.
+"""Sessions restored from a checkpoint: reading it once, telling a broken
+checkpoint from other failures.
+
+`CheckedRestore` is the session creator of training, evaluation and
+prediction: it restores the checkpoint (the one full read of it), retries
+transient storage errors, and when the restore fails otherwise reads the
+checkpoint through to tell whether its files are to blame
+(`checkpoints.CheckpointRestoreError`: the caller falls back to an older
+one) or not (the error is raised as it is).
 
 Evaluation may run beside a trainer whose rotation deletes old checkpoints.
 The checkpoint is therefore chosen as late as possible, after the graph is
 built and just before the session restores it; if it is gone all the same
 when the session reads it, the graph is built again and the newest
-checkpoint chosen again (up to `ATTEMPTS` times).
+checkpoint chosen again (up to `ATTEMPTS` times). A checkpoint that does not
+restore is skipped with a warning and the next older one chosen, unless the
+caller named it.
 """
 
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Iterator, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterator, Optional, Sequence, Tuple
 
 from absl import logging
 import tensorflow as tf
@@ -24,9 +34,34 @@ from tpu_harness.infeed import InfeedHook
 ATTEMPTS = 3
 
 
+class CheckedRestore(tf.compat.v1.train.SessionCreator):
+  """`tf.compat.v1.train.ChiefSessionCreator` restoring `checkpoint` (or
+  initializing, with None), with transient storage errors retried and a
+  restore that fails because the checkpoint's files do not read back raised
+  as `checkpoints.CheckpointRestoreError`."""
+
+  def __init__(self, checkpoint: Optional[str], **kwargs):
+    """Args: the checkpoint, and ChiefSessionCreator's other arguments."""
+    self._checkpoint = checkpoint
+    self._inner = tf.compat.v1.train.ChiefSessionCreator(
+        checkpoint_filename_with_path=checkpoint, **kwargs)
+
+  def create_session(self) -> tf.compat.v1.Session:
+    if self._checkpoint is None:
+      return self._inner.create_session()
+    try:
+      return storage.retry(self._inner.create_session,
+                           f"restoring checkpoint {self._checkpoint}")
+    except (tf.errors.OpError, ValueError) as error:
+      failure = checkpoints.restore_failure(self._checkpoint, error)
+      if failure is None:
+        raise
+      raise failure from error
+
+
 @contextlib.contextmanager
 def restored(build: Callable[[], BuiltLoop],
-             choose: Callable[[], str],
+             choose: Callable[[Dict[str, str]], str],
              *,
              fixed: bool,
              master: str,
@@ -42,9 +77,11 @@ def restored(build: Callable[[], BuiltLoop],
 
   Args:
     build: builds the loop in the default graph (which has a global step).
-    choose: returns the checkpoint to restore.
+    choose: `choose(failed)` returns the checkpoint to restore, not one of
+      `failed` ({prefix: why it did not restore}); it raises when none is
+      left.
     fixed: the caller named the checkpoint: do not choose again when it is
-      gone.
+      gone or does not restore.
     master: the session target.
     session_config: the device loop's session configuration.
     hooks: more hooks for the session.
@@ -52,26 +89,42 @@ def restored(build: Callable[[], BuiltLoop],
 
   Raises:
     CheckpointMismatchError: the checkpoint does not fit the model.
-    Exception: what restoring raised, if the checkpoint is still there or
-      was named by the caller.
+    CheckpointRestoreError: the named (`fixed`) checkpoint does not read
+      back.
+    Exception: what `choose` raises, and what restoring raised if the
+      checkpoint is still there or was named by the caller.
   """
-  attempts = 1 if fixed else ATTEMPTS
-  for attempt in range(1, attempts + 1):
+  failed: Dict[str, str] = {}
+  rotated = 0
+  first = True
+  while True:
     with tf.Graph().as_default():
       spec_lib.create_global_step()
       loop = build()
-      checkpoint = choose()
-      if attempt == 1:
+      checkpoint = choose(failed)
+      if first:
         prepare()
+        first = False
       try:
         session = _open(loop, checkpoint, master, session_config, hooks)
-      except (tf.errors.NotFoundError, ValueError):
-        if attempt == attempts or storage.stat_or_none(
-            checkpoint + ".index") is not None:
+      except (checkpoints.CheckpointRestoreError, tf.errors.NotFoundError,
+              ValueError) as error:
+        if fixed:
           raise
-        logging.info("Checkpoint %s was deleted before it could be read "
-                     "(rotated by a trainer beside?); using the newest one.",
-                     checkpoint)
+        if storage.stat_or_none(checkpoint + ".index") is None:
+          rotated += 1
+          if rotated >= ATTEMPTS:
+            raise
+          logging.info("Checkpoint %s was deleted before it could be read "
+                       "(rotated by a trainer beside?); using the newest "
+                       "one.", checkpoint)
+          continue
+        if not isinstance(error, checkpoints.CheckpointRestoreError):
+          raise
+        logging.warning("Skipping checkpoint %s, which does not restore "
+                        "(%s); falling back to the previous one.",
+                        checkpoint, error.reason)
+        failed[checkpoint] = error.reason
         continue
       with session:
         yield loop, session, checkpoint
@@ -107,9 +160,8 @@ def _open(loop: BuiltLoop, checkpoint: str, master: str,
     # variables) restores what it was built for; TF's restore says what is
     # missing then.
     checkpoints.check_matches(checkpoint, tf.compat.v1.global_variables())
-  creator = tf.compat.v1.train.ChiefSessionCreator(
-      scaffold=scaffold, checkpoint_filename_with_path=checkpoint,
-      master=master, config=session_config)
+  creator = CheckedRestore(checkpoint, scaffold=scaffold, master=master,
+                           config=session_config)
   spec_hooks = loop.spec.hooks_for_mode if loop.spec is not None else ()
   return tf.compat.v1.train.MonitoredSession(
       session_creator=creator,

@@ -150,8 +150,9 @@ class Runner:
 
     Holds the lease on `model_dir` while it trains (a second trainer gets
     `ModelDirBusyError`). Resumes from the newest checkpoint of the run in
-    `model_dir` that reads back (a truncated or corrupt newer one is skipped
-    with a warning; other files and other checkpoints there are left alone);
+    `model_dir` that restores, reading it once (a truncated or corrupt newer
+    one is skipped with a warning; other files and other checkpoints there
+    are left alone);
     with none there and `config.warm_start_from` set, initializes trainable
     variables from it. A SIGTERM or SIGINT stops training after the current
     loop, with a checkpoint saved and listeners' `end` called; `preempted` is
@@ -209,21 +210,29 @@ class Runner:
     checkpoints.prepare_model_dir(model_dir)
     with ModelDirLease(model_dir) as lease:
       resume = checkpoints.resume_point(model_dir)
-      last_step = max_steps if max_steps is not None else resume.step + steps
-      if resume.step >= last_step:
-        logging.info("Skipping training: global step %d is already at or "
-                     "past max_steps %d (%s).", resume.step, last_step,
-                     resume.checkpoint)
-        return self
-      self._preempted = training.train(
-          training.Job(model_fn=self._model_fn, config=self._config,
-                       device=self._device,
-                       params=self._params_for(batch_size),
-                       session_config=self._session_config(),
-                       clock=self._clock),
-          input_fn, resume, last_step, batch_size, user_hooks,
-          saving_listeners, lease)
-    return self
+      while True:
+        last_step = (max_steps if max_steps is not None
+                     else resume.step + steps)
+        if resume.step >= last_step:
+          logging.info("Skipping training: global step %d is already at or "
+                       "past max_steps %d (%s).", resume.step, last_step,
+                       resume.checkpoint)
+          return self
+        try:
+          self._preempted = training.train(
+              training.Job(model_fn=self._model_fn, config=self._config,
+                           device=self._device,
+                           params=self._params_for(batch_size),
+                           session_config=self._session_config(),
+                           clock=self._clock),
+              input_fn, resume, last_step, batch_size, user_hooks,
+              saving_listeners, lease)
+          return self
+        except checkpoints.CheckpointRestoreError as error:
+          # Raised by the restore, before any step: resume from an older
+          # checkpoint instead.
+          resume = checkpoints.resume_point(model_dir, after=error,
+                                            previous=resume)
 
   # Evaluation.
 
@@ -248,6 +257,9 @@ class Runner:
         eval directory that cannot be written (checked before evaluating).
       TPUCompatibilityError: the device loop runs on a TPU and the eval
         step cannot (with `config.check_tpu_compatibility`).
+      NoRestorableCheckpointError: checkpoints of the run exist, none
+        restores.
+      CheckpointRestoreError: `checkpoint_path` does not read back.
     """
     logs.one_line_per_message()
     self._device.check_target(self._config.master)
@@ -322,6 +334,9 @@ class Runner:
       ValueError: no checkpoint, or a contract violation.
       TPUCompatibilityError: the device loop runs on a TPU and the predict
         step cannot (with `config.check_tpu_compatibility`).
+      NoRestorableCheckpointError: checkpoints of the run exist, none
+        restores.
+      CheckpointRestoreError: `checkpoint_path` does not read back.
     """
     logs.one_line_per_message()
     self._device.check_target(self._config.master)
@@ -432,7 +447,10 @@ class Runner:
     return dict(self._params,
                 batch_size=global_batch_size // self._device.num_shards)
 
-  def _checkpoint_to_use(self, checkpoint_path: Optional[str]) -> str:
+  def _checkpoint_to_use(self, checkpoint_path: Optional[str],
+                         failed: Mapping[str, str]) -> str:
+    """`checkpoint_path` if given (checked), else the newest checkpoint of
+    the run that is not in `failed` and whose index reads back."""
     if checkpoint_path is not None:
       _paths.check_no_glob_characters(
           "checkpoint_path",
@@ -442,12 +460,18 @@ class Runner:
                          f"checkpoint: {checkpoint_path}.index does not "
                          f"exist.")
       return checkpoint_path
-    latest = self.latest_checkpoint()
-    if latest is None:
-      raise ValueError(f"No checkpoint that reads back in `model_dir` "
-                       f"({self._config.model_dir!r}); train first or pass "
-                       f"`checkpoint_path`.")
-    return latest
+    model_dir = self._config.model_dir
+    broken = list(failed.items())
+    found = checkpoints.restore_candidate(model_dir, excluded=failed,
+                                          broken=broken)
+    if found is not None:
+      return found[0]
+    if broken:
+      raise checkpoints.none_restorable(
+          model_dir, [f"{prefix} ({reason})" for prefix, reason in broken])
+    raise ValueError(f"No checkpoint that reads back in `model_dir` "
+                     f"({model_dir!r}); train first or pass "
+                     f"`checkpoint_path`.")
 
   def _restored(self, build: Callable[[], BuiltLoop],
                 checkpoint_path: Optional[str], hooks,
@@ -455,7 +479,8 @@ class Runner:
     """`restore.restored` on `checkpoint_path`, or on the newest checkpoint
     of the run in `model_dir`."""
     return restore.restored(
-        build, lambda: self._checkpoint_to_use(checkpoint_path),
+        build, lambda failed: self._checkpoint_to_use(checkpoint_path,
+                                                      failed),
         fixed=checkpoint_path is not None, master=self._config.master,
         session_config=self._session_config(), hooks=hooks,
         prepare=prepare)

@@ -59,6 +59,8 @@ def train(job: Job, input_fn, resume: checkpoints.ResumePoint, last_step: int,
   SIGTERM/SIGINT stopped it (with a checkpoint saved).
 
   Raises:
+    CheckpointRestoreError: `resume.checkpoint` does not read back (raised
+      before any step; the caller falls back to an older one).
     Exception: what `tpu_harness.Runner.train` documents.
   """
   config = job.config
@@ -112,9 +114,9 @@ def train(job: Job, input_fn, resume: checkpoints.ResumePoint, last_step: int,
             output_dir=config.model_dir, steps_per_run=ipl,
             batch_size=batch_size),
     ] + list(loop.spec.training_hooks) + user_hooks + [saver_hook]
-    creator = tf.compat.v1.train.ChiefSessionCreator(
-        scaffold=scaffold, checkpoint_filename_with_path=resume.checkpoint,
-        master=config.master, config=job.session_config)
+    creator = restore.CheckedRestore(
+        resume.checkpoint, scaffold=scaffold, master=config.master,
+        config=job.session_config)
     writer = tf.compat.v1.summary.FileWriterCache.get(config.model_dir)
     logging.info("Training from step %d to %d, %d steps per loop, on %s.",
                  start_step, last_step, ipl, config.master or "this process")
