@@ -207,3 +207,28 @@ def test_the_infeed_turns_tf_data_autotuning_off_unless_the_input_sets_it():
     chosen = dataset.with_options(options)
     assert infeed_lib.without_autotune_thread(
         chosen).options().autotune.enabled is choice
+
+
+@pytest.mark.parametrize("per_element_bytes, enqueue_op", [
+    (1, "QueueEnqueueV2"),         # Every element counts as large.
+    (2**40, "QueueEnqueueManyV2"),  # Every element counts as small.
+])
+def test_large_elements_are_enqueued_one_by_one(monkeypatch,
+                                                 per_element_bytes,
+                                                 enqueue_op):
+  monkeypatch.setattr(infeed_lib, "PER_ELEMENT_BYTES", per_element_bytes)
+  infeed = HostInfeed(_dataset(7), capacity=3, name="t")
+  element = infeed.dequeue()
+  types = {op.type for op in tf.compat.v1.get_default_graph().get_operations()}
+  for function in tf.compat.v1.get_default_graph().as_graph_def(
+      ).library.function:
+    types |= {node.op for node in function.node_def}
+  assert enqueue_op in types
+  with _running(infeed) as session:
+    got = []
+    for expected in (3, 3, 1, 0):
+      infeed.request(3)
+      count = infeed.wait()
+      assert count == expected
+      got += [int(session.run(element)["i"]) for _ in range(count)]
+  assert got == list(range(7))

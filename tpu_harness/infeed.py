@@ -18,6 +18,11 @@ that enqueues one element per iteration costs about 30 us per element, a
 chunk about 5.) The queue holds up to two chunks and a third may be being
 read, so host memory is bounded by three chunks; a layout whose chunks would
 exceed `max_bytes` is refused when the infeed is built (`InfeedMemoryError`).
+Elements of `PER_ELEMENT_BYTES` or more (an image batch) are instead
+enqueued one by one by an in-graph loop, a chunk per `Session.run`: the
+queue then holds the iterator's own tensors, where a batched read and
+`enqueue_many` would copy each element twice, which for a batch of 128
+224x224x3 images costs more than the 30 us per element the loop does.
 Given the steps a run needs (`max_steps`), the infeed never asks for more
 elements than that, and no chunk is larger. (tf.data's own optimizations
 may still read an element or two ahead inside the input pipeline, e.g. a map
@@ -33,6 +38,7 @@ from __future__ import annotations
 import collections
 import queue as queue_lib
 import threading
+import warnings
 from typing import Any, Callable, List, Optional
 
 from absl import logging
@@ -41,6 +47,9 @@ import tensorflow as tf
 
 MIN_CHUNK_STEPS = 32
 MIN_CHUNK_BYTES = 16 * 2**20
+# Elements at least this large are enqueued one by one, without copies
+# (scripts/bench_infeed.py).
+PER_ELEMENT_BYTES = 64 * 2**10
 
 
 class InputShapeError(ValueError):
@@ -111,9 +120,18 @@ class HostInfeed:
         self._queue = tf.queue.FIFOQueue(2 * self._chunk, self._dtypes,
                                          shapes=self._shapes)
         self._close = self._queue.close(cancel_pending_enqueues=True)
-        self._iterator = tf.compat.v1.data.make_initializable_iterator(
-            dataset.batch(self._chunk))
-        self._fill = self._build_chunk_enqueue()
+        if element_bytes(specs) >= PER_ELEMENT_BYTES:
+          # Large elements go in one by one: the queue keeps the iterator's
+          # tensors as they are, where batching a chunk and splitting it
+          # into the queue would copy each element twice.
+          self._iterator = tf.compat.v1.data.make_initializable_iterator(
+              dataset)
+          self._steps = tf.compat.v1.placeholder(tf.int32, [], name="steps")
+          self._fill = self._build_enqueue_loop(self._queue.enqueue)
+        else:
+          self._iterator = tf.compat.v1.data.make_initializable_iterator(
+              dataset.batch(self._chunk))
+          self._fill = self._build_chunk_enqueue()
       else:
         self._iterator = tf.compat.v1.data.make_initializable_iterator(
             dataset)
@@ -289,7 +307,8 @@ class HostInfeed:
     with self._lock:
       fill = self._unclaimed < steps and not self._ended
     if fill:
-      moved = int(self._session.run(self._fill))
+      feed = {self._steps: self._chunk} if self._steps is not None else None
+      moved = int(self._session.run(self._fill, feed))
       with self._lock:
         self._ended = moved < self._chunk
         self._unclaimed += moved
@@ -330,7 +349,12 @@ def without_autotune_thread(dataset: tf.data.Dataset) -> tf.data.Dataset:
   input). Without autotuning, AUTOTUNE parallelism is the host's core
   count, and the infeed's own queue of whole loops is the prefetch buffer.
   """
-  if dataset.options().autotune.enabled is not None:
+  with warnings.catch_warnings():
+    # In graph mode TF warns that options() is what Python set, which is
+    # what is asked here.
+    warnings.simplefilter("ignore", UserWarning)
+    chosen = dataset.options().autotune.enabled
+  if chosen is not None:
     return dataset  # The user's choice.
   options = tf.data.Options()
   options.autotune.enabled = False
