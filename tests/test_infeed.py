@@ -232,3 +232,66 @@ def test_large_elements_are_enqueued_one_by_one(monkeypatch,
       assert count == expected
       got += [int(session.run(element)["i"]) for _ in range(count)]
   assert got == list(range(7))
+
+
+@pytest.fixture
+def large_elements(monkeypatch):
+  """Every element counts as large."""
+  monkeypatch.setattr(infeed_lib, "PER_ELEMENT_BYTES", 1)
+
+
+def test_input_of_known_length_is_streamed(large_elements):
+  del large_elements  # Used for its effect.
+  infeed = HostInfeed(_dataset(7).repeat(2), capacity=4, name="t")
+  element = infeed.dequeue()
+  with _running(infeed) as session:
+    assert infeed.streams
+    # Promised at once, more than the queue has; elements follow as the
+    # loop dequeues them.
+    infeed.request(4)
+    infeed.request(4)
+    assert (infeed.wait(), infeed.wait()) == (4, 4)
+    got = [int(session.run(element)["i"]) for _ in range(8)]
+    for expected in (4, 2, 0):  # 14 elements in all.
+      infeed.request(4)
+      count = infeed.wait()
+      assert count == expected
+      got += [int(session.run(element)["i"]) for _ in range(count)]
+  assert got == list(range(7)) * 2
+
+
+def test_input_of_unknown_length_is_not_streamed(large_elements):
+  del large_elements  # Used for its effect.
+  dataset = _dataset(7).filter(lambda e: e["i"] >= 0)
+  infeed = HostInfeed(dataset, capacity=4, name="t")
+  element = infeed.dequeue()
+  with _running(infeed) as session:
+    assert not infeed.streams
+    got = []
+    for expected in (4, 3, 0):
+      infeed.request(4)
+      count = infeed.wait()
+      assert count == expected
+      got += [int(session.run(element)["i"]) for _ in range(count)]
+  assert got == list(range(7))
+
+
+def test_a_streamed_input_that_fails_says_why(large_elements):
+  del large_elements  # Used for its effect.
+  dataset = tf.data.Dataset.range(5).map(_check_small).map(
+      lambda i: {"i": i})
+  infeed = HostInfeed(dataset, capacity=4, name="t")
+  element = infeed.dequeue()
+  with _running(infeed) as session:
+    assert infeed.streams
+    infeed.request(4)
+    assert infeed.wait() == 4  # Promised: the length is known (5).
+    assert [int(session.run(element)["i"]) for _ in range(2)] == [0, 1]
+    # The third element fails: the loop's dequeue stops, and the infeed
+    # says why.
+    with pytest.raises(tf.errors.OutOfRangeError):
+      session.run(element)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="bad input"):
+      infeed.raise_if_failed()
+    with pytest.raises(tf.errors.InvalidArgumentError, match="bad input"):
+      infeed.wait()

@@ -138,6 +138,44 @@ def test_input_ending_mid_loop_stops_at_the_last_full_step(tmp_path):
   assert checkpoint_steps(str(tmp_path)) == [0, 3]  # end() saves step 3.
 
 
+@pytest.fixture
+def streamed_input(monkeypatch):
+  """Every element counts as large: input of known length is streamed."""
+  monkeypatch.setattr(th.infeed, "PER_ELEMENT_BYTES", 1)
+
+
+def test_streamed_input_ending_mid_loop_stops_at_the_last_full_step(
+    tmp_path, streamed_input):
+  del streamed_input  # Used for its effect.
+  x, y = data(n=100)
+  hook = RecordingHook()
+  _runner(tmp_path, ipl=2).train(train_input_fn(x, y, repeat=False),
+                                 max_steps=50, hooks=[hook])
+  assert hook.steps == [2, 3]
+  assert checkpoint_steps(str(tmp_path)) == [0, 3]
+
+
+def test_streamed_input_that_fails_mid_training_is_an_error(
+    tmp_path, streamed_input):
+  del streamed_input  # Used for its effect.
+  x, y = data()
+
+  def input_fn(params):
+    def check(index, element):
+      with tf.control_dependencies([tf.debugging.assert_less(
+          index, tf.constant(12, tf.int64), message="bad record")]):
+        return tf.nest.map_structure(tf.identity, element)
+    return tf.data.Dataset.from_tensor_slices((x, y)).repeat().batch(
+        params["batch_size"], drop_remainder=True).enumerate().map(check)
+
+  # Endless input, streamed; its 13th batch fails inside the third loop.
+  # (A MonitoredSession would take the closed queue for the input's end
+  # and stop quietly.)
+  with pytest.raises(tf.errors.InvalidArgumentError, match="bad record"):
+    _runner(tmp_path, ipl=5, save_steps=5).train(input_fn, max_steps=40)
+  assert max(checkpoint_steps(str(tmp_path))) == 10
+
+
 # ----------------------------------------------------------------------------
 # Learning, resume, warm start, sharding.
 

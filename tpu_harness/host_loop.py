@@ -62,8 +62,14 @@ def run_loops(loop: BuiltLoop, session, steps: Optional[int],
     if requested:
       loop.infeed.request(requested)
     started = clock()
-    results = session.run(loop.fetches, feed_dict=(
-        None if count == default else {loop.iterations: count}))
+    try:
+      results = session.run(loop.fetches, feed_dict=(
+          None if count == default else {loop.iterations: count}))
+    except (tf.errors.OutOfRangeError, tf.errors.CancelledError):
+      # A streamed input that failed closed the queue under the loop; say
+      # why (a MonitoredSession would take OutOfRangeError for the end).
+      loop.infeed.raise_if_failed()
+      raise
     yield count, results, clock() - started
 
 

@@ -19,10 +19,17 @@ chunk about 5.) The queue holds up to two chunks and a third may be being
 read, so host memory is bounded by three chunks; a layout whose chunks would
 exceed `max_bytes` is refused when the infeed is built (`InfeedMemoryError`).
 Elements of `PER_ELEMENT_BYTES` or more (an image batch) are instead
-enqueued one by one by an in-graph loop, a chunk per `Session.run`: the
-queue then holds the iterator's own tensors, where a batched read and
-`enqueue_many` would copy each element twice, which for a batch of 128
-224x224x3 images costs more than the 30 us per element the loop does.
+enqueued one by one by an in-graph loop: the queue then holds the
+iterator's own tensors, where a batched read and `enqueue_many` would copy
+each element twice, which for a batch of 128 224x224x3 images costs more
+than the 30 us per element the loop does. If, besides, tf.data knows the
+input's length (`cardinality()`: endless after `repeat()`, or a count), the
+infeed streams, as a TPU host does: a request is answered at once with the
+steps the input still has, and the host thread enqueues them while the
+loop dequeues, so the queue holds a few elements, not a loop of them (with
+image batches, a loop of them no longer fits in the CPU's cache). An input
+that fails (or ends short of its length) while streamed closes the queue
+under the loop, and `raise_if_failed` says why.
 Given the steps a run needs (`max_steps`), the infeed never asks for more
 elements than that, and no chunk is larger. (tf.data's own optimizations
 may still read an element or two ahead inside the input pipeline, e.g. a map
@@ -58,6 +65,10 @@ class InputShapeError(ValueError):
 
 class InfeedMemoryError(ValueError):
   """The emulated infeed would hold more host memory than allowed."""
+
+
+class InputEndedEarlyError(RuntimeError):
+  """The input had fewer elements than its reported length."""
 
 
 class HostInfeed:
@@ -112,6 +123,7 @@ class HostInfeed:
       self._queue = None
       self._close = None
       self._steps = None
+      self._cardinality = None
       if enqueue_fn is None:
         self._chunk = chunk_steps(capacity, specs)
         if max_steps is not None:
@@ -128,6 +140,9 @@ class HostInfeed:
               dataset)
           self._steps = tf.compat.v1.placeholder(tf.int32, [], name="steps")
           self._fill = self._build_enqueue_loop(self._queue.enqueue)
+          # Known at start: then requests are answered at once and the
+          # elements streamed while the loop runs (see `_stream`).
+          self._cardinality = dataset.cardinality()
         else:
           self._iterator = tf.compat.v1.data.make_initializable_iterator(
               dataset.batch(self._chunk))
@@ -152,10 +167,22 @@ class HostInfeed:
     self._thread: Optional[threading.Thread] = None
     self._session = None
     self._stopping = False
+    # Streaming (large elements, input of known length): the elements not
+    # yet promised to a request (None: endless), and why the input failed.
+    self._stream = False
+    self._unpromised: Optional[int] = None
+    self._failure: Optional[BaseException] = None
 
   @property
   def element_spec(self) -> Any:
     return self._structure
+
+  @property
+  def streams(self) -> bool:
+    """Whether, since `start`, requests are answered at once and the
+    elements enqueued while the loop runs (large elements, input of known
+    length)."""
+    return self._stream
 
   def _build_chunk_enqueue(self) -> tf.Tensor:
     """Enqueues the next chunk; returns its size (short: the input ended)."""
@@ -220,6 +247,12 @@ class HostInfeed:
     session.run(self._iterator.initializer)
     self._session = session
     self._stopping = False
+    self._failure = None
+    self._stream = False
+    if self._cardinality is not None:
+      length = int(session.run(self._cardinality))
+      self._stream = length >= 0 or length == int(tf.data.INFINITE_CARDINALITY)
+      self._unpromised = length if length >= 0 else None
     self._unclaimed = 0
     self._ended = False
     self._outstanding = 0
@@ -241,6 +274,18 @@ class HostInfeed:
     if not 0 < steps <= self._capacity:
       raise ValueError(f"`steps` ({steps}) must be in 1..{self._capacity}, "
                        f"the {self._name} infeed's capacity.")
+    if self._stream:
+      # The input's length is known: promise the steps now; the host thread
+      # enqueues them while the loop dequeues (the queue never holds a
+      # whole loop of large elements).
+      count = (steps if self._unpromised is None
+               else min(steps, self._unpromised))
+      if self._unpromised is not None:
+        self._unpromised -= count
+      self._answers.append(count)
+      if count:
+        self._requests.put(int(count))
+      return
     with self._lock:
       if (self._queue is not None and self._outstanding == 0
           and (self._unclaimed >= steps or self._ended)):
@@ -256,6 +301,7 @@ class HostInfeed:
     Raises:
       Exception: whatever the input pipeline raised on the host thread.
     """
+    self.raise_if_failed()
     answer = self._answers.popleft() if self._answers else None
     if answer is not None:
       return answer
@@ -283,6 +329,10 @@ class HostInfeed:
       steps = self._requests.get()
       if steps is None:
         return
+      if self._stream:
+        if not self._stream_elements(steps):
+          return
+        continue
       try:
         available = self._make_available(steps)
       except Exception as error:  # pylint: disable=broad-except
@@ -315,6 +365,41 @@ class HostInfeed:
     with self._lock:
       self._outstanding -= 1
       return self._claim(steps)
+
+  def _stream_elements(self, count: int) -> bool:
+    """Host thread, streaming: enqueues `count` promised elements, blocking
+    while the queue is full. If the input fails or ends short of them,
+    records why and closes the queue, so that the loop waiting for them
+    stops (`raise_if_failed` then says why); returns False then."""
+    try:
+      moved = int(self._session.run(self._fill, {self._steps: count}))
+      if moved < count:
+        raise InputEndedEarlyError(
+            f"The {self._name} input ended after fewer elements than its "
+            f"cardinality promised ({moved} of the {count} steps a loop "
+            f"was given); a dataset whose length tf.data reports must have "
+            f"that many elements.")
+      return True
+    except Exception as error:  # pylint: disable=broad-except
+      if self._stopping:
+        return False
+      logging.error("%s infeed failed: %s", self._name, error)
+      self._failure = error
+      try:
+        self._session.run(self._close)
+      except (tf.errors.OpError, RuntimeError):
+        pass  # The session is closing.
+      return False
+
+  def raise_if_failed(self) -> None:
+    """Raises what made the input fail while it was streamed, if anything.
+
+    A loop whose `Session.run` stopped with OutOfRangeError or
+    CancelledError calls this first: the queue it was reading was closed
+    because of that failure.
+    """
+    if self._failure is not None:
+      raise self._failure
 
   def _claim(self, steps: int) -> int:
     """Up to `steps` of the unclaimed elements (lock held)."""
