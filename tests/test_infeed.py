@@ -295,3 +295,21 @@ def test_a_streamed_input_that_fails_says_why(large_elements):
       infeed.raise_if_failed()
     with pytest.raises(tf.errors.InvalidArgumentError, match="bad input"):
       infeed.wait()
+
+
+def test_a_custom_infeed_smaller_than_a_loop_is_streamed_into():
+  # A stand-in for a TPU's infeed: it holds one element, a loop needs 3.
+  sink = tf.queue.FIFOQueue(1, [tf.int64], shapes=[[]])
+  infeed = HostInfeed(tf.data.Dataset.range(10).repeat(), capacity=3,
+                      name="t", enqueue_fn=lambda values: sink.enqueue(
+                          values[0]))
+  taken = sink.dequeue()
+  guard = tf.compat.v1.RunOptions(timeout_in_ms=60000)  # Fails, not hangs.
+  with _running(infeed) as session:
+    assert infeed.streams
+    got = []
+    for _ in range(3):
+      infeed.request(3)
+      assert infeed.wait() == 3  # Before the elements are in the sink.
+      got += [int(session.run(taken, options=guard)) for _ in range(3)]
+  assert got == [0, 1, 2, 3, 4, 5, 6, 7, 8]

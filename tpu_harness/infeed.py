@@ -35,7 +35,12 @@ elements than that, and no chunk is larger. (tf.data's own optimizations
 may still read an element or two ahead inside the input pipeline, e.g. a map
 it made parallel.) With a custom `enqueue_fn` (a
 TPU's infeed, which takes one element at a time), a request runs an in-graph
-loop that enqueues up to k elements one by one.
+loop that enqueues up to k elements one by one; if the input's length is
+known it streams, as TPUEstimator's infeed thread did: the device loop runs
+while the host enqueues, so the TPU's infeed never has to hold a whole
+loop. (With an input of unknown length the loop's elements are enqueued
+before it runs; an input that fails while streamed to a TPU leaves the
+device loop waiting for input, as it did under TPUEstimator.)
 
 Device side: the loop calls `dequeue()` once per step.
 """
@@ -152,6 +157,9 @@ class HostInfeed:
             dataset)
         self._steps = tf.compat.v1.placeholder(tf.int32, [], name="steps")
         self._fill = self._build_enqueue_loop(enqueue_fn)
+        # A TPU's infeed holds a few steps, not a loop: enqueue while the
+        # loop runs where the input's length allows (see `_stream`).
+        self._cardinality = dataset.cardinality()
     # Elements in the queue that no request has been told about yet, whether
     # the input ended, and the thread's requests not answered yet: guarded
     # by the lock, shared by the host thread and the caller.
@@ -385,10 +393,11 @@ class HostInfeed:
         return False
       logging.error("%s infeed failed: %s", self._name, error)
       self._failure = error
-      try:
-        self._session.run(self._close)
-      except (tf.errors.OpError, RuntimeError):
-        pass  # The session is closing.
+      if self._close is not None:  # A TPU's infeed cannot be closed.
+        try:
+          self._session.run(self._close)
+        except (tf.errors.OpError, RuntimeError):
+          pass  # The session is closing.
       return False
 
   def raise_if_failed(self) -> None:

@@ -5,7 +5,9 @@ The same interface as `cpu_loop.CpuEmulationLoop`, with TPU parts:
 * host: the input pipeline runs on the TPU host's CPU; the runner's infeed
   thread runs an in-graph loop of `InfeedEnqueueTuple` ops, one per core
   (`device_ordinal`), each with that core's per-replica part of the step's
-  element (see `step_input` for the layouts);
+  element (see `step_input` for the layouts), while the device loop runs
+  when tf.data knows the input's length, as TPUEstimator's infeed thread
+  did (a TPU's infeed holds a few steps, not a loop), else before it;
 * device: `tf.compat.v1.tpu.replicate` over `num_shards` cores of a
   `tf.while_loop` whose body dequeues (`InfeedDequeueTuple`), calls
   `model_fn` (its `tpu_harness.CrossShardOptimizer` becomes TF's TPU
