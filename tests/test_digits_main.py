@@ -178,11 +178,12 @@ def test_console_script_help_lists_the_flags():
       result.stdout[-2000:])
 
 
+@pytest.mark.parametrize("mode", ["train", "eval", "predict"])
 def test_use_tpu_without_tpu_devices_is_a_one_line_error(tmp_path,
-                                                         tpu_worker):
+                                                         tpu_worker, mode):
   model_dir = tmp_path / "never"
   target = f"grpc://127.0.0.1:{tpu_worker}"
-  result = _script(f"--master={target}", "--use_tpu", "--mode=train",
+  result = _script(f"--master={target}", "--use_tpu", f"--mode={mode}",
                    f"--model_dir={model_dir}")
   assert result.returncode == 1
   last = result.stderr.strip().splitlines()[-1]
