@@ -20,11 +20,14 @@ caller named it.
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Dict, Iterator, Optional, Sequence, Tuple
+from typing import (Callable, Dict, Iterator, Mapping, Optional, Sequence,
+                    Tuple)
 
 from absl import logging
 import tensorflow as tf
 
+from hooks import _paths
+from hooks import _validation
 from tpu_harness import checkpoints
 from tpu_harness import spec as spec_lib
 from tpu_harness import storage
@@ -129,6 +132,39 @@ def restored(build: Callable[[], BuiltLoop],
       with session:
         yield loop, session, checkpoint
       return
+
+
+def choose(model_dir: str, checkpoint_path: Optional[str],
+           failed: Mapping[str, str]) -> str:
+  """The checkpoint evaluate and predict restore: `checkpoint_path` if
+  given (checked), else the newest checkpoint of the run in `model_dir`
+  that is not in `failed` and whose index and global step read back.
+
+  Raises:
+    ValueError: `checkpoint_path` is not a checkpoint; `model_dir` has no
+      checkpoint of the run.
+    NoRestorableCheckpointError: it has some, and none restores.
+  """
+  if checkpoint_path is not None:
+    _paths.check_no_glob_characters(
+        "checkpoint_path",
+        _validation.non_empty_path("checkpoint_path", checkpoint_path))
+    if not tf.io.gfile.exists(checkpoint_path + ".index"):
+      raise ValueError(f"`checkpoint_path` ({checkpoint_path!r}) is not a "
+                       f"checkpoint: {checkpoint_path}.index does not "
+                       f"exist.")
+    return checkpoint_path
+  broken = list(failed.items())
+  found = checkpoints.restore_candidate(model_dir, excluded=failed,
+                                        broken=broken)
+  if found is not None:
+    return found[0]
+  if broken:
+    raise checkpoints.none_restorable(
+        model_dir, [f"{prefix} ({reason})" for prefix, reason in broken])
+  raise ValueError(f"No checkpoint that reads back in `model_dir` "
+                   f"({model_dir!r}); train first or pass "
+                   f"`checkpoint_path`.")
 
 
 def scaffold_for(spec, default_saver: Callable[[], tf.compat.v1.train.Saver]

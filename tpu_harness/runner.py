@@ -16,7 +16,6 @@ from absl import logging
 import numpy as np
 import tensorflow as tf
 
-from hooks import _paths
 from hooks import _validation
 from tpu_harness import checkpoints
 from tpu_harness import cpu_loop
@@ -447,40 +446,14 @@ class Runner:
     return dict(self._params,
                 batch_size=global_batch_size // self._device.num_shards)
 
-  def _checkpoint_to_use(self, checkpoint_path: Optional[str],
-                         failed: Mapping[str, str]) -> str:
-    """`checkpoint_path` if given (checked), else the newest checkpoint of
-    the run that is not in `failed` and whose index reads back."""
-    if checkpoint_path is not None:
-      _paths.check_no_glob_characters(
-          "checkpoint_path",
-          _validation.non_empty_path("checkpoint_path", checkpoint_path))
-      if not tf.io.gfile.exists(checkpoint_path + ".index"):
-        raise ValueError(f"`checkpoint_path` ({checkpoint_path!r}) is not a "
-                         f"checkpoint: {checkpoint_path}.index does not "
-                         f"exist.")
-      return checkpoint_path
-    model_dir = self._config.model_dir
-    broken = list(failed.items())
-    found = checkpoints.restore_candidate(model_dir, excluded=failed,
-                                          broken=broken)
-    if found is not None:
-      return found[0]
-    if broken:
-      raise checkpoints.none_restorable(
-          model_dir, [f"{prefix} ({reason})" for prefix, reason in broken])
-    raise ValueError(f"No checkpoint that reads back in `model_dir` "
-                     f"({model_dir!r}); train first or pass "
-                     f"`checkpoint_path`.")
-
   def _restored(self, build: Callable[[], BuiltLoop],
                 checkpoint_path: Optional[str], hooks,
                 prepare: Callable[[], None] = lambda: None):
     """`restore.restored` on `checkpoint_path`, or on the newest checkpoint
     of the run in `model_dir`."""
     return restore.restored(
-        build, lambda failed: self._checkpoint_to_use(checkpoint_path,
-                                                      failed),
+        build, lambda failed: restore.choose(self._config.model_dir,
+                                             checkpoint_path, failed),
         fixed=checkpoint_path is not None, master=self._config.master,
         session_config=self._session_config(), hooks=hooks,
         prepare=prepare)
