@@ -1,4 +1,5 @@
-"""scaffold_fn and the spec's hooks: where TPUEstimator used them."""
+"""restore: choosing and restoring checkpoints; scaffold_fn and the spec's
+hooks, where TPUEstimator used them."""
 
 import numpy as np
 import pytest
@@ -8,6 +9,9 @@ import tpu_harness as th
 from runner_models import NUM_FEATURES
 from runner_models import RecordingHook
 from runner_models import train_input_fn
+from runner_models import write_checkpoint
+from tpu_harness import checkpoints
+from tpu_harness import restore
 
 
 def _ema_model_fn(features, labels, mode, params):
@@ -104,3 +108,20 @@ def test_scaffold_init_fn_initializes_a_fresh_run(tmp_path):
   # The step-0 checkpoint holds what init_fn set.
   reader = tf.train.load_checkpoint(str(tmp_path / "model.ckpt-0"))
   np.testing.assert_array_equal(reader.get_tensor("w"), 7.0)
+
+
+def test_choose_takes_the_newest_that_has_not_failed(tmp_path):
+  prefixes = [write_checkpoint(str(tmp_path), [[float(s)]] * 4, s)
+              for s in (1, 2)]
+  assert restore.choose(str(tmp_path), None, {}) == prefixes[1]
+  assert restore.choose(str(tmp_path), None,
+                        {prefixes[1]: "Checksum"}) == prefixes[0]
+  with pytest.raises(checkpoints.NoRestorableCheckpointError,
+                     match=r"holds 2 checkpoint\(s\)"):
+    restore.choose(str(tmp_path), None, {p: "bad" for p in prefixes})
+  # A named checkpoint is taken as it is, if it exists.
+  assert restore.choose(str(tmp_path), prefixes[0], {}) == prefixes[0]
+  with pytest.raises(ValueError, match="is not a checkpoint"):
+    restore.choose(str(tmp_path), str(tmp_path / "model.ckpt-9"), {})
+  with pytest.raises(ValueError, match="No checkpoint that reads back"):
+    restore.choose(str(tmp_path / "empty"), None, {})
