@@ -124,12 +124,7 @@ class TpuLoop(DeviceLoop):
       dataset = self._per_step(input_fn, params, mode).skip(skip_steps)
 
     def step_fn(element, holder):
-      features, labels = element
-      spec = spec_lib.check_spec(model_fn(features, labels, mode, params),
-                                 mode)
-      holder["spec"] = spec
-      values = {LOSS: spec.loss}
-      values.update(self._host_call(spec, holder))
+      spec, values = self._step(model_fn, element, mode, params, holder)
       return [spec.train_op], values
 
     infeed, iterations, stacked, holder = self._build(
@@ -146,12 +141,7 @@ class TpuLoop(DeviceLoop):
       dataset = self._per_step(input_fn, params, mode)
 
     def step_fn(element, holder):
-      features, labels = element
-      spec = spec_lib.check_spec(model_fn(features, labels, mode, params),
-                                 mode)
-      holder["spec"] = spec
-      values = {LOSS: spec.loss}
-      values.update(self._host_call(spec, holder))
+      spec, values = self._step(model_fn, element, mode, params, holder)
       if spec.eval_metrics is not None:
         metrics = EvalMetrics(*spec.eval_metrics)
         holder["eval_metrics"] = metrics
@@ -197,6 +187,17 @@ class TpuLoop(DeviceLoop):
     return step_input.per_step(
         step_input.make_input(input_fn, self.input_params(params), mode),
         self._num_shards, self._per_host_input, stack_one=True)
+
+  def _step(self, model_fn, element, mode, params, holder) -> tuple:
+    """`model_fn` on one core's (features, labels); returns its spec and
+    the values it sends out: the loss, and the host_call's tensors."""
+    features, labels = element
+    spec = spec_lib.check_spec(model_fn(features, labels, mode, params),
+                               mode)
+    holder["spec"] = spec
+    values = {LOSS: spec.loss}
+    values.update(self._host_call(spec, holder))
+    return spec, values
 
   def _host_call(self, spec, holder) -> Dict[str, tf.Tensor]:
     """This core's host_call outfeed values; the call goes in `holder`."""
