@@ -1,6 +1,7 @@
 """tpu_check: one replica's step compiled with XLA on CPU; each reason a
 TPU could not run it named with the op and the user's line."""
 
+import logging as std_logging
 import os
 
 import pytest
@@ -155,3 +156,31 @@ def test_bad_requests_are_clear(tmp_path):
     runner.check_tpu_compatibility()
   with pytest.raises(ValueError, match="`eval_batch_size` was not given"):
     runner.check_tpu_compatibility(eval_input_fn=models.input_fn)
+
+
+def test_tpu_collectives_are_not_taken_for_unsupported_ops(tmp_path, caplog):
+  def model_fn(features, labels, mode, params):
+    del params
+    # Normalizes across cores, as cross-replica batch norm does.
+    total = tf.compat.v1.tpu.cross_replica_sum(tf.reduce_sum(features))
+    w = tf.compat.v1.get_variable("w", [models.FEATURES, 1])
+    loss = tf.reduce_mean(tf.square(tf.matmul(features, w) * total - labels))
+    optimizer = tf.compat.v1.train.GradientDescentOptimizer(0.1)
+    return th.ModelSpec(mode=mode, loss=loss, train_op=optimizer.minimize(
+        loss, global_step=tf.compat.v1.train.get_global_step()))
+
+  with caplog.at_level(std_logging.WARNING, logger="absl"):
+    assert _runner(model_fn, tmp_path).check_tpu_compatibility(
+        train_input_fn=models.input_fn) == []
+  assert any("uses TPU-only ops ['CrossReplicaSum']" in r.getMessage()
+             and "was not compiled" in r.getMessage()
+             for r in caplog.records)
+  # The static checks still run on such a step.
+  def broken(features, labels, mode, params):
+    features = tf.boolean_mask(features, features > 0)[:4]
+    return model_fn(tf.reshape(features, [-1, models.FEATURES]), labels,
+                    mode, params)
+
+  problems = _runner(broken, tmp_path).check_tpu_compatibility(
+      train_input_fn=models.input_fn)
+  assert [p.subject for p in problems] == ["Where ('boolean_mask/Where')"]

@@ -21,6 +21,10 @@ of the user's code that created it):
   or input the TPU infeed cannot carry;
 * XLA cannot compile: any other error XLA's compiler reports.
 
+A step that calls TPU collectives directly (`tf.compat.v1.tpu.
+cross_replica_sum`, ...) cannot be compiled by XLA's CPU backend: its ops,
+shapes and dtypes are checked, and a warning says it was not compiled.
+
 What it does not show: XLA's TPU backend differs from its CPU backend in a
 few ops and in numerics, and memory, speed and the infeed's throughput are
 only known on a TPU.
@@ -55,6 +59,12 @@ TPU_DTYPES = frozenset([
 _HANDLES = frozenset([tf.resource, tf.variant])
 # Ops XLA compiles to nothing.
 _DROPPED_BY_XLA = ("Assert",)
+
+# Ops with XLA kernels for TPUs only (TF registers them with the TPU
+# backend): a model may call them directly (tf.compat.v1.tpu.
+# cross_replica_sum, ...). A step that has them is checked without the
+# compile on CPU.
+TPU_ONLY_OPS = frozenset(["CrossReplicaSum", "AllToAll", "CollectivePermute"])
 
 # Dataset ops that set the batch size.
 _BATCH_OPS = ("BatchDataset", "BatchDatasetV2", "PaddedBatchDataset",
@@ -151,8 +161,16 @@ def check_model(model_fn: Callable, input_fn: Callable,
                 if any(p.subject == _op_name(op) for p in unsupported + dtypes)}
     problems += (unsupported + dtypes
                  + _shape_problems(compiled, mode, frozenset(reported)))
-    if not any(p.kind in ("unsupported op", "unsupported dtype")
-               for p in problems):
+    tpu_only = sorted({op.type for op in compiled
+                       if op.type in TPU_ONLY_OPS})
+    if tpu_only:
+      # XLA's CPU backend cannot compile them; the rest was checked.
+      logging.warning(
+          "TPU compatibility check of %s: the step uses TPU-only ops %s, "
+          "which XLA cannot compile on CPU; its ops, shapes and dtypes "
+          "were checked, but it was not compiled.", mode, tpu_only)
+    elif not any(p.kind in ("unsupported op", "unsupported dtype")
+                 for p in problems):
       problems += _compile(graph, outputs, placeholders, mode)
   logging.info("TPU compatibility check of %s: %s (%.1f s).", mode,
                f"{len(problems)} problem(s)" if problems else "passed",
@@ -261,6 +279,8 @@ def _unsupported_ops(graph, compiled, mode) -> List[Problem]:
   supported: Dict[str, bool] = {}
 
   def has_kernel(op_type):
+    if op_type in TPU_ONLY_OPS:
+      return True  # On a TPU, that is.
     if op_type not in supported:
       supported[op_type] = _tf_internals.has_xla_kernel(op_type)
     return supported[op_type]
