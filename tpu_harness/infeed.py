@@ -146,7 +146,7 @@ class HostInfeed:
           self._steps = tf.compat.v1.placeholder(tf.int32, [], name="steps")
           self._fill = self._build_enqueue_loop(self._queue.enqueue)
           # Known at start: then requests are answered at once and the
-          # elements streamed while the loop runs (see `_stream`).
+          # elements streamed while the loop runs (see `_stream_elements`).
           self._cardinality = dataset.cardinality()
         else:
           self._iterator = tf.compat.v1.data.make_initializable_iterator(
@@ -158,7 +158,7 @@ class HostInfeed:
         self._steps = tf.compat.v1.placeholder(tf.int32, [], name="steps")
         self._fill = self._build_enqueue_loop(enqueue_fn)
         # A TPU's infeed holds a few steps, not a loop: enqueue while the
-        # loop runs where the input's length allows (see `_stream`).
+        # loop runs where the input's length allows (see `_stream_elements`).
         self._cardinality = dataset.cardinality()
     # Elements in the queue that no request has been told about yet, whether
     # the input ended, and the thread's requests not answered yet: guarded
@@ -441,7 +441,7 @@ def without_autotune_thread(dataset: tf.data.Dataset) -> tf.data.Dataset:
   it: every train(), evaluate() and predict() paid up to a minute after its
   last loop (scripts/bench_end_of_train.py measured 0.5 s after 3 s of
   input). Without autotuning, AUTOTUNE parallelism is the host's core
-  count, and the infeed's own queue of whole loops is the prefetch buffer.
+  count, and the infeed's own queue is the prefetch buffer.
   """
   with warnings.catch_warnings():
     # In graph mode TF warns that options() is what Python set, which is

@@ -157,8 +157,8 @@ def check_model(model_fn: Callable, input_fn: Callable,
                 if _tf_internals.in_xla_compilation(op)]
     unsupported = _unsupported_ops(graph, compiled, mode)
     dtypes = _dtype_problems(compiled, mode)
-    reported = {op for op in compiled
-                if any(p.subject == _op_name(op) for p in unsupported + dtypes)}
+    named = {p.subject for p in unsupported + dtypes}
+    reported = {op for op in compiled if _op_name(op) in named}
     problems += (unsupported + dtypes
                  + _shape_problems(compiled, mode, frozenset(reported)))
     tpu_only = sorted({op.type for op in compiled
@@ -171,7 +171,7 @@ def check_model(model_fn: Callable, input_fn: Callable,
           "were checked, but it was not compiled.", mode, tpu_only)
     elif not any(p.kind in ("unsupported op", "unsupported dtype")
                  for p in problems):
-      problems += _compile(graph, outputs, placeholders, mode)
+      problems += _compile(outputs, placeholders, mode)
   logging.info("TPU compatibility check of %s: %s (%.1f s).", mode,
                f"{len(problems)} problem(s)" if problems else "passed",
                time.monotonic() - start)
@@ -380,9 +380,9 @@ def _shape_problems(compiled, mode, skip=frozenset()) -> List[Problem]:
   return problems
 
 
-def _compile(graph, outputs, placeholders, mode) -> List[Problem]:
-  """Compiles and runs the step once on zeros; XLA's error, if any."""
-  del graph  # The default graph.
+def _compile(outputs, placeholders, mode) -> List[Problem]:
+  """Compiles and runs the step once on zeros, in the default graph;
+  XLA's error, if any."""
   feed = {ph: np.zeros(ph.shape.as_list(), ph.dtype.as_numpy_dtype)
           for ph in placeholders}
   config = tf.compat.v1.ConfigProto(device_count={"CPU": 1})
