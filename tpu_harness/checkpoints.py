@@ -274,17 +274,16 @@ def restore_candidate(model_dir: str, *,
   return None
 
 
-def restore_failure(checkpoint: str, error: BaseException, *,
+def restore_failure(checkpoint: str, *,
                     sleep: Callable[[float], None] = time.sleep
                     ) -> Optional[CheckpointRestoreError]:
-  """After restoring `checkpoint` raised `error` (not a transient one): a
+  """After restoring `checkpoint` failed (not transiently): a
   CheckpointRestoreError if reading the checkpoint through fails, else None
-  (the error is not the checkpoint's files).
+  (the failure is not the checkpoint's files).
 
   Raises:
     StorageError: storage kept failing, or refused access.
   """
-  del error  # The read below says whether the files are to blame.
   reason = unreadable_reason(checkpoint, sleep=sleep)
   return None if reason is None else CheckpointRestoreError(checkpoint,
                                                             reason)
@@ -463,21 +462,20 @@ def resume_point(model_dir: str, basename: str = BASENAME, *,
   """
   contents = scan(model_dir, basename, sleep=sleep)
   broken = list(previous.broken) if previous is not None else []
-  excluded = set()
   if after is not None:
     logging.warning("Checkpoint %s does not restore (%s); falling back to "
                     "the previous one.", after.checkpoint, after.reason)
     broken.append((after.checkpoint, after.reason))
-    excluded = {prefix for prefix, _ in broken}
-    # Only checkpoints older than the one that failed.
+    # Only checkpoints older than the one that failed (every one in
+    # `broken` is newer or it).
     contents = dataclasses.replace(contents, checkpoints=[
         p for p in contents.checkpoints
         if checkpoint_step(p) < checkpoint_step(after.checkpoint)])
   else:
     log_ignored(model_dir, contents, basename)
     remove_leftovers(contents)
-  found = restore_candidate(model_dir, excluded=excluded, broken=broken,
-                            contents=contents, sleep=sleep)
+  found = restore_candidate(model_dir, broken=broken, contents=contents,
+                            sleep=sleep)
   if found is None:
     if broken:
       raise none_restorable(model_dir, [f"{p} ({r})" for p, r in broken])

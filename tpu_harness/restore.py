@@ -56,7 +56,7 @@ class CheckedRestore(tf.compat.v1.train.SessionCreator):
       return storage.retry(self._inner.create_session,
                            f"restoring checkpoint {self._checkpoint}")
     except (tf.errors.OpError, ValueError) as error:
-      failure = checkpoints.restore_failure(self._checkpoint, error)
+      failure = checkpoints.restore_failure(self._checkpoint)
       if failure is None:
         raise
       raise failure from error
