@@ -201,8 +201,13 @@ class CheckpointSaverHook(tf.compat.v1.train.SessionRunHook):
             "`async_save` saves variables only; this graph has other "
             "saveable objects (tf.compat.v1.GraphKeys.SAVEABLE_OBJECTS). "
             "Use async_save=False.")
+      # What the saver saves, where it was given a list of variables; else
+      # what a default Saver saves.
+      saver = self._saver or (self._scaffold.saver if self._scaffold
+                              else None)
       self._writer = AsyncCheckpointWriter(
-          tf.compat.v1.global_variables(), self._save_path)
+          _tf_internals.saver_variables(saver)
+          or tf.compat.v1.global_variables(), self._save_path)
     elif self._check_finite:
       with tf.name_scope("check_finite"):
         self._finite_flags = {

@@ -40,9 +40,19 @@ def load(data_file: str = DATA_FILE) -> Dict[str, Tuple[np.ndarray,
           "test": (x[-NUM_TEST:], y[-NUM_TEST:])}
 
 
+def _host_shard(dataset: tf.data.Dataset, params: Dict[str, Any]
+                ) -> tf.data.Dataset:
+  """This host's share of the examples, on a pod of several hosts."""
+  context = params.get("input_context")
+  if context is None or context.num_input_pipelines == 1:
+    return dataset
+  return dataset.shard(context.num_input_pipelines,
+                       context.input_pipeline_id)
+
+
 def train_input_fn(params: Dict[str, Any]) -> tf.data.Dataset:
   x, y = load(params.get("data_file", DATA_FILE))["train"]
-  return (tf.data.Dataset.from_tensor_slices((x, y))
+  return (_host_shard(tf.data.Dataset.from_tensor_slices((x, y)), params)
           .shuffle(len(x), seed=params.get("seed", 1), reshuffle_each_iteration=True)
           .repeat()
           .batch(params["batch_size"], drop_remainder=True))
@@ -50,8 +60,8 @@ def train_input_fn(params: Dict[str, Any]) -> tf.data.Dataset:
 
 def eval_input_fn(params: Dict[str, Any]) -> tf.data.Dataset:
   x, y = load(params.get("data_file", DATA_FILE))["test"]
-  return tf.data.Dataset.from_tensor_slices((x, y)).batch(
-      params["batch_size"], drop_remainder=True)
+  return _host_shard(tf.data.Dataset.from_tensor_slices((x, y)),
+                     params).batch(params["batch_size"], drop_remainder=True)
 
 
 def predict_input_fn(params: Dict[str, Any]) -> tf.data.Dataset:

@@ -75,6 +75,17 @@ flags.DEFINE_integer("eval_steps", None,
                      lower_bound=1)
 flags.DEFINE_integer("save_checkpoints_steps", 500, "Save every N steps.",
                      lower_bound=1)
+flags.DEFINE_enum("resume_input", "exact", ["exact", "skip", "restart"],
+                  "What resumed training feeds first: exactly the next "
+                  "batch (restoring the input position saved with the "
+                  "checkpoint), the next batch after reading and dropping "
+                  "those already trained on, or the input from its start "
+                  "(as TPUEstimator did).")
+flags.DEFINE_list("pod_hosts", [], "A pod's hosts, host:port of each one's "
+                  "TF server (task h of job 'worker' = the h-th); each runs "
+                  "num_cores / hosts replicas and reads its own shard of "
+                  "the input. `python -m scripts.local_pod` starts them on "
+                  "this machine.")
 flags.DEFINE_integer("num_cores", 1, "Replicas: TPU cores, or virtual CPU "
                      "devices in the emulation.", lower_bound=1)
 flags.DEFINE_float("learning_rate", 0.01, "Adam learning rate.")
@@ -129,8 +140,10 @@ def make_runner(master: str) -> th.Runner:
       log_step_count_steps=FLAGS.iterations_per_loop,
       save_summary_steps=FLAGS.iterations_per_loop,
       master=master,
-      tpu=th.TPUConfig(num_shards=FLAGS.num_cores),
-      check_tpu_compatibility=FLAGS.check_tpu)
+      tpu=th.TPUConfig(num_shards=FLAGS.num_cores,
+                       hosts=tuple(FLAGS.pod_hosts)),
+      check_tpu_compatibility=FLAGS.check_tpu,
+      resume_input=FLAGS.resume_input)
   params = {"learning_rate": FLAGS.learning_rate,
             "model_dir": FLAGS.model_dir,
             "summary_steps": FLAGS.iterations_per_loop}

@@ -5,12 +5,14 @@ that saves take long enough to be interrupted, with deterministic input.
 
   python tests/reliability_worker.py MODEL_DIR MAX_STEPS [--markers DIR]
       [--hold_in_end] [--async_checkpoints] [--nan_at STEP]
-      [--keep_checkpoint_max N]
+      [--keep_checkpoint_max N] [--resume_input MODE]
 
 With --markers, a listener writes DIR/began (at begin), DIR/end (in end(),
 with the step) and, with --hold_in_end, DIR/in_end, and then waits in end()
 until DIR/release appears (at most 60 s).
-With --nan_at, the loss becomes NaN from that step on.
+With --nan_at, the loss becomes NaN from that step on. The input is
+shuffled with a fixed seed: a resumed run that feeds other batches than an
+uninterrupted one ends with other weights.
 Prints "FINAL_STEP=N PREEMPTED=B" when train returns.
 """
 
@@ -27,7 +29,7 @@ import tensorflow as tf  # pylint: disable=g-import-not-at-top
 import hooks  # pylint: disable=g-import-not-at-top
 import tpu_harness as th  # pylint: disable=g-import-not-at-top
 from runner_models import linear_model_fn  # pylint: disable=g-import-not-at-top
-from runner_models import train_input_fn  # pylint: disable=g-import-not-at-top
+from runner_models import data  # pylint: disable=g-import-not-at-top
 
 BALLAST = 2_000_000  # floats: 8 MB per checkpoint.
 
@@ -46,6 +48,17 @@ def model_fn(features, labels, mode, params):
       extra, var_list=[ballast])
   return th.ModelSpec(mode=mode, loss=spec.loss + extra,
                       train_op=tf.group(spec.train_op, ballast_step))
+
+
+def train_input_fn():
+  x, y = data()
+
+  def input_fn(params):
+    dataset = tf.data.Dataset.from_tensor_slices((x, y)).repeat()
+    return dataset.shuffle(64, seed=5).batch(params["batch_size"],
+                                             drop_remainder=True)
+
+  return input_fn
 
 
 class MarkerListener(hooks.CheckpointSaverListener):
@@ -81,6 +94,7 @@ def main():
   parser.add_argument("--async_checkpoints", action="store_true")
   parser.add_argument("--nan_at", type=int)
   parser.add_argument("--keep_checkpoint_max", type=int, default=3)
+  parser.add_argument("--resume_input", default="exact")
   args = parser.parse_args()
   listeners = ([MarkerListener(args.markers, args.hold_in_end)]
                if args.markers else [])
@@ -91,7 +105,8 @@ def main():
                    save_checkpoints_steps=2,
                    keep_checkpoint_max=args.keep_checkpoint_max,
                    log_step_count_steps=1000, save_summary_steps=1000,
-                   async_checkpoints=args.async_checkpoints),
+                   async_checkpoints=args.async_checkpoints,
+                   resume_input=args.resume_input),
       params={"lr": 0.05, "nan_at": args.nan_at}, train_batch_size=8)
   runner.train(train_input_fn(), max_steps=args.max_steps,
                saving_listeners=listeners)

@@ -4,8 +4,10 @@ A worker trains with a save after every 2-step loop (8 MB per checkpoint) and
 is killed at random times, again and again. After every kill the state
 file's latest checkpoint must read back completely, and a restart must
 resume from it. After the last restart runs to the end, the weights must
-equal those of a run that was never interrupted (the input is deterministic
-and the runner skips batches already consumed).
+equal those of a run that was never interrupted (the input is shuffled with
+a fixed seed; a resumed run restores the input position saved with the
+checkpoint, or with resume_input='skip' reads and drops the steps already
+trained on).
 """
 
 import os
@@ -65,9 +67,11 @@ def _run_to_end(model_dir, markers, extra=()):
   return time.monotonic() - started
 
 
-@pytest.mark.parametrize("extra,kills", [((), KILLS),
-                                         (("--async_checkpoints",), 6)],
-                         ids=["sync saves", "async saves"])
+@pytest.mark.parametrize("extra,kills", [
+    ((), KILLS),
+    (("--async_checkpoints",), 6),
+    (("--resume_input=skip",), 4),
+], ids=["sync saves", "async saves", "skip mode"])
 def test_random_sigkills_lose_nothing(tmp_path, extra, kills):
   rng = random.Random(20261125)
   reference = str(tmp_path / "reference")

@@ -8,9 +8,9 @@ import pytest
 import tensorflow as tf
 
 from tpu_harness import infeed as infeed_lib
+from tpu_harness import infeed_layout
 from tpu_harness.infeed import HostInfeed
 from tpu_harness.infeed import InputShapeError
-from tpu_harness.infeed import leaf_paths
 
 
 @contextlib.contextmanager
@@ -46,7 +46,7 @@ def test_counts_what_it_moved_and_stops_at_end_of_input():
 @pytest.fixture
 def chunk_of_one_loop(monkeypatch):
   """Chunks of exactly `capacity` elements, as with large elements."""
-  monkeypatch.setattr(infeed_lib, "MIN_CHUNK_STEPS", 1)
+  monkeypatch.setattr(infeed_layout, "MIN_CHUNK_STEPS", 1)
 
 
 def test_host_fills_while_device_drains(chunk_of_one_loop):
@@ -84,23 +84,12 @@ def test_elements_of_a_chunk_beyond_a_request_serve_the_next_ones():
 
     session.run = counting_run
     got = []
-    for _ in range(2 * infeed_lib.MIN_CHUNK_STEPS):
+    for _ in range(2 * infeed_layout.MIN_CHUNK_STEPS):
       infeed.request(1)
       assert infeed.wait() == 1
       got.append(run(element)["i"])
-  assert got == list(range(2 * infeed_lib.MIN_CHUNK_STEPS))
+  assert got == list(range(2 * infeed_layout.MIN_CHUNK_STEPS))
   assert len(fills) == 2
-
-
-@pytest.mark.parametrize("capacity,shape,expected", [
-    (1, [4], infeed_lib.MIN_CHUNK_STEPS),      # Small: a floor of steps.
-    (100, [4], 100),                           # A loop is more than that.
-    (1, [infeed_lib.MIN_CHUNK_BYTES // 4], 1),  # Large: one loop.
-    (1, [infeed_lib.MIN_CHUNK_BYTES // 40], 10),  # As many as fit the bytes.
-])
-def test_chunk_steps(capacity, shape, expected):
-  assert infeed_lib.chunk_steps(
-      capacity, [tf.TensorSpec(shape, tf.float32)]) == expected
 
 
 def test_request_beyond_capacity_is_refused():
@@ -149,14 +138,7 @@ def test_unknown_shapes_are_rejected_with_their_path():
     HostInfeed(dataset, capacity=2, name="t")
 
 
-@pytest.mark.parametrize("structure,expected", [
-    (1, ["e"]),
-    ((1, 2), ["e[0]", "e[1]"]),
-    ({"b": 1, "a": (2, 3)}, ["e['a'][0]", "e['a'][1]", "e['b']"]),
-])
-def test_leaf_paths_follow_flatten_order(structure, expected):
-  assert leaf_paths(structure, "e") == expected
-  assert len(tf.nest.flatten(structure)) == len(expected)
+
 
 
 def test_max_steps_bounds_requests_chunks_and_reads():
@@ -188,25 +170,12 @@ def test_host_memory_limit(capacity, max_steps, max_bytes, fits):
   if fits:
     build()
   else:
-    with pytest.raises(infeed_lib.InfeedMemoryError) as info:
+    with pytest.raises(infeed_layout.InfeedMemoryError) as info:
       build()
     message = str(info.value)
     assert message.startswith("The train infeed would hold up to 3 x ")
     assert "(iterations_per_loop=N, batch B), over the limit of" in message
     assert "Lower `iterations_per_loop` or the batch size" in message
-
-
-def test_the_infeed_turns_tf_data_autotuning_off_unless_the_input_sets_it():
-  dataset = tf.data.Dataset.range(4)
-  assert dataset.options().autotune.enabled is None  # TF's default: on.
-  assert infeed_lib.without_autotune_thread(
-      dataset).options().autotune.enabled is False
-  for choice in (True, False):
-    options = tf.data.Options()
-    options.autotune.enabled = choice
-    chosen = dataset.with_options(options)
-    assert infeed_lib.without_autotune_thread(
-        chosen).options().autotune.enabled is choice
 
 
 @pytest.mark.parametrize("per_element_bytes, enqueue_op", [

@@ -20,6 +20,8 @@ Public surface::
   LeaseLostError         another trainer took model_dir over
   StorageError           storage kept failing or refused access
   NanLossError           the loss became NaN
+  HostUnavailableError   a host of a pod (TPUConfig.hosts) is not up, or went
+                         away
 
 Importing it sets `TF_USE_LEGACY_KERAS=1` unless already set: TensorFlow
 reads it on the first use of `tf.compat.v1.layers` or `tf.keras`, which then
@@ -47,6 +49,7 @@ from tpu_harness.infeed import InputShapeError
 from tpu_harness.lease import LeaseLostError
 from tpu_harness.lease import ModelDirBusyError
 from tpu_harness.nan_loss import NanLossError
+from tpu_harness.pod import HostUnavailableError
 from tpu_harness.runner import Runner
 from tpu_harness.spec import ModeKeys
 from tpu_harness.spec import ModelSpec
@@ -63,6 +66,7 @@ __all__ = [
     "CpuEmulationLoop",
     "CrossShardOptimizer",
     "DeviceLoop",
+    "HostUnavailableError",
     "InfeedMemoryError",
     "InputShapeError",
     "LeaseLostError",

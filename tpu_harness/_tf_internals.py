@@ -26,6 +26,11 @@ signature.
   for XLA CPU kernels, which XLA registers there once it has compiled
   something, and tells the compiled ops by the attribute the compile
   context marks them with (`_xla_compile_id`).
+- The training infeed's position is saved with checkpoints
+  (`tpu_harness.input_position`) with the public raw ops
+  `SerializeIterator` / `DeserializeIterator`, which take the iterator's
+  resource handle; `tf.compat.v1.data` iterators keep it in a private
+  attribute.
 """
 
 from __future__ import annotations
@@ -183,3 +188,10 @@ def has_xla_kernel(op_type: str) -> bool:
   registered = kernels.get_registered_kernels_for_op(op_type)
   return any(kernel.device_type == _XLA_CPU_JIT
              for kernel in registered.kernel)
+
+
+def iterator_resource(iterator) -> tf.Tensor:
+  """The resource handle of a `tf.compat.v1.data` iterator, which the public
+  raw ops `SerializeIterator` / `DeserializeIterator` take (the iterator has
+  no public accessor for it)."""
+  return iterator._iterator_resource  # pylint: disable=protected-access

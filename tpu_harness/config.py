@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Optional
+import re
+from typing import Optional, Tuple
 
 import tensorflow as tf
 
 from hooks import _paths
 from hooks import _validation
+from tpu_harness import input_position
+
+_HOST_PORT = re.compile(r"[^\s:/]+:[0-9]+|\[[0-9a-fA-F:]+\]:[0-9]+")
 
 # Host memory the emulated infeed may hold by default.
 DEFAULT_MAX_INFEED_BYTES = 4 * 2**30
@@ -23,11 +27,36 @@ class TPUConfig:
     num_shards: replicas; each gets `batch_size / num_shards` examples per
       step and gradients are averaged across them. On local CPU emulation each
       replica is a virtual CPU device.
+    hosts: a pod's hosts, "host:port" of each one's TF server (job
+      `worker`, task h = hosts[h]; see `tpu_harness.pod`); each runs
+      `num_shards / len(hosts)` replicas and its own input pipeline. Empty:
+      one host (this process, or `RunConfig.master`).
+    host_wait_secs: how long a session waits for every host to accept
+      connections before it fails naming those that did not.
   """
   num_shards: int = 1
+  hosts: Tuple[str, ...] = ()
+  host_wait_secs: float = 60.0
 
   def __post_init__(self):
     _validation.positive_int("num_shards", self.num_shards)
+    if not isinstance(self.hosts, (tuple, list)) or not all(
+        isinstance(host, str) and _HOST_PORT.fullmatch(host)
+        for host in self.hosts):
+      raise ValueError(f"`hosts` ({self.hosts!r}) must be a tuple of "
+                       f"'host:port' strings, one per host of the pod.")
+    object.__setattr__(self, "hosts", tuple(self.hosts))
+    if len(set(self.hosts)) != len(self.hosts):
+      raise ValueError(f"`hosts` ({self.hosts!r}) names a host twice.")
+    if self.hosts and self.num_shards % len(self.hosts):
+      raise ValueError(f"`num_shards` ({self.num_shards}) must be a multiple "
+                       f"of the number of `hosts` ({len(self.hosts)}): every "
+                       f"host runs as many replicas.")
+    _validation.positive_number("host_wait_secs", self.host_wait_secs)
+
+  @property
+  def num_hosts(self) -> int:
+    return max(1, len(self.hosts))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,6 +104,13 @@ class RunConfig:
       (`TpuLoop`) is built, compile one replica's step with XLA on CPU and
       stop with `TPUCompatibilityError` if it cannot run on a TPU (see
       `tpu_harness.tpu_check`); a few seconds for small models.
+    resume_input: what a resumed `train()` feeds first: 'exact' (default:
+      the step an uninterrupted run would have fed next; each checkpoint
+      holds the input pipeline's position, so nothing already trained on
+      is read again; falls back to 'skip' with a warning where the
+      position cannot be saved or restored), 'skip' (read and drop the
+      steps already trained on), or 'restart' (call `input_fn` afresh, as
+      TPUEstimator did). See `tpu_harness.input_position`.
   """
   model_dir: str
   iterations_per_loop: int = 100
@@ -93,6 +129,7 @@ class RunConfig:
   session_config: Optional[tf.compat.v1.ConfigProto] = None
   save_graph_def: bool = True
   check_tpu_compatibility: bool = True
+  resume_input: str = input_position.EXACT
 
   def __post_init__(self):
     _validation.non_empty_path("model_dir", self.model_dir)
@@ -151,6 +188,21 @@ class RunConfig:
       raise TypeError(f"`check_tpu_compatibility` "
                       f"({self.check_tpu_compatibility!r}) must be True or "
                       f"False.")
+    if self.resume_input not in input_position.MODES:
+      raise ValueError(f"`resume_input` ({self.resume_input!r}) must be one "
+                       f"of {', '.join(map(repr, input_position.MODES))}.")
     if not isinstance(self.tpu, TPUConfig):
       raise TypeError(f"`tpu` ({self.tpu!r}) must be a TPUConfig, got "
                       f"{type(self.tpu).__name__}.")
+    if self.tpu.hosts and self.master not in (
+        "", f"grpc://{self.tpu.hosts[0]}"):
+      raise ValueError(f"`master` ({self.master!r}) must be '' or "
+                       f"'grpc://{self.tpu.hosts[0]}' (host 0 of "
+                       f"`tpu.hosts`) for a pod.")
+
+  @property
+  def session_target(self) -> str:
+    """Where sessions run: `master`, or host 0 of a pod."""
+    if self.tpu.hosts and not self.master:
+      return f"grpc://{self.tpu.hosts[0]}"
+    return self.master

@@ -22,7 +22,7 @@ neither. `scripts/bench_loop.py` measures the result (runner/1).
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import tensorflow as tf
 
@@ -30,6 +30,7 @@ import hooks
 from tpu_harness import _tf_internals
 from tpu_harness import cross_shard
 from tpu_harness import eval_metrics as eval_metrics_lib
+from tpu_harness import pod
 from tpu_harness import replicas as replicas_lib
 from tpu_harness import spec as spec_lib
 from tpu_harness import step_input
@@ -42,6 +43,7 @@ from tpu_harness.device_loop import prediction_outfeed
 from tpu_harness.eval_metrics import EvalMetrics
 from tpu_harness.host_call import HostCall
 from tpu_harness.infeed import HostInfeed
+from tpu_harness.input_position import InputPosition
 from tpu_harness.step_input import make_input
 
 # Kept importable from here: the outfeed names and make_input.
@@ -55,11 +57,13 @@ class CpuEmulationLoop(DeviceLoop):
   def __init__(self, *, num_shards: int, iterations_per_loop: int,
                max_infeed_bytes: Optional[int] = None,
                per_host_input: bool = False,
-               host_call_every_n_steps: int = 1):
+               host_call_every_n_steps: int = 1,
+               hosts: Sequence[str] = ()):
     """Initializes the loop builder.
 
     Args:
-      num_shards: replicas, each on its own virtual CPU device.
+      num_shards: replicas, each on its own virtual CPU device (of its
+        host's TF server, on a pod).
       iterations_per_loop: steps per `Session.run`.
       max_infeed_bytes: host memory the infeed may hold (see
         `RunConfig.max_infeed_bytes`); None: no limit.
@@ -67,7 +71,19 @@ class CpuEmulationLoop(DeviceLoop):
         are split among the replicas (else: per-replica batches).
       host_call_every_n_steps: run a `host_call` on every n-th step of a
         loop only.
+      hosts: a pod's hosts (see `tpu_harness.pod`): each runs
+        `num_shards / len(hosts)` replicas on its virtual CPUs and its own
+        infeed; the variables live on host 0. Empty: this process, or one
+        session target, with `num_shards` virtual CPUs.
+
+    Raises:
+      ValueError: `num_shards` is not a multiple of the number of hosts.
     """
+    if hosts and num_shards % len(hosts):
+      raise ValueError(f"`num_shards` ({num_shards}) must be a multiple of "
+                       f"the number of hosts ({len(hosts)}).")
+    self._hosts = tuple(hosts)
+    self._cores = num_shards // max(1, len(hosts))
     self._num_shards = num_shards
     self._iterations_per_loop = iterations_per_loop
     self._max_infeed_bytes = max_infeed_bytes
@@ -78,7 +94,20 @@ class CpuEmulationLoop(DeviceLoop):
   def num_shards(self) -> int:
     return self._num_shards
 
+  @property
+  def num_hosts(self) -> int:
+    return max(1, len(self._hosts))
+
+  @property
+  def variable_device(self) -> str:
+    return pod.host_device(0) if self._hosts else ""
+
   def session_config(self) -> tf.compat.v1.ConfigProto:
+    if self._hosts:
+      # The hosts' servers have their virtual CPUs; each session's queues,
+      # iterators and variables on them are its own.
+      return tf.compat.v1.ConfigProto(allow_soft_placement=False,
+                                      isolate_session_state=True)
     return tf.compat.v1.ConfigProto(
         device_count={"CPU": self._num_shards}, allow_soft_placement=False)
 
@@ -88,30 +117,59 @@ class CpuEmulationLoop(DeviceLoop):
 
   # Building blocks.
 
+  def _input(self, input_fn: Callable, params: Dict[str, Any], mode: str,
+             name: str, skip_steps: int = 0,
+             max_steps: Optional[int] = None,
+             position: Optional[InputPosition] = None):
+    """The infeed of `input_fn`'s input: a HostInfeed, or on a pod a
+    PodInfeed of one per host, each calling `input_fn` with its host's
+    `input_context` and reading its input on its host."""
+    if not self._hosts:
+      return self._infeed(make_input(input_fn, self.input_params(params),
+                                     mode), name, params, skip_steps,
+                          max_steps, position=position)
+    infeeds = []
+    for host in range(self.num_hosts):
+      with tf.device(pod.host_device(host)):
+        dataset = make_input(input_fn, self.input_params(params, host), mode)
+        infeeds.append(self._infeed(
+            dataset, f"{name}_host_{host}", params, skip_steps, max_steps,
+            position=position, host=host))
+    return pod.PodInfeed(infeeds)
+
   def _infeed(self, dataset: tf.data.Dataset, name: str,
               params: Dict[str, Any], skip_steps: int = 0,
               max_steps: Optional[int] = None,
-              batched: bool = False) -> HostInfeed:
-    """The infeed of one element per step: with several replicas, their
-    batches stacked (unless already `batched`); the first `skip_steps`
-    steps' elements skipped; at most `max_steps` read."""
+              batched: bool = False,
+              position: Optional[InputPosition] = None,
+              host: int = 0) -> HostInfeed:
+    """The infeed of one element per step: with several replicas on the
+    host, their batches stacked (unless already `batched`); the first
+    `skip_steps` steps' elements dropped, or `position` restored; at most
+    `max_steps` read."""
     if not batched:
-      dataset = step_input.per_step(dataset, self._num_shards,
+      dataset = step_input.per_step(dataset, self._cores,
                                     self._per_host_input)
-    if skip_steps:
-      dataset = dataset.skip(skip_steps)
     layout = (f"iterations_per_loop={self._iterations_per_loop}, "
               f"{name}_batch_size="
-              f"{params['batch_size'] * self._num_shards}")
+              f"{params['batch_size'] * self._cores}")
     return HostInfeed(dataset, self._iterations_per_loop, name,
                       max_steps=max_steps, max_bytes=self._max_infeed_bytes,
-                      layout=layout)
+                      layout=layout, skip_steps=skip_steps,
+                      position=(position.host(host) if position is not None
+                                else None))
 
   def _replicas(self, model_fn: Callable, element: Any, mode: str,
                 params: Dict[str, Any], stacked: bool
                 ) -> List[spec_lib.ModelSpec]:
-    return call_replicas(model_fn, element, mode, params, self._num_shards,
-                         stacked)
+    if not self._hosts:
+      return call_replicas(model_fn, element, mode, params, self._num_shards,
+                           stacked)
+    return call_replicas(
+        model_fn, element, mode, params, self._num_shards, stacked,
+        devices=[pod.replica_device(*divmod(index, self._cores))
+                 for index in range(self._num_shards)],
+        variable_device=self.variable_device, cores_per_host=self._cores)
 
   def _mean_loss(self, specs: List[spec_lib.ModelSpec]) -> tf.Tensor:
     if len(specs) == 1:
@@ -185,17 +243,22 @@ class CpuEmulationLoop(DeviceLoop):
   # The three modes.
 
   def build_train(self, model_fn, input_fn, params, skip_steps,
-                  max_steps=None):
+                  max_steps=None, position=None):
+    with tf.device(self.variable_device):
+      return self._build_train(model_fn, input_fn, params, skip_steps,
+                               max_steps, position)
+
+  def _build_train(self, model_fn, input_fn, params, skip_steps, max_steps,
+                   position):
     mode = spec_lib.ModeKeys.TRAIN
-    infeed = self._infeed(
-        make_input(input_fn, self.input_params(params), mode), "train",
-        params, skip_steps, max_steps)
+    infeed = self._input(input_fn, params, mode, "train", skip_steps,
+                         max_steps, position)
     global_step = tf.compat.v1.train.get_global_step()
     holder = {}
 
     def step_fn(element):
       specs = self._replicas(model_fn, element, mode, params,
-                             stacked=self._num_shards > 1)
+                             stacked=self._cores > 1)
       holder["spec"] = specs[0]
       values = {LOSS: self._mean_loss(specs)}
       values.update(self._host_call(specs, holder))
@@ -208,15 +271,17 @@ class CpuEmulationLoop(DeviceLoop):
                        {"outfeed": stacked, "end_step": end_step}, holder)
 
   def build_eval(self, model_fn, input_fn, params, steps=None):
+    with tf.device(self.variable_device):
+      return self._build_eval(model_fn, input_fn, params, steps)
+
+  def _build_eval(self, model_fn, input_fn, params, steps):
     mode = spec_lib.ModeKeys.EVAL
-    infeed = self._infeed(
-        make_input(input_fn, self.input_params(params), mode), "eval",
-        params, max_steps=steps)
+    infeed = self._input(input_fn, params, mode, "eval", max_steps=steps)
     holder = {}
 
     def step_fn(element):
       specs = self._replicas(model_fn, element, mode, params,
-                             stacked=self._num_shards > 1)
+                             stacked=self._cores > 1)
       holder["spec"] = specs[0]
       values = {LOSS: self._mean_loss(specs)}
       values.update(self._host_call(specs, holder))
@@ -234,6 +299,10 @@ class CpuEmulationLoop(DeviceLoop):
                        holder, metrics=metrics)
 
   def build_predict(self, model_fn, input_fn, params):
+    if self._hosts:
+      raise NotImplementedError(
+          "predict() on a pod of several hosts is not supported: predict "
+          "with a Runner of one host (TPUConfig without `hosts`).")
     mode = spec_lib.ModeKeys.PREDICT
     dataset = step_input.padded_predict_input(
         make_input(input_fn, self.input_params(params), mode),
@@ -253,24 +322,39 @@ class CpuEmulationLoop(DeviceLoop):
 
 
 def call_replicas(model_fn: Callable, element: Any, mode: str,
-                  params: Dict[str, Any], num_shards: int, stacked: bool
+                  params: Dict[str, Any], num_shards: int, stacked: bool,
+                  devices: Optional[Sequence[str]] = None,
+                  variable_device: str = "",
+                  cores_per_host: Optional[int] = None
                   ) -> List[spec_lib.ModelSpec]:
   """Calls `model_fn` once per replica on its slice of `element` (or on
   `element` itself when it is not `stacked` by replica), each in the
-  emulation's replica context; returns the replicas' specs."""
+  emulation's replica context; returns the replicas' specs.
+
+  On a pod (`cores_per_host`), `element` holds one stacked element per
+  host and replica i takes its part of host i // cores_per_host's; each
+  replica runs on `devices[i]`, the variables on `variable_device`.
+  """
   specs = [None] * num_shards
-  group = replicas_lib.Group(num_shards)
+  group = replicas_lib.Group(num_shards, devices=devices,
+                             variable_device=variable_device)
   with cross_shard.replica_group(num_shards) as replica:
     # Replica 0 last: the gradients are applied (and the global step
     # advanced) in the replica built last, and replica 0's values are the
     # ones a TPU program reads back (host_call's [0], the checkpoint).
     for index in reversed(range(num_shards)):
-      features, labels = (
-          part if part is None or not stacked else
-          tf.nest.map_structure(lambda t, i=index: t[i], part)
-          for part in element)
+      source, position = element, index
+      if cores_per_host:
+        host, position = divmod(index, cores_per_host)
+        source = element[host]
       with replica(index) as context, replicas_lib.building(
           group, index, mode):
+        # On the replica's device: a pod's replica reads its host's input
+        # on its host.
+        features, labels = (
+            part if part is None or not stacked else
+            tf.nest.map_structure(lambda t, i=position: t[i], part)
+            for part in source)
         specs[index] = spec_lib.check_spec(
             model_fn(features, labels, mode, params), mode)
     if (mode == spec_lib.ModeKeys.TRAIN and num_shards > 1

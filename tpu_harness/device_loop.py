@@ -19,6 +19,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import tensorflow as tf
 
 from tpu_harness.infeed import HostInfeed
+from tpu_harness.input_position import InputPosition
 
 # Outfeed names every loop uses: each step's mean loss (TRAIN, EVAL), the
 # count of real rows in each replica's predict batch, and predictions given
@@ -82,11 +83,29 @@ class DeviceLoop(abc.ABC):
     that they compile for one (`tpu_harness.tpu_check`) before building."""
     return False
 
-  def input_params(self, params: Dict[str, Any]) -> Dict[str, Any]:
-    """The params `input_fn` gets, from `model_fn`'s."""
-    if not self.per_host_input:
-      return params
-    return dict(params, batch_size=params["batch_size"] * self.num_shards)
+  @property
+  def variable_device(self) -> str:
+    """Where the model's variables and the global step live ("": wherever
+    TF places them)."""
+    return ""
+
+  @property
+  def num_hosts(self) -> int:
+    """Hosts, each with its own input pipeline (see `tpu_harness.pod`)."""
+    return 1
+
+  def input_params(self, params: Dict[str, Any], host: int = 0
+                   ) -> Dict[str, Any]:
+    """The params `input_fn` gets on `host`, from `model_fn`'s: with
+    `input_context` (a `tf.distribute.InputContext`: the number of hosts,
+    this host's index, the replicas), and with `per_host_input` the host's
+    batch size."""
+    params = dict(params, input_context=tf.distribute.InputContext(
+        num_input_pipelines=self.num_hosts, input_pipeline_id=host,
+        num_replicas_in_sync=self.num_shards))
+    if self.per_host_input:
+      params["batch_size"] *= self.num_shards // self.num_hosts
+    return params
 
   def check_target(self, master: str) -> None:
     """Raises if session target `master` cannot run this loop; called
@@ -96,9 +115,11 @@ class DeviceLoop(abc.ABC):
   @abc.abstractmethod
   def build_train(self, model_fn: Callable, input_fn: Callable,
                   params: Dict[str, Any], skip_steps: int,
-                  max_steps: Optional[int] = None) -> BuiltLoop:
-    """Builds the training loop, skipping `skip_steps` steps of input and
-    reading at most `max_steps` after them."""
+                  max_steps: Optional[int] = None,
+                  position: Optional[InputPosition] = None) -> BuiltLoop:
+    """Builds the training loop: its infeed drops `skip_steps` steps of
+    input first (unless `position` restores a saved position) and reads at
+    most `max_steps` after them; `position` is saved with checkpoints."""
 
   @abc.abstractmethod
   def build_eval(self, model_fn: Callable, input_fn: Callable,

@@ -33,14 +33,19 @@ under the loop, and `raise_if_failed` says why.
 Given the steps a run needs (`max_steps`), the infeed never asks for more
 elements than that, and no chunk is larger. (tf.data's own optimizations
 may still read an element or two ahead inside the input pipeline, e.g. a map
-it made parallel.) With a custom `enqueue_fn` (a
-TPU's infeed, which takes one element at a time), a request runs an in-graph
+it made parallel.) With a custom `enqueue_fn` (a TPU's infeed, which takes
+one element at a time), a request runs an in-graph
 loop that enqueues up to k elements one by one; if the input's length is
 known it streams, as TPUEstimator's infeed thread did: the device loop runs
 while the host enqueues, so the TPU's infeed never has to hold a whole
 loop. (With an input of unknown length the loop's elements are enqueued
 before it runs; an input that fails while streamed to a TPU leaves the
 device loop waiting for input, as it did under TPUEstimator.)
+
+A resumed training run's infeed restores the input position saved with its
+checkpoint (`position`, see `tpu_harness.input_position`: the host thread
+snapshots the iterator after each fill), or reads and drops the steps
+already trained on (`skip_steps`), before the first request.
 
 Device side: the loop calls `dequeue()` once per step.
 """
@@ -50,26 +55,28 @@ from __future__ import annotations
 import collections
 import queue as queue_lib
 import threading
-import warnings
 from typing import Any, Callable, List, Optional
 
 from absl import logging
 import tensorflow as tf
 
+from tpu_harness import infeed_ops
+from tpu_harness import input_position as position_lib
+from tpu_harness.infeed_layout import InfeedMemoryError
+from tpu_harness.infeed_layout import PER_ELEMENT_BYTES
+from tpu_harness.infeed_layout import check_memory
+from tpu_harness.infeed_layout import chunk_steps
+from tpu_harness.infeed_layout import element_bytes
+from tpu_harness.infeed_layout import leaf_paths
+from tpu_harness.infeed_layout import without_autotune_thread
 
-MIN_CHUNK_STEPS = 32
-MIN_CHUNK_BYTES = 16 * 2**20
-# Elements at least this large are enqueued one by one, without copies
-# (scripts/bench_infeed.py).
-PER_ELEMENT_BYTES = 64 * 2**10
+# Kept importable from here.
+__all__ = ["HostInfeed", "InfeedHook", "InfeedMemoryError",
+           "InputEndedEarlyError", "InputShapeError", "leaf_paths"]
 
 
 class InputShapeError(ValueError):
   """The input pipeline's elements do not have the fixed shapes a loop needs."""
-
-
-class InfeedMemoryError(ValueError):
-  """The emulated infeed would hold more host memory than allowed."""
 
 
 class InputEndedEarlyError(RuntimeError):
@@ -85,7 +92,9 @@ class HostInfeed:
                *,
                max_steps: Optional[int] = None,
                max_bytes: Optional[int] = None,
-               layout: str = ""):
+               layout: str = "",
+               skip_steps: int = 0,
+               position: Optional[position_lib.HostPosition] = None):
     """Builds the host-side ops in the default graph.
 
     Args:
@@ -103,6 +112,10 @@ class HostInfeed:
         (three chunks: two queued, one being read); None: no limit.
       layout: how the caller sized a step, for the InfeedMemoryError
         message (e.g. "iterations_per_loop=100, train_batch_size=128").
+      skip_steps: steps of input to read and drop first (those a resumed
+        run already trained on), unless `position` restores a saved one.
+      position: saves the infeed's position with checkpoints and restores
+        it at start (needs `max_steps`); see `tpu_harness.input_position`.
 
     Raises:
       InputShapeError: an element tensor has an unknown dimension.
@@ -110,9 +123,19 @@ class HostInfeed:
     """
     self._name = name
     dataset = without_autotune_thread(dataset)
+    self._max_steps = max_steps
+    self._skip_steps = skip_steps
+    self._position = position
+    self._take = None
     if max_steps is not None:
-      dataset = dataset.take(max_steps)
+      # The count is fed at initialization: a restored iterator's take has
+      # already given some (see `start`).
+      self._take = tf.compat.v1.placeholder_with_default(
+          tf.constant(max_steps, tf.int64), [], name=f"{name}_take")
+      dataset = dataset.take(self._take)
       capacity = max(1, min(capacity, max_steps))
+    elif position is not None:
+      raise ValueError("An infeed that saves its position needs max_steps.")
     self._capacity = capacity
     self._structure = dataset.element_spec
     specs = tf.nest.flatten(self._structure)
@@ -128,12 +151,13 @@ class HostInfeed:
       self._queue = None
       self._close = None
       self._steps = None
+      self._offset = None
       self._cardinality = None
       if enqueue_fn is None:
         self._chunk = chunk_steps(capacity, specs)
         if max_steps is not None:
           self._chunk = max(1, min(self._chunk, max_steps))
-        _check_memory(name, self._chunk, specs, max_bytes, layout)
+        check_memory(name, self._chunk, specs, max_bytes, layout)
         self._queue = tf.queue.FIFOQueue(2 * self._chunk, self._dtypes,
                                          shapes=self._shapes)
         self._close = self._queue.close(cancel_pending_enqueues=True)
@@ -144,22 +168,35 @@ class HostInfeed:
           self._iterator = tf.compat.v1.data.make_initializable_iterator(
               dataset)
           self._steps = tf.compat.v1.placeholder(tf.int32, [], name="steps")
-          self._fill = self._build_enqueue_loop(self._queue.enqueue)
+          self._fill = infeed_ops.enqueue_elements(
+              self._iterator, self._steps, self._queue.enqueue)
           # Known at start: then requests are answered at once and the
           # elements streamed while the loop runs (see `_stream_elements`).
           self._cardinality = dataset.cardinality()
         else:
           self._iterator = tf.compat.v1.data.make_initializable_iterator(
               dataset.batch(self._chunk))
-          self._fill = self._build_chunk_enqueue()
+          self._offset = tf.compat.v1.placeholder_with_default(
+              0, [], name="offset")
+          self._fill = infeed_ops.enqueue_chunk(
+              self._iterator, self._queue, self._offset)
       else:
         self._iterator = tf.compat.v1.data.make_initializable_iterator(
             dataset)
         self._steps = tf.compat.v1.placeholder(tf.int32, [], name="steps")
-        self._fill = self._build_enqueue_loop(enqueue_fn)
+        self._fill = infeed_ops.enqueue_elements(self._iterator,
+                                                 self._steps, enqueue_fn)
         # A TPU's infeed holds a few steps, not a loop: enqueue while the
         # loop runs where the input's length allows (see `_stream_elements`).
         self._cardinality = dataset.cardinality()
+      # Reads and drops up to `discard` of the iterator's elements (chunks,
+      # in chunk mode).
+      self._discard_count = tf.compat.v1.placeholder(tf.int32, [],
+                                                     name="discard")
+      self._discard = infeed_ops.discard(self._iterator,
+                                         self._discard_count)
+      if position is not None:
+        position.attach(self._iterator)
     # Elements in the queue that no request has been told about yet, whether
     # the input ended, and the thread's requests not answered yet: guarded
     # by the lock, shared by the host thread and the caller.
@@ -175,11 +212,19 @@ class HostInfeed:
     self._thread: Optional[threading.Thread] = None
     self._session = None
     self._stopping = False
+    self._take_feed = None
     # Streaming (large elements, input of known length): the elements not
     # yet promised to a request (None: endless), and why the input failed.
     self._stream = False
     self._unpromised: Optional[int] = None
     self._failure: Optional[BaseException] = None
+    # Host thread: elements the iterator has read since `start` (those
+    # dropped included), take's count at start, and the elements of the
+    # next chunk to drop; caller: steps answered so far.
+    self._reads = 0
+    self._taken = 0
+    self._next_offset = 0
+    self._answered = 0
 
   @property
   def element_spec(self) -> Any:
@@ -191,40 +236,6 @@ class HostInfeed:
     elements enqueued while the loop runs (large elements, input of known
     length)."""
     return self._stream
-
-  def _build_chunk_enqueue(self) -> tf.Tensor:
-    """Enqueues the next chunk; returns its size (short: the input ended)."""
-    optional = self._iterator.get_next_as_optional()
-
-    def enqueue():
-      values = tf.nest.flatten(optional.get_value())
-      with tf.control_dependencies([self._queue.enqueue_many(values)]):
-        return tf.shape(values[0])[0]
-
-    return tf.cond(optional.has_value(), enqueue, lambda: tf.constant(0))
-
-  def _build_enqueue_loop(self, enqueue_fn: Callable[[List[tf.Tensor]],
-                                                     tf.Operation]
-                          ) -> tf.Tensor:
-    """Enqueues up to `steps` elements one by one; returns how many."""
-    iterator = self._iterator
-
-    def body(moved, done):
-      optional = iterator.get_next_as_optional()
-
-      def enqueue():
-        values = tf.nest.flatten(optional.get_value())
-        with tf.control_dependencies([enqueue_fn(values)]):
-          return moved + 1, tf.constant(False)
-
-      return tf.cond(optional.has_value(), enqueue,
-                     lambda: (moved, tf.constant(True)))
-
-    moved, _ = tf.while_loop(
-        lambda moved, done: tf.logical_and(moved < self._steps,
-                                           tf.logical_not(done)),
-        body, [tf.constant(0), tf.constant(False)], name="enqueue_loop")
-    return moved
 
   @property
   def shapes(self) -> List[tf.TensorShape]:
@@ -250,17 +261,27 @@ class HostInfeed:
   # Host thread.
 
   def start(self, session: tf.compat.v1.Session) -> None:
-    """Initializes the iterator and starts the host thread."""
+    """Initializes the iterator (restoring a saved position, or reading
+    and dropping `skip_steps`) and starts the host thread."""
     self.stop()
-    session.run(self._iterator.initializer)
+    skip, taken = self._initialize(session)
     self._session = session
     self._stopping = False
     self._failure = None
     self._stream = False
+    self._reads = 0
+    self._taken = taken
+    self._next_offset = 0
+    self._answered = 0
+    if self._position is not None:
+      self._position.begin(session, skip, taken)
+    self._drop(session, skip)
     if self._cardinality is not None:
-      length = int(session.run(self._cardinality))
+      length = int(session.run(self._cardinality, self._take_feed))
       self._stream = length >= 0 or length == int(tf.data.INFINITE_CARDINALITY)
-      self._unpromised = length if length >= 0 else None
+      # Of the take's count, `taken` were given before this run.
+      self._unpromised = (max(0, length - taken - self._reads) if length >= 0
+                          else None)
     self._unclaimed = 0
     self._ended = False
     self._outstanding = 0
@@ -270,6 +291,58 @@ class HostInfeed:
     self._thread = threading.Thread(target=self._serve, daemon=True,
                                     name=f"{self._name}_infeed")
     self._thread.start()
+
+  def _initialize(self, session) -> tuple:
+    """Initializes the iterator, restored to the saved position if there
+    is one that fits; returns (elements to drop, take's count so far)."""
+    saved = self._position.saved() if self._position is not None else None
+    if saved is not None:
+      self._init_iterator(session, saved.taken + saved.skip)
+      if self._position.restore(session, saved):
+        return saved.skip, saved.taken
+    self._init_iterator(session, self._skip_steps)
+    return self._skip_steps, 0
+
+  def _init_iterator(self, session, before: int) -> None:
+    """Initializes the iterator to give `before` elements more than the
+    run's `max_steps`."""
+    self._take_feed = (None if self._take is None
+                       else {self._take: before + self._max_steps})
+    session.run(self._iterator.initializer, self._take_feed)
+
+  def _drop(self, session, count: int) -> None:
+    """Reads and drops `count` elements (in chunk mode, whole chunks now
+    and the rest from the first chunk filled)."""
+    if not count:
+      return
+    if self._offset is not None:
+      whole, self._next_offset = divmod(count, self._chunk)
+      self._reads += self._chunk * int(session.run(
+          self._discard, {self._discard_count: whole}))
+    else:
+      self._reads += int(session.run(self._discard,
+                                     {self._discard_count: count}))
+    logging.info("Read and dropped %d steps of %s input already trained "
+                 "on.", count, self._name)
+
+  def _run_fill(self, feed, asked: int) -> int:
+    """Host thread: runs the fill op, which reads up to `asked` elements;
+    returns how many it read. Then, unless the input ended, snapshots the
+    position for the saves to come."""
+    position = self._position
+    if position is not None:
+      position.fill_started(self._reads + asked)
+    read = 0
+    try:
+      read = int(self._session.run(self._fill, feed))
+      self._reads += read
+    finally:
+      if position is not None:
+        # A fill that came up short met the input's (or the take's) end:
+        # that state restores as ended.
+        position.fill_ended(self._session, self._reads,
+                            self._taken + self._reads, read == asked)
+    return read
 
   def request(self, steps: int) -> None:
     """Asks for up to `steps` more steps in the queue: answered at once if
@@ -310,13 +383,16 @@ class HostInfeed:
       Exception: whatever the input pipeline raised on the host thread.
     """
     self.raise_if_failed()
+    if self._position is not None:
+      # The loops of earlier requests have run.
+      self._position.consumed(self._answered)
     answer = self._answers.popleft() if self._answers else None
-    if answer is not None:
-      return answer
-    result = self._results.get()
-    if isinstance(result, BaseException):
-      raise result
-    return result
+    if answer is None:
+      answer = self._results.get()
+      if isinstance(answer, BaseException):
+        raise answer
+    self._answered += answer
+    return answer
 
   def stop(self) -> None:
     """Stops the host thread; pending enqueues are cancelled."""
@@ -327,7 +403,8 @@ class HostInfeed:
     if self._close is not None:
       try:
         self._session.run(self._close)
-      except (tf.errors.OpError, RuntimeError) as error:  # Session closing.
+      except (tf.errors.OpError, RuntimeError, ConnectionError) as error:
+        # The session is closing, or its host is gone.
         logging.debug("Closing %s infeed: %s", self._name, error)
     self._thread.join()
     self._thread = None
@@ -355,20 +432,27 @@ class HostInfeed:
   def _make_available(self, steps: int) -> int:
     """Host thread: queues up to `steps` more elements; returns how many."""
     if self._queue is None:
-      moved = int(self._session.run(self._fill, {self._steps: steps}))
+      moved = self._run_fill({self._steps: steps}, steps)
       with self._lock:
         self._outstanding -= 1
       return moved
-    # One chunk at most: a request is at most one chunk, and a short chunk
+    # One chunk at most (two for the first request, if it drops part of
+    # its first chunk): a request is at most one chunk, and a short chunk
     # means the input ended. The queue (two chunks) has room for it once the
     # elements already claimed are dequeued, so this cannot deadlock.
-    with self._lock:
-      fill = self._unclaimed < steps and not self._ended
-    if fill:
-      feed = {self._steps: self._chunk} if self._steps is not None else None
-      moved = int(self._session.run(self._fill, feed))
+    while True:
       with self._lock:
-        self._ended = moved < self._chunk
+        if self._unclaimed >= steps or self._ended:
+          break
+      if self._steps is not None:
+        feed = {self._steps: self._chunk}
+      else:
+        feed = {self._offset: self._next_offset}
+      read = self._run_fill(feed, self._chunk)
+      moved = max(0, read - self._next_offset)
+      self._next_offset = 0
+      with self._lock:
+        self._ended = read < self._chunk
         self._unclaimed += moved
     with self._lock:
       self._outstanding -= 1
@@ -380,7 +464,7 @@ class HostInfeed:
     records why and closes the queue, so that the loop waiting for them
     stops (`raise_if_failed` then says why); returns False then."""
     try:
-      moved = int(self._session.run(self._fill, {self._steps: count}))
+      moved = self._run_fill({self._steps: count}, count)
       if moved < count:
         raise InputEndedEarlyError(
             f"The {self._name} input ended after fewer elements than its "
@@ -396,8 +480,8 @@ class HostInfeed:
       if self._close is not None:  # A TPU's infeed cannot be closed.
         try:
           self._session.run(self._close)
-        except (tf.errors.OpError, RuntimeError):
-          pass  # The session is closing.
+        except (tf.errors.OpError, RuntimeError, ConnectionError):
+          pass  # The session is closing, or its host is gone.
       return False
 
   def raise_if_failed(self) -> None:
@@ -430,71 +514,3 @@ class InfeedHook(tf.compat.v1.train.SessionRunHook):
   def end(self, session) -> None:
     del session  # Unused.
     self._infeed.stop()
-
-
-def without_autotune_thread(dataset: tf.data.Dataset) -> tf.data.Dataset:
-  """`dataset` with tf.data's autotuning off, unless its options set it.
-
-  TF 2.21's autotuning thread ignores the end of its iterator until its
-  current wait is over; the waits double from 10 ms to 60 s as a pipeline
-  runs. Destroying the infeed's iterator, when a session closes, waited for
-  it: every train(), evaluate() and predict() paid up to a minute after its
-  last loop (scripts/bench_end_of_train.py measured 0.5 s after 3 s of
-  input). Without autotuning, AUTOTUNE parallelism is the host's core
-  count, and the infeed's own queue is the prefetch buffer.
-  """
-  with warnings.catch_warnings():
-    # In graph mode TF warns that options() is what Python set, which is
-    # what is asked here.
-    warnings.simplefilter("ignore", UserWarning)
-    chosen = dataset.options().autotune.enabled
-  if chosen is not None:
-    return dataset  # The user's choice.
-  options = tf.data.Options()
-  options.autotune.enabled = False
-  return dataset.with_options(options)
-
-
-def element_bytes(specs: List[tf.TensorSpec]) -> int:
-  """Bytes of one element (one step of input)."""
-  return sum(spec.shape.num_elements() * spec.dtype.size for spec in specs)
-
-
-def _check_memory(name: str, chunk: int, specs: List[tf.TensorSpec],
-                  max_bytes: Optional[int], layout: str) -> None:
-  """Raises InfeedMemoryError if three chunks exceed `max_bytes`."""
-  step = element_bytes(specs)
-  need = 3 * chunk * step
-  if max_bytes is not None and need > max_bytes:
-    raise InfeedMemoryError(
-        f"The {name} infeed would hold up to 3 x {chunk} steps x "
-        f"{_size(step)} = {_size(need)} of input in host memory "
-        f"({layout}), over the limit of {_size(max_bytes)} "
-        f"(RunConfig.max_infeed_bytes). Lower `iterations_per_loop` or the "
-        f"batch size, or raise max_infeed_bytes if the host has the memory.")
-
-
-def _size(count: int) -> str:
-  for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-    if count >= scale:
-      return f"{count / scale:.1f} {unit}"
-  return f"{count} B"
-
-
-def chunk_steps(capacity: int, specs: List[tf.TensorSpec]) -> int:
-  """Elements the emulated infeed reads and enqueues at a time: `capacity`,
-  or up to MIN_CHUNK_STEPS if that many stay within MIN_CHUNK_BYTES."""
-  size = max(1, element_bytes(specs))
-  return max(capacity, min(MIN_CHUNK_STEPS, MIN_CHUNK_BYTES // size))
-
-
-def leaf_paths(structure: Any, prefix: str = "element") -> list:
-  """Readable names of a nested structure's leaves, in tf.nest.flatten order
-  (dict keys sorted, sequences in order)."""
-  if isinstance(structure, dict):
-    return [path for key in sorted(structure)
-            for path in leaf_paths(structure[key], f"{prefix}[{key!r}]")]
-  if isinstance(structure, (list, tuple)):
-    return [path for index, item in enumerate(structure)
-            for path in leaf_paths(item, f"{prefix}[{index}]")]
-  return [prefix]

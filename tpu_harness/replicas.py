@@ -45,8 +45,14 @@ class Group:
   variables the first-built replica created directly (`tf.Variable`, graph-
   mode `tf.keras` layers), handed in the same order to the others."""
 
-  def __init__(self, count: int):
+  def __init__(self, count: int, devices=None, variable_device: str = ""):
+    """Args: the replicas; the device of each (default: virtual CPU i of
+    the session's process); where variables are created ("": on the
+    replica's device)."""
     self.count = count
+    self.devices = (list(devices) if devices is not None
+                    else [f"/device:CPU:{index}" for index in range(count)])
+    self.variable_device = variable_device
     self.created = []
     self.cursor = 0
     self.in_get_variable = 0
@@ -68,7 +74,7 @@ def building(group: Group, index: int, mode: str) -> Iterator[None]:
     # Outside the loop's name scope: names derived from it (e.g. an
     # ExponentialMovingAverage's) would otherwise differ from the same
     # model_fn's outside the loop (v1 control flow).
-    with tf.compat.v1.name_scope(None), tf.device(f"/device:CPU:{index}"), \
+    with tf.compat.v1.name_scope(None), tf.device(group.devices[index]), \
         tf.compat.v1.variable_scope(
             tf.compat.v1.get_variable_scope(), reuse=reuse,
             custom_getter=_getter(group, index, own_state)), \
@@ -110,7 +116,8 @@ def _getter(group: Group, index: int, own_state: bool):
   def custom_getter(getter, name, *args, **kwargs):
     group.in_get_variable += 1
     try:
-      variable = getter(name, *args, **kwargs)
+      with _on(group.variable_device):
+        variable = getter(name, *args, **kwargs)
       if not own_state or not _is_state(variable, kwargs.get("trainable",
                                                               True)):
         return variable
@@ -139,7 +146,8 @@ def _creator(group: Group, index: int, first: bool, own_state: bool):
     if group.in_get_variable or group.count == 1:
       return _explained(next_creator, kwargs)
     if first:
-      variable = _explained(next_creator, kwargs)
+      with _on(group.variable_device):
+        variable = _explained(next_creator, kwargs)
       group.created.append(variable)
     else:
       if group.cursor >= len(group.created):
@@ -157,6 +165,11 @@ def _creator(group: Group, index: int, first: bool, own_state: bool):
     return variable
 
   return creator
+
+
+def _on(device: str):
+  """Places what is built inside on `device` ("": no change)."""
+  return tf.device(device) if device else contextlib.nullcontext()
 
 
 def _explained(next_creator, kwargs):

@@ -29,6 +29,7 @@ import tensorflow as tf
 from hooks import _paths
 from hooks import _validation
 from tpu_harness import checkpoints
+from tpu_harness import pod
 from tpu_harness import spec as spec_lib
 from tpu_harness import storage
 from tpu_harness.device_loop import BuiltLoop
@@ -43,13 +44,34 @@ class CheckedRestore(tf.compat.v1.train.SessionCreator):
   restore that fails because the checkpoint's files do not read back raised
   as `checkpoints.CheckpointRestoreError`."""
 
-  def __init__(self, checkpoint: Optional[str], **kwargs):
-    """Args: the checkpoint, and ChiefSessionCreator's other arguments."""
+  def __init__(self, checkpoint: Optional[str], *,
+               hosts: Sequence[str] = (), host_wait_secs: float = 60.0,
+               **kwargs):
+    """Args: the checkpoint; a pod's hosts (see `tpu_harness.pod`) and how
+    long to wait for them; ChiefSessionCreator's other arguments."""
     self._checkpoint = checkpoint
+    self._hosts = tuple(hosts)
+    self._host_wait_secs = host_wait_secs
+    self._created = False
     self._inner = tf.compat.v1.train.ChiefSessionCreator(
         checkpoint_filename_with_path=checkpoint, **kwargs)
 
   def create_session(self) -> tf.compat.v1.Session:
+    if self._hosts:
+      if self._created:
+        # MonitoredSession asks again when a run failed with an error it
+        # takes for a preemption: on a pod, a host went away.
+        raise pod.lost_hosts_error(
+            self._hosts, "a run failed and the session had to be created "
+            "again; the log above has the error")
+      # TF would wait for a missing host forever.
+      pod.wait_for_hosts(self._hosts, self._host_wait_secs)
+    self._created = True
+    if self._hosts:
+      return pod.for_pod(self._create(), self._hosts)
+    return self._create()
+
+  def _create(self) -> tf.compat.v1.Session:
     if self._checkpoint is None:
       return self._inner.create_session()
     try:
@@ -71,7 +93,10 @@ def restored(build: Callable[[], BuiltLoop],
              session_config: tf.compat.v1.ConfigProto,
              hooks: Optional[Sequence[tf.compat.v1.train.SessionRunHook]]
              = None,
-             prepare: Callable[[], None] = lambda: None
+             prepare: Callable[[], None] = lambda: None,
+             hosts: Sequence[str] = (),
+             host_wait_secs: float = 60.0,
+             variable_device: str = "",
              ) -> Iterator[Tuple[BuiltLoop, tf.compat.v1.train.MonitoredSession,
                                  str]]:
   """In a new graph, builds a loop with `build`; chooses the checkpoint
@@ -89,6 +114,8 @@ def restored(build: Callable[[], BuiltLoop],
     session_config: the device loop's session configuration.
     hooks: more hooks for the session.
     prepare: checks to make once the checkpoint is known, before any work.
+    hosts: a pod's hosts; host_wait_secs: how long to wait for them.
+    variable_device: where the global step lives ("": anywhere).
 
   Raises:
     CheckpointMismatchError: the checkpoint does not fit the model.
@@ -102,14 +129,16 @@ def restored(build: Callable[[], BuiltLoop],
   first = True
   while True:
     with tf.Graph().as_default():
-      spec_lib.create_global_step()
+      with tf.device(variable_device):
+        spec_lib.create_global_step()
       loop = build()
       checkpoint = choose(failed)
       if first:
         prepare()
         first = False
       try:
-        session = _open(loop, checkpoint, master, session_config, hooks)
+        session = _open(loop, checkpoint, master, session_config, hooks,
+                        hosts, host_wait_secs)
       except (checkpoints.CheckpointRestoreError, tf.errors.NotFoundError,
               ValueError) as error:
         if fixed:
@@ -188,8 +217,9 @@ def scaffold_for(spec, default_saver: Callable[[], tf.compat.v1.train.Saver]
 
 
 def _open(loop: BuiltLoop, checkpoint: str, master: str,
-          session_config: tf.compat.v1.ConfigProto,
-          hooks) -> tf.compat.v1.train.MonitoredSession:
+          session_config: tf.compat.v1.ConfigProto, hooks,
+          hosts: Sequence[str], host_wait_secs: float
+          ) -> tf.compat.v1.train.MonitoredSession:
   scaffold, users_saver = scaffold_for(loop.spec, tf.compat.v1.train.Saver)
   if not users_saver:
     # A user's saver (e.g. mapping moving-average names onto the model's
@@ -197,7 +227,8 @@ def _open(loop: BuiltLoop, checkpoint: str, master: str,
     # missing then.
     checkpoints.check_matches(checkpoint, tf.compat.v1.global_variables())
   creator = CheckedRestore(checkpoint, scaffold=scaffold, master=master,
-                           config=session_config)
+                           config=session_config, hosts=hosts,
+                           host_wait_secs=host_wait_secs)
   spec_hooks = loop.spec.hooks_for_mode if loop.spec is not None else ()
   return tf.compat.v1.train.MonitoredSession(
       session_creator=creator,

@@ -65,8 +65,9 @@ class Runner:
     Raises:
       TypeError: `model_fn` is not callable with four arguments, `config` is
         not a RunConfig, `params` is not a mapping.
-      ValueError: `params` has `batch_size`; a batch size is not a positive
-        multiple of `num_shards`.
+      ValueError: `params` has `batch_size` or `input_context`; a batch
+        size is not a positive multiple of `num_shards`; `device_loop`
+        builds for another number of hosts than `config.tpu.hosts`.
     """
     if not callable(model_fn):
       raise TypeError(f"`model_fn` ({model_fn!r}) must be callable.")
@@ -87,6 +88,11 @@ class Runner:
           f"`params` ({params!r}) must not contain 'batch_size': the runner "
           f"sets it to the per-replica batch size; pass train_batch_size / "
           f"eval_batch_size / predict_batch_size instead.")
+    if "input_context" in params:
+      raise ValueError(
+          f"`params` ({params!r}) must not contain 'input_context': the "
+          f"runner sets it for `input_fn` (a tf.distribute.InputContext "
+          f"saying which host's input it makes).")
     shards = config.tpu.num_shards
     for name, value in (("train_batch_size", train_batch_size),
                         ("eval_batch_size", eval_batch_size),
@@ -97,6 +103,12 @@ class Runner:
       if value % shards:
         raise ValueError(f"`{name}` ({value}) must be a multiple of "
                          f"`num_shards` ({shards}).")
+    if (device_loop is not None and config.tpu.hosts
+        and device_loop.num_hosts != config.tpu.num_hosts):
+      raise ValueError(
+          f"`device_loop` ({type(device_loop).__name__}) builds for "
+          f"{device_loop.num_hosts} host(s), `config.tpu.hosts` names "
+          f"{config.tpu.num_hosts}; leave `device_loop` unset for a pod.")
     self._model_fn = model_fn
     self._config = config
     self._params = params
@@ -104,7 +116,7 @@ class Runner:
                          "predict": predict_batch_size}
     self._device = device_loop or cpu_loop.CpuEmulationLoop(
         num_shards=shards, iterations_per_loop=config.iterations_per_loop,
-        max_infeed_bytes=config.max_infeed_bytes)
+        max_infeed_bytes=config.max_infeed_bytes, hosts=config.tpu.hosts)
     self._clock = clock
     self._preempted = False
 
@@ -160,7 +172,9 @@ class Runner:
 
     Args:
       input_fn: `input_fn(params) -> Dataset` of (features, labels) with
-        fixed-shape batches of `params['batch_size']`.
+        fixed-shape batches of `params['batch_size']`; called once per
+        host, `params['input_context']` (a `tf.distribute.InputContext`)
+        says which of how many hosts' input it makes.
       max_steps: the global step to stop at.
       steps: how many steps to run from the current global step. Exactly one
         of `steps` and `max_steps`.
@@ -191,7 +205,7 @@ class Runner:
         anything is written.
     """
     logs.one_line_per_message()
-    self._device.check_target(self._config.master)
+    self._device.check_target(self._config.session_target)
     _validation.exactly_one({"max_steps": max_steps, "steps": steps})
     if max_steps is not None:
       _validation.positive_int("max_steps", max_steps)
@@ -261,7 +275,7 @@ class Runner:
       CheckpointRestoreError: `checkpoint_path` does not read back.
     """
     logs.one_line_per_message()
-    self._device.check_target(self._config.master)
+    self._device.check_target(self._config.session_target)
     if steps is not None:
       _validation.positive_int("steps", steps)
     if name is not None:
@@ -338,7 +352,7 @@ class Runner:
       CheckpointRestoreError: `checkpoint_path` does not read back.
     """
     logs.one_line_per_message()
-    self._device.check_target(self._config.master)
+    self._device.check_target(self._config.session_target)
     params = self._params_for(self._batch_size("predict"))
     self._check_before_building("predict", input_fn)
     with self._restored(
@@ -454,9 +468,11 @@ class Runner:
     return restore.restored(
         build, lambda failed: restore.choose(self._config.model_dir,
                                              checkpoint_path, failed),
-        fixed=checkpoint_path is not None, master=self._config.master,
+        fixed=checkpoint_path is not None, master=self._config.session_target,
         session_config=self._session_config(), hooks=hooks,
-        prepare=prepare)
+        prepare=prepare, hosts=self._config.tpu.hosts,
+        host_wait_secs=self._config.tpu.host_wait_secs,
+        variable_device=self._device.variable_device)
 
 
 def _python_value(value: Any) -> Any:

@@ -44,6 +44,7 @@ from tpu_harness.device_loop import prediction_outfeed
 from tpu_harness.eval_metrics import EvalMetrics
 from tpu_harness.host_call import HostCall
 from tpu_harness.infeed import HostInfeed
+from tpu_harness.input_position import InputPosition
 
 # Outfeed values whose per-core parts are stacked on a new first axis (the
 # predict outfeed); the loss is averaged; the rest concatenated on axis 0.
@@ -118,17 +119,18 @@ class TpuLoop(DeviceLoop):
 
   def build_train(self, model_fn: Callable, input_fn: Callable,
                   params: Dict[str, Any], skip_steps: int,
-                  max_steps: Optional[int] = None) -> BuiltLoop:
+                  max_steps: Optional[int] = None,
+                  position: Optional[InputPosition] = None) -> BuiltLoop:
     mode = spec_lib.ModeKeys.TRAIN
     with tf.device(self._host_device):
-      dataset = self._per_step(input_fn, params, mode).skip(skip_steps)
+      dataset = self._per_step(input_fn, params, mode)
 
     def step_fn(element, holder):
       spec, values = self._step(model_fn, element, mode, params, holder)
       return [spec.train_op], values
 
     infeed, iterations, stacked, holder = self._build(
-        mode, dataset, params, step_fn, max_steps)
+        mode, dataset, params, step_fn, max_steps, skip_steps, position)
     with tf.device(self._host_device):
       with tf.control_dependencies(list(stacked.values())):
         end_step = tf.compat.v1.train.get_global_step().read_value()
@@ -209,7 +211,8 @@ class TpuLoop(DeviceLoop):
 
   def _build(self, mode: str, dataset: tf.data.Dataset,
              params: Dict[str, Any], step_fn: Callable,
-             max_steps: Optional[int] = None) -> tuple:
+             max_steps: Optional[int] = None, skip_steps: int = 0,
+             position: Optional[InputPosition] = None) -> tuple:
     """The infeed, the replicated device loop and the host's outfeed loop.
 
     Args:
@@ -220,6 +223,9 @@ class TpuLoop(DeviceLoop):
         element returns (ops to run, {name: tensor} to send out); it
         records the spec and calls in `holder`.
       max_steps: read at most this many steps of input.
+      skip_steps: steps of input to drop first, unless `position`
+        restores a saved one.
+      position: the input position saved with checkpoints (TRAIN).
 
     Returns:
       (infeed, iterations, {name: [steps, ...]} merged outfeed, holder).
@@ -242,7 +248,9 @@ class TpuLoop(DeviceLoop):
           dataset, self._iterations_per_loop, name, enqueue_fn=enqueue,
           max_steps=max_steps, max_bytes=self._max_infeed_bytes,
           layout=(f"iterations_per_loop={self._iterations_per_loop}, "
-                  f"{name}_batch_size={params['batch_size'] * shards}"))
+                  f"{name}_batch_size={params['batch_size'] * shards}"),
+          skip_steps=skip_steps,
+          position=position.host(0) if position is not None else None)
     iterations = tf.compat.v1.placeholder_with_default(
         self._iterations_per_loop, [], name="iterations")
     outfeed: Dict[str, Any] = {}

@@ -27,6 +27,7 @@ import hooks as hooks_lib
 from tpu_harness import checkpoints
 from tpu_harness.device_loop import LOSS
 from tpu_harness import host_loop
+from tpu_harness import input_position
 from tpu_harness import restore
 from tpu_harness import spec as spec_lib
 from tpu_harness.config import RunConfig
@@ -68,10 +69,13 @@ def train(job: Job, input_fn, resume: checkpoints.ResumePoint, last_step: int,
   with tf.Graph().as_default():
     if config.tf_random_seed is not None:
       tf.compat.v1.set_random_seed(config.tf_random_seed)
-    spec_lib.create_global_step()
+    with tf.device(job.device.variable_device):
+      spec_lib.create_global_step()
+    position, skip_steps = _input_start(config.resume_input, resume)
     loop = job.device.build_train(job.model_fn, input_fn, job.params,
-                                  skip_steps=start_step,
-                                  max_steps=last_step - start_step)
+                                  skip_steps=skip_steps,
+                                  max_steps=last_step - start_step,
+                                  position=position)
     if resume.checkpoint is not None:
       checkpoints.check_matches(resume.checkpoint,
                                 tf.compat.v1.global_variables())
@@ -79,12 +83,27 @@ def train(job: Job, input_fn, resume: checkpoints.ResumePoint, last_step: int,
       logging.info("Warm-starting trainable variables from %s.",
                    config.warm_start_from)
       tf.compat.v1.train.warm_start(config.warm_start_from)
-    scaffold, _ = restore.scaffold_for(loop.spec, lambda: (
+    scaffold, users_saver = restore.scaffold_for(loop.spec, lambda: (
         tf.compat.v1.train.Saver(max_to_keep=config.keep_checkpoint_max,
                                  save_relative_paths=True)))
+    # The scaffold's saver restores the model; the saver hook's saves the
+    # input position too (a checkpoint without one still restores).
+    saver = scaffold.saver
+    listeners = list(saving_listeners or [])
+    if position is not None:
+      if users_saver:
+        position.disable("`scaffold_fn` gave a Saver, which saves what it "
+                         "was built for")
+      else:
+        saver = tf.compat.v1.train.Saver(
+            var_list=(tf.compat.v1.global_variables() + tf.compat.v1
+                      .get_collection(tf.compat.v1.GraphKeys.SAVEABLE_OBJECTS)
+                      + position.variables),
+            max_to_keep=config.keep_checkpoint_max, save_relative_paths=True)
+      listeners.append(position.listener())
     # Rotation (keep_checkpoint_max) covers the run's own checkpoints of
     # earlier runs, and a lowered maximum applies at once.
-    scaffold.saver.recover_last_checkpoints(checkpoints.enforce_keep_max(
+    saver.recover_last_checkpoints(checkpoints.enforce_keep_max(
         config.model_dir, resume.recent, config.keep_checkpoint_max))
     ipl = config.iterations_per_loop
     periodic = (config.save_checkpoints_steps is not None
@@ -94,8 +113,8 @@ def train(job: Job, input_fn, resume: checkpoints.ResumePoint, last_step: int,
         # No periodic saves: only the one at the start and the last.
         save_steps=(config.save_checkpoints_steps if periodic
                     else _NEVER),
-        save_secs=config.save_checkpoints_secs, scaffold=scaffold,
-        listeners=saving_listeners, steps_per_run=ipl,
+        save_secs=config.save_checkpoints_secs, saver=saver,
+        listeners=listeners, steps_per_run=ipl,
         save_graph_def=config.save_graph_def,
         async_save=config.async_checkpoints,
         check_finite=config.stop_on_nan_loss)
@@ -115,11 +134,13 @@ def train(job: Job, input_fn, resume: checkpoints.ResumePoint, last_step: int,
             batch_size=batch_size),
     ] + list(loop.spec.training_hooks) + user_hooks + [saver_hook]
     creator = restore.CheckedRestore(
-        resume.checkpoint, scaffold=scaffold, master=config.master,
-        config=job.session_config)
+        resume.checkpoint, scaffold=scaffold, master=config.session_target,
+        config=job.session_config, hosts=config.tpu.hosts,
+        host_wait_secs=config.tpu.host_wait_secs)
     writer = tf.compat.v1.summary.FileWriterCache.get(config.model_dir)
     logging.info("Training from step %d to %d, %d steps per loop, on %s.",
-                 start_step, last_step, ipl, config.master or "this process")
+                 start_step, last_step, ipl,
+                 config.session_target or "this process")
     try:
       with PreemptionWatcher() as preemption:
         with tf.compat.v1.train.MonitoredSession(
@@ -143,6 +164,19 @@ def train(job: Job, input_fn, resume: checkpoints.ResumePoint, last_step: int,
                       checkpoints.checkpoint_step(saver_hook.latest_saved),
                       saver_hook.latest_saved)
     return preemption.requested
+
+
+def _input_start(mode: str, resume: checkpoints.ResumePoint) -> tuple:
+  """(the InputPosition to save and restore, or None; steps of input to
+  drop first) for `RunConfig.resume_input` `mode`."""
+  if mode == input_position.EXACT:
+    return input_position.InputPosition(resume.checkpoint, resume.step), (
+        resume.step)
+  if mode == input_position.RESTART and resume.step:
+    logging.info("resume_input='restart': the input starts again from its "
+                 "first element at step %d.", resume.step)
+    return None, 0
+  return None, resume.step
 
 
 def _train_loops(job: Job, session, loop: BuiltLoop, step: int,

@@ -1,0 +1,191 @@
+"""Resume without replaying input: RunConfig.resume_input's three modes.
+
+The input is indexed (element i is made from i alone), shuffled with a seed,
+so a resumed run that feeds anything but what an uninterrupted run would
+have fed ends with other weights. A variant of it that fails on every
+element before a given index shows which elements a resumed run read.
+"""
+
+import logging as std_logging
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tpu_harness as th
+from runner_models import linear_model_fn
+from runner_models import weights
+from tpu_harness import infeed as infeed_lib
+from tpu_harness import input_position
+
+FEATURES = 4
+BATCH = 8
+
+
+def _examples(index):
+  """Example `index`: features and label from the index alone."""
+  x = tf.sin(tf.cast(index, tf.float32) * tf.constant([0.3, 0.7, 1.1, 1.7]))
+  return x, tf.reduce_sum(x * tf.constant([1.0, -2.0, 0.5, 3.0]))[None]
+
+
+def _at_least(index, first_allowed):
+  with tf.control_dependencies([tf.debugging.assert_greater_equal(
+      index, tf.constant(first_allowed, tf.int64),
+      message="read an example already trained on")]):
+    return tf.identity(index)
+
+
+def input_fn_from(first_allowed=0, shuffle=True, endless=True,
+                  py_function=False, extra_map=False):
+  """An input_fn; reading example i < first_allowed fails."""
+
+  def input_fn(params):
+    dataset = tf.data.Dataset.range(10**9 if endless else 400)
+    if py_function:  # State outside tf.data: cannot be saved.
+      dataset = dataset.map(lambda i: tf.ensure_shape(tf.py_function(
+          lambda v: v, [i], tf.int64), []))
+    # Always there, so that every run's pipeline is the same.
+    dataset = dataset.map(lambda i: _at_least(i, first_allowed))
+    if shuffle:
+      dataset = dataset.shuffle(64, seed=7)
+    if extra_map:  # Another pipeline than the one saved.
+      dataset = dataset.map(lambda i: i + 0)
+    return dataset.map(_examples).batch(params["batch_size"],
+                                        drop_remainder=True)
+
+  return input_fn
+
+
+def _runner(model_dir, mode="exact", ipl=5, save_steps=10, **config):
+  return th.Runner(
+      linear_model_fn,
+      th.RunConfig(str(model_dir), iterations_per_loop=ipl,
+                   save_checkpoints_steps=save_steps, resume_input=mode,
+                   tf_random_seed=3, **config),
+      train_batch_size=BATCH)
+
+
+@pytest.fixture(params=["chunks", "elements", "streamed"])
+def infeed_kind(request, monkeypatch):
+  """The infeed's three ways of filling: chunks of small elements, large
+  elements one by one, and large elements streamed (known length)."""
+  if request.param != "chunks":
+    monkeypatch.setattr(infeed_lib, "PER_ELEMENT_BYTES", 1)
+  return request.param
+
+
+def _input_for(kind, **kwargs):
+  # An input of unknown length is not streamed.
+  fn = input_fn_from(**kwargs)
+  if kind != "elements":
+    return fn
+  return lambda params: fn(params).filter(lambda x, y: True)
+
+
+@pytest.mark.parametrize("mode", ["exact", "skip"])
+def test_a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(
+    tmp_path, infeed_kind, mode):
+  _runner(tmp_path / "straight", mode).train(_input_for(infeed_kind),
+                                             max_steps=40)
+  # Stops at 7 and 23: mid-loop, between saves.
+  for stop in (7, 23, 40):
+    _runner(tmp_path / "resumed", mode).train(_input_for(infeed_kind),
+                                              max_steps=stop)
+  np.testing.assert_array_equal(weights(str(tmp_path / "resumed")),
+                                weights(str(tmp_path / "straight")))
+
+
+def test_restart_starts_the_input_again(tmp_path):
+  _runner(tmp_path, "restart").train(input_fn_from(), max_steps=20)
+  # Restarting reads the first examples again (exact mode would not).
+  with pytest.raises(tf.errors.InvalidArgumentError,
+                     match="already trained on"):
+    _runner(tmp_path, "restart").train(input_fn_from(first_allowed=64),
+                                       max_steps=30)
+
+
+def test_exact_resume_does_not_read_what_was_trained_on(tmp_path, caplog):
+  _runner(tmp_path).train(input_fn_from(), max_steps=50)
+  caplog.set_level(std_logging.INFO)
+  # 50 steps of 8 examples went by; the shuffle buffer holds the next 64.
+  # Resuming reads from the snapshot before the last chunk filled (chunks
+  # of 32 steps: elements 32 to 50 again, i.e. examples from 32 * 8 - 64).
+  _runner(tmp_path).train(input_fn_from(first_allowed=32 * BATCH - 64),
+                          max_steps=60)
+  assert weights(str(tmp_path)) is not None
+  dropped = [r.getMessage() for r in caplog.records
+             if "Read and dropped" in r.getMessage()]
+  assert dropped == ["Read and dropped 18 steps of train input already "
+                     "trained on."]
+  # Skip mode reads them all.
+  with pytest.raises(tf.errors.InvalidArgumentError,
+                     match="already trained on"):
+    _runner(tmp_path, "skip").train(input_fn_from(first_allowed=64),
+                                    max_steps=70)
+
+
+def test_checkpoints_hold_the_position_beside_the_model(tmp_path):
+  _runner(tmp_path).train(input_fn_from(), max_steps=20)
+  reader = tf.train.load_checkpoint(str(tmp_path / "model.ckpt-20"))
+  names = set(reader.get_variable_to_shape_map())
+  assert {input_position.STATE_KEY, input_position.COUNTS_KEY} <= names
+  saved = input_position.read_saved(str(tmp_path / "model.ckpt-20"))
+  assert saved.state and saved.skip >= 0 and saved.taken + saved.skip == 20
+
+
+def test_async_saves_hold_the_position(tmp_path):
+  _runner(tmp_path, async_checkpoints=True).train(input_fn_from(),
+                                                  max_steps=20)
+  saved = input_position.read_saved(str(tmp_path / "model.ckpt-20"))
+  assert saved is not None and saved.taken + saved.skip == 20
+
+
+@pytest.mark.parametrize("first, then, warning", [
+    # Saved without a position, resumed exactly: falls back to skipping.
+    ("skip", {}, "holds no input position"),
+    # An input_fn changed between runs: the saved position does not fit.
+    ("exact", {"extra_map": True}, "does not fit this input pipeline"),
+])
+def test_a_position_that_cannot_be_used_falls_back_to_skipping(
+    tmp_path, caplog, first, then, warning):
+  _runner(tmp_path / "straight").train(input_fn_from(**then), max_steps=30)
+  _runner(tmp_path / "resumed", first).train(input_fn_from(), max_steps=13)
+  caplog.set_level(std_logging.WARNING)
+  _runner(tmp_path / "resumed").train(input_fn_from(**then), max_steps=30)
+  assert any(warning in r.getMessage() for r in caplog.records)
+  # Skipping is exact too (extra_map maps each element to itself).
+  np.testing.assert_array_equal(weights(str(tmp_path / "resumed")),
+                                weights(str(tmp_path / "straight")))
+
+
+def test_an_input_that_cannot_be_saved_falls_back_to_skipping(tmp_path,
+                                                              caplog):
+  fn = input_fn_from(py_function=True)
+  _runner(tmp_path / "straight").train(fn, max_steps=60)
+  caplog.set_level(std_logging.WARNING)
+  # Saving fails once the py_function has run (from the second chunk on).
+  _runner(tmp_path / "resumed").train(fn, max_steps=45)
+  assert any("input pipeline's state cannot be saved" in r.getMessage()
+             for r in caplog.records)
+  assert input_position.read_saved(str(tmp_path / "resumed" /
+                                       "model.ckpt-45")) is None
+  _runner(tmp_path / "resumed").train(fn, max_steps=60)
+  np.testing.assert_array_equal(weights(str(tmp_path / "resumed")),
+                                weights(str(tmp_path / "straight")))
+
+
+def test_a_finite_input_ends_where_an_uninterrupted_run_would(tmp_path):
+  fn = input_fn_from(endless=False, shuffle=False)  # 50 steps of input.
+  _runner(tmp_path / "straight").train(fn, max_steps=80)
+  _runner(tmp_path / "resumed").train(fn, max_steps=33)
+  _runner(tmp_path / "resumed").train(fn, max_steps=80)
+  assert th.checkpoints.checkpoint_step(
+      tf.train.latest_checkpoint(str(tmp_path / "resumed"))) == 50
+  np.testing.assert_array_equal(weights(str(tmp_path / "resumed")),
+                                weights(str(tmp_path / "straight")))
+
+
+def test_bad_resume_input_is_refused():
+  with pytest.raises(ValueError, match=r"`resume_input` \('exactly'\) must "
+                     r"be one of 'exact', 'skip', 'restart'"):
+    th.RunConfig("/tmp/m", resume_input="exactly")

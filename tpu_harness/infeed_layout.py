@@ -1,0 +1,88 @@
+"""The layout of the infeed's input: element sizes, chunks and the host
+memory they take, names of an element's leaves, and the tf.data options the
+infeed sets on the user's dataset."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, List, Optional
+
+import tensorflow as tf
+
+MIN_CHUNK_STEPS = 32
+MIN_CHUNK_BYTES = 16 * 2**20
+# Elements at least this large are enqueued one by one, without copies
+# (scripts/bench_infeed.py).
+PER_ELEMENT_BYTES = 64 * 2**10
+
+
+class InfeedMemoryError(ValueError):
+  """The emulated infeed would hold more host memory than allowed."""
+
+
+def without_autotune_thread(dataset: tf.data.Dataset) -> tf.data.Dataset:
+  """`dataset` with tf.data's autotuning off, unless its options set it.
+
+  TF 2.21's autotuning thread ignores the end of its iterator until its
+  current wait is over; the waits double from 10 ms to 60 s as a pipeline
+  runs. Destroying the infeed's iterator, when a session closes, waited for
+  it: every train(), evaluate() and predict() paid up to a minute after its
+  last loop (scripts/bench_end_of_train.py measured 0.5 s after 3 s of
+  input). Without autotuning, AUTOTUNE parallelism is the host's core
+  count, and the infeed's own queue is the prefetch buffer.
+  """
+  with warnings.catch_warnings():
+    # In graph mode TF warns that options() is what Python set, which is
+    # what is asked here.
+    warnings.simplefilter("ignore", UserWarning)
+    chosen = dataset.options().autotune.enabled
+  if chosen is not None:
+    return dataset  # The user's choice.
+  options = tf.data.Options()
+  options.autotune.enabled = False
+  return dataset.with_options(options)
+
+
+def element_bytes(specs: List[tf.TensorSpec]) -> int:
+  """Bytes of one element (one step of input)."""
+  return sum(spec.shape.num_elements() * spec.dtype.size for spec in specs)
+
+
+def check_memory(name: str, chunk: int, specs: List[tf.TensorSpec],
+                  max_bytes: Optional[int], layout: str) -> None:
+  """Raises InfeedMemoryError if three chunks exceed `max_bytes`."""
+  step = element_bytes(specs)
+  need = 3 * chunk * step
+  if max_bytes is not None and need > max_bytes:
+    raise InfeedMemoryError(
+        f"The {name} infeed would hold up to 3 x {chunk} steps x "
+        f"{size_text(step)} = {size_text(need)} of input in host memory "
+        f"({layout}), over the limit of {size_text(max_bytes)} "
+        f"(RunConfig.max_infeed_bytes). Lower `iterations_per_loop` or the "
+        f"batch size, or raise max_infeed_bytes if the host has the memory.")
+
+
+def size_text(count: int) -> str:
+  for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+    if count >= scale:
+      return f"{count / scale:.1f} {unit}"
+  return f"{count} B"
+
+
+def chunk_steps(capacity: int, specs: List[tf.TensorSpec]) -> int:
+  """Elements the emulated infeed reads and enqueues at a time: `capacity`,
+  or up to MIN_CHUNK_STEPS if that many stay within MIN_CHUNK_BYTES."""
+  size = max(1, element_bytes(specs))
+  return max(capacity, min(MIN_CHUNK_STEPS, MIN_CHUNK_BYTES // size))
+
+
+def leaf_paths(structure: Any, prefix: str = "element") -> list:
+  """Readable names of a nested structure's leaves, in tf.nest.flatten order
+  (dict keys sorted, sequences in order)."""
+  if isinstance(structure, dict):
+    return [path for key in sorted(structure)
+            for path in leaf_paths(structure[key], f"{prefix}[{key!r}]")]
+  if isinstance(structure, (list, tuple)):
+    return [path for index, item in enumerate(structure)
+            for path in leaf_paths(item, f"{prefix}[{index}]")]
+  return [prefix]
