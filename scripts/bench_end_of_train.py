@@ -15,7 +15,7 @@ input pipeline still running, the session closing. Two variants alternate:
 
   harness     the input as given (the infeed turns tf.data's autotuning
               off unless the dataset's options set it; see
-              tpu_harness.infeed.without_autotune_thread);
+              tpu_harness.infeed_layout.without_autotune_thread);
   autotune    the same input with `options.autotune.enabled = True` set
               explicitly: TF's default, and what the infeed ran before.
 

@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tpu_harness import infeed as infeed_lib
 from tpu_harness import infeed_layout
 from tpu_harness.infeed import HostInfeed
 from tpu_harness.infeed import InputShapeError
@@ -185,7 +184,7 @@ def test_host_memory_limit(capacity, max_steps, max_bytes, fits):
 def test_large_elements_are_enqueued_one_by_one(monkeypatch,
                                                  per_element_bytes,
                                                  enqueue_op):
-  monkeypatch.setattr(infeed_lib, "PER_ELEMENT_BYTES", per_element_bytes)
+  monkeypatch.setattr(infeed_layout, "PER_ELEMENT_BYTES", per_element_bytes)
   infeed = HostInfeed(_dataset(7), capacity=3, name="t")
   element = infeed.dequeue()
   types = {op.type for op in tf.compat.v1.get_default_graph().get_operations()}
@@ -206,7 +205,7 @@ def test_large_elements_are_enqueued_one_by_one(monkeypatch,
 @pytest.fixture
 def large_elements(monkeypatch):
   """Every element counts as large."""
-  monkeypatch.setattr(infeed_lib, "PER_ELEMENT_BYTES", 1)
+  monkeypatch.setattr(infeed_layout, "PER_ELEMENT_BYTES", 1)
 
 
 def test_input_of_known_length_is_streamed(large_elements):

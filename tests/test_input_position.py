@@ -15,7 +15,7 @@ import tensorflow as tf
 import tpu_harness as th
 from runner_models import linear_model_fn
 from runner_models import weights
-from tpu_harness import infeed as infeed_lib
+from tpu_harness import infeed_layout
 from tpu_harness import input_position
 
 FEATURES = 4
@@ -70,7 +70,7 @@ def infeed_kind(request, monkeypatch):
   """The infeed's three ways of filling: chunks of small elements, large
   elements one by one, and large elements streamed (known length)."""
   if request.param != "chunks":
-    monkeypatch.setattr(infeed_lib, "PER_ELEMENT_BYTES", 1)
+    monkeypatch.setattr(infeed_layout, "PER_ELEMENT_BYTES", 1)
   return request.param
 
 

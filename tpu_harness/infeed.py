@@ -7,40 +7,28 @@ the device loop for exactly that many steps, and asks for the next loop's
 steps before it does, so the host fills the queue while the device loop
 drains it.
 
-The emulated queue is filled a chunk at a time: one `Session.run` of one
-batched read and one `enqueue_many`. A chunk is `capacity` elements (one
-loop), or more for small loops of small elements: up to `MIN_CHUNK_STEPS`
-elements while it stays within `MIN_CHUNK_BYTES`, so that a loop of one step
-does not cost a host `Session.run` per step. Elements of a chunk beyond a
-request stay queued for the next, and a request they cover is answered at
-once, without a round trip to the host thread. (On CPU, an in-graph loop
-that enqueues one element per iteration costs about 30 us per element, a
-chunk about 5.) The queue holds up to two chunks and a third may be being
-read, so host memory is bounded by three chunks; a layout whose chunks would
-exceed `max_bytes` is refused when the infeed is built (`InfeedMemoryError`).
-Elements of `PER_ELEMENT_BYTES` or more (an image batch) are instead
-enqueued one by one by an in-graph loop: the queue then holds the
-iterator's own tensors, where a batched read and `enqueue_many` would copy
-each element twice, which for a batch of 128 224x224x3 images costs more
-than the 30 us per element the loop does. If, besides, tf.data knows the
-input's length (`cardinality()`: endless after `repeat()`, or a count), the
-infeed streams, as a TPU host does: a request is answered at once with the
-steps the input still has, and the host thread enqueues them while the
-loop dequeues, so the queue holds a few elements, not a loop of them (with
-image batches, a loop of them no longer fits in the CPU's cache). An input
-that fails (or ends short of its length) while streamed closes the queue
-under the loop, and `raise_if_failed` says why.
-Given the steps a run needs (`max_steps`), the infeed never asks for more
-elements than that, and no chunk is larger. (tf.data's own optimizations
-may still read an element or two ahead inside the input pipeline, e.g. a map
-it made parallel.) With a custom `enqueue_fn` (a TPU's infeed, which takes
-one element at a time), a request runs an in-graph
-loop that enqueues up to k elements one by one; if the input's length is
-known it streams, as TPUEstimator's infeed thread did: the device loop runs
-while the host enqueues, so the TPU's infeed never has to hold a whole
-loop. (With an input of unknown length the loop's elements are enqueued
-before it runs; an input that fails while streamed to a TPU leaves the
-device loop waiting for input, as it did under TPUEstimator.)
+The emulated queue is filled a chunk at a time (one `Session.run` of one
+batched read and one `enqueue_many`) of a loop or more; elements beyond a
+request stay queued and answer the next at once. Host memory is bounded by
+three chunks. Large elements (an image batch) are enqueued one by one by an
+in-graph loop, without copies (`tpu_harness.infeed_layout` sizes chunks and
+says why). If, besides, tf.data knows the input's length (`cardinality()`:
+endless after `repeat()`, or a count), the infeed streams, as a TPU host
+does: a request is answered at once with the steps the input still has, and
+the host thread enqueues them while the loop dequeues, so the queue holds a
+few elements, not a loop of them (a loop of image batches no longer fits in
+the CPU's cache). An input that fails (or ends short of its length) while
+streamed closes the queue under the loop; `raise_if_failed` says why. Given
+the steps a run needs (`max_steps`), the infeed never asks for more
+elements than that, and no chunk is larger (tf.data's own optimizations may
+still read an element or two ahead inside the pipeline).
+
+With a custom `enqueue_fn` (a TPU's infeed, which takes one element at a
+time), a request runs an in-graph loop that enqueues up to k elements one
+by one, streamed where the input's length is known, as TPUEstimator's
+infeed thread did, so the TPU's infeed never holds a whole loop. (An input
+that fails while streamed to a TPU leaves the device loop waiting for
+input, as under TPUEstimator.)
 
 A resumed training run's infeed restores the input position saved with its
 checkpoint (`position`, see `tpu_harness.input_position`: the host thread
@@ -60,15 +48,11 @@ from typing import Any, Callable, List, Optional
 from absl import logging
 import tensorflow as tf
 
+from tpu_harness import infeed_layout as layout_lib
 from tpu_harness import infeed_ops
 from tpu_harness import input_position as position_lib
 from tpu_harness.infeed_layout import InfeedMemoryError
-from tpu_harness.infeed_layout import PER_ELEMENT_BYTES
-from tpu_harness.infeed_layout import check_memory
-from tpu_harness.infeed_layout import chunk_steps
-from tpu_harness.infeed_layout import element_bytes
 from tpu_harness.infeed_layout import leaf_paths
-from tpu_harness.infeed_layout import without_autotune_thread
 
 # Kept importable from here.
 __all__ = ["HostInfeed", "InfeedHook", "InfeedMemoryError",
@@ -122,7 +106,7 @@ class HostInfeed:
       InfeedMemoryError: three chunks would exceed `max_bytes`.
     """
     self._name = name
-    dataset = without_autotune_thread(dataset)
+    dataset = layout_lib.without_autotune_thread(dataset)
     self._max_steps = max_steps
     self._skip_steps = skip_steps
     self._position = position
@@ -154,14 +138,14 @@ class HostInfeed:
       self._offset = None
       self._cardinality = None
       if enqueue_fn is None:
-        self._chunk = chunk_steps(capacity, specs)
+        self._chunk = layout_lib.chunk_steps(capacity, specs)
         if max_steps is not None:
           self._chunk = max(1, min(self._chunk, max_steps))
-        check_memory(name, self._chunk, specs, max_bytes, layout)
+        layout_lib.check_memory(name, self._chunk, specs, max_bytes, layout)
         self._queue = tf.queue.FIFOQueue(2 * self._chunk, self._dtypes,
                                          shapes=self._shapes)
         self._close = self._queue.close(cancel_pending_enqueues=True)
-        if element_bytes(specs) >= PER_ELEMENT_BYTES:
+        if layout_lib.element_bytes(specs) >= layout_lib.PER_ELEMENT_BYTES:
           # Large elements go in one by one: the queue keeps the iterator's
           # tensors as they are, where batching a chunk and splitting it
           # into the queue would copy each element twice.
