@@ -152,7 +152,8 @@ def make_runner(master: str) -> th.Runner:
   device_loop = None
   if FLAGS.use_tpu:
     device_loop = th.TpuLoop(num_shards=FLAGS.num_cores,
-                             iterations_per_loop=FLAGS.iterations_per_loop)
+                             iterations_per_loop=FLAGS.iterations_per_loop,
+                             num_hosts=max(1, len(FLAGS.pod_hosts)))
   return th.Runner(digits.model_fn, config, params=params,
                    train_batch_size=FLAGS.train_batch_size,
                    eval_batch_size=FLAGS.eval_batch_size,

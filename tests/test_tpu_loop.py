@@ -211,3 +211,51 @@ def test_the_runner_checks_the_target_first(tmp_path):
   with pytest.raises(th.cluster.NoTPUError):
     runner.train(train_input_fn(), max_steps=1)
   assert not (tmp_path / "never").exists()
+
+
+def test_a_pod_slices_hosts_each_feed_and_drain_their_own_cores():
+  """2 hosts x 2 cores: each host's input pipeline, iterator and infeed
+  enqueues are on its CPU, one per core by its ordinal on the host, and the
+  outfeed of each replica is dequeued on its host."""
+  tf.compat.v1.train.get_or_create_global_step()
+  contexts = []
+
+  def input_fn(params):
+    contexts.append(params["input_context"])
+    return train_input_fn()(params)
+
+  loop = th.TpuLoop(num_shards=4, iterations_per_loop=4, num_hosts=2)
+  assert loop.num_hosts == 2
+  built = loop.build_train(linear_model_fn, input_fn, {"batch_size": 2},
+                           skip_steps=0)
+  assert [(c.num_input_pipelines, c.input_pipeline_id) for c in contexts] == [
+      (2, 0), (2, 1)]
+  nodes = _ops(tf.compat.v1.get_default_graph().as_graph_def())
+  host = {0: "/job:worker/task:0/device:CPU:0",
+          1: "/job:worker/task:1/device:CPU:0"}
+  enqueues = sorted((n.device, n.attr["device_ordinal"].i) for n in nodes
+                    if n.op == "InfeedEnqueueTuple")
+  assert enqueues == [(host[0], 0), (host[0], 1), (host[1], 0),
+                      (host[1], 1)]
+  iterators = sorted((n.name.split("/")[0], n.device) for n in nodes
+                     if n.op == "IteratorV2")
+  assert iterators == [("train_host_0_infeed", host[0]),
+                       ("train_host_1_infeed", host[1])]
+  dequeues = sorted((n.device, n.attr["device_ordinal"].i) for n in nodes
+                    if n.op == "OutfeedDequeueTuple")
+  assert dequeues == enqueues
+  metadata, = [n for n in nodes if n.op == "TPUReplicateMetadata"]
+  assert metadata.attr["num_replicas"].i == 4
+  # One infeed per host, requested and started as one.
+  assert [infeed.streams for infeed in built.infeed.hosts] == [False, False]
+
+
+def test_a_pod_slice_refuses_what_it_cannot_build():
+  with pytest.raises(ValueError, match=r"`num_shards` \(3\) must be a "
+                     r"multiple of `num_hosts` \(2\)"):
+    th.TpuLoop(num_shards=3, iterations_per_loop=1, num_hosts=2)
+  tf.compat.v1.train.get_or_create_global_step()
+  with pytest.raises(NotImplementedError, match="several hosts"):
+    th.TpuLoop(num_shards=4, iterations_per_loop=1, num_hosts=2
+               ).build_predict(linear_model_fn, train_input_fn(),
+                               {"batch_size": 2})

@@ -21,6 +21,12 @@ The same interface as `cpu_loop.CpuEmulationLoop`, with TPU parts:
   predictions stacked); `metric_fn` and `host_call` run there;
 * session start: `tf.compat.v1.tpu.initialize_system()`.
 
+With `num_hosts` > 1 (a pod slice: the TPU system's hosts are tasks 0.. of
+job `worker`), each host runs its own input pipeline (`input_fn` called with
+its `params['input_context']`) and infeed thread, enqueues to its own cores
+and dequeues their outfeed on its CPU; replica r is core r % cores_per_host
+of host r // cores_per_host, as TPUEstimator placed them.
+
 It cannot run without a TPU: on CPU, tests check the graphs' ops and shapes
 for all three modes (tests/test_tpu_loop.py). It was not run on a TPU.
 """
@@ -32,9 +38,11 @@ from typing import Any, Callable, Dict, List, Optional
 import tensorflow as tf
 
 import hooks
+from hooks import _validation
 from tpu_harness import cluster
 from tpu_harness import cross_shard
 from tpu_harness import eval_metrics as eval_metrics_lib
+from tpu_harness import pod
 from tpu_harness import spec as spec_lib
 from tpu_harness import step_input
 from tpu_harness.device_loop import BuiltLoop
@@ -74,20 +82,40 @@ class TpuLoop(DeviceLoop):
                host_device: str = "/job:worker/task:0/device:CPU:0",
                max_infeed_bytes: Optional[int] = None,
                per_host_input: bool = False,
-               host_call_every_n_steps: int = 1):
+               host_call_every_n_steps: int = 1,
+               num_hosts: int = 1):
     """Initializes the loop builder.
 
     Args:
       num_shards: TPU cores.
       iterations_per_loop: steps per `Session.run`.
-      host_device: the TPU host's CPU, where the input pipeline runs.
+      host_device: the TPU host's CPU, where the input pipeline runs (one
+        host).
       max_infeed_bytes: host memory the infeed may hold (see
         `RunConfig.max_infeed_bytes`); None: no limit.
       per_host_input: `input_fn` gets the global batch size and its batches
         are split among the cores (else: per-core batches).
       host_call_every_n_steps: run a `host_call` on every n-th step of a
         loop only.
+      num_hosts: the TPU system's hosts (a pod slice), tasks 0.. of job
+        `worker`: host h feeds and drains its own `num_shards / num_hosts`
+        cores from its own input pipeline, on its CPU
+        (`tpu_harness.pod.host_device(h)`). Replica r runs on host
+        r // cores_per_host, core r % cores_per_host: TF's default device
+        assignment for data parallelism, which TPUEstimator assumed too.
+
+    Raises:
+      ValueError: `num_shards` is not a multiple of `num_hosts`.
     """
+    _validation.positive_int("num_hosts", num_hosts)
+    if num_shards % num_hosts:
+      raise ValueError(f"`num_shards` ({num_shards}) must be a multiple of "
+                       f"`num_hosts` ({num_hosts}).")
+    self._num_hosts = num_hosts
+    self._cores = num_shards // num_hosts
+    self._host_devices = ([host_device] if num_hosts == 1 else
+                          [pod.host_device(h) for h in range(num_hosts)])
+    host_device = self._host_devices[0]
     self._num_shards = num_shards
     self._iterations_per_loop = iterations_per_loop
     self._host_device = host_device
@@ -98,6 +126,10 @@ class TpuLoop(DeviceLoop):
   @property
   def num_shards(self) -> int:
     return self._num_shards
+
+  @property
+  def num_hosts(self) -> int:
+    return self._num_hosts
 
   def session_config(self) -> tf.compat.v1.ConfigProto:
     return tf.compat.v1.ConfigProto(allow_soft_placement=True,
@@ -122,15 +154,14 @@ class TpuLoop(DeviceLoop):
                   max_steps: Optional[int] = None,
                   position: Optional[InputPosition] = None) -> BuiltLoop:
     mode = spec_lib.ModeKeys.TRAIN
-    with tf.device(self._host_device):
-      dataset = self._per_step(input_fn, params, mode)
+    datasets = self._per_step(input_fn, params, mode)
 
     def step_fn(element, holder):
       spec, values = self._step(model_fn, element, mode, params, holder)
       return [spec.train_op], values
 
     infeed, iterations, stacked, holder = self._build(
-        mode, dataset, params, step_fn, max_steps, skip_steps, position)
+        mode, datasets, params, step_fn, max_steps, skip_steps, position)
     with tf.device(self._host_device):
       with tf.control_dependencies(list(stacked.values())):
         end_step = tf.compat.v1.train.get_global_step().read_value()
@@ -139,8 +170,7 @@ class TpuLoop(DeviceLoop):
 
   def build_eval(self, model_fn, input_fn, params, steps=None) -> BuiltLoop:
     mode = spec_lib.ModeKeys.EVAL
-    with tf.device(self._host_device):
-      dataset = self._per_step(input_fn, params, mode)
+    datasets = self._per_step(input_fn, params, mode)
 
     def step_fn(element, holder):
       spec, values = self._step(model_fn, element, mode, params, holder)
@@ -151,7 +181,7 @@ class TpuLoop(DeviceLoop):
       return [], values
 
     infeed, iterations, stacked, holder = self._build(
-        mode, dataset, params, step_fn, steps)
+        mode, datasets, params, step_fn, steps)
     with tf.device(self._host_device):
       metrics, update = eval_metrics_lib.on_host(
           stacked, holder.get("eval_metrics"))
@@ -161,6 +191,10 @@ class TpuLoop(DeviceLoop):
 
   def build_predict(self, model_fn, input_fn, params) -> BuiltLoop:
     mode = spec_lib.ModeKeys.PREDICT
+    if self._num_hosts > 1:
+      raise NotImplementedError(
+          "predict() on a TPU system of several hosts is not supported: "
+          "predict with a TpuLoop of one host.")
     with tf.device(self._host_device):
       dataset = step_input.padded_predict_input(
           step_input.make_input(input_fn, self.input_params(params), mode),
@@ -178,17 +212,22 @@ class TpuLoop(DeviceLoop):
       return [], {name: value[0] for name, value in values.items()}
 
     infeed, iterations, stacked, holder = self._build(
-        mode, dataset, params, step_fn)
+        mode, [dataset], params, step_fn)
     return self._built(infeed, iterations, {"outfeed": stacked}, holder)
 
   # Building blocks.
 
-  def _per_step(self, input_fn, params, mode) -> tf.data.Dataset:
-    """`input_fn`'s batches, one element per step with the cores' parts
-    stacked on a first axis."""
-    return step_input.per_step(
-        step_input.make_input(input_fn, self.input_params(params), mode),
-        self._num_shards, self._per_host_input, stack_one=True)
+  def _per_step(self, input_fn, params, mode) -> List[tf.data.Dataset]:
+    """Per host, on its CPU: `input_fn`'s batches for its cores, one
+    element per step with the cores' parts stacked on a first axis."""
+    datasets = []
+    for host, device in enumerate(self._host_devices):
+      with tf.device(device):
+        datasets.append(step_input.per_step(
+            step_input.make_input(input_fn, self.input_params(params, host),
+                                  mode),
+            self._cores, self._per_host_input, stack_one=True))
+    return datasets
 
   def _step(self, model_fn, element, mode, params, holder) -> tuple:
     """`model_fn` on one core's (features, labels); returns its spec and
@@ -209,7 +248,7 @@ class TpuLoop(DeviceLoop):
     holder["host_call"] = call
     return call.outfeed([spec.host_call[1]])
 
-  def _build(self, mode: str, dataset: tf.data.Dataset,
+  def _build(self, mode: str, datasets: List[tf.data.Dataset],
              params: Dict[str, Any], step_fn: Callable,
              max_steps: Optional[int] = None, skip_steps: int = 0,
              position: Optional[InputPosition] = None) -> tuple:
@@ -217,7 +256,8 @@ class TpuLoop(DeviceLoop):
 
     Args:
       mode: a ModeKeys value.
-      dataset: one element per step, each leaf [num_shards, ...].
+      datasets: per host, one element per step, each leaf [cores of the
+        host, ...].
       params: `model_fn`'s params (for the infeed's messages).
       step_fn: `step_fn(element, holder)` on one core's part of a step's
         element returns (ops to run, {name: tensor} to send out); it
@@ -231,26 +271,34 @@ class TpuLoop(DeviceLoop):
       (infeed, iterations, {name: [steps, ...]} merged outfeed, holder).
     """
     shards = self._num_shards
-    with tf.device(self._host_device):
-      structure = dataset.element_spec
-      per_core = [spec.shape[1:] for spec in tf.nest.flatten(structure)]
-      dtypes = [spec.dtype for spec in tf.nest.flatten(structure)]
+    structure = datasets[0].element_spec
+    per_core = [spec.shape[1:] for spec in tf.nest.flatten(structure)]
+    dtypes = [spec.dtype for spec in tf.nest.flatten(structure)]
+    name = {spec_lib.ModeKeys.PREDICT: "predict"}.get(mode, mode)
+    infeeds = []
+    for host, (device, dataset) in enumerate(zip(self._host_devices,
+                                                 datasets)):
+      with tf.device(device):
 
-      def enqueue(values: List[tf.Tensor]) -> tf.Operation:
-        return tf.group([
-            tf.raw_ops.InfeedEnqueueTuple(
-                inputs=[value[core] for value in values],
-                shapes=per_core, device_ordinal=core)
-            for core in range(shards)])
+        def enqueue(values: List[tf.Tensor]) -> tf.Operation:
+          # This host's cores, by their ordinal on the host.
+          return tf.group([
+              tf.raw_ops.InfeedEnqueueTuple(
+                  inputs=[value[core] for value in values],
+                  shapes=per_core, device_ordinal=core)
+              for core in range(self._cores)])
 
-      name = {spec_lib.ModeKeys.PREDICT: "predict"}.get(mode, mode)
-      infeed = HostInfeed(
-          dataset, self._iterations_per_loop, name, enqueue_fn=enqueue,
-          max_steps=max_steps, max_bytes=self._max_infeed_bytes,
-          layout=(f"iterations_per_loop={self._iterations_per_loop}, "
-                  f"{name}_batch_size={params['batch_size'] * shards}"),
-          skip_steps=skip_steps,
-          position=position.host(0) if position is not None else None)
+        infeeds.append(HostInfeed(
+            dataset, self._iterations_per_loop,
+            name if self._num_hosts == 1 else f"{name}_host_{host}",
+            enqueue_fn=enqueue, max_steps=max_steps,
+            max_bytes=self._max_infeed_bytes,
+            layout=(f"iterations_per_loop={self._iterations_per_loop}, "
+                    f"{name}_batch_size={params['batch_size'] * shards}"),
+            skip_steps=skip_steps,
+            position=(position.host(host) if position is not None
+                      else None)))
+    infeed = infeeds[0] if len(infeeds) == 1 else pod.PodInfeed(infeeds)
     iterations = tf.compat.v1.placeholder_with_default(
         self._iterations_per_loop, [], name="iterations")
     outfeed: Dict[str, Any] = {}
@@ -303,9 +351,12 @@ class TpuLoop(DeviceLoop):
     arrays = [tf.TensorArray(dtype, size=iterations) for dtype in dtypes]
 
     def body(step, *arrays):
-      per_core = [tf.raw_ops.OutfeedDequeueTuple(
-          dtypes=dtypes, shapes=shapes, device_ordinal=core)
-                  for core in range(self._num_shards)]
+      per_core = []
+      for replica in range(self._num_shards):
+        host, core = divmod(replica, self._cores)
+        with tf.device(self._host_devices[host]):
+          per_core.append(tf.raw_ops.OutfeedDequeueTuple(
+              dtypes=dtypes, shapes=shapes, device_ordinal=core))
       out = []
       for index, (name, array) in enumerate(zip(names, arrays)):
         values = [core_values[index] for core_values in per_core]
