@@ -141,7 +141,7 @@ def test_input_ending_mid_loop_stops_at_the_last_full_step(tmp_path):
 @pytest.fixture
 def streamed_input(monkeypatch):
   """Every element counts as large: input of known length is streamed."""
-  monkeypatch.setattr(th.infeed, "PER_ELEMENT_BYTES", 1)
+  monkeypatch.setattr(th.infeed_layout, "PER_ELEMENT_BYTES", 1)
 
 
 def test_streamed_input_ending_mid_loop_stops_at_the_last_full_step(
