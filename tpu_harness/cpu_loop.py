@@ -124,18 +124,12 @@ class CpuEmulationLoop(DeviceLoop):
     """The infeed of `input_fn`'s input: a HostInfeed, or on a pod a
     PodInfeed of one per host, each calling `input_fn` with its host's
     `input_context` and reading its input on its host."""
-    if not self._hosts:
-      return self._infeed(make_input(input_fn, self.input_params(params),
-                                     mode), name, params, skip_steps,
-                          max_steps, position=position)
-    infeeds = []
-    for host in range(self.num_hosts):
-      with tf.device(pod.host_device(host)):
-        dataset = make_input(input_fn, self.input_params(params, host), mode)
-        infeeds.append(self._infeed(
-            dataset, f"{name}_host_{host}", params, skip_steps, max_steps,
-            position=position, host=host))
-    return pod.PodInfeed(infeeds)
+    devices = ([pod.host_device(host) for host in range(self.num_hosts)]
+               if self._hosts else [None])
+    return pod.per_host(name, devices, lambda host, infeed_name: self._infeed(
+        make_input(input_fn, self.input_params(params, host), mode),
+        infeed_name, params, skip_steps, max_steps, position=position,
+        host=host), as_pod=bool(self._hosts))
 
   def _infeed(self, dataset: tf.data.Dataset, name: str,
               params: Dict[str, Any], skip_steps: int = 0,
@@ -162,14 +156,13 @@ class CpuEmulationLoop(DeviceLoop):
   def _replicas(self, model_fn: Callable, element: Any, mode: str,
                 params: Dict[str, Any], stacked: bool
                 ) -> List[spec_lib.ModelSpec]:
-    if not self._hosts:
-      return call_replicas(model_fn, element, mode, params, self._num_shards,
-                           stacked)
     return call_replicas(
         model_fn, element, mode, params, self._num_shards, stacked,
-        devices=[pod.replica_device(*divmod(index, self._cores))
-                 for index in range(self._num_shards)],
-        variable_device=self.variable_device, cores_per_host=self._cores)
+        devices=([pod.replica_device(*divmod(index, self._cores))
+                  for index in range(self._num_shards)]
+                 if self._hosts else None),
+        variable_device=self.variable_device,
+        cores_per_host=self._cores if self._hosts else None)
 
   def _mean_loss(self, specs: List[spec_lib.ModelSpec]) -> tf.Tensor:
     if len(specs) == 1:

@@ -19,10 +19,11 @@ waits for a missing task forever), and a session made `for_pod` fails with
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
-from typing import Any, Callable, List, Sequence
+from typing import Any, Callable, List, Optional, Sequence, Union
 
 from absl import logging
 import tensorflow as tf
@@ -155,6 +156,23 @@ def for_pod(session: tf.compat.v1.Session, hosts: Sequence[str]
 def _named(hosts: Sequence[str], indices: Sequence[int]) -> str:
   names = ", ".join(f"host {index} ({hosts[index]})" for index in indices)
   return names[0].upper() + names[1:]
+
+
+def per_host(name: str, devices: Sequence[Optional[str]],
+             build: Callable[[int, str], HostInfeed], *, as_pod: bool
+             ) -> Union[HostInfeed, "PodInfeed"]:
+  """One infeed per host: `build(host, infeed name)` on the host's device
+  (None: unplaced). With `as_pod`, the infeeds are named for their hosts
+  and returned as a PodInfeed (its `dequeue()` gives one element per
+  host), even of one host; else the one infeed is returned as it is."""
+  infeeds = []
+  for host, device in enumerate(devices):
+    with tf.device(device) if device else contextlib.nullcontext():
+      infeeds.append(build(host, f"{name}_host_{host}" if as_pod else name))
+  if as_pod:
+    return PodInfeed(infeeds)
+  (infeed,) = infeeds
+  return infeed
 
 
 class PodInfeed:

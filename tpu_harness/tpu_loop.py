@@ -275,30 +275,25 @@ class TpuLoop(DeviceLoop):
     per_core = [spec.shape[1:] for spec in tf.nest.flatten(structure)]
     dtypes = [spec.dtype for spec in tf.nest.flatten(structure)]
     name = {spec_lib.ModeKeys.PREDICT: "predict"}.get(mode, mode)
-    infeeds = []
-    for host, (device, dataset) in enumerate(zip(self._host_devices,
-                                                 datasets)):
-      with tf.device(device):
 
-        def enqueue(values: List[tf.Tensor]) -> tf.Operation:
-          # This host's cores, by their ordinal on the host.
-          return tf.group([
-              tf.raw_ops.InfeedEnqueueTuple(
-                  inputs=[value[core] for value in values],
-                  shapes=per_core, device_ordinal=core)
-              for core in range(self._cores)])
+    def enqueue(values: List[tf.Tensor]) -> tf.Operation:
+      # The host's cores (on its device), by their ordinal on the host.
+      return tf.group([
+          tf.raw_ops.InfeedEnqueueTuple(
+              inputs=[value[core] for value in values],
+              shapes=per_core, device_ordinal=core)
+          for core in range(self._cores)])
 
-        infeeds.append(HostInfeed(
-            dataset, self._iterations_per_loop,
-            name if self._num_hosts == 1 else f"{name}_host_{host}",
+    infeed = pod.per_host(name, self._host_devices, lambda host, infeed_name: (
+        HostInfeed(
+            datasets[host], self._iterations_per_loop, infeed_name,
             enqueue_fn=enqueue, max_steps=max_steps,
             max_bytes=self._max_infeed_bytes,
             layout=(f"iterations_per_loop={self._iterations_per_loop}, "
                     f"{name}_batch_size={params['batch_size'] * shards}"),
             skip_steps=skip_steps,
             position=(position.host(host) if position is not None
-                      else None)))
-    infeed = infeeds[0] if len(infeeds) == 1 else pod.PodInfeed(infeeds)
+                      else None))), as_pod=self._num_hosts > 1)
     iterations = tf.compat.v1.placeholder_with_default(
         self._iterations_per_loop, [], name="iterations")
     outfeed: Dict[str, Any] = {}
