@@ -185,6 +185,14 @@ class CheckpointSaverHook(tf.compat.v1.train.SessionRunHook):
     """The largest per-run increment seen so far (0 before any run)."""
     return self._increment.observed
 
+  def due(self, step: int, now: Optional[float] = None) -> bool:
+    """Whether a save would be due at global step `step` reached at time
+    `now` (default: the clock's now). Asks the schedule without acting; a
+    feeder that must prepare for saves (an input position) may call it
+    from another thread."""
+    return self._schedule.should_trigger(
+        step, self._clock() if now is None else now)
+
   def begin(self) -> None:
     self._summary_writer = tf.compat.v1.summary.FileWriterCache.get(
         self._checkpoint_dir)

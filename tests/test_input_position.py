@@ -141,8 +141,8 @@ def test_async_saves_hold_the_position(tmp_path):
 
 
 @pytest.mark.parametrize("first, then, warning", [
-    # Saved without a position, resumed exactly: falls back to skipping.
-    ("skip", {}, "holds no input position"),
+    # Saved without an iterator state, resumed exactly: skips instead.
+    ("skip", {}, "holds no iterator state"),
     # An input_fn changed between runs: the saved position does not fit.
     ("exact", {"extra_map": True}, "does not fit this input pipeline"),
 ])
@@ -163,12 +163,13 @@ def test_an_input_that_cannot_be_saved_falls_back_to_skipping(tmp_path,
   fn = input_fn_from(py_function=True)
   _runner(tmp_path / "straight").train(fn, max_steps=60)
   caplog.set_level(std_logging.WARNING)
-  # Saving fails once the py_function has run (from the second chunk on).
+  # Found when the input is built: a py_function's state lives in Python.
   _runner(tmp_path / "resumed").train(fn, max_steps=45)
-  assert any("input pipeline's state cannot be saved" in r.getMessage()
-             for r in caplog.records)
-  assert input_position.read_saved(str(tmp_path / "resumed" /
-                                       "model.ckpt-45")) is None
+  assert any("py_function (EagerPyFunc), whose state a position cannot "
+             "hold" in r.getMessage() for r in caplog.records)
+  saved = input_position.read_saved(str(tmp_path / "resumed" /
+                                        "model.ckpt-45"))
+  assert saved.state == b"" and saved.pass_start == 0
   _runner(tmp_path / "resumed").train(fn, max_steps=60)
   np.testing.assert_array_equal(weights(str(tmp_path / "resumed")),
                                 weights(str(tmp_path / "straight")))
@@ -189,3 +190,99 @@ def test_bad_resume_input_is_refused():
   with pytest.raises(ValueError, match=r"`resume_input` \('exactly'\) must "
                      r"be one of 'exact', 'skip', 'restart'"):
     th.RunConfig("/tmp/m", resume_input="exactly")
+
+
+# ----------------------------------------------------------------------------
+# Passes over the input: train() calls continue one; a used-up one restarts.
+
+
+def _one_epoch_input_fn(params):
+  """10 steps of 8 examples, shuffled, then the input ends."""
+  return (tf.data.Dataset.range(80).shuffle(80).map(_examples)
+          .batch(params["batch_size"], drop_remainder=True))
+
+
+def _step_of(model_dir):
+  return th.checkpoints.checkpoint_step(tf.train.latest_checkpoint(
+      str(model_dir)))
+
+
+@pytest.mark.parametrize("mode", ["exact", "skip"])
+@pytest.mark.parametrize("how", ["steps", "max_steps"])
+def test_an_epoch_loop_of_train_calls_trains_every_epoch(tmp_path, caplog,
+                                                         mode, how):
+  caplog.set_level(std_logging.INFO)
+  steps = []
+  for epoch in range(4):
+    runner = _runner(tmp_path, mode, ipl=3, save_steps=4)
+    if how == "steps":
+      runner.train(_one_epoch_input_fn, steps=10)
+    else:
+      runner.train(_one_epoch_input_fn, max_steps=10 * (epoch + 1))
+    steps.append(_step_of(tmp_path))
+  assert steps == [10, 20, 30, 40]
+  # Exact: a used-up pass is known from the checkpoint (its end, or its
+  # position at the end), so nothing is read again. Skip reads the pass.
+  dropped = any("Read and dropped" in r.getMessage() for r in caplog.records)
+  assert dropped == (mode == "skip")
+
+
+def test_an_estimator_epoch_loop_trains_every_epoch(tmp_path):
+  import estimator_programs as programs  # pylint: disable=import-outside-toplevel
+  from tpu_harness import estimator as tf_estimator  # pylint: disable=import-outside-toplevel
+
+  def one_epoch(params):  # 64 images: 4 steps of 16.
+    x, y = programs.images(64)
+    return tf.data.Dataset.from_tensor_slices((x, y)).shuffle(64).batch(
+        params["batch_size"], drop_remainder=True)
+
+  estimator = programs.estimator(str(tmp_path), cores=0)
+  steps = []
+  for _ in range(3):
+    estimator.train(one_epoch)  # Until the input ends, as TPUEstimator.
+    estimator.evaluate(lambda params: programs.input_fn(
+        params, tf_estimator.ModeKeys.EVAL), steps=1)
+    steps.append(_step_of(tmp_path))
+  assert steps == [4, 8, 12]
+
+
+def test_train_calls_continue_one_pass_of_an_endless_input(tmp_path):
+  _runner(tmp_path / "straight").train(input_fn_from(), max_steps=24)
+  for _ in range(4):  # A train(steps=N) loop feeds new input each call.
+    _runner(tmp_path / "calls").train(input_fn_from(), steps=6)
+  np.testing.assert_array_equal(weights(str(tmp_path / "calls")),
+                                weights(str(tmp_path / "straight")))
+
+
+def test_a_pass_used_up_mid_call_ends_it_and_the_next_call_starts_anew(
+    tmp_path, caplog):
+  fn = input_fn_from(endless=False)  # 50 steps.
+  _runner(tmp_path).train(fn, max_steps=80)
+  assert _step_of(tmp_path) == 50
+  saved = input_position.read_saved(tf.train.latest_checkpoint(
+      str(tmp_path)))
+  assert saved.used_up and saved.pass_start == 0 and saved.state == b""
+  caplog.set_level(std_logging.INFO)
+  _runner(tmp_path).train(fn, max_steps=80)
+  assert _step_of(tmp_path) == 80
+  assert any("was used up at step 50" in r.getMessage()
+             for r in caplog.records)
+  saved = input_position.read_saved(tf.train.latest_checkpoint(
+      str(tmp_path)))
+  assert saved.pass_start == 50 and not saved.used_up
+
+
+def test_the_checkpoints_position_stays_small_for_a_large_shuffle(tmp_path):
+  images = np.random.RandomState(0).rand(6000, 784).astype(np.float32)
+
+  def input_fn(params):
+    labels = np.zeros([6000, 1], np.float32)
+    return (tf.data.Dataset.from_tensor_slices((images, labels)).cache()
+            .repeat().shuffle(5000)
+            .map(lambda x, y: (x[:FEATURES], y))
+            .batch(params["batch_size"], drop_remainder=True))
+
+  _runner(tmp_path).train(input_fn, max_steps=700)  # Past the first window.
+  for prefix in (tmp_path / "model.ckpt-690", tmp_path / "model.ckpt-700"):
+    saved = input_position.read_saved(str(prefix))
+    assert 0 < len(saved.state) < 16 * 2**10  # TF's buffer: 15.7 MB.

@@ -31,6 +31,15 @@ signature.
   `SerializeIterator` / `DeserializeIterator`, which take the iterator's
   resource handle; `tf.compat.v1.data` iterators keep it in a private
   attribute.
+- For that position to be small, the training `input_fn` runs with
+  `tf.data.Dataset.shuffle` and `cache` replaced by resumable equivalents
+  (`tpu_harness.resumable_input`): the public class attributes are swapped
+  for the call, and `tf.data.experimental.shuffle_and_repeat`, which makes
+  its dataset through a private class of its module, is covered by swapping
+  that class. Which transformations a built input holds is read from the
+  graph: the dataset ops behind its variant (public `Operation.inputs`) and
+  the bodies of the functions they run, which the graph keeps in a private
+  function library.
 """
 
 from __future__ import annotations
@@ -38,9 +47,10 @@ from __future__ import annotations
 import contextlib
 import sys
 import warnings
-from typing import Callable, List
+from typing import Callable, List, Set
 
 import tensorflow as tf
+from tensorflow.python.data.experimental.ops import shuffle_ops  # pylint: disable=g-direct-tensorflow-import
 from tensorflow.python.framework import kernels  # pylint: disable=g-direct-tensorflow-import
 from tensorflow.python.ops import summary_ops_v2  # pylint: disable=g-direct-tensorflow-import
 
@@ -195,3 +205,81 @@ def iterator_resource(iterator) -> tf.Tensor:
   raw ops `SerializeIterator` / `DeserializeIterator` take (the iterator has
   no public accessor for it)."""
   return iterator._iterator_resource  # pylint: disable=protected-access
+
+
+# TF's own, for the transformations the rewrite keeps.
+_SHUFFLE = tf.data.Dataset.shuffle
+
+
+def original_shuffle(dataset: tf.data.Dataset, buffer_size, seed,
+                     reshuffle: bool) -> tf.data.Dataset:
+  """TF's `Dataset.shuffle`, also while `dataset_methods_as` replaces it."""
+  return _SHUFFLE(dataset, buffer_size, seed, reshuffle)
+
+
+@contextlib.contextmanager
+def dataset_methods_as(*, shuffle: Callable, cache: Callable) -> None:
+  """Within the block, `dataset.shuffle(...)` (and the dataset of
+  `tf.data.experimental.shuffle_and_repeat`) calls `shuffle(dataset, ...)`,
+  and `dataset.cache(...)` calls `cache(dataset, ...)`, for tf.data and
+  tf.compat.v1.data datasets alike (the v1 methods call the v2 ones)."""
+  saved = (tf.data.Dataset.shuffle, tf.data.Dataset.cache,
+           shuffle_ops._ShuffleAndRepeatDataset)  # pylint: disable=protected-access
+
+  def shuffle_and_repeat(dataset, buffer_size, count=None, seed=None):
+    return shuffle(dataset, buffer_size, seed).repeat(count)
+
+  tf.data.Dataset.shuffle = shuffle
+  tf.data.Dataset.cache = cache
+  shuffle_ops._ShuffleAndRepeatDataset = shuffle_and_repeat  # pylint: disable=protected-access
+  try:
+    yield
+  finally:
+    (tf.data.Dataset.shuffle, tf.data.Dataset.cache,
+     shuffle_ops._ShuffleAndRepeatDataset) = saved  # pylint: disable=protected-access
+
+
+def dataset_op_types(dataset: tf.data.Dataset) -> Set[str]:
+  """The types of the ops that make `dataset` (built in a graph), with
+  those of the functions they run, recursively."""
+  variant = tf.data.experimental.to_variant(dataset)
+  graph = variant.graph
+  types: Set[str] = set()
+  seen_ops, seen_functions = set(), set()
+  stack = [variant.op]
+  functions: List[str] = []
+  while stack:
+    op = stack.pop()
+    if op.name in seen_ops:
+      continue
+    seen_ops.add(op.name)
+    types.add(op.type)
+    functions.extend(_function_names(op.node_def.attr))
+    stack.extend(tensor.op for tensor in op.inputs)
+    stack.extend(op.control_inputs)
+  while functions:
+    name = functions.pop()
+    if name in seen_functions:
+      continue
+    seen_functions.add(name)
+    function = graph._get_function(name)  # pylint: disable=protected-access
+    definition = getattr(function, "definition", None)
+    if definition is None:
+      continue
+    for node in definition.node_def:
+      types.add(node.op)
+      functions.extend(_function_names(node.attr))
+      if graph._is_function(node.op):  # pylint: disable=protected-access
+        functions.append(node.op)
+  return types
+
+
+def _function_names(attrs) -> List[str]:
+  """The function names an op's attributes (a map of AttrValue) refer to."""
+  names = []
+  for value in attrs.values():
+    if value.HasField("func"):
+      names.append(value.func.name)
+    elif value.HasField("list"):
+      names.extend(item.name for item in value.list.func)
+  return names

@@ -127,7 +127,8 @@ class CpuEmulationLoop(DeviceLoop):
     devices = ([pod.host_device(host) for host in range(self.num_hosts)]
                if self._hosts else [None])
     return pod.per_host(name, devices, lambda host, infeed_name: self._infeed(
-        make_input(input_fn, self.input_params(params, host), mode),
+        make_input(input_fn, self.input_params(params, host), mode,
+                   position=position.host(host) if position else None),
         infeed_name, params, skip_steps, max_steps, position=position,
         host=host), as_pod=bool(self._hosts))
 

@@ -31,9 +31,11 @@ that fails while streamed to a TPU leaves the device loop waiting for
 input, as under TPUEstimator.)
 
 A resumed training run's infeed restores the input position saved with its
-checkpoint (`position`, see `tpu_harness.input_position`: the host thread
-snapshots the iterator after each fill), or reads and drops the steps
-already trained on (`skip_steps`), before the first request.
+checkpoint, or reads and drops the steps already trained on, before the
+first request (`position`, see `tpu_harness.input_position`: the host thread
+reads the iterator's state at the fills where a save is expected); if that
+leaves nothing to read (the pass's input is used up), it starts a new pass
+of the input. Without a position it drops `skip_steps`.
 
 Device side: the loop calls `dequeue()` once per step.
 """
@@ -106,6 +108,8 @@ class HostInfeed:
       InfeedMemoryError: three chunks would exceed `max_bytes`.
     """
     self._name = name
+    if position is not None:
+      dataset = position.prepare(dataset)
     dataset = layout_lib.without_autotune_thread(dataset)
     self._max_steps = max_steps
     self._skip_steps = skip_steps
@@ -179,8 +183,10 @@ class HostInfeed:
                                                      name="discard")
       self._discard = infeed_ops.discard(self._iterator,
                                          self._discard_count)
+      self._initializer = None
       if position is not None:
         position.attach(self._iterator)
+        self._initializer = position.initializer()
     # Elements in the queue that no request has been told about yet, whether
     # the input ended, and the thread's requests not answered yet: guarded
     # by the lock, shared by the host thread and the caller.
@@ -209,6 +215,11 @@ class HostInfeed:
     self._taken = 0
     self._next_offset = 0
     self._answered = 0
+    self._read_limit = 0
+    # The first request since `start`, and whether a new pass was started
+    # because the resumed one was used up.
+    self._first_request: Optional[int] = None
+    self._new_pass = False
 
   @property
   def element_spec(self) -> Any:
@@ -246,9 +257,16 @@ class HostInfeed:
 
   def start(self, session: tf.compat.v1.Session) -> None:
     """Initializes the iterator (restoring a saved position, or reading
-    and dropping `skip_steps`) and starts the host thread."""
+    and dropping the steps already trained on) and starts the host
+    thread."""
     self.stop()
-    skip, taken = self._initialize(session)
+    self._new_pass = False
+    self._start(session, fresh=False)
+
+  def _start(self, session, fresh: bool) -> None:
+    skip, taken, state = self._initialize(session, fresh)
+    # The most elements the take lets this start read.
+    self._read_limit = skip + (self._max_steps or 0)
     self._session = session
     self._stopping = False
     self._failure = None
@@ -257,9 +275,12 @@ class HostInfeed:
     self._taken = taken
     self._next_offset = 0
     self._answered = 0
+    self._first_request = None
     if self._position is not None:
-      self._position.begin(session, skip, taken)
+      self._position.begin(skip, taken, state)
     self._drop(session, skip)
+    if self._position is not None:
+      self._position.fill_ended(self._reads)
     if self._cardinality is not None:
       length = int(session.run(self._cardinality, self._take_feed))
       self._stream = length >= 0 or length == int(tf.data.INFINITE_CARDINALITY)
@@ -276,23 +297,34 @@ class HostInfeed:
                                     name=f"{self._name}_infeed")
     self._thread.start()
 
-  def _initialize(self, session) -> tuple:
-    """Initializes the iterator, restored to the saved position if there
-    is one that fits; returns (elements to drop, take's count so far)."""
-    saved = self._position.saved() if self._position is not None else None
-    if saved is not None:
-      self._init_iterator(session, saved.taken + saved.skip)
-      if self._position.restore(session, saved):
-        return saved.skip, saved.taken
-    self._init_iterator(session, self._skip_steps)
-    return self._skip_steps, 0
+  def _initialize(self, session, fresh: bool) -> tuple:
+    """Initializes the iterator: restored to the saved position if there
+    is one that fits, or a new pass (`fresh`). Returns (elements to drop,
+    take's count so far, the state restored or None)."""
+    position = self._position
+    if position is None:
+      self._init_iterator(session, self._skip_steps)
+      return self._skip_steps, 0, None
+    start = position.start(fresh)
+    if start.state is not None:
+      self._init_iterator(session, start.taken + start.skip, start.feed)
+      if position.restore(session, start.state):
+        return start.skip, start.taken, start.state
+      skip = position.steps_of_pass
+    else:
+      skip = start.skip
+    self._init_iterator(session, skip, start.feed)
+    return skip, 0, None
 
-  def _init_iterator(self, session, before: int) -> None:
+  def _init_iterator(self, session, before: int, feed=None) -> None:
     """Initializes the iterator to give `before` elements more than the
-    run's `max_steps`."""
-    self._take_feed = (None if self._take is None
-                       else {self._take: before + self._max_steps})
-    session.run(self._iterator.initializer, self._take_feed)
+    run's `max_steps`, with `feed` (the input's seeds)."""
+    if self._initializer is not None:
+      session.run(self._initializer)
+    self._take_feed = dict(feed or {})
+    if self._take is not None:
+      self._take_feed[self._take] = before + self._max_steps
+    session.run(self._iterator.initializer, self._take_feed or None)
 
   def _drop(self, session, count: int) -> None:
     """Reads and drops `count` elements (in chunk mode, whole chunks now
@@ -315,17 +347,17 @@ class HostInfeed:
     position for the saves to come."""
     position = self._position
     if position is not None:
-      position.fill_started(self._reads + asked)
+      position.fill_started(self._session, self._reads, asked)
     read = 0
     try:
       read = int(self._session.run(self._fill, feed))
       self._reads += read
     finally:
       if position is not None:
-        # A fill that came up short met the input's (or the take's) end:
-        # that state restores as ended.
-        position.fill_ended(self._session, self._reads,
-                            self._taken + self._reads, read == asked)
+        # Short of the take's end too: the input itself ended.
+        position.fill_ended(self._reads, complete=read == asked,
+                            input_ended=(read < asked
+                                         and self._reads < self._read_limit))
     return read
 
   def request(self, steps: int) -> None:
@@ -339,6 +371,8 @@ class HostInfeed:
     if not 0 < steps <= self._capacity:
       raise ValueError(f"`steps` ({steps}) must be in 1..{self._capacity}, "
                        f"the {self._name} infeed's capacity.")
+    if self._first_request is None:
+      self._first_request = steps
     if self._stream:
       # The input's length is known: promise the steps now; the host thread
       # enqueues them while the loop dequeues (the queue never holds a
@@ -375,8 +409,25 @@ class HostInfeed:
       answer = self._results.get()
       if isinstance(answer, BaseException):
         raise answer
+    if (answer == 0 and self._answered == 0 and not self._new_pass
+        and self._position is not None and self._position.resumed):
+      return self._start_new_pass()
     self._answered += answer
     return answer
+
+  def _start_new_pass(self) -> int:
+    """The resumed pass's input is used up: starts a new one, as a new
+    `train()` on TPUEstimator called `input_fn` again; answers the first
+    request again."""
+    logging.info("The %s input of the pass resumed from %s is used up: a "
+                 "new pass starts from its first element.", self._name,
+                 self._position.checkpoint)
+    self._new_pass = True
+    asked = self._first_request
+    self._stop_thread()
+    self._start(self._session, fresh=True)
+    self.request(asked)
+    return self.wait()
 
   def stop(self) -> None:
     """Stops the host thread; pending enqueues are cancelled."""
@@ -390,6 +441,13 @@ class HostInfeed:
       except (tf.errors.OpError, RuntimeError, ConnectionError) as error:
         # The session is closing, or its host is gone.
         logging.debug("Closing %s infeed: %s", self._name, error)
+    self._thread.join()
+    self._thread = None
+
+  def _stop_thread(self) -> None:
+    """Stops the host thread, idle with no request pending, leaving the
+    queue open."""
+    self._requests.put(None)
     self._thread.join()
     self._thread = None
 

@@ -4,71 +4,93 @@ without reading again the input already trained on.
 `RunConfig.resume_input` chooses what a resumed `train()` feeds first:
 
 - `exact` (default): the element an uninterrupted run would have fed next.
-  Each checkpoint holds the state of the host infeed's iterator (tf.data's
-  own iterator checkpointing: shuffle buffers, file positions, random
-  state) and a resumed run restores it instead of reading the elements
-  before it. Where the state cannot be saved (the dataset has external
-  state, e.g. a `py_function` source) or a checkpoint holds none (written
-  by an older version, in another mode, or by a user's Saver), the run
-  falls back to `skip`, with a warning.
-- `skip`: read and drop the steps of input already trained on; exact, but
-  a resume at step N reads N steps of input first.
+  The training `input_fn` runs with its shuffles and in-memory caches made
+  resumable (`tpu_harness.resumable_input`), and tf.data saves the
+  iterator symbolically: a checkpoint holds where each source and
+  transformation is (a few KB, whatever the buffers), and a restore
+  recomputes what they held (one shuffle window, the cache's input). Where
+  the pipeline holds something a position cannot (a `py_function`, a
+  shuffle made outside `input_fn`, a file cache), or a checkpoint holds no
+  usable position (an earlier version's, a user's Saver's), the run falls
+  back to `skip`, saying why once. Stateful random ops in the pipeline
+  (`tf.image.random_*`) restart their random stream from their seeds: a
+  resumed run's augmentations differ from an uninterrupted run's, its
+  elements and their order do not.
+- `skip`: read and drop the steps of the current pass already trained on;
+  exact (the same rewritten pipeline, its seeds saved), but a resume at
+  step N reads those N steps of input first.
 - `restart`: call `input_fn` afresh and start from its first element, as
   TPUEstimator did; fastest, not exact.
 
-How `exact` accounts for read-ahead. The infeed reads ahead of the device
-loop (a queue of up to two chunks, or a loop being streamed), so the
-iterator's state at a save is past the saved step. The host thread
-therefore snapshots the iterator (its serialized state, and how many
-elements it had read) when it starts and after each fill that did not meet
-the input's end; a save at step s stores the newest snapshot taken at or
-before the element s needs, and how many elements to read and drop after
-restoring it: none when the loops consumed exactly what the infeed read (a
-save at the end of a run, or of a streamed loop), else at most a few
-chunks. A save waits for the snapshot of a fill its step has consumed. The
-pipeline's `take(max_steps)` (see `HostInfeed`) is part of the saved state;
-its count is fed when the iterator is initialized, so the count it had given
-is saved as well. Serializing copies the pipeline's buffers (a shuffle
-buffer of decoded images is large): that is host time once per fill.
+A pass over the input starts with the first `train()` of a run and
+continues across `train()` calls and restarts, so a `train(steps=N)` loop
+feeds new input each call. When a resumed `train()` finds the pass's input
+used up (a finite input that an earlier call read to its end), the call
+starts a new pass from the input's first element, as TPUEstimator's
+`train()` always did: an epoch loop of `train(one_epoch_input_fn)` trains
+every epoch. Checkpoints record the global step the pass started at.
 
-The values live in two variables outside every collection (the model's
-variables, `check_matches`, warm-starting and evaluation do not see them),
-saved by the training Saver and assigned by `Listener` just before each
-save; restore reads them from the checkpoint file, not through the Saver,
-so that checkpoints without them restore as before.
+When the position is read. Serializing an iterator costs tens of ms, so it
+is done once per save, not per fill. The infeed reads ahead of the device
+loop, so the iterator is past the step being saved by the time the save is
+decided; the host thread therefore serializes it when it starts a fill at
+which a save is expected (`InputPosition.expect_saves`: the saver's
+schedule, the run's last step, every fill once a stop was requested) and
+the save uses that state. A save that finds the host thread idle at
+exactly its step, short of the input's end (the first save), serializes
+then. (A state read after the iterator met the end of the input or of
+the run's `take` restores as ended, whatever comes after.) Otherwise (a save nobody
+expected) the save uses the newest state before its step and the number
+of elements to read and drop after restoring it, at most the elements
+since that state.
+
+The values live in three variables per host outside every collection (the
+model's variables, `check_matches`, warm-starting and evaluation do not see
+them), saved by the training Saver and assigned by `Listener` just before
+each save; restore reads them from the checkpoint file, not through the
+Saver, so checkpoints without them restore as before.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import threading
-from typing import List, Optional, Tuple
+from typing import Callable, ContextManager, Dict, List, Optional, Tuple
 
 from absl import logging
+import numpy as np
 import tensorflow as tf
 
 from tpu_harness import _tf_internals
+from tpu_harness import resumable_input
 
 EXACT = "exact"
 SKIP = "skip"
 RESTART = "restart"
 MODES = (EXACT, SKIP, RESTART)
 
-# How long a save waits for the snapshot of a fill its step has consumed.
+# How long a save waits for the state of a fill its step has consumed.
 _SNAPSHOT_WAIT_SECS = 60.0
+# The most a checkpoint may hold of one host's position; a larger one is
+# not saved (the run falls back to skipping, saying why).
+MAX_STATE_BYTES = 2**20
 
 # Checkpoint keys (the variables' names) of host 0's position; host h > 0
 # of a pod has its own under `tpu_harness_input/host_<h>/`.
 STATE_KEY = "tpu_harness_input/iterator_state"
 COUNTS_KEY = "tpu_harness_input/counts"
+SEEDS_KEY = "tpu_harness_input/seeds"
+# skip, taken, pass_start, used_up (an earlier version saved two).
+_COUNTS = 4
 
 
-def keys(host: int = 0) -> Tuple[str, str]:
-  """The checkpoint keys of host `host`'s position: (state, counts)."""
+def keys(host: int = 0) -> Tuple[str, str, str]:
+  """The checkpoint keys of host `host`'s position: (state, counts, seeds)."""
   if host == 0:
-    return STATE_KEY, COUNTS_KEY
-  return (f"tpu_harness_input/host_{host}/iterator_state",
-          f"tpu_harness_input/host_{host}/counts")
+    return STATE_KEY, COUNTS_KEY, SEEDS_KEY
+  prefix = f"tpu_harness_input/host_{host}/"
+  return prefix + "iterator_state", prefix + "counts", prefix + "seeds"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,49 +98,89 @@ class Saved:
   """An input position as a checkpoint holds it.
 
   Attributes:
-    state: the serialized iterator.
+    state: the serialized iterator; empty where none was saved (skip mode,
+      or a pipeline whose position cannot be saved).
     skip: elements to read and drop after restoring `state`.
     taken: elements the pipeline's `take` had given at `state`.
+    pass_start: the global step at which the pass over the input began.
+    seeds: the window shuffles' seeds for the pass.
+    used_up: the pass had read all of its input, and trained on all of
+      it: a resumed run starts a new pass.
   """
   state: bytes
   skip: int
   taken: int
+  pass_start: int
+  seeds: Tuple[int, ...]
+  used_up: bool = False
 
 
 def read_saved(checkpoint: str, host: int = 0) -> Optional[Saved]:
   """The position of host `host`'s input saved in `checkpoint`, or None if
-  it holds none."""
-  state_key, counts_key = keys(host)
+  it holds none (or one in an earlier version's form)."""
+  state_key, counts_key, seeds_key = keys(host)
   reader = tf.train.load_checkpoint(checkpoint)
-  if not (reader.has_tensor(state_key) and reader.has_tensor(counts_key)):
+  if not reader.has_tensor(counts_key):
     return None
-  state = reader.get_tensor(state_key)
-  if not state:  # Saved by a run whose input could not be serialized.
+  counts = [int(value) for value in reader.get_tensor(counts_key)]
+  if len(counts) != _COUNTS:
     return None
-  skip, taken = (int(value) for value in reader.get_tensor(counts_key))
-  return Saved(state=state, skip=skip, taken=taken)
+  state = (reader.get_tensor(state_key) if reader.has_tensor(state_key)
+           else b"")
+  seeds = (tuple(int(v) for v in reader.get_tensor(seeds_key))
+           if reader.has_tensor(seeds_key) else ())
+  skip, taken, pass_start, used_up = counts
+  return Saved(state=state, skip=skip, taken=taken, pass_start=pass_start,
+               seeds=seeds, used_up=bool(used_up))
+
+
+@dataclasses.dataclass(frozen=True)
+class Start:
+  """How a host's infeed starts: the feed for its iterator's initializer
+  (besides the take's count), the saved state to restore (None: none),
+  the elements the take gave before it, and the elements to read and drop
+  after it."""
+  feed: Dict[tf.Tensor, int]
+  state: Optional[bytes]
+  taken: int
+  skip: int
 
 
 class InputPosition:
   """Saves the training input's position with each checkpoint and restores
-  it on resume (the `exact` mode): one `HostPosition` per host's infeed."""
+  it on resume (`exact` and `skip` modes): one `HostPosition` per host's
+  infeed."""
 
-  def __init__(self, checkpoint: Optional[str], start_step: int):
+  def __init__(self, mode: str, checkpoint: Optional[str], start_step: int):
     """Args:
+      mode: `EXACT` or `SKIP`.
       checkpoint: the checkpoint training resumes from, or None.
       start_step: its global step (0 without one).
     """
+    self._exact = mode == EXACT
     self._checkpoint = checkpoint
     self._start_step = start_step
     self._hosts: List[HostPosition] = []
-    self._warned = False
+    self._warned = set()
+    self._expect: Callable[[int], bool] = lambda step: False
+
+  @property
+  def exact(self) -> bool:
+    return self._exact
+
+  @property
+  def checkpoint(self) -> Optional[str]:
+    return self._checkpoint
+
+  @property
+  def start_step(self) -> int:
+    return self._start_step
 
   def host(self, index: int) -> "HostPosition":
     """Host `index`'s position (its variables built in the default graph
     when first asked for; hosts in order)."""
     while len(self._hosts) <= index:
-      self._hosts.append(HostPosition(self, len(self._hosts),
-                                      self._checkpoint, self._start_step))
+      self._hosts.append(HostPosition(self, len(self._hosts)))
     return self._hosts[index]
 
   @property
@@ -127,16 +189,24 @@ class InputPosition:
     return [v for host in self._hosts for v in host.variables]
 
   def disable(self, why: str) -> None:
-    """Saves no position from now on (checkpoints hold empty ones)."""
+    """Saves no iterator state from now on (checkpoints hold counts only:
+    a resumed run skips)."""
     for host in self._hosts:
       host.disable(why)
 
-  def warn_disabled(self, why: str) -> None:
-    if not self._warned:
-      self._warned = True
-      logging.warning("The input position is not saved with checkpoints "
-                      "(%s); a resumed run will read and drop the steps of "
-                      "input already trained on.", why)
+  def expect_saves(self, expected: Callable[[int], bool]) -> None:
+    """`expected(step)` says whether a checkpoint may be saved at global
+    step `step` soon (called on the host threads, when they start a fill
+    that ends at that step)."""
+    self._expect = expected
+
+  def expected(self, step: int) -> bool:
+    return self._expect(step)
+
+  def warn_once(self, key: str, message: str, *args) -> None:
+    if key not in self._warned:
+      self._warned.add(key)
+      logging.warning(message, *args)
 
   def listener(self) -> tf.compat.v1.train.CheckpointSaverListener:
     """Assigns the positions at the step being saved, before each save."""
@@ -144,165 +214,362 @@ class InputPosition:
 
 
 class HostPosition:
-  """One host infeed's position: snapshots of its iterator, the variables
-  a save writes them to, and the restore at start."""
+  """One host infeed's position: its input's rewrite, the iterator states
+  read for saves, the variables a save writes them to, and the restore at
+  start."""
 
-  def __init__(self, group: InputPosition, host: int,
-               checkpoint: Optional[str], start_step: int):
+  def __init__(self, group: InputPosition, host: int):
     """Builds the position's variables in the default graph."""
     self._group = group
     self._host = host
-    self._checkpoint = checkpoint
-    self._start_step = start_step
-    state_key, counts_key = keys(host)
+    state_key, counts_key, seeds_key = keys(host)
     with tf.compat.v1.get_default_graph().name_scope(None):
       self._state_var = tf.compat.v1.Variable(
           b"", name=state_key, trainable=False, collections=[],
           use_resource=True)
       self._counts_var = tf.compat.v1.Variable(
-          tf.zeros([2], tf.int64), name=counts_key, trainable=False,
+          tf.zeros([_COUNTS], tf.int64), name=counts_key, trainable=False,
           collections=[], use_resource=True)
+      self._seeds_var = tf.compat.v1.Variable(
+          tf.zeros([0], tf.int64), shape=tf.TensorShape([None]),
+          name=seeds_key, trainable=False, collections=[], use_resource=True)
       self._state_in = tf.compat.v1.placeholder(tf.string, [])
-      self._counts_in = tf.compat.v1.placeholder(tf.int64, [2])
+      self._counts_in = tf.compat.v1.placeholder(tf.int64, [_COUNTS])
+      self._seeds_in = tf.compat.v1.placeholder(tf.int64, [None])
       self._assign = tf.group(self._state_var.assign(self._state_in),
-                              self._counts_var.assign(self._counts_in))
+                              self._counts_var.assign(self._counts_in),
+                              self._seeds_var.assign(self._seeds_in))
+    self._rewrite: Optional[resumable_input.Rewrite] = None
     self._serialize = None
     self._restore = None
+    self._restore_in = None
+    self._disabled: Optional[str] = None
     self._lock = threading.Lock()
     self._changed = threading.Condition(self._lock)
-    # (elements read since `begin`, the state then, take's count then).
-    self._snapshots: List[Tuple[int, bytes, int]] = []
-    # Where the fill in progress ends at most (elements read), or None.
-    self._filling_to: Optional[int] = None
+    # This start's: the pass's first global step, its seeds, the elements
+    # dropped after the start's state, and the states read, as
+    # (elements read since `begin`, state, take's count then).
+    self._pass_start = group.start_step
+    self._seeds: List[int] = []
     self._skip = 0
-    self._disabled: Optional[str] = None
+    self._taken = 0
+    self._states: List[Tuple[int, bytes, int]] = []
+    # Host thread: elements read since `begin`, where a fill in progress
+    # ends at most, and where a state is being read; caller: whether it
+    # is reading the state.
+    self._reads = 0
+    self._filling_to: Optional[int] = None
+    self._reading_at: Optional[int] = None
+    self._caller_reading = False
+    self._at_end = False
+    self._used_up = False
+    self._resumed = False
 
   @property
   def variables(self) -> List[tf.Variable]:
-    return [self._state_var, self._counts_var]
+    return [self._state_var, self._counts_var, self._seeds_var]
 
   def disable(self, why: str) -> None:
-    """Saves no position from now on (checkpoints hold an empty one)."""
-    self._group.warn_disabled(why)
+    """Saves no iterator state from now on (only counts and seeds)."""
+    if self._group.exact:
+      self._group.warn_once(
+          "disabled", "The training input's position is not saved with "
+          "checkpoints (%s); a resumed run will read and drop the steps of "
+          "input already trained on (resume_input='skip').", why)
     self._disabled = why
 
-  # The infeed's side.
+  @property
+  def _saves_state(self) -> bool:
+    return self._group.exact and self._disabled is None
+
+  # Building.
+
+  def rewriting(self) -> ContextManager:
+    """Around the training `input_fn`'s call: its shuffles and caches are
+    made resumable (`tpu_harness.resumable_input`), in `skip` mode too, so
+    that both modes feed the same elements in the same order."""
+    return self._recording(resumable_input.rewriting(
+        tf.compat.v1.get_default_graph()))
+
+  @contextlib.contextmanager
+  def _recording(self, context):
+    with context as rewrite:
+      self._rewrite = rewrite
+      yield rewrite
+
+  def prepare(self, dataset: tf.data.Dataset) -> tf.data.Dataset:
+    """The host's training dataset, set up to save its position (or, if it
+    holds what a position cannot, left as it is and the position
+    disabled, saying why)."""
+    if not self._group.exact:
+      return dataset
+    findings = resumable_input.inspect(dataset)
+    kept = self._rewrite.kept if self._rewrite is not None else []
+    if findings.unsaveable:
+      self.disable(
+          f"the input pipeline has {', '.join(findings.unsaveable)}, whose "
+          f"state a position cannot hold"
+          + (f"; left as they were: {'; '.join(kept)}" if kept else ""))
+      return dataset
+    if findings.random_ops:
+      self._group.warn_once(
+          "random", "The training input uses stateful random ops (%s): a "
+          "resumed run restarts their random stream from its seed, so its "
+          "random augmentations differ from an uninterrupted run's (which "
+          "elements it feeds, and in which order, do not). Stateless ops "
+          "(tf.image.stateless_random_*) seeded from the element resume "
+          "exactly.", ", ".join(findings.random_ops))
+    return resumable_input.symbolic(dataset)
 
   def attach(self, iterator) -> None:
     """Builds the ops that serialize and restore `iterator` (the infeed's,
     over the dataset after its `take`)."""
+    if not self._group.exact:
+      return
     resource = _tf_internals.iterator_resource(iterator)
-    # FAIL: a dataset whose state lives outside tf.data (a py_function,
-    # a captured variable) cannot be restored exactly.
+    # Symbolic checkpointing ignores state outside tf.data; `prepare`
+    # refused pipelines with any but random ops.
     self._serialize = tf.io.serialize_tensor(tf.raw_ops.SerializeIterator(
-        resource_handle=resource, external_state_policy=2))
+        resource_handle=resource, external_state_policy=1))
     self._restore_in = tf.compat.v1.placeholder(tf.string, [])
     self._restore = tf.raw_ops.DeserializeIterator(
         resource_handle=resource,
         serialized=tf.io.parse_tensor(self._restore_in, tf.variant))
 
-  def saved(self) -> Optional[Saved]:
-    """The position to restore, read from the checkpoint; None (with a
-    warning) when it holds none."""
-    if self._checkpoint is None:
-      return None
-    saved = read_saved(self._checkpoint, self._host)
-    if saved is None:
-      logging.warning(
-          "Checkpoint %s holds no input position (saved by an earlier "
-          "version, with resume_input='skip' or 'restart', by a user's "
-          "Saver, or from an input that could not be saved): reading and "
-          "dropping the %d steps of input already trained on.",
-          self._checkpoint, self._start_step)
-    return saved
+  # Starting.
 
-  def restore(self, session, saved: Saved) -> bool:
-    """Restores the initialized iterator to `saved`; False (with a warning)
-    if it does not fit the input pipeline."""
+  def initializer(self) -> Optional[tf.Operation]:
+    """Run before each initialization of the iterator, or None."""
+    return self._rewrite.initializer() if self._rewrite else None
+
+  def start(self, fresh: bool = False) -> Start:
+    """How the infeed starts: restoring the checkpoint's position, or
+    skipping the steps of its pass already trained on, or (`fresh`, or no
+    checkpoint) a new pass."""
+    group = self._group
+    seeds_needed = len(self._rewrite.seeds) if self._rewrite else 0
+    saved = (None if fresh or group.checkpoint is None
+             else read_saved(group.checkpoint, self._host))
+    self._resumed = not fresh and group.checkpoint is not None
+    if fresh or group.checkpoint is None:
+      return self._new_pass(skip=0)
+    if saved is None:
+      group.warn_once(
+          "none", "Checkpoint %s holds no input position (saved by an "
+          "earlier version, with resume_input='restart', or by a user's "
+          "Saver): reading and dropping the %d steps of input already "
+          "trained on.", group.checkpoint, group.start_step)
+      return self._new_pass(skip=group.start_step)
+    if saved.used_up:
+      logging.info("The training input's pass that started at step %d was "
+                   "used up at step %d (%s): a new pass starts from its "
+                   "first element.", saved.pass_start, group.start_step,
+                   group.checkpoint)
+      self._resumed = False
+      return self._new_pass(skip=0)
+    self._pass_start = saved.pass_start
+    if len(saved.seeds) != seeds_needed:
+      if group.exact:
+        group.warn_once(
+            "seeds", "The input position saved in %s does not fit this "
+            "input pipeline (%d shuffles, %d saved; was `input_fn` "
+            "changed?): reading and dropping the %d steps of its pass "
+            "instead, in a new order.", group.checkpoint, seeds_needed,
+            len(saved.seeds), group.start_step - saved.pass_start)
+      return self._new_pass(skip=group.start_step - saved.pass_start,
+                            pass_start=saved.pass_start)
+    self._seeds = list(saved.seeds)
+    feed = self._rewrite.seed_feed(self._seeds) if self._rewrite else {}
+    if saved.state and self._saves_state:
+      return Start(feed=feed, state=saved.state, taken=saved.taken,
+                   skip=saved.skip)
+    if group.exact and self._disabled is None:
+      group.warn_once(
+          "stateless", "Checkpoint %s holds no iterator state (its "
+          "pipeline's position could not be saved, or it was saved with "
+          "resume_input='skip'): reading and dropping the %d steps of input "
+          "already trained on.", group.checkpoint,
+          group.start_step - saved.pass_start)
+    return Start(feed=feed, state=None, taken=0,
+                 skip=group.start_step - saved.pass_start)
+
+  def _new_pass(self, skip: int, pass_start: Optional[int] = None) -> Start:
+    self._pass_start = (self._group.start_step if pass_start is None
+                        else pass_start)
+    self._seeds = self._rewrite.fresh_seeds() if self._rewrite else []
+    feed = self._rewrite.seed_feed(self._seeds) if self._rewrite else {}
+    return Start(feed=feed, state=None, taken=0, skip=skip)
+
+  def restore(self, session, state: bytes) -> bool:
+    """Restores the initialized iterator to `state`; False (with a
+    warning) if it does not fit the input pipeline."""
     try:
-      session.run(self._restore, {self._restore_in: saved.state})
+      session.run(self._restore, {self._restore_in: state})
+      logging.info("Restored the training input's position from %s.",
+                   self._group.checkpoint)
       return True
     except tf.errors.OpError as error:
-      logging.warning(
-          "The input position saved in %s does not fit this input pipeline "
-          "(was `input_fn` changed?): %s. Reading and dropping the %d steps "
-          "of input already trained on instead.", self._checkpoint,
-          error.message.splitlines()[0], self._start_step)
+      self._group.warn_once(
+          "fit", "The input position saved in %s does not fit this input "
+          "pipeline (resume_input='exact'; was `input_fn` changed?): %s. "
+          "Reading and dropping the %d steps of input already trained on "
+          "instead.", self._group.checkpoint, _first_line(error.message),
+          self._group.start_step - self._pass_start)
       return False
 
-  def begin(self, session, skip: int, taken: int) -> None:
-    """After the iterator is initialized (and restored): records its state
-    as the first snapshot; `skip` elements are read and dropped next."""
+  @property
+  def resumed(self) -> bool:
+    """Whether this start continued a pass (restored or skipped)."""
+    return self._resumed
+
+  @property
+  def steps_of_pass(self) -> int:
+    """Steps of the current pass trained on before this start."""
+    return self._group.start_step - self._pass_start
+
+  @property
+  def checkpoint(self) -> Optional[str]:
+    return self._group.checkpoint
+
+  def begin(self, skip: int, taken: int, state: Optional[bytes]) -> None:
+    """After the iterator is initialized (and restored to `state`, unless
+    None): `skip` elements are read and dropped next; the take had given
+    `taken` before."""
     with self._lock:
-      self._snapshots = []
+      # The restored state is the position of a save at the start step.
+      self._states = [] if state is None else [(0, state, taken)]
       self._skip = skip
+      self._taken = taken
+      self._reads = 0
       self._filling_to = None
-    self._take(session, 0, taken)
+      self._reading_at = None
+      self._at_end = False
+      self._used_up = False
 
-  def fill_started(self, reads_after: int) -> None:
-    """Host thread: a fill starts that ends at most `reads_after` elements
-    read since `begin`."""
+  # The host thread's side.
+
+  def fill_started(self, session, reads: int, asked: int) -> None:
+    """Host thread: a fill of up to `asked` elements starts, `reads`
+    elements read since `begin`. Reads the iterator's state first if a
+    save is expected at a step the fill's elements end."""
     with self._lock:
-      self._filling_to = reads_after
+      self._changed.wait_for(lambda: not self._caller_reading)
+      self._reads = reads
+      self._filling_to = reads + asked
+      last_step = self._step_of(reads + asked - 1)
+      expected = (self._saves_state and asked > 0
+                  and self._group.expected(max(self._step_of(reads),
+                                               last_step)))
+      if expected:
+        self._reading_at = reads
+    if expected:
+      try:
+        self._read_state(session, reads)
+      finally:
+        with self._lock:
+          self._reading_at = None
+          self._changed.notify_all()
 
-  def fill_ended(self, session, reads: int, taken: int,
-                 complete: bool) -> None:
-    """Host thread: the fill ended with `reads` elements read since
-    `begin` (and `taken` by the take, over this and earlier runs); if it
-    read all it asked for (the input has not ended), snapshots the
-    iterator."""
-    try:
-      if complete:
-        self._take(session, reads, taken)
-    finally:
-      with self._lock:
-        self._filling_to = None
-        self._changed.notify_all()
+  def fill_ended(self, reads: int, complete: bool = True,
+                 input_ended: bool = False) -> None:
+    """Host thread: the fill ended, `reads` elements read since `begin`;
+    unless `complete`, it met the end of the run's `take`, or with
+    `input_ended` the input's, and the iterator's state now restores as
+    ended."""
+    with self._lock:
+      self._reads = reads
+      self._filling_to = None
+      self._at_end = not complete
+      self._used_up = input_ended
+      self._changed.notify_all()
 
-  def _take(self, session, reads: int, taken: int) -> None:
-    if self._disabled is not None or self._serialize is None:
-      return
+  def _step_of(self, reads: int) -> int:
+    """The global step once `reads` elements (since `begin`) were trained
+    on."""
+    return self._group.start_step + reads - self._skip
+
+  def _read_state(self, session, reads: int) -> None:
     try:
       state = session.run(self._serialize)
     except tf.errors.OpError as error:
       self.disable(f"the input pipeline's state cannot be saved: "
-                   f"{error.message.splitlines()[0]}")
+                   f"{_first_line(error.message)}")
+      return
+    if len(state) > MAX_STATE_BYTES:
+      self.disable(f"its state is {len(state):,} bytes, over the "
+                   f"{MAX_STATE_BYTES:,} a checkpoint may hold per host")
       return
     with self._lock:
-      self._snapshots.append((reads, state, taken))
+      self._states.append((reads, state, self._taken + reads))
 
   def consumed(self, steps: int) -> None:
-    """At least `steps` elements past the skipped ones were trained on:
-    snapshots older than the one a save would use are dropped."""
+    """At least `steps` elements past the dropped ones were trained on:
+    states older than the one a save would use are dropped."""
     with self._lock:
       self._drop_before(self._skip + steps)
 
-  def at_step(self, global_step: int) -> Tuple[bytes, List[int]]:
-    """(state, [skip, taken]) to save with the checkpoint of
-    `global_step`; empty when nothing can be saved."""
-    needed = self._skip + global_step - self._start_step
+  def _drop_before(self, element: int) -> None:
+    """Keeps the newest state read at or before `element` read, and newer
+    ones (lock held)."""
+    while len(self._states) > 1 and self._states[1][0] <= element:
+      self._states.pop(0)
+
+  # The save's side.
+
+  def at_step(self, session, global_step: int
+              ) -> Tuple[bytes, List[int], List[int]]:
+    """(state, [skip, taken, pass_start, used_up], seeds) to save with the
+    checkpoint of `global_step`; the state is empty when none is saved."""
+    needed = self._skip + global_step - self._group.start_step
+    counts = [0, 0, self._pass_start, 0]
+    with self._lock:
+      if (self._used_up and self._filling_to is None
+          and self._reads == needed):
+        return b"", [0, 0, self._pass_start, 1], list(self._seeds)
+    if not self._saves_state or self._serialize is None:
+      return b"", counts, list(self._seeds)
     with self._lock:
       # The loops ran every element of a fill in progress that ends by
-      # `needed`: it is done but for its snapshot; wait for that.
+      # `needed`, or its state is being read: wait for that.
       self._changed.wait_for(
-          lambda: self._filling_to is None or self._filling_to > needed,
+          lambda: ((self._filling_to is None or self._filling_to > needed)
+                   and (self._reading_at is None
+                        or self._reading_at > needed)),
           timeout=_SNAPSHOT_WAIT_SECS)
-      if self._disabled is not None or not self._snapshots:
-        return b"", [0, 0]
       self._drop_before(needed)
-      reads, state, taken = self._snapshots[0]
-    return state, [needed - reads, taken]
-
-  def _drop_before(self, element: int) -> None:
-    """Keeps the newest snapshot taken at or before `element` read, and
-    newer ones (lock held)."""
-    while (len(self._snapshots) > 1 and self._snapshots[1][0] <= element):
-      self._snapshots.pop(0)
+      exact = self._states and self._states[0][0] == needed
+      idle = (self._filling_to is None and self._reading_at is None
+              and self._reads == needed and not self._at_end)
+      if idle and not exact:
+        self._caller_reading = True
+    if idle and not exact:
+      try:
+        self._read_state(session, needed)
+      finally:
+        with self._lock:
+          self._caller_reading = False
+          self._changed.notify_all()
+    with self._lock:
+      self._drop_before(needed)
+      if not self._states or self._states[0][0] > needed:
+        return b"", counts, list(self._seeds)
+      reads, state, taken = self._states[0]
+    return (state, [needed - reads, taken, self._pass_start, 0],
+            list(self._seeds))
 
   def assign(self, session, global_step: int) -> None:
-    state, counts = self.at_step(global_step)
+    state, counts, seeds = self.at_step(session, global_step)
     session.run(self._assign, {self._state_in: state,
-                               self._counts_in: counts})
+                               self._counts_in: counts,
+                               self._seeds_in: np.asarray(seeds, np.int64)})
+
+
+def _first_line(message: str) -> str:
+  """The first line of a TF error message that says something (TF's
+  wrappers start some with 'Graph execution error:')."""
+  lines = [line.strip() for line in message.splitlines() if line.strip()]
+  useful = [line for line in lines if line != "Graph execution error:"]
+  return (useful or lines or [""])[0]
 
 
 class _Listener(tf.compat.v1.train.CheckpointSaverListener):

@@ -17,20 +17,26 @@ batch stacked on a first axis of length `num_shards`:
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict
+import contextlib
+from typing import Any, Callable, Dict, Optional
 
 import tensorflow as tf
 
 from tpu_harness import spec as spec_lib
 from tpu_harness.infeed import InputShapeError
 from tpu_harness.infeed import leaf_paths
+from tpu_harness.input_position import HostPosition
 
 
 def make_input(input_fn: Callable, params: Dict[str, Any], mode: str,
-               check_shapes: bool = True) -> tf.data.Dataset:
+               check_shapes: bool = True,
+               position: Optional[HostPosition] = None) -> tf.data.Dataset:
   """Calls `input_fn` and checks its Dataset against the contract (fixed
-  batch shapes in TRAIN and EVAL only with `check_shapes`)."""
-  dataset = input_fn(params)
+  batch shapes in TRAIN and EVAL only with `check_shapes`). With the
+  training input's `position`, `input_fn` runs within its `rewriting()`."""
+  with position.rewriting() if position is not None else (
+      contextlib.nullcontext()):
+    dataset = input_fn(params)
   if not isinstance(dataset, tf.data.Dataset):
     raise TypeError(f"`input_fn` must return a tf.data.Dataset, got "
                     f"{type(dataset).__name__} ({dataset!r}).")

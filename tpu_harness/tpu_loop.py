@@ -154,7 +154,7 @@ class TpuLoop(DeviceLoop):
                   max_steps: Optional[int] = None,
                   position: Optional[InputPosition] = None) -> BuiltLoop:
     mode = spec_lib.ModeKeys.TRAIN
-    datasets = self._per_step(input_fn, params, mode)
+    datasets = self._per_step(input_fn, params, mode, position)
 
     def step_fn(element, holder):
       spec, values = self._step(model_fn, element, mode, params, holder)
@@ -217,15 +217,18 @@ class TpuLoop(DeviceLoop):
 
   # Building blocks.
 
-  def _per_step(self, input_fn, params, mode) -> List[tf.data.Dataset]:
+  def _per_step(self, input_fn, params, mode,
+                position: Optional[InputPosition] = None
+                ) -> List[tf.data.Dataset]:
     """Per host, on its CPU: `input_fn`'s batches for its cores, one
     element per step with the cores' parts stacked on a first axis."""
     datasets = []
     for host, device in enumerate(self._host_devices):
       with tf.device(device):
         datasets.append(step_input.per_step(
-            step_input.make_input(input_fn, self.input_params(params, host),
-                                  mode),
+            step_input.make_input(
+                input_fn, self.input_params(params, host), mode,
+                position=position.host(host) if position else None),
             self._cores, self._per_host_input, stack_one=True))
     return datasets
 

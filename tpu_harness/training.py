@@ -18,7 +18,8 @@ The last loop is shortened so training stops exactly at `max_steps`.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Dict
+import time
+from typing import Any, Callable, Dict, Optional
 
 from absl import logging
 import tensorflow as tf
@@ -71,9 +72,9 @@ def train(job: Job, input_fn, resume: checkpoints.ResumePoint, last_step: int,
       tf.compat.v1.set_random_seed(config.tf_random_seed)
     with tf.device(job.device.variable_device):
       spec_lib.create_global_step()
-    position, skip_steps = _input_start(config.resume_input, resume)
+    position = _input_position(config.resume_input, resume)
     loop = job.device.build_train(job.model_fn, input_fn, job.params,
-                                  skip_steps=skip_steps,
+                                  skip_steps=0,
                                   max_steps=last_step - start_step,
                                   position=position)
     if resume.checkpoint is not None:
@@ -118,6 +119,14 @@ def train(job: Job, input_fn, resume: checkpoints.ResumePoint, last_step: int,
         save_graph_def=config.save_graph_def,
         async_save=config.async_checkpoints,
         check_finite=config.stop_on_nan_loss)
+    preemption = PreemptionWatcher()
+    loop_secs = _LongestLoop()
+    if position is not None:
+      # A save is decided after a loop; its fill was asked for before the
+      # loop ran, at most (twice) the longest loop earlier.
+      position.expect_saves(lambda step: (
+          step >= last_step or preemption.requested
+          or saver_hook.due(step, time.monotonic() + 2 * loop_secs.longest)))
 
     def newest_checkpoint():  # Once the loss is NaN: nothing more to save.
       saver_hook.finish_pending_save()
@@ -142,12 +151,12 @@ def train(job: Job, input_fn, resume: checkpoints.ResumePoint, last_step: int,
                  start_step, last_step, ipl,
                  config.session_target or "this process")
     try:
-      with PreemptionWatcher() as preemption:
+      with preemption:
         with tf.compat.v1.train.MonitoredSession(
             session_creator=creator, hooks=all_hooks) as session:
           try:
             _train_loops(job, session, loop, start_step, last_step,
-                         batch_size, writer, preemption, lease)
+                         batch_size, writer, preemption, lease, loop_secs)
           finally:
             loop.infeed.stop()
     except BaseException:
@@ -166,28 +175,38 @@ def train(job: Job, input_fn, resume: checkpoints.ResumePoint, last_step: int,
     return preemption.requested
 
 
-def _input_start(mode: str, resume: checkpoints.ResumePoint) -> tuple:
-  """(the InputPosition to save and restore, or None; steps of input to
-  drop first) for `RunConfig.resume_input` `mode`."""
-  if mode == input_position.EXACT:
-    return input_position.InputPosition(resume.checkpoint, resume.step), (
-        resume.step)
-  if mode == input_position.RESTART and resume.step:
-    logging.info("resume_input='restart': the input starts again from its "
-                 "first element at step %d.", resume.step)
-    return None, 0
-  return None, resume.step
+def _input_position(mode: str, resume: checkpoints.ResumePoint
+                    ) -> Optional[input_position.InputPosition]:
+  """The InputPosition to save and restore for `RunConfig.resume_input`
+  `mode`; None for `restart`."""
+  if mode == input_position.RESTART:
+    if resume.step:
+      logging.info("resume_input='restart': the input starts again from "
+                   "its first element at step %d.", resume.step)
+    return None
+  return input_position.InputPosition(mode, resume.checkpoint, resume.step)
+
+
+class _LongestLoop:
+  """The longest loop so far, in seconds."""
+
+  def __init__(self):
+    self.longest = 0.0
+
+  def add(self, secs: float) -> None:
+    self.longest = max(self.longest, secs)
 
 
 def _train_loops(job: Job, session, loop: BuiltLoop, step: int,
                  last_step: int, batch_size: int, writer, preemption,
-                 lease: ModelDirLease) -> None:
+                 lease: ModelDirLease, loop_secs: _LongestLoop) -> None:
   def stop():
     return session.should_stop() or preemption.requested or lease.lost
 
   for count, results, elapsed in host_loop.run_loops(
       loop, session, last_step - step, job.config.iterations_per_loop,
       job.clock, stop):
+    loop_secs.add(elapsed)
     end_step = int(results["end_step"])
     if end_step - step != count:
       raise RuntimeError(

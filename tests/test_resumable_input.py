@@ -1,0 +1,171 @@
+"""The training input rewritten for small positions: window shuffles,
+materialized caches, what `inspect` finds, and the position's size."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tpu_harness import resumable_input
+
+
+def _session_values(dataset, count, rewrite=None, seeds=None, state=None):
+  """The first `count` elements of `dataset` (a fresh iterator in its own
+  session), restored to `state` first if given; and the state after them."""
+  iterator = tf.compat.v1.data.make_initializable_iterator(dataset)
+  element = iterator.get_next()
+  resource = iterator._iterator_resource  # pylint: disable=protected-access
+  serialize = tf.io.serialize_tensor(tf.raw_ops.SerializeIterator(
+      resource_handle=resource, external_state_policy=1))
+  state_in = tf.compat.v1.placeholder(tf.string, [])
+  restore = tf.raw_ops.DeserializeIterator(
+      resource_handle=resource,
+      serialized=tf.io.parse_tensor(state_in, tf.variant))
+  with tf.compat.v1.Session() as session:
+    if rewrite is not None and rewrite.initializer() is not None:
+      session.run(rewrite.initializer())
+    feed = rewrite.seed_feed(seeds) if rewrite is not None else None
+    session.run(iterator.initializer, feed)
+    if state is not None:
+      session.run(restore, {state_in: state})
+    values = [session.run(element) for _ in range(count)]
+    return values, session.run(serialize)
+
+
+def _rewritten(make):
+  """`make()` built in a new default graph within `rewriting`."""
+  graph = tf.compat.v1.get_default_graph()
+  with resumable_input.rewriting(graph) as rewrite:
+    dataset = make()
+  return dataset, rewrite
+
+
+@pytest.fixture(autouse=True)
+def graph_mode():
+  with tf.Graph().as_default():
+    yield
+
+
+def test_a_window_shuffle_orders_each_window_at_random():
+  dataset, rewrite = _rewritten(
+      lambda: tf.data.Dataset.range(40).shuffle(10))
+  (values, _), (again, _), (other, _) = (
+      _session_values(dataset, 40, rewrite, [seed]) for seed in (1, 1, 2))
+  values = np.array(values)
+  for start in range(0, 40, 10):
+    window = values[start:start + 10]
+    assert sorted(window) == list(range(start, start + 10))
+  assert list(values) != list(range(40))
+  assert list(values) == list(again)  # A seed gives one order.
+  assert list(values) != list(other)
+
+
+@pytest.mark.parametrize("reshuffle", [True, False])
+def test_reshuffle_each_iteration_gives_each_epoch_its_own_order(reshuffle):
+  dataset, rewrite = _rewritten(lambda: tf.data.Dataset.range(20).shuffle(
+      20, reshuffle_each_iteration=reshuffle).repeat(2))
+  values, _ = _session_values(dataset, 40, rewrite, [5])
+  first, second = values[:20], values[20:]
+  assert sorted(first) == sorted(second) == list(range(20))
+  assert (first != second) == reshuffle
+
+
+def test_a_user_seed_is_kept_and_unseeded_shuffles_get_fresh_seeds():
+  _, rewrite = _rewritten(lambda: tf.data.Dataset.range(9).shuffle(
+      3, seed=42).shuffle(3))
+  fresh = rewrite.fresh_seeds()
+  assert fresh[0] == 42 and fresh[1] != 42
+  assert rewrite.fresh_seeds()[1] != fresh[1]
+
+
+def test_shuffle_and_repeat_and_list_files_are_rewritten(tmp_path):
+  for index in range(3):
+    (tmp_path / f"f{index}").write_text("x")
+
+  def make():
+    files = tf.data.Dataset.list_files(str(tmp_path / "f*"), shuffle=True)
+    return tf.data.Dataset.range(10).apply(
+        tf.data.experimental.shuffle_and_repeat(4, count=2)).concatenate(
+            files.map(lambda f: tf.cast(tf.strings.length(f), tf.int64)))
+
+  dataset, rewrite = _rewritten(make)
+  assert len(rewrite.seeds) == 2
+  assert resumable_input.inspect(dataset).unsaveable == []
+  values, _ = _session_values(dataset, 23, rewrite, [3, 4])
+  assert sorted(values[:10]) == sorted(values[10:20]) == list(range(10))
+
+
+def test_the_methods_are_tfs_again_after_the_block():
+  shuffle, cache = tf.data.Dataset.shuffle, tf.data.Dataset.cache
+  with pytest.raises(RuntimeError):
+    with resumable_input.rewriting(tf.compat.v1.get_default_graph()):
+      assert tf.data.Dataset.shuffle is not shuffle
+      raise RuntimeError("input_fn failed")
+  assert tf.data.Dataset.shuffle is shuffle
+  assert tf.data.Dataset.cache is cache
+
+
+def test_elements_of_varying_shape_are_shuffled_too():
+  dataset, rewrite = _rewritten(lambda: tf.data.Dataset.range(12).map(
+      lambda i: tf.range(i % 4)).shuffle(6))
+  values, _ = _session_values(dataset, 12, rewrite, [7])
+  assert sorted(len(v) for v in values) == sorted(i % 4 for i in range(12))
+
+
+def test_a_materialized_cache_reads_its_input_once():
+  reads = tf.compat.v1.Variable(0, use_resource=True)
+
+  def count(i):
+    with tf.control_dependencies([reads.assign_add(1)]):
+      return tf.identity(i) * 10
+
+  dataset, rewrite = _rewritten(
+      lambda: tf.data.Dataset.range(5).map(count).cache().repeat(3))
+  iterator = tf.compat.v1.data.make_initializable_iterator(dataset)
+  element = iterator.get_next()
+  with tf.compat.v1.Session() as session:
+    session.run([reads.initializer, rewrite.initializer()])
+    session.run(iterator.initializer)
+    values = [session.run(element) for _ in range(15)]
+    assert session.run(reads) == 5
+  assert values == [0, 10, 20, 30, 40] * 3
+
+
+def test_a_large_shuffle_buffer_and_cache_leave_a_small_position():
+  images = np.random.RandomState(0).rand(20000, 784).astype(np.float32)
+  dataset, rewrite = _rewritten(lambda: tf.data.Dataset.from_tensor_slices(
+      images).cache().repeat().shuffle(10000).batch(64, drop_remainder=True))
+  dataset = resumable_input.symbolic(dataset)
+  # 300 batches in: past the first window, into the cache's second epoch.
+  values, state = _session_values(dataset, 300, rewrite, [9])
+  # TF's own shuffle would hold 10000 x 784 floats: 31 MB.
+  assert len(state) < 16 * 2**10
+  more, _ = _session_values(dataset, 320, rewrite, [9])
+  restored, _ = _session_values(dataset, 20, rewrite, [9], state=state)
+  for want, got in zip(more[300:], restored):
+    np.testing.assert_array_equal(want, got)
+  assert not np.array_equal(values[0], values[1])
+
+
+def test_inspect_reports_what_a_position_cannot_hold(tmp_path):
+  graph = tf.compat.v1.get_default_graph()
+  plain = tf.data.Dataset.range(9).shuffle(3)  # Outside the rewrite.
+  with resumable_input.rewriting(graph) as rewrite:
+    to_file = tf.data.Dataset.range(9).cache(str(tmp_path / "cache"))
+  generated = tf.data.Dataset.from_generator(
+      lambda: iter(range(3)), output_signature=tf.TensorSpec([], tf.int64))
+  python = tf.data.Dataset.range(3).map(
+      lambda i: tf.py_function(lambda v: v, [i], tf.int64))
+  augmented = tf.data.Dataset.range(3).map(
+      lambda i: tf.random.uniform([]) + tf.cast(i, tf.float32))
+  def kinds(dataset):
+    return [text.split(" (")[0]
+            for text in resumable_input.inspect(dataset).unsaveable]
+
+  assert kinds(plain) == ["shuffle"]
+  assert kinds(to_file) == ["cache"]
+  assert rewrite.kept == ["cache() to a file (its contents are not "
+                          "recomputed)"]
+  assert "from_generator" in kinds(generated)
+  assert kinds(python) == ["py_function"]
+  assert resumable_input.inspect(augmented) == resumable_input.Findings(
+      unsaveable=[], random_ops=["RandomUniform"])
