@@ -27,6 +27,7 @@ Saver, the summary writer), so `checkpoint_dir` may be a `gs://` URL.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from typing import Callable, Iterable, Optional
 
@@ -230,11 +231,11 @@ class CheckpointSaverHook(tf.compat.v1.train.SessionRunHook):
     self._increment.new_session()
     global_step = int(session.run(self._global_step_tensor))
     graph = tf.compat.v1.get_default_graph()
+    graph_def = graph.as_graph_def(add_shapes=True)
     saver = self._get_saver()
     # What Saver.save would export as `.meta` on every save.
     meta_graph_def = tf.compat.v1.train.export_meta_graph(
-        graph_def=graph.as_graph_def(add_shapes=True),
-        saver_def=saver.saver_def, graph=graph)
+        graph_def=graph_def, saver_def=saver.saver_def, graph=graph)
     meta_graph = (meta_graph_def.SerializeToString()
                   if self._save_graph_def else None)
     # A finalized graph (MonitoredSession finalizes it) cannot change: one
@@ -246,15 +247,21 @@ class CheckpointSaverHook(tf.compat.v1.train.SessionRunHook):
           max_to_keep=saver.saver_def.max_to_keep,
           recent=saver.last_checkpoints, save_relative_paths=True,
           meta_graph=meta_graph)
+    writing = None
     if self._save_graph_def:
       # The graph is finalized now, after every hook's begin() had its chance
-      # to add ops, so this is the graph that runs.
-      tf.io.write_graph(graph.as_graph_def(add_shapes=True),
-                        self._checkpoint_dir, "graph.pbtxt")
-    self._summary_writer.add_graph(graph)
-    self._summary_writer.add_meta_graph(meta_graph_def)
-    # The checkpoint saved here is the state at step `global_step`.
-    self._save(session, global_step)
+      # to add ops, so this is the graph that runs. Its text is written while
+      # the first checkpoint is saved.
+      writing = _Background(lambda: tf.io.write_graph(
+          graph_def, self._checkpoint_dir, "graph.pbtxt"))
+    try:
+      self._summary_writer.add_graph(None, graph_def=graph_def)
+      self._summary_writer.add_meta_graph(meta_graph_def)
+      # The checkpoint saved here is the state at step `global_step`.
+      self._save(session, global_step)
+    finally:
+      if writing is not None:
+        writing.result()
     self._schedule.mark_triggered(global_step, self._clock())
 
   def before_run(self, run_context):
@@ -433,3 +440,24 @@ class CheckpointSaverHook(tf.compat.v1.train.SessionRunHook):
           f"as `saver=`.")
     self._saver = savers[0]
     return self._saver
+
+
+class _Background:
+  """Runs `fn` on a thread; `result()` waits and re-raises its error."""
+
+  def __init__(self, fn: Callable[[], object]):
+    self._error: Optional[BaseException] = None
+
+    def run():
+      try:
+        fn()
+      except BaseException as error:  # pylint: disable=broad-except
+        self._error = error
+
+    self._thread = threading.Thread(target=run, daemon=True)
+    self._thread.start()
+
+  def result(self) -> None:
+    self._thread.join()
+    if self._error is not None:
+      raise self._error

@@ -44,6 +44,7 @@ import os
 import statistics
 import tempfile
 import time
+import warnings
 from typing import Callable, Dict, List, Tuple
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -411,6 +412,8 @@ def run_program(name: str, root: str) -> Dict[str, float]:
 def main(argv):
   del argv  # Unused.
   logging.set_verbosity(logging.WARNING)
+  # tf.compat.v1.layers' deprecation notes, once per layer call.
+  warnings.simplefilter("ignore", UserWarning)
   table = {}
   for name in FLAGS.programs:
     with tempfile.TemporaryDirectory() as root:

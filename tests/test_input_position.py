@@ -286,3 +286,24 @@ def test_the_checkpoints_position_stays_small_for_a_large_shuffle(tmp_path):
   for prefix in (tmp_path / "model.ckpt-690", tmp_path / "model.ckpt-700"):
     saved = input_position.read_saved(str(prefix))
     assert 0 < len(saved.state) < 16 * 2**10  # TF's buffer: 15.7 MB.
+
+
+def test_random_augmentation_keeps_an_exact_position(tmp_path, caplog):
+  def input_fn(params):  # A stateful random op, valued so as not to matter.
+    dataset = tf.data.Dataset.range(10**9).shuffle(64).map(_examples)
+    return dataset.map(lambda x, y: (
+        x + 0.0 * tf.random.uniform([FEATURES]), y)).batch(
+            params["batch_size"], drop_remainder=True)
+
+  input_position._WARNED.clear()  # pylint: disable=protected-access
+  caplog.set_level(std_logging.WARNING)
+  _runner(tmp_path / "straight").train(input_fn, max_steps=40)
+  for stop in (17, 40):
+    _runner(tmp_path / "resumed").train(input_fn, max_steps=stop)
+  assert input_position.read_saved(str(tmp_path / "resumed" /
+                                       "model.ckpt-17")).state
+  np.testing.assert_array_equal(weights(str(tmp_path / "resumed")),
+                                weights(str(tmp_path / "straight")))
+  warnings = [r.getMessage() for r in caplog.records
+              if "stateful random ops (RandomUniform)" in r.getMessage()]
+  assert len(warnings) == 1  # Once per process.

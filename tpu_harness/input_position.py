@@ -72,6 +72,8 @@ MODES = (EXACT, SKIP, RESTART)
 
 # How long a save waits for the state of a fill its step has consumed.
 _SNAPSHOT_WAIT_SECS = 60.0
+# Warnings logged once per process (see `InputPosition.warn_once`).
+_WARNED = set()
 # The most a checkpoint may hold of one host's position; a larger one is
 # not saved (the run falls back to skipping, saying why).
 MAX_STATE_BYTES = 2**20
@@ -203,10 +205,17 @@ class InputPosition:
   def expected(self, step: int) -> bool:
     return self._expect(step)
 
-  def warn_once(self, key: str, message: str, *args) -> None:
-    if key not in self._warned:
-      self._warned.add(key)
-      logging.warning(message, *args)
+  def warn_once(self, key: str, message: str, *args,
+                per_process: bool = False) -> None:
+    """Logs `message` once for this position's hosts; with `per_process`,
+    once per process (a train() loop would repeat it)."""
+    text = message % args
+    if key in self._warned or (per_process and text in _WARNED):
+      return
+    self._warned.add(key)
+    if per_process:
+      _WARNED.add(text)
+    logging.warning("%s", text)
 
   def listener(self) -> tf.compat.v1.train.CheckpointSaverListener:
     """Assigns the positions at the step being saved, before each save."""
@@ -318,7 +327,7 @@ class HostPosition:
           "random augmentations differ from an uninterrupted run's (which "
           "elements it feeds, and in which order, do not). Stateless ops "
           "(tf.image.stateless_random_*) seeded from the element resume "
-          "exactly.", ", ".join(findings.random_ops))
+          "exactly.", ", ".join(findings.random_ops), per_process=True)
     return resumable_input.symbolic(dataset)
 
   def attach(self, iterator) -> None:
@@ -383,7 +392,7 @@ class HostPosition:
     if saved.state and self._saves_state:
       return Start(feed=feed, state=saved.state, taken=saved.taken,
                    skip=saved.skip)
-    if group.exact and self._disabled is None:
+    if group.exact and self._disabled is None and self.steps_of_pass:
       group.warn_once(
           "stateless", "Checkpoint %s holds no iterator state (its "
           "pipeline's position could not be saved, or it was saved with "
@@ -538,8 +547,11 @@ class HostPosition:
           timeout=_SNAPSHOT_WAIT_SECS)
       self._drop_before(needed)
       exact = self._states and self._states[0][0] == needed
+      # At the pass's start (nothing trained on yet) no state is needed.
+      at_pass_start = needed == 0 and self._group.start_step == self._pass_start
       idle = (self._filling_to is None and self._reading_at is None
-              and self._reads == needed and not self._at_end)
+              and self._reads == needed and not self._at_end
+              and not at_pass_start)
       if idle and not exact:
         self._caller_reading = True
     if idle and not exact:
@@ -552,6 +564,8 @@ class HostPosition:
     with self._lock:
       self._drop_before(needed)
       if not self._states or self._states[0][0] > needed:
+        # None before `needed` (nothing read yet, at a pass's start, is
+        # none needed): the counts and seeds restart the pass there.
         return b"", counts, list(self._seeds)
       reads, state, taken = self._states[0]
     return (state, [needed - reads, taken, self._pass_start, 0],
