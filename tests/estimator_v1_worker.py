@@ -1,5 +1,6 @@
-"""The conv program under tf.compat.v1.disable_v2_behavior(), as
-resnet_main.py runs (reference variables, v1 control flow); run as a script.
+"""The conv program under tf.compat.v1.disable_v2_behavior(), as ResNet
+programs for Cloud TPU run (tests/programs/resnet_style.py does too):
+reference variables, v1 control flow; run as a script.
 
   python tests/estimator_v1_worker.py MODEL_DIR CORES
 

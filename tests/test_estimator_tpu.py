@@ -1,7 +1,6 @@
 """tpu_harness.estimator.tpu: TPUEstimator programs run unchanged but for
 the import line."""
 
-import difflib
 import glob
 import json
 import logging as std_logging
@@ -20,144 +19,114 @@ from tpu_harness import estimator as tf_estimator
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(TESTS)
-REFERENCE = os.path.join(TESTS, "reference")
+PROGRAMS = os.path.join(TESTS, "programs")
+
+
+def _run_program(name, *flags):
+  """Runs tests/programs/NAME as a script; returns its log (stderr)."""
+  env = dict(os.environ, PYTHONPATH=ROOT)
+  env.pop("TF_USE_LEGACY_KERAS", None)  # The import sets it.
+  result = subprocess.run(
+      [sys.executable, os.path.join(PROGRAMS, name), *flags], cwd=ROOT,
+      env=env, capture_output=True, text=True, timeout=600, check=False)
+  assert result.returncode == 0, result.stderr[-5000:]
+  return result.stderr
 
 
 # ----------------------------------------------------------------------------
-# Google's mnist_tpu.py, as published but for two lines.
+# programs/mnist_style.py: TFRecord input, eval_metrics, train, evaluate and
+# predict in one run.
 
 
-def _write_mnist_records(directory, n=96):
+def _write_digit_records(directory, n=96):
   rng = np.random.RandomState(0)
-  for name in ("train", "validation", "test"):
-    with tf.io.TFRecordWriter(os.path.join(directory,
-                                           f"{name}.tfrecords")) as writer:
+  for split in ("train", "validation", "test"):
+    path = os.path.join(directory, f"{split}.tfrecords")
+    with tf.io.TFRecordWriter(path) as writer:
       for _ in range(n):
         label = int(rng.randint(10))
         image = rng.randint(0, 40, size=(28, 28)).astype(np.uint8)
         image[label * 2:label * 2 + 8, 4:24] = 250  # A learnable mark.
         example = tf.train.Example(features=tf.train.Features(feature={
-            "image_raw": tf.train.Feature(bytes_list=tf.train.BytesList(
+            "image": tf.train.Feature(bytes_list=tf.train.BytesList(
                 value=[image.tobytes()])),
             "label": tf.train.Feature(int64_list=tf.train.Int64List(
                 value=[label]))}))
         writer.write(example.SerializeToString())
 
 
-def test_reference_mnist_differs_from_upstream_in_two_lines_only():
-  with open(os.path.join(REFERENCE, "upstream", "mnist_tpu.py")) as f:
-    upstream = f.read().splitlines()
-  with open(os.path.join(REFERENCE, "mnist_tpu.py")) as f:
-    ours = f.read().splitlines()
-  changed = [line for line in difflib.unified_diff(upstream, ours, n=0,
-                                                   lineterm="")
-             if line[:1] in "+-" and not line.startswith(("+++", "---"))]
-  assert changed == [
-      "-from tensorflow.compat.v1 import estimator as tf_estimator",
-      "+from tpu_harness import estimator as tf_estimator",
-      '-      FLAGS.tpu if (FLAGS.tpu or FLAGS.use_tpu) else "",',
-      "+      FLAGS.tpu,",
-      "-  )",
-      "+  ) if (FLAGS.tpu or FLAGS.use_tpu) else None"]
-
-
-def test_reference_mnist_trains_evaluates_and_predicts(tmp_path):
+def test_mnist_style_program_trains_evaluates_and_predicts(tmp_path):
   data_dir, model_dir = tmp_path / "data", tmp_path / "model"
   data_dir.mkdir()
-  _write_mnist_records(str(data_dir))
-  env = dict(os.environ, PYTHONPATH=ROOT)
-  env.pop("TF_USE_LEGACY_KERAS", None)  # The import sets it.
-  result = subprocess.run(
-      [sys.executable, os.path.join(REFERENCE, "mnist_tpu.py"),
-       "--use_tpu=false", f"--data_dir={data_dir}",
-       f"--model_dir={model_dir}", "--batch_size=16", "--train_steps=30",
-       "--eval_steps=3", "--iterations=10"],
-      cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
-      check=False)
-  assert result.returncode == 0, result.stderr[-5000:]
+  _write_digit_records(str(data_dir))
+  log = _run_program(
+      "mnist_style.py", "--use_tpu=false", f"--data_dir={data_dir}",
+      f"--model_dir={model_dir}", "--train_batch_size=16",
+      "--eval_batch_size=16", "--train_steps=30", "--eval_steps=3",
+      "--iterations_per_loop=10", "--shuffle_buffer=64")
   assert tf.train.latest_checkpoint(str(model_dir)).endswith("ckpt-30")
   assert re.search(r"Eval of .*model\.ckpt-30 over 3 steps: \{.*'accuracy'",
-                   result.stderr), result.stderr[-3000:]
-  predictions = re.findall(r'Prediction is "(\d)" \(([0-9.]+)%\)',
-                           result.stderr)
-  assert len(predictions) == 10
+                   log), log[-3000:]
+  assert re.search(r"Accuracy after 30 steps: [01]\.\d{4}\n", log)
+  # Ten examples in batches of 16: one partial batch, padded and unpadded.
+  predictions = re.findall(r"Test example (\d+): digit (\d), p=([0-9.]+)",
+                           log)
+  assert [int(index) for index, _, _ in predictions] == list(range(10))
+  assert all(0.1 <= float(p) <= 1 for _, _, p in predictions)
 
 
 # ----------------------------------------------------------------------------
-# Google's resnet_main.py and its modules, as published but for the import
-# lines (and the resolver line).
-
-RESNET = os.path.join(REFERENCE, "tpu_models")
-
-
-@pytest.mark.parametrize("name", ["resnet_main.py", "imagenet_input.py"])
-def test_reference_resnet_differs_from_upstream_in_the_import_only(name):
-  def lines(root):
-    with open(os.path.join(root, "official", "resnet", name)) as f:
-      return f.read().splitlines()
-  changed = [line for line in difflib.unified_diff(
-      lines(os.path.join(REFERENCE, "upstream", "tpu_models")), lines(RESNET),
-      n=0, lineterm="") if line[:1] in "+-"
-             and not line.startswith(("+++", "---"))]
-  expected = ["-from tensorflow.compat.v1 import estimator as tf_estimator",
-              "+from tpu_harness import estimator as tf_estimator"]
-  if name == "resnet_main.py":
-    expected += ["-      FLAGS.tpu if (FLAGS.tpu or params.use_tpu) else '',",
-                 "+      FLAGS.tpu,",
-                 "-      project=FLAGS.gcp_project)",
-                 "+      project=FLAGS.gcp_project) if (FLAGS.tpu or "
-                 "params.use_tpu) else None"]
-  assert changed == expected
+# programs/resnet_style.py: disable_v2_behavior, batch norm, host_call tf2
+# summaries, moving averages restored through scaffold_fn, train_and_eval,
+# export of a JPEG-serving SavedModel; on 2 emulated TPU cores.
 
 
-def test_reference_resnet_trains_evaluates_moving_averages_and_exports(
+def test_resnet_style_program_trains_evaluates_moving_averages_and_exports(
     tmp_path):
   model_dir = tmp_path / "model"
-  env = dict(os.environ, PYTHONPATH=os.pathsep.join([RESNET, ROOT]))
-  env.pop("TF_USE_LEGACY_KERAS", None)  # The import sets it.
-  overrides = ",".join([
-      "use_tpu=False", "resnet_depth=18", "image_size=32",
-      "train_batch_size=8", "eval_batch_size=8", "train_steps=4",
-      "iterations_per_loop=2", "num_train_images=32", "num_eval_images=16",
-      "precision=float32", "num_label_classes=10", "use_cache=False",
-      "num_parallel_calls=2", "transpose_input=False",
-      "moving_average_decay=0.9", "bn_momentum=0.0"])
-  result = subprocess.run(
-      [sys.executable, "resnet_main.py", "--data_dir=null",
-       f"--model_dir={model_dir}", "--mode=train_and_eval",
-       f"--params_override={overrides}", "--steps_per_eval=2",
-       f"--export_dir={tmp_path / 'export'}"],
-      cwd=os.path.join(RESNET, "official", "resnet"), env=env,
-      capture_output=True, text=True, timeout=900, check=False)
-  assert result.returncode == 0, result.stderr[-5000:]
+  log = _run_program(
+      "resnet_style.py", "--use_tpu=true", "--num_cores=2", "--data_dir=null",
+      f"--model_dir={model_dir}", "--mode=train_and_eval",
+      "--train_steps=4", "--steps_per_eval=2", "--iterations_per_loop=2",
+      "--train_batch_size=8", "--eval_batch_size=8", "--num_train_images=32",
+      "--num_eval_images=16", "--image_size=16", "--num_classes=10",
+      "--stage_filters=8,16", "--blocks_per_stage=1",
+      "--moving_average_decay=0.9", f"--export_dir={tmp_path / 'export'}")
   # train_and_eval: train to 2, evaluate, resume to 4, evaluate.
   for step in (2, 4):
-    assert re.search(rf"Eval results at step {step}: \{{'loss': [0-9.]+, "
-                     rf"'top_1_accuracy': [0-9.]+, 'top_5_accuracy': "
-                     rf"[0-9.]+, 'global_step': {step}\}}", result.stderr)
+    assert re.search(rf"Eval results at step {step}: global_step={step} "
+                     r"loss=[0-9.e+-]+ top_1_accuracy=[0-9.e+-]+ "
+                     r"top_5_accuracy=[0-9.e+-]+\n", log), log[-3000:]
   reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(
       str(model_dir)))
   assert reader.get_tensor("global_step") == 4
-  assert any(name.endswith("/ExponentialMovingAverage")
-             for name in reader.get_variable_to_shape_map())
-  # The host_call's tf2 summaries, one per step, in model_dir.
+  averages = [name for name in reader.get_variable_to_shape_map()
+              if name.endswith("/ExponentialMovingAverage")]
+  assert "resnet/classifier/kernel/ExponentialMovingAverage" in averages
+  # The host_call's tf2 summaries in model_dir: one per step, with that
+  # step's values (epoch = step / 4 steps per epoch).
   tf.compat.v1.summary.FileWriterCache.clear()
-  steps = sorted(e.step for e in event_records(str(model_dir))
-                 if e.HasField("summary") for v in e.summary.value
-                 if v.tag == "current_epoch")
-  assert steps == [0, 1, 2, 3]
+  epochs = sorted((e.step, float(tf.make_ndarray(v.tensor)))
+                  for e in event_records(str(model_dir))
+                  if e.HasField("summary") for v in e.summary.value
+                  if v.tag == "current_epoch")
+  assert epochs == [(0, 0.0), (1, 0.25), (2, 0.5), (3, 0.75)]
   (export_dir,) = glob.glob(str(tmp_path / "export" / "*"))
   served = _serve_jpeg_in_a_fresh_process(export_dir)
   assert served["classes"].shape == (2,)
   assert served["probabilities"].shape == (2, 10)
+  np.testing.assert_allclose(served["probabilities"].sum(axis=1), 1.0,
+                             rtol=1e-5)
 
 
 def _serve_jpeg_in_a_fresh_process(export_dir):
+  """Serves two JPEGs (of another size than the model's images)."""
   code = (
       "import json, sys\n"
       "import numpy as np, tensorflow as tf\n"
       "model = tf.saved_model.load(sys.argv[1])\n"
-      "image = tf.io.encode_jpeg(tf.zeros([32, 32, 3], tf.uint8))\n"
+      "pixels = np.random.RandomState(0).randint(0, 256, (24, 20, 3))\n"
+      "image = tf.io.encode_jpeg(tf.constant(pixels, tf.uint8))\n"
       "serve = model.signatures['serving_default']\n"
       "out = serve(**{list(serve.structured_input_signature[1])[0]:\n"
       "               tf.stack([image, image])})\n"
