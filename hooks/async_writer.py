@@ -26,7 +26,8 @@ from absl import logging
 import numpy as np
 import tensorflow as tf
 
-from hooks import _paths
+from hooks import paths
+from hooks import retention
 
 
 class AsyncCheckpointWriter:
@@ -163,24 +164,15 @@ class AsyncCheckpointWriter:
       if self._meta_graph is not None:
         with tf.io.gfile.GFile(prefix + ".meta", "wb") as f:
           f.write(self._meta_graph)
-      if prefix in self._recent:
-        self._recent.remove(prefix)
-      self._recent.append(prefix)
-      expired = []
-      while self._max_to_keep and len(self._recent) > self._max_to_keep:
-        expired.append(self._recent.pop(0))
-      # Only now, with every file of it complete, is it the latest; old ones
-      # go only after the state file no longer lists them.
-      tf.compat.v1.train.update_checkpoint_state(
-          self._dir, self._path_for_state(prefix),
-          all_model_checkpoint_paths=[self._path_for_state(p)
-                                      for p in self._recent])
-      for old in expired:
-        _paths.delete_checkpoint(old)
+      recent = [p for p in self._recent if p != prefix] + [prefix]
+      self._recent, expired = retention.RetainLatest(
+          self._max_to_keep or 0).split(recent)
+      # Only now, with every file of it complete, is it the latest.
+      retention.apply(self._dir, self._recent, expired, self._path_for_state)
       self._done_step = step
     except BaseException as error:  # pylint: disable=broad-except
       self._error = error
 
   def _path_for_state(self, prefix: str) -> str:
-    return (_paths.state_file_entry(self._dir, prefix) if self._relative
+    return (paths.state_file_entry(self._dir, prefix) if self._relative
             else prefix)

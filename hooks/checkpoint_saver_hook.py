@@ -34,12 +34,13 @@ from typing import Callable, Iterable, Optional
 from absl import logging
 import tensorflow as tf
 
-from hooks import _paths
 from hooks import _tf_internals
-from hooks import _validation
+from hooks import paths
+from hooks import validation
 from hooks.async_writer import AsyncCheckpointWriter
 from hooks.run_increment import RunIncrement
 from hooks.schedule import StepOrSecondsSchedule
+from hooks.trigger import StepTrigger
 
 _LISTENER_BASE = tf.compat.v1.train.CheckpointSaverListener
 # What the hook calls on a listener; like TF's hook, it accepts any object
@@ -132,17 +133,18 @@ class CheckpointSaverHook(tf.compat.v1.train.SessionRunHook):
         `saver` without a `save` method; `scaffold` not a Scaffold; a
         non-path `checkpoint_dir`.
     """
-    self._checkpoint_dir = _paths.check_no_glob_characters(
+    self._checkpoint_dir = paths.check_no_glob_characters(
         "checkpoint_dir",
-        _validation.non_empty_path("checkpoint_dir", checkpoint_dir))
-    _paths.check_no_glob_characters(
+        validation.non_empty_path("checkpoint_dir", checkpoint_dir))
+    paths.check_no_glob_characters(
         "checkpoint_basename",
-        _validation.non_empty_str("checkpoint_basename", checkpoint_basename))
+        validation.non_empty_str("checkpoint_basename", checkpoint_basename))
     self._schedule = StepOrSecondsSchedule(
         every_steps=save_steps, every_secs=save_secs,
         steps_name="save_steps", secs_name="save_secs")
     self._increment = RunIncrement(steps_per_run, name="steps_per_run")
-    _validation.at_most_one({"saver": saver, "scaffold": scaffold})
+    self._trigger = StepTrigger(self._schedule, self._increment)
+    validation.at_most_one({"saver": saver, "scaffold": scaffold})
     if saver is not None and not callable(getattr(saver, "save", None)):
       raise TypeError(
           f"`saver` ({saver!r}) must be a tf.compat.v1.train.Saver "
@@ -152,7 +154,7 @@ class CheckpointSaverHook(tf.compat.v1.train.SessionRunHook):
       raise TypeError(
           f"`scaffold` ({scaffold!r}) must be a "
           f"tf.compat.v1.train.Scaffold, got {type(scaffold).__name__}.")
-    self._listeners = _validation.with_methods(
+    self._listeners = validation.with_methods(
         "listeners", listeners, _LISTENER_METHODS,
         "CheckpointSaverListeners")
     self._saver = saver
@@ -272,19 +274,11 @@ class CheckpointSaverHook(tf.compat.v1.train.SessionRunHook):
     if self._writer is not None and self._finish_write(
         run_context.session, wait=False):
       run_context.request_stop()
-    stale_step = int(run_values.results)
-    # The gap to the previous run's stale step is that run's increment.
-    self._increment.observe_stale(stale_step)
-    now = self._clock()
-    due = self._schedule.should_trigger(
-        stale_step + self._increment.estimate(), now)
-    if due or self._increment.needs_real_step:
-      global_step = int(run_context.session.run(self._global_step_tensor))
-      self._increment.observe_real(stale_step, global_step)
-      if self._schedule.should_trigger(global_step, now):
-        self._schedule.mark_triggered(global_step, now)
-        if self._save(run_context.session, global_step):
-          run_context.request_stop()
+    fired = self._trigger.poll(
+        int(run_values.results), self._clock(),
+        lambda: int(run_context.session.run(self._global_step_tensor)))
+    if fired is not None and self._save(run_context.session, fired[0]):
+      run_context.request_stop()
 
   def end(self, session) -> None:
     """Saves the final step unless it was just saved; calls listeners' end.

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from hooks import _validation
+from hooks import validation
 
 
 class RunIncrement:
@@ -38,7 +38,7 @@ class RunIncrement:
     Raises:
       TypeError, ValueError: `declared` is not a positive integer.
     """
-    _validation.positive_int(name, declared)
+    validation.positive_int(name, declared)
     self._declared = int(declared)
     self._observed = 0
     self._last_stale: Optional[int] = None

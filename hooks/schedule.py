@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional, Tuple
 
-from hooks import _validation
+from hooks import validation
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,11 +46,11 @@ class StepOrSecondsSchedule:
       TypeError: `every_steps` is not an integer, or `every_secs` not a
         number.
     """
-    _validation.exactly_one({steps_name: every_steps, secs_name: every_secs})
+    validation.exactly_one({steps_name: every_steps, secs_name: every_secs})
     if every_steps is not None:
-      _validation.positive_int(steps_name, every_steps)
+      validation.positive_int(steps_name, every_steps)
     if every_secs is not None:
-      _validation.positive_number(secs_name, every_secs)
+      validation.positive_number(secs_name, every_secs)
     self._every_steps = every_steps
     self._every_secs = every_secs
     self._last_step: Optional[int] = None

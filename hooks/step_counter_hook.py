@@ -17,9 +17,10 @@ from absl import logging
 import tensorflow as tf
 
 from hooks import _tf_internals
-from hooks import _validation
+from hooks import validation
 from hooks.run_increment import RunIncrement
 from hooks.schedule import StepOrSecondsSchedule
+from hooks.trigger import StepTrigger
 
 STEPS_PER_SEC_TAG = "global_step/sec"  # With the default global step name.
 EXAMPLES_PER_SEC_TAG = "examples/sec"
@@ -61,12 +62,13 @@ class StepCounterHook(tf.compat.v1.train.SessionRunHook):
         every_steps=every_n_steps, every_secs=every_n_secs,
         steps_name="every_n_steps", secs_name="every_n_secs")
     self._increment = RunIncrement(steps_per_run, name="steps_per_run")
-    _validation.at_most_one({"output_dir": output_dir,
-                             "summary_writer": summary_writer})
+    self._trigger = StepTrigger(self._schedule, self._increment)
+    validation.at_most_one({"output_dir": output_dir,
+                            "summary_writer": summary_writer})
     if output_dir is not None:
-      output_dir = _validation.non_empty_path("output_dir", output_dir)
+      output_dir = validation.non_empty_path("output_dir", output_dir)
     if batch_size is not None:
-      batch_size = _validation.positive_int("batch_size", batch_size)
+      batch_size = validation.positive_int("batch_size", batch_size)
     self._output_dir = output_dir
     self._summary_writer = summary_writer
     self._batch_size = batch_size
@@ -101,18 +103,13 @@ class StepCounterHook(tf.compat.v1.train.SessionRunHook):
 
   def after_run(self, run_context, run_values) -> None:
     stale_step = int(run_values.results)
-    # The gap to the previous run's stale step is that run's increment.
-    self._increment.observe_stale(stale_step)
-    now = self._clock()
-    due = self._schedule.should_trigger(
-        stale_step + self._increment.estimate(), now)
-    if due or self._increment.needs_real_step:
-      global_step = int(run_context.session.run(self._global_step_tensor))
-      self._increment.observe_real(stale_step, global_step)
-      if self._schedule.should_trigger(global_step, now):
-        elapsed = self._schedule.mark_triggered(global_step, now)
-        if elapsed.secs is not None and elapsed.secs > 0:
-          self._record(elapsed.steps / elapsed.secs, global_step)
+    fired = self._trigger.poll(
+        stale_step, self._clock(),
+        lambda: int(run_context.session.run(self._global_step_tensor)))
+    if fired is not None:
+      global_step, elapsed = fired
+      if elapsed.secs is not None and elapsed.secs > 0:
+        self._record(elapsed.steps / elapsed.secs, global_step)
     if stale_step == self._last_stale_step:
       logging.log_first_n(
           logging.WARNING,

@@ -19,7 +19,7 @@ from typing import Optional
 import tensorflow as tf
 
 from hooks import _tf_internals
-from hooks import _validation
+from hooks import validation
 from hooks.run_increment import RunIncrement
 
 
@@ -49,9 +49,9 @@ class StopAtStepHook(tf.compat.v1.train.SessionRunHook):
         an `iterations_per_run` that is not a scalar integer placeholder.
       TypeError: a non-integer `num_steps`, `last_step` or `steps_per_run`.
     """
-    _validation.exactly_one({"num_steps": num_steps, "last_step": last_step})
+    validation.exactly_one({"num_steps": num_steps, "last_step": last_step})
     if num_steps is not None:
-      _validation.positive_int("num_steps", num_steps)
+      validation.positive_int("num_steps", num_steps)
     if last_step is not None:
       if isinstance(last_step, bool) or not isinstance(last_step, int):
         raise TypeError(f"`last_step` ({last_step!r}) must be an integer.")
@@ -61,7 +61,7 @@ class StopAtStepHook(tf.compat.v1.train.SessionRunHook):
     if iterations_per_run is not None:
       if (not isinstance(iterations_per_run, tf.Tensor)
           or iterations_per_run.op.type not in ("Placeholder",
-                                              "PlaceholderWithDefault")
+                                                "PlaceholderWithDefault")
           or not iterations_per_run.dtype.is_integer
           or iterations_per_run.shape.rank not in (0, None)):
         raise ValueError(
@@ -105,7 +105,7 @@ class StopAtStepHook(tf.compat.v1.train.SessionRunHook):
     feed = None
     if self._iterations_per_run is not None:
       feed = {self._iterations_per_run:
-                  self.steps_for_next_run(self._known_step)}
+              self.steps_for_next_run(self._known_step)}
     return tf.compat.v1.train.SessionRunArgs(self._global_step_tensor,
                                              feed_dict=feed)
 

@@ -67,7 +67,7 @@ def stop(processes: Sequence[subprocess.Popen]) -> None:
 def serve(hosts: Sequence[str], task: int, cores_per_host: int) -> None:
   """Runs host `task`'s server until the process is stopped."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from tpu_harness import pod  # pylint: disable=g-import-not-at-top
+  from tpu_harness.tpu import pod  # pylint: disable=g-import-not-at-top
   server = tf.distribute.Server(
       pod.cluster_spec(hosts), job_name=pod.JOB, task_index=task,
       config=tf.compat.v1.ConfigProto(

@@ -25,11 +25,11 @@ def _fresh_graph_and_writers():
 def gcs():
   """A real GCS emulator behind the TLS proxy TF needs, for this session.
 
-  Yields a scripts.gcs_emulator.GcsEmulator: `new_path()` gives a fresh
+  Yields a support.gcs_emulator.GcsEmulator: `new_path()` gives a fresh
   gs:// prefix, `env` the environment a TF subprocess needs (TF reads it at
   import, so gs:// work runs in tests/gcs_worker.py), `inject()` faults.
   """
-  from scripts.gcs_emulator import GcsEmulator  # pylint: disable=g-import-not-at-top
+  from support.gcs_emulator import GcsEmulator  # pylint: disable=g-import-not-at-top
   with GcsEmulator() as emulator:
     yield emulator
 

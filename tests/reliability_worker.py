@@ -28,6 +28,7 @@ import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
 import hooks  # pylint: disable=g-import-not-at-top
 import tpu_harness as th  # pylint: disable=g-import-not-at-top
+from tpu_harness._model_dir import contents  # pylint: disable=g-import-not-at-top
 from runner_models import linear_model_fn  # pylint: disable=g-import-not-at-top
 from runner_models import data  # pylint: disable=g-import-not-at-top
 
@@ -110,7 +111,7 @@ def main():
       params={"lr": 0.05, "nan_at": args.nan_at}, train_batch_size=8)
   runner.train(train_input_fn(), max_steps=args.max_steps,
                saving_listeners=listeners)
-  step = th.checkpoints.checkpoint_step(runner.latest_checkpoint())
+  step = contents.checkpoint_step(runner.latest_checkpoint())
   print(f"FINAL_STEP={step} PREEMPTED={runner.preempted}", flush=True)
 
 

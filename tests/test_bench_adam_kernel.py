@@ -1,4 +1,4 @@
-"""scripts/bench_adam_kernel.py runs end to end and its two Adams agree (tiny
+"""scripts/bench/adam_kernel.py runs end to end and its two Adams agree (tiny
 sizes; no timing asserted)."""
 
 import os
@@ -10,7 +10,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def test_prints_every_update_and_the_two_adams_agree():
   result = subprocess.run(
-      [sys.executable, "-m", "scripts.bench_adam_kernel", "--shape=8,4",
+      [sys.executable, "-m", "scripts.bench.adam_kernel", "--shape=8,4",
        "--steps=20", "--repeats=1"], cwd=ROOT, capture_output=True,
       text=True, timeout=600, check=False)
   assert result.returncode == 0, result.stderr[-3000:]

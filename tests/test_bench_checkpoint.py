@@ -1,4 +1,4 @@
-"""scripts/bench_checkpoint.py runs end to end (tiny sizes; no timing
+"""scripts/bench/checkpoint.py runs end to end (tiny sizes; no timing
 asserted)."""
 
 import os
@@ -10,7 +10,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def test_prints_stalls_and_ratios():
   result = subprocess.run(
-      [sys.executable, "-m", "scripts.bench_checkpoint", "--megabytes=1",
+      [sys.executable, "-m", "scripts.bench.checkpoint", "--megabytes=1",
        "--saves=1", "--repeats=1", "--runs_between_saves=4", "--matrix=16"],
       cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
   assert result.returncode == 0, result.stderr[-3000:]

@@ -1,4 +1,4 @@
-"""scripts/bench_end_of_train.py runs end to end (tiny sizes; no timing
+"""scripts/bench/end_of_train.py runs end to end (tiny sizes; no timing
 asserted)."""
 
 import os
@@ -11,7 +11,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def test_prints_both_variants_and_the_target_line():
   result = subprocess.run(
-      [sys.executable, "-m", "scripts.bench_end_of_train", "--runs=1",
+      [sys.executable, "-m", "scripts.bench.end_of_train", "--runs=1",
        "--loops=2", "--iterations_per_loop=2", "--batch_size=4",
        "--image_work=1"],
       cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)

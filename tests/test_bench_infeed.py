@@ -1,4 +1,4 @@
-"""scripts/bench_infeed.py runs end to end (tiny sizes; no timing
+"""scripts/bench/infeed.py runs end to end (tiny sizes; no timing
 asserted)."""
 
 import os
@@ -11,7 +11,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def test_prints_both_batch_sizes_with_ratios():
   result = subprocess.run(
-      [sys.executable, "-m", "scripts.bench_infeed", "--repeats=1",
+      [sys.executable, "-m", "scripts.bench.infeed", "--repeats=1",
        "--steps=4", "--iterations_per_loop=2", "--batch_size=2"],
       cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
   assert result.returncode == 0, result.stderr[-3000:]

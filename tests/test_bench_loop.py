@@ -1,4 +1,4 @@
-"""scripts/bench_loop.py runs end to end (tiny sizes; no timing asserted)."""
+"""scripts/bench/loop.py runs end to end (tiny sizes; no timing asserted)."""
 
 import os
 import subprocess
@@ -12,7 +12,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.mark.parametrize("optimizer", ["adam", "sgd"])
 def test_prints_every_variant_and_the_ratios(optimizer):
   result = subprocess.run(
-      [sys.executable, "-m", "scripts.bench_loop", "--steps=200",
+      [sys.executable, "-m", "scripts.bench.loop", "--steps=200",
        "--repeats=1", "--loops=1,100", f"--optimizer={optimizer}"],
       cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
   assert result.returncode == 0, result.stderr[-3000:]
@@ -27,7 +27,7 @@ def test_prints_every_variant_and_the_ratios(optimizer):
 
 def test_steps_that_do_not_fit_the_loops_are_refused():
   result = subprocess.run(
-      [sys.executable, "-m", "scripts.bench_loop", "--steps=150",
+      [sys.executable, "-m", "scripts.bench.loop", "--steps=150",
        "--repeats=1", "--loops=1,100"], cwd=ROOT, capture_output=True,
       text=True, timeout=600, check=False)
   assert result.returncode != 0

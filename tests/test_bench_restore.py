@@ -1,4 +1,4 @@
-"""scripts/bench_restore.py runs end to end (tiny sizes; no timing
+"""scripts/bench/restore.py runs end to end (tiny sizes; no timing
 asserted)."""
 
 import os
@@ -11,7 +11,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def test_prints_read_ratios_and_the_target_line():
   result = subprocess.run(
-      [sys.executable, "-m", "scripts.bench_restore", "--megabytes=4",
+      [sys.executable, "-m", "scripts.bench.restore", "--megabytes=4",
        "--repeats=1"],
       cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
   assert result.returncode == 0, result.stderr[-3000:]

@@ -1,4 +1,4 @@
-"""scripts/bench_resume.py runs end to end (tiny sizes; no timing
+"""scripts/bench/resume.py runs end to end (tiny sizes; no timing
 asserted)."""
 
 import os
@@ -11,7 +11,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def test_prints_each_mode_against_a_fresh_start_and_the_target_line():
   result = subprocess.run(
-      [sys.executable, "-m", "scripts.bench_resume", "--steps=20,50",
+      [sys.executable, "-m", "scripts.bench.resume", "--steps=20,50",
        "--repeats=1", "--image_size=16"],
       cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
   assert result.returncode == 0, result.stderr[-3000:]

@@ -7,8 +7,11 @@ import os
 import pytest
 import tensorflow as tf
 
+import tpu_harness as th
+
 from runner_models import write_checkpoint
-from tpu_harness import checkpoints
+from tpu_harness._model_dir import contents
+from tpu_harness._model_dir import restore_order
 
 
 @pytest.fixture
@@ -30,17 +33,17 @@ def test_scan_sorts_own_checkpoints_leftovers_and_others(tmp_path, three):
     (tmp_path / name).write_text("x")
   for name in ("model.ckpt-4_temp", "eval_temp", "mine_temp"):
     (tmp_path / name).mkdir()
-  contents = checkpoints.scan(str(tmp_path))
-  assert contents.checkpoints == three[::-1]
-  assert contents.leftovers == [
+  found = contents.scan(str(tmp_path))
+  assert found.checkpoints == three[::-1]
+  assert found.leftovers == [
       str(tmp_path / name) for name in (
           ".tpu_harness_lease.json." + "a" * 32 + ".tmp",
           "checkpoint.tmp" + "0" * 32, "model.ckpt-4_temp",
           "model.ckpt-7.index.tempstate123")]
-  assert contents.foreign == ["best.ckpt-20.index", "model.ckpt.index",
+  assert found.foreign == ["best.ckpt-20.index", "model.ckpt.index",
                               "pretrained-50.index"]
-  assert [checkpoints.checkpoint_step(p) for p in three] == [1, 2, 3]
-  assert checkpoints.checkpoint_step("/x/model.ckpt") is None
+  assert [contents.checkpoint_step(p) for p in three] == [1, 2, 3]
+  assert contents.checkpoint_step("/x/model.ckpt") is None
 
 
 def _corrupt(how, prefix):
@@ -68,9 +71,9 @@ def _corrupt(how, prefix):
 def test_broken_latest_falls_back_with_a_warning(tmp_path, three, how,
                                                  caplog):
   _corrupt(how, three[2])
-  assert checkpoints.unreadable_reason(three[2]) is not None
+  assert restore_order.unreadable_reason(three[2]) is not None
   with caplog.at_level(std_logging.WARNING, logger="absl"):
-    assert checkpoints.latest_restorable(str(tmp_path)) == three[1]
+    assert restore_order.latest_restorable(str(tmp_path)) == three[1]
   assert any("Skipping checkpoint" in r.getMessage() and
              three[2] in r.getMessage() for r in caplog.records)
 
@@ -78,17 +81,17 @@ def test_broken_latest_falls_back_with_a_warning(tmp_path, three, how,
 def test_garbled_state_file_still_finds_checkpoints(tmp_path, three):
   with open(tmp_path / "checkpoint", "w") as f:
     f.write("this is { not a proto")
-  assert checkpoints.latest_restorable(str(tmp_path)) == three[2]
+  assert restore_order.latest_restorable(str(tmp_path)) == three[2]
 
 
 def test_stale_state_file_does_not_hide_a_newer_checkpoint(tmp_path, three):
   tf.compat.v1.train.update_checkpoint_state(str(tmp_path), three[0])
-  assert checkpoints.latest_restorable(str(tmp_path)) == three[2]
+  assert restore_order.latest_restorable(str(tmp_path)) == three[2]
 
 
 def test_nothing_restorable(tmp_path):
-  assert checkpoints.latest_restorable(str(tmp_path / "absent")) is None
-  assert checkpoints.latest_restorable(str(tmp_path)) is None
+  assert restore_order.latest_restorable(str(tmp_path / "absent")) is None
+  assert restore_order.latest_restorable(str(tmp_path)) is None
 
 
 def test_all_checkpoints_broken_is_an_error_not_a_fresh_start(tmp_path,
@@ -97,8 +100,8 @@ def test_all_checkpoints_broken_is_an_error_not_a_fresh_start(tmp_path,
                                  "garbage index"]):
     _corrupt(how, prefix)
   before = sorted(os.listdir(tmp_path))
-  with pytest.raises(checkpoints.NoRestorableCheckpointError) as info:
-    checkpoints.latest_restorable(str(tmp_path))
+  with pytest.raises(th.NoRestorableCheckpointError) as info:
+    restore_order.latest_restorable(str(tmp_path))
   message = str(info.value)
   assert "holds 3 checkpoint(s) of this run, and none reads back" in message
   for prefix in three:
@@ -116,8 +119,8 @@ def test_checkpoints_of_other_names_are_never_adopted(tmp_path, caplog):
       os.rename(tmp_path / f"model.ckpt-50{suffix}",
                 tmp_path / f"pretrained-50{suffix}")
   with caplog.at_level(std_logging.INFO, logger="absl"):
-    point = checkpoints.resume_point(str(tmp_path))
-  assert point == checkpoints.ResumePoint(checkpoint=None, step=0, recent=[])
+    point = restore_order.resume_point(str(tmp_path))
+  assert (point.checkpoint, point.step, point.recent) == (None, 0, [])
   assert any("Ignoring pretrained-50.index" in r.getMessage() and
              "never restored, rotated or deleted" in r.getMessage()
              for r in caplog.records)
@@ -134,7 +137,7 @@ def test_state_file_entries_outside_model_dir_are_ignored(tmp_path, caplog):
   import shutil  # pylint: disable=g-import-not-at-top
   shutil.copytree(original, tmp_path / "B")
   with caplog.at_level(std_logging.WARNING, logger="absl"):
-    point = checkpoints.resume_point(str(tmp_path / "B"))
+    point = restore_order.resume_point(str(tmp_path / "B"))
   assert point.checkpoint == str(tmp_path / "B" / "model.ckpt-2")
   assert point.recent == [str(tmp_path / "B" / f"model.ckpt-{s}")
                           for s in (1, 2)]
@@ -153,8 +156,8 @@ def test_enforce_keep_max(tmp_path, keep, steps, kept):
   prefixes = [write_checkpoint(str(tmp_path), [[float(s)]] * 4, s)
               for s in steps]
   (tmp_path / "best.ckpt-1.index").write_text("not ours")
-  result = checkpoints.enforce_keep_max(str(tmp_path), prefixes, keep)
-  assert [checkpoints.checkpoint_step(p) for p in result] == kept
+  result = contents.enforce_keep_max(str(tmp_path), prefixes, keep)
+  assert [contents.checkpoint_step(p) for p in result] == kept
   assert sorted(int(name[len("model.ckpt-"):-len(".index")])
                 for name in os.listdir(tmp_path)
                 if name.startswith("model.ckpt-") and name.endswith(
@@ -164,19 +167,19 @@ def test_enforce_keep_max(tmp_path, keep, steps, kept):
   assert (tmp_path / "best.ckpt-1.index").read_text() == "not ours"
   if keep and len(steps) > keep:
     state = tf.train.get_checkpoint_state(str(tmp_path))
-    assert [checkpoints.checkpoint_step(p) for p in
+    assert [contents.checkpoint_step(p) for p in
             state.all_model_checkpoint_paths] == kept
 
 
 def test_check_matches_lists_every_difference(tmp_path):
   prefix = write_checkpoint(str(tmp_path), [[1.0]] * 4, 5)
   good = tf.compat.v1.get_variable("w", [4, 1])
-  checkpoints.check_matches(prefix, [good])  # Matches: no error.
+  restore_order.check_matches(prefix, [good])  # Matches: no error.
   missing = [tf.compat.v1.get_variable("x/w", [4, 1]),
              tf.compat.v1.get_variable("w2", [2])]
   reshaped = tf.compat.v1.get_variable("global_step_copy", [1])
-  with pytest.raises(checkpoints.CheckpointMismatchError) as info:
-    checkpoints.check_matches(prefix, [good] + missing + [reshaped])
+  with pytest.raises(th.CheckpointMismatchError) as info:
+    restore_order.check_matches(prefix, [good] + missing + [reshaped])
   message = str(info.value)
   assert ("missing from the checkpoint: ['global_step_copy', 'w2', 'x/w']"
           in message)
@@ -187,20 +190,20 @@ def test_check_matches_reports_dtypes(tmp_path):
   prefix = write_checkpoint(str(tmp_path), [[1.0]] * 4, 5)
   with tf.Graph().as_default():
     variable = tf.compat.v1.get_variable("w", [4, 1], dtype=tf.float64)
-    with pytest.raises(checkpoints.CheckpointMismatchError,
+    with pytest.raises(th.CheckpointMismatchError,
                        match=r"dtype differs: \['w: checkpoint float32 vs "
                        r"model float64'\]"):
-      checkpoints.check_matches(prefix, [variable])
+      restore_order.check_matches(prefix, [variable])
 
 
 def test_check_matches_reports_shapes(tmp_path):
   prefix = write_checkpoint(str(tmp_path), [[1.0]] * 4, 5)
   with tf.Graph().as_default():
     variable = tf.compat.v1.get_variable("w", [3, 1])
-    with pytest.raises(checkpoints.CheckpointMismatchError,
+    with pytest.raises(th.CheckpointMismatchError,
                        match=r"shape differs: \['w: checkpoint \(4, 1\) vs "
                        r"model \(3, 1\)'\]"):
-      checkpoints.check_matches(prefix, [variable])
+      restore_order.check_matches(prefix, [variable])
 
 
 def test_prepare_model_dir_rejects_a_file(tmp_path):
@@ -208,10 +211,10 @@ def test_prepare_model_dir_rejects_a_file(tmp_path):
   path.write_text("precious")
   with pytest.raises(ValueError, match=r"`model_dir` \('.*file'\) is a file, "
                      "not a directory"):
-    checkpoints.prepare_model_dir(str(path))
+    contents.prepare_model_dir(str(path))
   assert path.read_text() == "precious"
   with pytest.raises(ValueError, match="is not a writable directory"):
-    checkpoints.prepare_model_dir(str(path / "sub"))
+    contents.prepare_model_dir(str(path / "sub"))
 
 
 def test_resume_point_removes_only_its_own_interrupted_saves(tmp_path,
@@ -225,11 +228,11 @@ def test_resume_point_removes_only_its_own_interrupted_saves(tmp_path,
   (tmp_path / "my_temp").mkdir()
   (tmp_path / "data.tempstate7").write_text("user data")
   (tmp_path / "best.ckpt-9.index.tempstate1").write_text("another saver's")
-  checkpoints.prepare_model_dir(str(tmp_path))
-  point = checkpoints.resume_point(str(tmp_path))
+  contents.prepare_model_dir(str(tmp_path))
+  point = restore_order.resume_point(str(tmp_path))
   assert point.checkpoint == three[2] and point.step == 3
   assert point.recent == three
-  assert checkpoints.scan(str(tmp_path)).leftovers == []
+  assert contents.scan(str(tmp_path)).leftovers == []
   assert sorted(os.listdir(tmp_path)) == sorted(
       ["best.ckpt-9.index.tempstate1", "checkpoint", "data.tempstate7",
        "eval_temp", "my_temp"] + [
@@ -244,44 +247,41 @@ def test_relative_model_dir_finds_checkpoints_without_warnings(
   os.makedirs("runs/model")
   prefixes = [write_checkpoint("runs/model", [[float(s)]] * 4, s)
               for s in (1, 2)]
-  assert checkpoints.scan("runs/model").checkpoints == [
+  assert contents.scan("runs/model").checkpoints == [
       os.path.normpath(p) for p in prefixes[::-1]]
   with caplog.at_level(std_logging.WARNING, logger="absl"):
-    assert checkpoints.latest_restorable("runs/model") == os.path.normpath(
+    assert restore_order.latest_restorable("runs/model") == os.path.normpath(
         prefixes[1])
   assert not [r for r in caplog.records if r.levelno >= std_logging.WARNING]
 
 
-def test_restore_candidate_reads_only_the_index_and_global_step(tmp_path,
-                                                                 three):
+def test_the_restore_order_reads_only_the_index_and_global_step(tmp_path,
+                                                                three):
   _corrupt("flipped bytes", three[2])  # In `global_step`, the first tensor.
-  broken = []
-  assert checkpoints.restore_candidate(str(tmp_path), broken=broken) == (
-      three[1], 2)
-  assert [prefix for prefix, _ in broken] == [three[2]]
-  assert checkpoints.restore_candidate(
-      str(tmp_path), excluded={three[1]}) == (three[0], 1)
-  assert checkpoints.restore_candidate(
-      str(tmp_path), excluded=set(three)) is None
+  order = restore_order.RestoreOrder(str(tmp_path))
+  assert order.next() == (three[1], 2)
+  assert list(order.broken) == [three[2]]
+  order.skip(three[1], "failed to restore", "restore")
+  assert order.next() == (three[0], 1)
+  order.skip(three[0], "failed to restore", "restore")
+  assert order.next() is None
+  assert "holds 3 checkpoint(s)" in str(order.none_left())
 
 
 def test_resume_point_after_a_failed_restore_takes_an_older_one(tmp_path,
                                                                 three):
-  first = checkpoints.resume_point(str(tmp_path))
+  first = restore_order.resume_point(str(tmp_path))
   assert (first.checkpoint, first.step) == (three[2], 3)
-  failed = checkpoints.CheckpointRestoreError(three[2], "Checksum")
-  second = checkpoints.resume_point(str(tmp_path), after=failed,
-                                    previous=first)
+  first.order.skip(three[2], "Checksum", "restore")
+  second = restore_order.resume_point(str(tmp_path), order=first.order)
   assert (second.checkpoint, second.step) == (three[1], 2)
   assert second.recent == three[:2]
-  assert second.broken == ((three[2], "Checksum"),)
-  third = checkpoints.resume_point(
-      str(tmp_path), after=checkpoints.CheckpointRestoreError(three[1], "x"),
-      previous=second)
+  assert second.order.broken == {three[2]: "Checksum"}
+  second.order.skip(three[1], "x", "restore")
+  third = restore_order.resume_point(str(tmp_path), order=second.order)
   assert third.checkpoint == three[0]
-  with pytest.raises(checkpoints.NoRestorableCheckpointError,
+  third.order.skip(three[0], "y", "restore")
+  with pytest.raises(th.NoRestorableCheckpointError,
                      match=r"holds 3 checkpoint\(s\) of this run, and none "
                      r"reads back: .*model.ckpt-3 \(Checksum\)"):
-    checkpoints.resume_point(
-        str(tmp_path), after=checkpoints.CheckpointRestoreError(three[0], "y"),
-        previous=third)
+    restore_order.resume_point(str(tmp_path), order=third.order)

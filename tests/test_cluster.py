@@ -5,10 +5,12 @@ import socket
 
 import pytest
 import tensorflow as tf
+
+import tpu_harness as th
 from google.auth import credentials as google_credentials
 
 from fake_tpu_api import FakeTpuApi
-from tpu_harness import cluster
+from tpu_harness.tpu import cluster
 
 
 @pytest.fixture
@@ -75,14 +77,14 @@ def test_not_ready_in_time_is_a_clear_error(api, worker):
   def sleep(secs):
     now[0] += secs
 
-  with pytest.raises(cluster.TPUNotReadyError,
+  with pytest.raises(th.TPUNotReadyError,
                      match="TPU 'stuck-tpu' is CREATING .* after waiting 30 s"):
     _resolve(api, "stuck-tpu", wait_secs=30, poll_secs=10,
              clock=lambda: now[0], sleep=sleep)
 
 
 def test_unknown_name_is_a_clear_error(api):
-  with pytest.raises(cluster.TPUNotFoundError,
+  with pytest.raises(th.TPUNotFoundError,
                      match="TPU 'nope' was not found in project "
                      "'test-project', zone 'test-zone'"):
     _resolve(api, "nope")
@@ -91,11 +93,11 @@ def test_unknown_name_is_a_clear_error(api):
 def test_unreachable_endpoint_is_a_clear_error(api):
   port = _free_port()
   api.add_node("dead-tpu", port)
-  with pytest.raises(cluster.TPUUnreachableError,
+  with pytest.raises(th.TPUUnreachableError,
                      match=f"Cannot reach the TPU worker at grpc://127.0.0.1:"
                      f"{port}"):
     _resolve(api, "dead-tpu")
-  with pytest.raises(cluster.TPUUnreachableError):
+  with pytest.raises(th.TPUUnreachableError):
     cluster.resolve_master(master=f"grpc://127.0.0.1:{port}")
 
 

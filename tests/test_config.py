@@ -40,7 +40,7 @@ def test_frozen():
     (dict(iterations_per_loop=1.5), TypeError, "`iterations_per_loop` (1.5)"),
     (dict(save_checkpoints_secs=60), ValueError,
      "`save_checkpoints_steps` (1000) and `save_checkpoints_secs` (60) are "
-     "both set"),
+     "both set; at most one may be"),
     (dict(session_config="allow_soft_placement"), TypeError,
      "`session_config` ('allow_soft_placement') must be a "
      "tf.compat.v1.ConfigProto"),
@@ -50,7 +50,7 @@ def test_frozen():
      "`save_checkpoints_secs` (0)"),
     (dict(keep_checkpoint_max=-1), ValueError,
      "`keep_checkpoint_max` (-1) must be an integer >= 0"),
-    (dict(keep_checkpoint_max=None), ValueError, "`keep_checkpoint_max`"),
+    (dict(keep_checkpoint_max=None), TypeError, "`keep_checkpoint_max`"),
     (dict(log_step_count_steps=0), ValueError, "`log_step_count_steps` (0)"),
     (dict(save_summary_steps=0), ValueError, "`save_summary_steps` (0)"),
     (dict(tf_random_seed="1"), TypeError, "`tf_random_seed` ('1')"),
@@ -66,6 +66,8 @@ def test_frozen():
     (dict(save_checkpoints_steps=None, save_checkpoints_secs=float("inf")),
      ValueError, "`save_checkpoints_secs` (inf) must be a positive, finite"),
     (dict(max_infeed_bytes=0), ValueError, "`max_infeed_bytes` (0)"),
+    (dict(async_checkpoints=1), TypeError,
+     "`async_checkpoints` (1) must be True or False"),
     (dict(check_tpu_compatibility="no"), TypeError,
      "`check_tpu_compatibility` ('no') must be True or False"),
 ])

@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 
 import tpu_harness as th
-from tpu_harness import cpu_loop
+from tpu_harness.loops import device_loop
 from runner_models import linear_model_fn
 from runner_models import train_input_fn
 
@@ -46,8 +46,8 @@ def test_train_loop_graph_and_one_run(shards):
       built.infeed.stop()
     assert count == 3
     assert results["end_step"] == 3 == session.run(global_step)
-    assert results["outfeed"][cpu_loop.LOSS].shape == (3,)
-    assert np.all(np.isfinite(results["outfeed"][cpu_loop.LOSS]))
+    assert results["outfeed"][device_loop.LOSS].shape == (3,)
+    assert np.all(np.isfinite(results["outfeed"][device_loop.LOSS]))
 
 
 @pytest.mark.parametrize("shards", [1, 2])
@@ -76,7 +76,7 @@ def test_one_step_per_loop_runs_without_a_while_loop(shards):
         assert built.infeed.wait() == 1
         results = session.run(built.fetches, {built.iterations: 1})
         assert results["end_step"] == step == session.run(global_step)
-        losses.append(results["outfeed"][cpu_loop.LOSS])
+        losses.append(results["outfeed"][device_loop.LOSS])
     finally:
       built.infeed.stop()
   assert [loss.shape for loss in losses] == [(1,)] * 3

@@ -21,7 +21,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tpu_harness import checkpoints
+from tpu_harness._model_dir import contents
+from tpu_harness._model_dir import restore_order
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(TESTS)
@@ -93,14 +94,14 @@ def test_random_sigkills_lose_nothing(tmp_path, extra, kills):
     process.communicate()
     if process.returncode != -signal.SIGKILL:
       break  # It had already finished.
-    if checkpoints.scan(model_dir).leftovers:
+    if contents.scan(model_dir).leftovers:
       mid_save += 1  # The kill interrupted a save in progress.
     latest = (tf.train.latest_checkpoint(model_dir)
               if os.path.exists(os.path.join(model_dir, "checkpoint"))
               else None)
     if latest is not None:
-      assert checkpoints.unreadable_reason(latest) is None, latest
-      steps_at_kill.append(checkpoints.checkpoint_step(latest))
+      assert restore_order.unreadable_reason(latest) is None, latest
+      steps_at_kill.append(contents.checkpoint_step(latest))
     survived += 1
 
   markers = tmp_path / "last"

@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 
 from tpu_harness import CrossShardOptimizer
-from tpu_harness import cross_shard
+from tpu_harness.loops import cross_shard
 
 X = np.arange(24, dtype=np.float32).reshape(8, 3) / 10.0
 Y = np.linspace(-1, 1, 8, dtype=np.float32).reshape(8, 1)

@@ -9,7 +9,8 @@ import sys
 import time
 
 from scripts import dev
-from tpu_harness import checkpoints
+from tpu_harness._model_dir import contents
+from tpu_harness._model_dir import restore_order
 
 
 def _copy_inputs(tmp_path):
@@ -79,8 +80,8 @@ def test_sigterm_to_the_main_command_reaches_the_trainer(tmp_path):
   try:
     deadline = time.monotonic() + 300
     while not os.path.isdir(model_dir) or not [
-        p for p in checkpoints.scan(model_dir).checkpoints
-        if checkpoints.checkpoint_step(p) >= 50]:
+        p for p in contents.scan(model_dir).checkpoints
+        if contents.checkpoint_step(p) >= 50]:
       assert process.poll() is None, process.communicate()
       assert time.monotonic() < deadline, "no checkpoint"
       time.sleep(0.1)
@@ -95,5 +96,5 @@ def test_sigterm_to_the_main_command_reaches_the_trainer(tmp_path):
   assert "Received SIGTERM: finishing the current loop" in err
   assert "Stopped by SIGTERM at step" in err
   assert _trainer_processes(model_dir) == []
-  final = checkpoints.latest_restorable(model_dir)
-  assert checkpoints.checkpoint_global_step(final) >= 50
+  final = restore_order.latest_restorable(model_dir)
+  assert restore_order.checkpoint_global_step(final) >= 50

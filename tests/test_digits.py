@@ -3,7 +3,7 @@
 import numpy as np
 
 import tpu_harness as th
-from scripts import digits
+from tpu_harness.examples.digits import model as digits
 
 
 def test_split_is_fixed_and_disjoint():

@@ -211,7 +211,7 @@ def test_check_mode_passes_the_digits_model_and_writes_nothing(tmp_path):
 BROKEN = '''\
 import sys
 import tensorflow as tf
-from scripts import digits, digits_main
+from tpu_harness.examples.digits import main as digits_main, model as digits
 original = digits.model_fn
 
 

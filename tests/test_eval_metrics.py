@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tpu_harness import eval_metrics
+from tpu_harness.loops import eval_metrics
 
 
 def _values(tensors):

@@ -1,4 +1,4 @@
-"""scripts.gcs_emulator: the proxy, over real TLS, with a plain HTTP client."""
+"""support.gcs_emulator: the proxy, over real TLS, with a plain HTTP client."""
 
 import http.client
 import json
@@ -7,8 +7,8 @@ import ssl
 import pytest
 from cryptography import x509
 
-from scripts.gcs_emulator import Fault
-from scripts.gcs_emulator import make_certificates
+from support.gcs_emulator import Fault
+from support.gcs_emulator import make_certificates
 
 AUTH = {"Authorization": "Bearer dummy"}
 
@@ -120,7 +120,7 @@ def test_by_hand_helper_prints_env_and_stops_on_ctrl_c():
   import sys  # pylint: disable=g-import-not-at-top
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   process = subprocess.Popen(
-      [sys.executable, "-m", "scripts.gcs_emulator", "--bucket=by-hand"],
+      [sys.executable, "-m", "tests.support.gcs_emulator", "--bucket=by-hand"],
       cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   lines = []
   for line in process.stdout:

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from scripts.gcs_emulator import Fault
+from support.gcs_emulator import Fault
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(TESTS)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from scripts import hooks_demo
+from tpu_harness.examples import hooks_demo
 from tf_fixtures import checkpoint_steps
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -48,7 +48,7 @@ def test_config_rejects_bad_values(field, value):
 def test_script_runs_from_the_command_line(tmp_path):
   model_dir = str(tmp_path / "cli")
   result = subprocess.run(
-      [sys.executable, "-m", "scripts.hooks_demo", f"--model_dir={model_dir}",
+      [sys.executable, "-m", "tpu_harness.examples.hooks_demo", f"--model_dir={model_dir}",
        "--train_steps=30", "--steps_per_run=7", "--save_checkpoints_steps=10"],
       cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
   assert result.returncode == 0, result.stderr[-3000:]

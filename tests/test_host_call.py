@@ -8,7 +8,7 @@ import tpu_harness as th
 from runner_models import linear_model_fn
 from runner_models import train_input_fn
 from tf_fixtures import event_records
-from tpu_harness.host_call import HostCall
+from tpu_harness.loops.host_call import HostCall
 
 
 def _tensor_scalars(log_dir, tag):

@@ -7,9 +7,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tpu_harness import infeed_layout
-from tpu_harness.infeed import HostInfeed
-from tpu_harness.infeed import InputShapeError
+import tpu_harness as th
+
+from tpu_harness._infeed.host import HostInfeed
+from tpu_harness._infeed.layout import DEFAULT_LAYOUT
+from tpu_harness._infeed.layout import InfeedLayout
+from tpu_harness.errors import InputShapeError
 
 
 @contextlib.contextmanager
@@ -42,15 +45,15 @@ def test_counts_what_it_moved_and_stops_at_end_of_input():
     assert infeed.wait() == 0
 
 
-@pytest.fixture
-def chunk_of_one_loop(monkeypatch):
-  """Chunks of exactly `capacity` elements, as with large elements."""
-  monkeypatch.setattr(infeed_layout, "MIN_CHUNK_STEPS", 1)
+# Chunks of exactly `capacity` elements, as with large elements.
+CHUNK_OF_ONE_LOOP = InfeedLayout(min_chunk_steps=1)
+# Every element counts as large.
+LARGE_ELEMENTS = InfeedLayout(per_element_bytes=1)
 
 
-def test_host_fills_while_device_drains(chunk_of_one_loop):
-  del chunk_of_one_loop  # Used for its effect.
-  infeed = HostInfeed(_dataset(10), capacity=3, name="t")
+def test_host_fills_while_device_drains():
+  infeed = HostInfeed(_dataset(10), capacity=3, name="t",
+                      sizes=CHUNK_OF_ONE_LOOP)
   element = infeed.dequeue()
   with _running(infeed) as session:
     infeed.request(3)
@@ -69,7 +72,7 @@ def test_host_fills_while_device_drains(chunk_of_one_loop):
 
 def test_elements_of_a_chunk_beyond_a_request_serve_the_next_ones():
   # Small elements: one host Session.run reads and enqueues a chunk of
-  # MIN_CHUNK_STEPS elements, which serves many requests of one step.
+  # min_chunk_steps elements, which serves many requests of one step.
   infeed = HostInfeed(_dataset(100).repeat(), capacity=1, name="t")
   element = infeed.dequeue()
   fills = []
@@ -77,17 +80,17 @@ def test_elements_of_a_chunk_beyond_a_request_serve_the_next_ones():
     run = session.run
 
     def counting_run(fetches, *args, **kwargs):
-      if fetches is infeed._fill:  # pylint: disable=protected-access
+      if fetches is infeed._fill._op:  # pylint: disable=protected-access
         fills.append(1)
       return run(fetches, *args, **kwargs)
 
     session.run = counting_run
     got = []
-    for _ in range(2 * infeed_layout.MIN_CHUNK_STEPS):
+    for _ in range(2 * DEFAULT_LAYOUT.min_chunk_steps):
       infeed.request(1)
       assert infeed.wait() == 1
       got.append(run(element)["i"])
-  assert got == list(range(2 * infeed_layout.MIN_CHUNK_STEPS))
+  assert got == list(range(2 * DEFAULT_LAYOUT.min_chunk_steps))
   assert len(fills) == 2
 
 
@@ -99,9 +102,9 @@ def test_request_beyond_capacity_is_refused():
       infeed.request(steps)
 
 
-def test_stop_cancels_a_blocked_enqueue(chunk_of_one_loop):
-  del chunk_of_one_loop  # Used for its effect.
-  infeed = HostInfeed(_dataset(10).repeat(), capacity=2, name="t")
+def test_stop_cancels_a_blocked_enqueue():
+  infeed = HostInfeed(_dataset(10).repeat(), capacity=2, name="t",
+                      sizes=CHUNK_OF_ONE_LOOP)
   with tf.compat.v1.Session() as session:
     infeed.start(session)
     for _ in range(2):  # Two chunks fill the queue.
@@ -137,9 +140,6 @@ def test_unknown_shapes_are_rejected_with_their_path():
     HostInfeed(dataset, capacity=2, name="t")
 
 
-
-
-
 def test_max_steps_bounds_requests_chunks_and_reads():
   infeed = HostInfeed(_dataset(1000).repeat(), capacity=10**9, name="t",
                       max_steps=7)
@@ -169,7 +169,7 @@ def test_host_memory_limit(capacity, max_steps, max_bytes, fits):
   if fits:
     build()
   else:
-    with pytest.raises(infeed_layout.InfeedMemoryError) as info:
+    with pytest.raises(th.InfeedMemoryError) as info:
       build()
     message = str(info.value)
     assert message.startswith("The train infeed would hold up to 3 x ")
@@ -181,11 +181,10 @@ def test_host_memory_limit(capacity, max_steps, max_bytes, fits):
     (1, "QueueEnqueueV2"),         # Every element counts as large.
     (2**40, "QueueEnqueueManyV2"),  # Every element counts as small.
 ])
-def test_large_elements_are_enqueued_one_by_one(monkeypatch,
-                                                 per_element_bytes,
-                                                 enqueue_op):
-  monkeypatch.setattr(infeed_layout, "PER_ELEMENT_BYTES", per_element_bytes)
-  infeed = HostInfeed(_dataset(7), capacity=3, name="t")
+def test_large_elements_are_enqueued_one_by_one(per_element_bytes,
+                                                enqueue_op):
+  infeed = HostInfeed(_dataset(7), capacity=3, name="t",
+                      sizes=InfeedLayout(per_element_bytes=per_element_bytes))
   element = infeed.dequeue()
   types = {op.type for op in tf.compat.v1.get_default_graph().get_operations()}
   for function in tf.compat.v1.get_default_graph().as_graph_def(
@@ -202,15 +201,9 @@ def test_large_elements_are_enqueued_one_by_one(monkeypatch,
   assert got == list(range(7))
 
 
-@pytest.fixture
-def large_elements(monkeypatch):
-  """Every element counts as large."""
-  monkeypatch.setattr(infeed_layout, "PER_ELEMENT_BYTES", 1)
-
-
-def test_input_of_known_length_is_streamed(large_elements):
-  del large_elements  # Used for its effect.
-  infeed = HostInfeed(_dataset(7).repeat(2), capacity=4, name="t")
+def test_input_of_known_length_is_streamed():
+  infeed = HostInfeed(_dataset(7).repeat(2), capacity=4, name="t",
+                      sizes=LARGE_ELEMENTS)
   element = infeed.dequeue()
   with _running(infeed) as session:
     assert infeed.streams
@@ -228,10 +221,9 @@ def test_input_of_known_length_is_streamed(large_elements):
   assert got == list(range(7)) * 2
 
 
-def test_input_of_unknown_length_is_not_streamed(large_elements):
-  del large_elements  # Used for its effect.
+def test_input_of_unknown_length_is_not_streamed():
   dataset = _dataset(7).filter(lambda e: e["i"] >= 0)
-  infeed = HostInfeed(dataset, capacity=4, name="t")
+  infeed = HostInfeed(dataset, capacity=4, name="t", sizes=LARGE_ELEMENTS)
   element = infeed.dequeue()
   with _running(infeed) as session:
     assert not infeed.streams
@@ -244,11 +236,10 @@ def test_input_of_unknown_length_is_not_streamed(large_elements):
   assert got == list(range(7))
 
 
-def test_a_streamed_input_that_fails_says_why(large_elements):
-  del large_elements  # Used for its effect.
+def test_a_streamed_input_that_fails_says_why():
   dataset = tf.data.Dataset.range(5).map(_check_small).map(
       lambda i: {"i": i})
-  infeed = HostInfeed(dataset, capacity=4, name="t")
+  infeed = HostInfeed(dataset, capacity=4, name="t", sizes=LARGE_ELEMENTS)
   element = infeed.dequeue()
   with _running(infeed) as session:
     assert infeed.streams

@@ -1,20 +1,29 @@
-"""Tests for tpu_harness.infeed_layout."""
+"""Tests for tpu_harness._infeed.layout."""
 
 import pytest
 import tensorflow as tf
 
-from tpu_harness import infeed_layout as layout
+from tpu_harness._infeed import layout
+
+
+_SIZES = layout.InfeedLayout(min_chunk_steps=32, min_chunk_bytes=2**20)
 
 
 @pytest.mark.parametrize("capacity,shape,expected", [
-    (1, [4], layout.MIN_CHUNK_STEPS),          # Small: a floor of steps.
-    (100, [4], 100),                           # A loop is more than that.
-    (1, [layout.MIN_CHUNK_BYTES // 4], 1),     # Large: one loop.
-    (1, [layout.MIN_CHUNK_BYTES // 40], 10),   # As many as fit the bytes.
+    (1, [4], 32),                 # Small: a floor of steps.
+    (100, [4], 100),              # A loop is more than that.
+    (1, [2**20 // 4], 1),         # Large: one loop.
+    (1, [2**20 // 40], 10),       # As many as fit the bytes.
 ])
 def test_chunk_steps(capacity, shape, expected):
-  assert layout.chunk_steps(
+  assert _SIZES.chunk_steps(
       capacity, [tf.TensorSpec(shape, tf.float32)]) == expected
+
+
+@pytest.mark.parametrize("shape,large", [([16], False), ([16 * 1024], True)])
+def test_large_elements_go_one_by_one(shape, large):
+  assert layout.InfeedLayout(per_element_bytes=64 * 1024).one_by_one(
+      [tf.TensorSpec(shape, tf.float32)]) == large
 
 
 @pytest.mark.parametrize("structure,expected", [

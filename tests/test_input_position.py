@@ -13,10 +13,12 @@ import pytest
 import tensorflow as tf
 
 import tpu_harness as th
+from tpu_harness._model_dir import contents
 from runner_models import linear_model_fn
 from runner_models import weights
-from tpu_harness import infeed_layout
-from tpu_harness import input_position
+from tpu_harness._infeed import position as input_position
+from tpu_harness._infeed import record
+from tpu_harness._infeed.layout import InfeedLayout
 
 FEATURES = 4
 BATCH = 8
@@ -56,21 +58,25 @@ def input_fn_from(first_allowed=0, shuffle=True, endless=True,
   return input_fn
 
 
-def _runner(model_dir, mode="exact", ipl=5, save_steps=10, **config):
-  return th.Runner(
-      linear_model_fn,
-      th.RunConfig(str(model_dir), iterations_per_loop=ipl,
-                   save_checkpoints_steps=save_steps, resume_input=mode,
-                   tf_random_seed=3, **config),
-      train_batch_size=BATCH)
+def _runner(model_dir, mode="exact", ipl=5, save_steps=10, kind="chunks",
+            **config):
+  config = th.RunConfig(str(model_dir), iterations_per_loop=ipl,
+                        save_checkpoints_steps=save_steps, resume_input=mode,
+                        tf_random_seed=3, **config)
+  device = None
+  if kind != "chunks":  # Every element counts as large.
+    device = th.CpuEmulationLoop(
+        num_shards=1, iterations_per_loop=ipl,
+        max_infeed_bytes=config.max_infeed_bytes,
+        infeed_layout=InfeedLayout(per_element_bytes=1))
+  return th.Runner(linear_model_fn, config, train_batch_size=BATCH,
+                   device_loop=device)
 
 
 @pytest.fixture(params=["chunks", "elements", "streamed"])
-def infeed_kind(request, monkeypatch):
+def infeed_kind(request):
   """The infeed's three ways of filling: chunks of small elements, large
   elements one by one, and large elements streamed (known length)."""
-  if request.param != "chunks":
-    monkeypatch.setattr(infeed_layout, "PER_ELEMENT_BYTES", 1)
   return request.param
 
 
@@ -85,12 +91,12 @@ def _input_for(kind, **kwargs):
 @pytest.mark.parametrize("mode", ["exact", "skip"])
 def test_a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(
     tmp_path, infeed_kind, mode):
-  _runner(tmp_path / "straight", mode).train(_input_for(infeed_kind),
-                                             max_steps=40)
+  _runner(tmp_path / "straight", mode, kind=infeed_kind).train(
+      _input_for(infeed_kind), max_steps=40)
   # Stops at 7 and 23: mid-loop, between saves.
   for stop in (7, 23, 40):
-    _runner(tmp_path / "resumed", mode).train(_input_for(infeed_kind),
-                                              max_steps=stop)
+    _runner(tmp_path / "resumed", mode, kind=infeed_kind).train(
+        _input_for(infeed_kind), max_steps=stop)
   np.testing.assert_array_equal(weights(str(tmp_path / "resumed")),
                                 weights(str(tmp_path / "straight")))
 
@@ -128,15 +134,15 @@ def test_checkpoints_hold_the_position_beside_the_model(tmp_path):
   _runner(tmp_path).train(input_fn_from(), max_steps=20)
   reader = tf.train.load_checkpoint(str(tmp_path / "model.ckpt-20"))
   names = set(reader.get_variable_to_shape_map())
-  assert {input_position.STATE_KEY, input_position.COUNTS_KEY} <= names
-  saved = input_position.read_saved(str(tmp_path / "model.ckpt-20"))
+  assert {record.STATE_KEY, record.COUNTS_KEY} <= names
+  saved = record.read_saved(str(tmp_path / "model.ckpt-20"))
   assert saved.state and saved.skip >= 0 and saved.taken + saved.skip == 20
 
 
 def test_async_saves_hold_the_position(tmp_path):
   _runner(tmp_path, async_checkpoints=True).train(input_fn_from(),
                                                   max_steps=20)
-  saved = input_position.read_saved(str(tmp_path / "model.ckpt-20"))
+  saved = record.read_saved(str(tmp_path / "model.ckpt-20"))
   assert saved is not None and saved.taken + saved.skip == 20
 
 
@@ -167,7 +173,7 @@ def test_an_input_that_cannot_be_saved_falls_back_to_skipping(tmp_path,
   _runner(tmp_path / "resumed").train(fn, max_steps=45)
   assert any("py_function (EagerPyFunc), whose state a position cannot "
              "hold" in r.getMessage() for r in caplog.records)
-  saved = input_position.read_saved(str(tmp_path / "resumed" /
+  saved = record.read_saved(str(tmp_path / "resumed" /
                                         "model.ckpt-45"))
   assert saved.state == b"" and saved.pass_start == 0
   _runner(tmp_path / "resumed").train(fn, max_steps=60)
@@ -180,7 +186,7 @@ def test_a_finite_input_ends_where_an_uninterrupted_run_would(tmp_path):
   _runner(tmp_path / "straight").train(fn, max_steps=80)
   _runner(tmp_path / "resumed").train(fn, max_steps=33)
   _runner(tmp_path / "resumed").train(fn, max_steps=80)
-  assert th.checkpoints.checkpoint_step(
+  assert contents.checkpoint_step(
       tf.train.latest_checkpoint(str(tmp_path / "resumed"))) == 50
   np.testing.assert_array_equal(weights(str(tmp_path / "resumed")),
                                 weights(str(tmp_path / "straight")))
@@ -203,7 +209,7 @@ def _one_epoch_input_fn(params):
 
 
 def _step_of(model_dir):
-  return th.checkpoints.checkpoint_step(tf.train.latest_checkpoint(
+  return contents.checkpoint_step(tf.train.latest_checkpoint(
       str(model_dir)))
 
 
@@ -259,7 +265,7 @@ def test_a_pass_used_up_mid_call_ends_it_and_the_next_call_starts_anew(
   fn = input_fn_from(endless=False)  # 50 steps.
   _runner(tmp_path).train(fn, max_steps=80)
   assert _step_of(tmp_path) == 50
-  saved = input_position.read_saved(tf.train.latest_checkpoint(
+  saved = record.read_saved(tf.train.latest_checkpoint(
       str(tmp_path)))
   assert saved.used_up and saved.pass_start == 0 and saved.state == b""
   caplog.set_level(std_logging.INFO)
@@ -267,7 +273,7 @@ def test_a_pass_used_up_mid_call_ends_it_and_the_next_call_starts_anew(
   assert _step_of(tmp_path) == 80
   assert any("was used up at step 50" in r.getMessage()
              for r in caplog.records)
-  saved = input_position.read_saved(tf.train.latest_checkpoint(
+  saved = record.read_saved(tf.train.latest_checkpoint(
       str(tmp_path)))
   assert saved.pass_start == 50 and not saved.used_up
 
@@ -284,7 +290,7 @@ def test_the_checkpoints_position_stays_small_for_a_large_shuffle(tmp_path):
 
   _runner(tmp_path).train(input_fn, max_steps=700)  # Past the first window.
   for prefix in (tmp_path / "model.ckpt-690", tmp_path / "model.ckpt-700"):
-    saved = input_position.read_saved(str(prefix))
+    saved = record.read_saved(str(prefix))
     assert 0 < len(saved.state) < 16 * 2**10  # TF's buffer: 15.7 MB.
 
 
@@ -300,7 +306,7 @@ def test_random_augmentation_keeps_an_exact_position(tmp_path, caplog):
   _runner(tmp_path / "straight").train(input_fn, max_steps=40)
   for stop in (17, 40):
     _runner(tmp_path / "resumed").train(input_fn, max_steps=stop)
-  assert input_position.read_saved(str(tmp_path / "resumed" /
+  assert record.read_saved(str(tmp_path / "resumed" /
                                        "model.ckpt-17")).state
   np.testing.assert_array_equal(weights(str(tmp_path / "resumed")),
                                 weights(str(tmp_path / "straight")))

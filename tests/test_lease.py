@@ -9,7 +9,8 @@ import threading
 
 import pytest
 
-from tpu_harness import lease as lease_lib
+import tpu_harness as th
+from tpu_harness._model_dir import lease as lease_lib
 
 
 class _Clock:
@@ -51,7 +52,7 @@ def test_acquire_writes_and_release_deletes(tmp_path):
 
 def test_second_trainer_is_refused_while_the_first_holds(tmp_path):
   with _lease(tmp_path):
-    with pytest.raises(lease_lib.ModelDirBusyError) as info:
+    with pytest.raises(th.ModelDirBusyError) as info:
       _lease(tmp_path).acquire()
   message = str(info.value)
   assert f"`model_dir` ({str(tmp_path)!r}) is in use by another trainer" in (
@@ -77,7 +78,7 @@ def test_stale_leases_are_taken_over(tmp_path, age, host, takes_over):
     with lease:
       assert _read_record(tmp_path)["pid"] == os.getpid()
   else:
-    with pytest.raises(lease_lib.ModelDirBusyError):
+    with pytest.raises(th.ModelDirBusyError):
       lease.acquire()
     assert _read_record(tmp_path)["token"] == "someone-else"
 
@@ -97,7 +98,7 @@ def test_losing_the_race_after_writing_is_busy(tmp_path):
   def other_writes(_):
     _write_record(str(tmp_path), host="another-host")
 
-  with pytest.raises(lease_lib.ModelDirBusyError):
+  with pytest.raises(th.ModelDirBusyError):
     _lease(tmp_path, sleep=other_writes).acquire()
   assert _read_record(tmp_path)["host"] == "another-host"
 
@@ -113,7 +114,7 @@ def test_takeover_is_noticed_by_the_heartbeat(tmp_path):
         break
       beats.wait(0.01)
     assert lease.lost
-    with pytest.raises(lease_lib.LeaseLostError, match="took over the lease"):
+    with pytest.raises(th.LeaseLostError, match="took over the lease"):
       lease.check()
   # The new owner's lease is not deleted by the old owner's release.
   assert _read_record(tmp_path)["host"] == "another-host"

@@ -4,7 +4,7 @@ import logging
 
 import pytest
 
-from tpu_harness import logs
+from tpu_harness._run import logs
 
 
 @pytest.fixture

@@ -5,8 +5,8 @@ import pytest
 import tensorflow as tf
 
 import hooks
-from tpu_harness.nan_loss import NanLossError
-from tpu_harness.nan_loss import NanLossHook
+from tpu_harness._run.nan_loss import NanLossError
+from tpu_harness._run.nan_loss import NanLossHook
 
 
 class _Values:

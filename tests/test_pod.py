@@ -18,8 +18,9 @@ import tpu_harness as th
 from runner_models import linear_model_fn
 from runner_models import weights
 from scripts import pod_servers
-from tpu_harness import checkpoints
-from tpu_harness import pod
+from tpu_harness._model_dir import contents
+from tpu_harness._model_dir import restore_order
+from tpu_harness.tpu import pod
 
 HOSTS = 2
 CORES = 2
@@ -199,20 +200,20 @@ def test_a_killed_host_is_a_clear_error_and_the_run_resumes(tmp_path):
   addresses, processes = pod_servers.start_pod(HOSTS, CORES)
   try:
     pod.wait_for_hosts(addresses, 120)
-    with pytest.raises(pod.HostUnavailableError) as info:
+    with pytest.raises(th.HostUnavailableError) as info:
       _runner(tmp_path, addresses, wait=5).train(
           pod_input_fn, max_steps=300, hooks=[_KillAt(processes[1], 9)])
     message = str(info.value)
     assert f"Host 1 ({addresses[1]}) of the pod stopped answering" in message
     assert "restart the host's TF server" in message
     latest = tf.train.latest_checkpoint(str(tmp_path))
-    assert checkpoints.unreadable_reason(latest) is None
-    assert 6 <= checkpoints.checkpoint_step(latest) < 300
+    assert restore_order.unreadable_reason(latest) is None
+    assert 6 <= contents.checkpoint_step(latest) < 300
     # The host comes back: training resumes from the checkpoint.
     processes[1] = pod_servers.start_server(addresses, 1, CORES)
     pod.wait_for_hosts(addresses, 120)
     _runner(tmp_path, addresses).train(pod_input_fn, max_steps=30)
-    assert checkpoints.checkpoint_step(
+    assert contents.checkpoint_step(
         tf.train.latest_checkpoint(str(tmp_path))) == 30
   finally:
     pod_servers.stop(processes)
@@ -223,7 +224,7 @@ def test_a_host_that_is_not_up_is_a_clear_error_after_a_bounded_wait(
   (missing,) = pod_servers.free_ports(1)
   addresses = (hosts[0], f"localhost:{missing}")
   started = time.monotonic()
-  with pytest.raises(pod.HostUnavailableError,
+  with pytest.raises(th.HostUnavailableError,
                      match=rf"Host 1 \(localhost:{missing}\) of the pod did "
                      r"not accept connections within 2 s"):
     _runner(tmp_path, addresses, wait=2).train(pod_input_fn, max_steps=3)
@@ -236,7 +237,7 @@ def test_a_host_that_is_not_up_is_a_clear_error_after_a_bounded_wait(
 def test_wait_for_hosts_gives_up_at_the_deadline():
   now = [0.0]
   (port,) = pod_servers.free_ports(1)
-  with pytest.raises(pod.HostUnavailableError, match=r"Host 0 \(localhost:"
+  with pytest.raises(th.HostUnavailableError, match=r"Host 0 \(localhost:"
                      rf"{port}\) of the pod did not accept connections "
                      r"within 3 s"):
     pod.wait_for_hosts([f"localhost:{port}"], 3,

@@ -4,7 +4,7 @@ cluster's devices, and stop."""
 import tensorflow as tf
 
 from scripts import pod_servers
-from tpu_harness import pod
+from tpu_harness.tpu import pod
 
 
 def test_free_ports_are_distinct_and_unused():

@@ -10,8 +10,9 @@ import time
 import pytest
 import tensorflow as tf
 
-from tpu_harness import checkpoints
-from tpu_harness.preemption import PreemptionWatcher
+from tpu_harness._model_dir import contents
+from tpu_harness._model_dir import restore_order
+from tpu_harness._run.preemption import PreemptionWatcher
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(TESTS)
@@ -33,7 +34,7 @@ def _wait_for_step(model_dir, step, process, timeout=120):
     assert time.monotonic() < deadline, f"no checkpoint at step {step}"
     latest = tf.train.latest_checkpoint(model_dir) if os.path.exists(
         os.path.join(model_dir, "checkpoint")) else None
-    if latest and checkpoints.checkpoint_step(latest) >= step:
+    if latest and contents.checkpoint_step(latest) >= step:
       return
     time.sleep(0.01)
 
@@ -67,8 +68,8 @@ def test_first_signal_stops_cleanly_with_a_checkpoint(tmp_path, signum):
   with open(os.path.join(markers, "end")) as f:
     assert int(f.read()) == final
   latest = tf.train.latest_checkpoint(model_dir)
-  assert checkpoints.checkpoint_step(latest) == final
-  assert checkpoints.unreadable_reason(latest) is None
+  assert contents.checkpoint_step(latest) == final
+  assert restore_order.unreadable_reason(latest) is None
 
 
 def test_second_sigterm_exits_at_once(tmp_path):
@@ -85,8 +86,8 @@ def test_second_sigterm_exits_at_once(tmp_path):
   assert not os.path.exists(os.path.join(markers, "release"))
   latest = tf.train.latest_checkpoint(model_dir)
   with open(os.path.join(markers, "end")) as f:
-    assert checkpoints.checkpoint_step(latest) == int(f.read())
-  assert checkpoints.unreadable_reason(latest) is None
+    assert contents.checkpoint_step(latest) == int(f.read())
+  assert restore_order.unreadable_reason(latest) is None
 
 
 def test_watcher_sets_flag_and_arms_default_then_restores():

@@ -10,8 +10,8 @@ from runner_models import NUM_FEATURES
 from runner_models import RecordingHook
 from runner_models import train_input_fn
 from runner_models import write_checkpoint
-from tpu_harness import checkpoints
-from tpu_harness import restore
+from tpu_harness._model_dir import restore_order
+from tpu_harness._run import restore
 
 
 def _ema_model_fn(features, labels, mode, params):
@@ -113,15 +113,22 @@ def test_scaffold_init_fn_initializes_a_fresh_run(tmp_path):
 def test_choose_takes_the_newest_that_has_not_failed(tmp_path):
   prefixes = [write_checkpoint(str(tmp_path), [[float(s)]] * 4, s)
               for s in (1, 2)]
-  assert restore.choose(str(tmp_path), None, {}) == prefixes[1]
+
+  def order(**broken):
+    result = restore_order.RestoreOrder(str(tmp_path))
+    result.broken.update(broken)
+    return result
+
+  assert restore.choose(str(tmp_path), None, order()) == prefixes[1]
   assert restore.choose(str(tmp_path), None,
-                        {prefixes[1]: "Checksum"}) == prefixes[0]
-  with pytest.raises(checkpoints.NoRestorableCheckpointError,
+                        order(**{prefixes[1]: "Checksum"})) == prefixes[0]
+  with pytest.raises(th.NoRestorableCheckpointError,
                      match=r"holds 2 checkpoint\(s\)"):
-    restore.choose(str(tmp_path), None, {p: "bad" for p in prefixes})
+    restore.choose(str(tmp_path), None, order(**{p: "bad" for p in prefixes}))
   # A named checkpoint is taken as it is, if it exists.
-  assert restore.choose(str(tmp_path), prefixes[0], {}) == prefixes[0]
+  assert restore.choose(str(tmp_path), prefixes[0], order()) == prefixes[0]
   with pytest.raises(ValueError, match="is not a checkpoint"):
-    restore.choose(str(tmp_path), str(tmp_path / "model.ckpt-9"), {})
+    restore.choose(str(tmp_path), str(tmp_path / "model.ckpt-9"), order())
   with pytest.raises(ValueError, match="No checkpoint that reads back"):
-    restore.choose(str(tmp_path / "empty"), None, {})
+    restore.choose(str(tmp_path / "empty"), None,
+                   restore_order.RestoreOrder(str(tmp_path / "empty")))

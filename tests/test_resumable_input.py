@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tpu_harness import resumable_input
+from tpu_harness._infeed import rewrite as resumable_input
 
 
 def _session_values(dataset, count, rewrite=None, seeds=None, state=None):

@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 
 import tpu_harness as th
-from tpu_harness import step_input
+from tpu_harness.loops import step_input
 
 
 def _elements(dataset):
@@ -54,7 +54,7 @@ def test_predict_input_pads_rows_and_shards():
   dataset = tf.data.Dataset.from_tensor_slices(
       np.arange(5, dtype=np.float32).reshape(5, 1)).batch(2)
   padded = step_input.padded_predict_input(dataset, batch_size=2,
-                                          num_shards=2)
+                                           num_shards=2)
   assert padded.element_spec[0].shape == (2, 2, 1)
   iterator = tf.compat.v1.data.make_one_shot_iterator(padded)
   element = iterator.get_next()

@@ -5,8 +5,9 @@ import os
 import pytest
 import tensorflow as tf
 
-from hooks import _paths
-from tpu_harness import storage
+from hooks import paths
+import tpu_harness as th
+from tpu_harness._model_dir import storage
 
 
 @pytest.mark.parametrize("backoff,delays", [
@@ -83,7 +84,7 @@ def test_retry_recovers_from_transient_errors_with_the_backoff():
 def test_retry_gives_up_after_the_last_attempt(caplog):
   slept = []
   flaky = _Flaky(*[_unavailable() for _ in range(10)])
-  with pytest.raises(storage.StorageError) as info:
+  with pytest.raises(th.StorageError) as info:
     storage.retry(flaky, "listing gs://b/run", sleep=slept.append)
   assert flaky.calls == 4 and slept == [1.0, 2.0, 4.0]
   message = str(info.value)
@@ -95,7 +96,7 @@ def test_retry_gives_up_after_the_last_attempt(caplog):
 def test_retry_does_not_retry_refused_access_or_other_errors():
   slept = []
   denied = _Flaky(tf.errors.PermissionDeniedError(None, None, "HTTP 401"))
-  with pytest.raises(storage.StorageError, match="Access refused while "
+  with pytest.raises(th.StorageError, match="Access refused while "
                      "reading y: PermissionDeniedError: HTTP 401. Check the "
                      "credentials"):
     storage.retry(denied, "reading y", sleep=slept.append)
@@ -133,7 +134,7 @@ def test_stat_or_none(tmp_path):
 ])
 def test_glob_characters_are_refused_with_a_suggestion(path, bad):
   with pytest.raises(ValueError) as info:
-    _paths.check_no_glob_characters("model_dir", path)
+    paths.check_no_glob_characters("model_dir", path)
   message = str(info.value)
   assert message.startswith(f"`model_dir` ({path!r}) contains {bad}")
   assert "could not be found again" in message
@@ -143,7 +144,7 @@ def test_escape_matches_only_itself(tmp_path):
   for name in ("a[b]", "ab", "a*"):
     (tmp_path / name).write_text("")
   for name in ("a[b]", "a*"):
-    pattern = _paths.escape(str(tmp_path / name))
+    pattern = paths.escape(str(tmp_path / name))
     assert tf.io.gfile.glob(pattern) == [str(tmp_path / name)]
 
 
@@ -154,13 +155,13 @@ def test_escape_matches_only_itself(tmp_path):
 ])
 def test_state_file_entries_come_out_relative(tmp_path, monkeypatch,
                                               save_dir, prefix, expected):
-  assert _paths.state_file_entry(save_dir, prefix) == expected
+  assert paths.state_file_entry(save_dir, prefix) == expected
   if "://" not in save_dir:
     monkeypatch.chdir(tmp_path)
     directory = str(tmp_path) + save_dir if save_dir.startswith(
         "/") else save_dir
     os.makedirs(directory)
-    entry = _paths.state_file_entry(directory, prefix.replace(
+    entry = paths.state_file_entry(directory, prefix.replace(
         save_dir, directory))
     tf.compat.v1.train.update_checkpoint_state(directory, entry)
     with open(os.path.join(directory, "checkpoint")) as f:

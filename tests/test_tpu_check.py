@@ -10,8 +10,8 @@ import tensorflow as tf
 import estimator_programs
 import tpu_check_models as models
 import tpu_harness as th
-from scripts import digits
-from tpu_harness import tpu_check
+from tpu_harness.examples.digits import model as digits
+from tpu_harness.tpu import check as tpu_check
 
 MODELS_FILE = os.path.basename(models.__file__)
 

@@ -9,7 +9,8 @@ import tensorflow as tf
 
 import runner_models
 import tpu_harness as th
-from tpu_harness import host_loop
+from tpu_harness._run import host_loop
+from tpu_harness.loops import tpu_loop
 from runner_models import linear_model_fn
 from runner_models import train_input_fn
 
@@ -55,7 +56,7 @@ def test_train_graph_has_the_tpu_parts_with_per_core_shapes():
                 for n in by_type["OutfeedDequeueTuple"]) == [0, 1]
   assert by_type["ConfigureDistributedTPU"] == []  # Built by the hook.
   hook, = built.hooks
-  assert isinstance(hook, th.tpu_loop.TpuSystemHook)
+  assert isinstance(hook, tpu_loop.TpuSystemHook)
   hook.begin()
   assert [n for n in tf.compat.v1.get_default_graph().get_operations()
           if n.type == "ConfigureDistributedTPU"]
@@ -142,7 +143,7 @@ def test_eval_graph_sends_loss_and_metric_tensors_per_core(per_host_input):
   assert sorted(built.metrics) == ["loss", "mae", "mse"]
   assert built.fetches["update"].type == "NoOp"
   assert "end_step" not in built.fetches
-  assert isinstance(built.hooks[0], th.tpu_loop.TpuSystemHook)
+  assert isinstance(built.hooks[0], tpu_loop.TpuSystemHook)
   assert built.host_call is None
   # metric_fn ran on the host, outside the replicated computation.
   for metric in built.metrics.values():
@@ -194,7 +195,7 @@ def test_predictions_as_one_tensor():
 
 def test_a_target_without_tpu_devices_is_refused_before_any_graph():
   loop = th.TpuLoop(num_shards=2, iterations_per_loop=4)
-  with pytest.raises(th.cluster.NoTPUError,
+  with pytest.raises(th.NoTPUError,
                      match=r"use_tpu is set, but the session target \(this "
                      r"process\) has no TPU devices; it has \d+ device\(s\) "
                      r"of types \['CPU'\]"):
@@ -208,7 +209,7 @@ def test_the_runner_checks_the_target_first(tmp_path):
                      train_batch_size=8,
                      device_loop=th.TpuLoop(num_shards=1,
                                             iterations_per_loop=1))
-  with pytest.raises(th.cluster.NoTPUError):
+  with pytest.raises(th.NoTPUError):
     runner.train(train_input_fn(), max_steps=1)
   assert not (tmp_path / "never").exists()
 

@@ -9,9 +9,12 @@ Public surface::
   DeviceLoop, BuiltLoop  the interface a device implementation provides
   CpuEmulationLoop       the local CPU implementation
   TpuLoop                the tf.compat.v1.tpu implementation
-  TPUCompatibilityError  a step cannot run on a TPU (Runner.check_tpu_...)
-  CompatibilityProblem   one reason why: the op and the user's line
+  CompatibilityProblem   why a step cannot run on a TPU: the op and the
+                         user's line (Runner.check_tpu_compatibility)
+  Error                  the base of every error below
+  TPUCompatibilityError  a step cannot run on a TPU
   InputShapeError        input_fn gave batches of unknown shape
+  InputEndedEarlyError   the input had fewer elements than its length
   InfeedMemoryError      the emulated infeed would need too much memory
   CheckpointMismatchError  a checkpoint of another model
   CheckpointRestoreError a named checkpoint does not read back
@@ -22,6 +25,15 @@ Public surface::
   NanLossError           the loss became NaN
   HostUnavailableError   a host of a pod (TPUConfig.hosts) is not up, or went
                          away
+  TPUNotFoundError, TPUNotReadyError, TPUUnreachableError, NoTPUError
+                         resolving or reaching a Cloud TPU failed
+
+Subpackages: `tpu_harness.estimator` (the TPUEstimator API),
+`tpu_harness.loops` (device loops), `tpu_harness.tpu` (Cloud TPU
+resolution, pods, the TPU compatibility check). Those whose names start
+with `_` are internal: `_infeed` (host infeeds and the input's saved
+position), `_model_dir` (checkpoints, storage, the lease), `_run` (one
+training session, restored sessions, signals).
 
 Importing it sets `TF_USE_LEGACY_KERAS=1` unless already set: TensorFlow
 reads it on the first use of `tf.compat.v1.layers` or `tf.keras`, which then
@@ -35,28 +47,34 @@ import os as _os
 _os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
-from tpu_harness.checkpoints import CheckpointMismatchError
-from tpu_harness.checkpoints import CheckpointRestoreError
-from tpu_harness.checkpoints import NoRestorableCheckpointError
 from tpu_harness.config import RunConfig
 from tpu_harness.config import TPUConfig
-from tpu_harness.cpu_loop import CpuEmulationLoop
-from tpu_harness.cross_shard import CrossShardOptimizer
-from tpu_harness.device_loop import BuiltLoop
-from tpu_harness.device_loop import DeviceLoop
-from tpu_harness.infeed import InfeedMemoryError
-from tpu_harness.infeed import InputShapeError
-from tpu_harness.lease import LeaseLostError
-from tpu_harness.lease import ModelDirBusyError
-from tpu_harness.nan_loss import NanLossError
-from tpu_harness.pod import HostUnavailableError
+from tpu_harness.errors import CheckpointMismatchError
+from tpu_harness.errors import CheckpointRestoreError
+from tpu_harness.errors import Error
+from tpu_harness.errors import HostUnavailableError
+from tpu_harness.errors import InfeedMemoryError
+from tpu_harness.errors import InputEndedEarlyError
+from tpu_harness.errors import InputShapeError
+from tpu_harness.errors import LeaseLostError
+from tpu_harness.errors import ModelDirBusyError
+from tpu_harness.errors import NanLossError
+from tpu_harness.errors import NoRestorableCheckpointError
+from tpu_harness.errors import NoTPUError
+from tpu_harness.errors import StorageError
+from tpu_harness.errors import TPUCompatibilityError
+from tpu_harness.errors import TPUNotFoundError
+from tpu_harness.errors import TPUNotReadyError
+from tpu_harness.errors import TPUUnreachableError
+from tpu_harness.loops import BuiltLoop
+from tpu_harness.loops import CpuEmulationLoop
+from tpu_harness.loops import CrossShardOptimizer
+from tpu_harness.loops import DeviceLoop
+from tpu_harness.loops import TpuLoop
 from tpu_harness.runner import Runner
 from tpu_harness.spec import ModeKeys
 from tpu_harness.spec import ModelSpec
-from tpu_harness.storage import StorageError
-from tpu_harness.tpu_check import Problem as CompatibilityProblem
-from tpu_harness.tpu_check import TPUCompatibilityError
-from tpu_harness.tpu_loop import TpuLoop
+from tpu_harness.tpu.check import Problem as CompatibilityProblem
 
 __all__ = [
     "BuiltLoop",
@@ -66,8 +84,10 @@ __all__ = [
     "CpuEmulationLoop",
     "CrossShardOptimizer",
     "DeviceLoop",
+    "Error",
     "HostUnavailableError",
     "InfeedMemoryError",
+    "InputEndedEarlyError",
     "InputShapeError",
     "LeaseLostError",
     "ModelDirBusyError",
@@ -75,10 +95,14 @@ __all__ = [
     "ModelSpec",
     "NanLossError",
     "NoRestorableCheckpointError",
+    "NoTPUError",
     "Runner",
     "RunConfig",
     "StorageError",
     "TPUCompatibilityError",
     "TPUConfig",
+    "TPUNotFoundError",
+    "TPUNotReadyError",
+    "TPUUnreachableError",
     "TpuLoop",
 ]

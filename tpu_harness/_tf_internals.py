@@ -18,7 +18,7 @@ signature.
 - Within a step, reads of the global step in `model_fn` are made to run
   before its increment (`reads_before_update`), so they see the value from
   before the step, every time.
-- The TPU-compatibility check (`tpu_harness.tpu_check`) compiles one step
+- The TPU-compatibility check (`tpu_harness.tpu.check`) compiles one step
   with `tf.compat.v1.xla.experimental.compile` (public, deprecated, and the
   only XLA entry point for graph-mode v1 code with variables). XLA stops at
   the first op it has no kernel for; to report every such op, the check
@@ -27,13 +27,13 @@ signature.
   something, and tells the compiled ops by the attribute the compile
   context marks them with (`_xla_compile_id`).
 - The training infeed's position is saved with checkpoints
-  (`tpu_harness.input_position`) with the public raw ops
+  (`tpu_harness._infeed.position`) with the public raw ops
   `SerializeIterator` / `DeserializeIterator`, which take the iterator's
   resource handle; `tf.compat.v1.data` iterators keep it in a private
   attribute.
 - For that position to be small, the training `input_fn` runs with
   `tf.data.Dataset.shuffle` and `cache` replaced by resumable equivalents
-  (`tpu_harness.resumable_input`): the public class attributes are swapped
+  (`tpu_harness._infeed.rewrite`): the public class attributes are swapped
   for the call, and `tf.data.experimental.shuffle_and_repeat`, which makes
   its dataset through a private class of its module, is covered by swapping
   that class. Which transformations a built input holds is read from the

@@ -9,9 +9,9 @@ from typing import Optional, Tuple
 
 import tensorflow as tf
 
-from hooks import _paths
-from hooks import _validation
-from tpu_harness import input_position
+from hooks import paths
+from hooks import validation
+from tpu_harness._infeed import position as input_position
 
 _HOST_PORT = re.compile(r"[^\s:/]+:[0-9]+|\[[0-9a-fA-F:]+\]:[0-9]+")
 
@@ -28,7 +28,7 @@ class TPUConfig:
       step and gradients are averaged across them. On local CPU emulation each
       replica is a virtual CPU device.
     hosts: a pod's hosts, "host:port" of each one's TF server (job
-      `worker`, task h = hosts[h]; see `tpu_harness.pod`); each runs
+      `worker`, task h = hosts[h]; see `tpu_harness.tpu.pod`); each runs
       `num_shards / len(hosts)` replicas and its own input pipeline. Empty:
       one host (this process, or `RunConfig.master`).
     host_wait_secs: how long a session waits for every host to accept
@@ -39,7 +39,7 @@ class TPUConfig:
   host_wait_secs: float = 60.0
 
   def __post_init__(self):
-    _validation.positive_int("num_shards", self.num_shards)
+    validation.positive_int("num_shards", self.num_shards)
     if not isinstance(self.hosts, (tuple, list)) or not all(
         isinstance(host, str) and _HOST_PORT.fullmatch(host)
         for host in self.hosts):
@@ -52,7 +52,7 @@ class TPUConfig:
       raise ValueError(f"`num_shards` ({self.num_shards}) must be a multiple "
                        f"of the number of `hosts` ({len(self.hosts)}): every "
                        f"host runs as many replicas.")
-    _validation.positive_number("host_wait_secs", self.host_wait_secs)
+    validation.positive_number("host_wait_secs", self.host_wait_secs)
 
   @property
   def num_hosts(self) -> int:
@@ -90,7 +90,7 @@ class RunConfig:
       `hooks.CheckpointSaverHook(async_save=...)`).
     master: the session target: "" runs in this process; "grpc://host:port"
       runs the graph on that TF server (a Cloud TPU worker, see
-      `tpu_harness.cluster.resolve_master`).
+      `tpu_harness.tpu.cluster.resolve_master`).
     tpu: the device-loop layout.
     session_config: a `tf.compat.v1.ConfigProto` merged into the device
       loop's own (which keeps its device counts).
@@ -103,14 +103,14 @@ class RunConfig:
     check_tpu_compatibility: before a device loop that runs on a TPU
       (`TpuLoop`) is built, compile one replica's step with XLA on CPU and
       stop with `TPUCompatibilityError` if it cannot run on a TPU (see
-      `tpu_harness.tpu_check`); a few seconds for small models.
+      `tpu_harness.tpu.check`); a few seconds for small models.
     resume_input: what a resumed `train()` feeds first: 'exact' (default:
       the step an uninterrupted run would have fed next; each checkpoint
       holds the input pipeline's position, so nothing already trained on
       is read again; falls back to 'skip' with a warning where the
       position cannot be saved or restored), 'skip' (read and drop the
       steps already trained on), or 'restart' (call `input_fn` afresh, as
-      TPUEstimator did). See `tpu_harness.input_position`.
+      TPUEstimator did). See `tpu_harness._infeed.position`.
   """
   model_dir: str
   iterations_per_loop: int = 100
@@ -132,62 +132,51 @@ class RunConfig:
   resume_input: str = input_position.EXACT
 
   def __post_init__(self):
-    _validation.non_empty_path("model_dir", self.model_dir)
+    validation.non_empty_path("model_dir", self.model_dir)
     if isinstance(self.model_dir, os.PathLike):
       raise TypeError(f"`model_dir` ({self.model_dir!r}) must be a str; "
                       f"pass os.fspath(...).")
-    _paths.check_no_glob_characters("model_dir", self.model_dir)
-    _validation.positive_int("iterations_per_loop", self.iterations_per_loop)
+    paths.check_no_glob_characters("model_dir", self.model_dir)
+    validation.positive_int("iterations_per_loop", self.iterations_per_loop)
     if (self.save_checkpoints_steps is not None
         and self.save_checkpoints_secs is not None):
       raise ValueError(
           f"`save_checkpoints_steps` ({self.save_checkpoints_steps!r}) and "
           f"`save_checkpoints_secs` ({self.save_checkpoints_secs!r}) are both "
-          f"set; exactly one must be, so set the other to None.")
+          f"set; at most one may be, so set the other to None.")
     if self.save_checkpoints_steps is not None:
-      _validation.positive_int("save_checkpoints_steps",
-                               self.save_checkpoints_steps)
+      validation.positive_int("save_checkpoints_steps",
+                              self.save_checkpoints_steps)
     if self.save_checkpoints_secs is not None:
-      _validation.positive_number("save_checkpoints_secs",
-                                  self.save_checkpoints_secs)
-    if (isinstance(self.keep_checkpoint_max, bool)
-        or not isinstance(self.keep_checkpoint_max, int)
-        or self.keep_checkpoint_max < 0):
-      raise ValueError(f"`keep_checkpoint_max` ({self.keep_checkpoint_max!r})"
-                       f" must be an integer >= 0 (0 keeps all).")
-    _validation.positive_int("log_step_count_steps", self.log_step_count_steps)
-    _validation.positive_int("save_summary_steps", self.save_summary_steps)
+      validation.positive_number("save_checkpoints_secs",
+                                 self.save_checkpoints_secs)
+    validation.non_negative_int("keep_checkpoint_max",
+                                self.keep_checkpoint_max, "0 keeps all")
+    validation.positive_int("log_step_count_steps", self.log_step_count_steps)
+    validation.positive_int("save_summary_steps", self.save_summary_steps)
     if self.tf_random_seed is not None and (
         isinstance(self.tf_random_seed, bool)
         or not isinstance(self.tf_random_seed, int)):
       raise TypeError(f"`tf_random_seed` ({self.tf_random_seed!r}) must be an "
                       f"integer or None.")
     if self.warm_start_from is not None:
-      _paths.check_no_glob_characters(
+      paths.check_no_glob_characters(
           "warm_start_from",
-          _validation.non_empty_path("warm_start_from", self.warm_start_from))
-    if not isinstance(self.stop_on_nan_loss, bool):
-      raise TypeError(f"`stop_on_nan_loss` ({self.stop_on_nan_loss!r}) must "
-                      f"be True or False.")
-    if not isinstance(self.async_checkpoints, bool):
-      raise TypeError(f"`async_checkpoints` ({self.async_checkpoints!r}) "
-                      f"must be True or False.")
+          validation.non_empty_path("warm_start_from", self.warm_start_from))
+    validation.boolean("stop_on_nan_loss", self.stop_on_nan_loss)
+    validation.boolean("async_checkpoints", self.async_checkpoints)
     if not isinstance(self.master, str) or (
         self.master and not self.master.startswith("grpc://")):
       raise ValueError(f"`master` ({self.master!r}) must be '' (in-process) "
                        f"or a grpc://host:port target.")
-    _validation.positive_int("max_infeed_bytes", self.max_infeed_bytes)
+    validation.positive_int("max_infeed_bytes", self.max_infeed_bytes)
     if self.session_config is not None and not isinstance(
         self.session_config, tf.compat.v1.ConfigProto):
       raise TypeError(f"`session_config` ({self.session_config!r}) must be a "
                       f"tf.compat.v1.ConfigProto or None.")
-    if not isinstance(self.save_graph_def, bool):
-      raise TypeError(f"`save_graph_def` ({self.save_graph_def!r}) must be "
-                      f"True or False.")
-    if not isinstance(self.check_tpu_compatibility, bool):
-      raise TypeError(f"`check_tpu_compatibility` "
-                      f"({self.check_tpu_compatibility!r}) must be True or "
-                      f"False.")
+    validation.boolean("save_graph_def", self.save_graph_def)
+    validation.boolean("check_tpu_compatibility",
+                       self.check_tpu_compatibility)
     if self.resume_input not in input_position.MODES:
       raise ValueError(f"`resume_input` ({self.resume_input!r}) must be one "
                        f"of {', '.join(map(repr, input_position.MODES))}.")

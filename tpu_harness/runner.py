@@ -16,19 +16,22 @@ from absl import logging
 import numpy as np
 import tensorflow as tf
 
-from hooks import _validation
-from tpu_harness import checkpoints
-from tpu_harness import cpu_loop
-from tpu_harness import host_loop
-from tpu_harness import logs
-from tpu_harness import restore
+from hooks import paths
+from hooks import validation
+from tpu_harness import errors
 from tpu_harness import spec as spec_lib
-from tpu_harness import tpu_check
-from tpu_harness import training
+from tpu_harness._model_dir import contents
+from tpu_harness._model_dir import restore_order
+from tpu_harness._model_dir.lease import ModelDirLease
+from tpu_harness._run import host_loop
+from tpu_harness._run import logs
+from tpu_harness._run import restore
+from tpu_harness._run import training
 from tpu_harness.config import RunConfig
-from tpu_harness.device_loop import BuiltLoop
-from tpu_harness.device_loop import DeviceLoop
-from tpu_harness.lease import ModelDirLease
+from tpu_harness.loops import cpu_loop
+from tpu_harness.loops.device_loop import BuiltLoop
+from tpu_harness.loops.device_loop import DeviceLoop
+from tpu_harness.tpu import check as tpu_check
 
 
 _MODE_KEYS = {"train": spec_lib.ModeKeys.TRAIN, "eval": spec_lib.ModeKeys.EVAL,
@@ -69,53 +72,19 @@ class Runner:
         size is not a positive multiple of `num_shards`; `device_loop`
         builds for another number of hosts than `config.tpu.hosts`.
     """
-    if not callable(model_fn):
-      raise TypeError(f"`model_fn` ({model_fn!r}) must be callable.")
-    try:
-      inspect.signature(model_fn).bind(None, None, None, None)
-    except (TypeError, ValueError):
-      raise TypeError(
-          f"`model_fn` ({model_fn!r}) must accept (features, labels, mode, "
-          f"params); its signature is {_signature(model_fn)}.") from None
-    if not isinstance(config, RunConfig):
-      raise TypeError(f"`config` ({config!r}) must be a "
-                      f"tpu_harness.RunConfig.")
-    if params is not None and not isinstance(params, Mapping):
-      raise TypeError(f"`params` ({params!r}) must be a dict or None.")
-    params = dict(params or {})
-    if "batch_size" in params:
-      raise ValueError(
-          f"`params` ({params!r}) must not contain 'batch_size': the runner "
-          f"sets it to the per-replica batch size; pass train_batch_size / "
-          f"eval_batch_size / predict_batch_size instead.")
-    if "input_context" in params:
-      raise ValueError(
-          f"`params` ({params!r}) must not contain 'input_context': the "
-          f"runner sets it for `input_fn` (a tf.distribute.InputContext "
-          f"saying which host's input it makes).")
-    shards = config.tpu.num_shards
-    for name, value in (("train_batch_size", train_batch_size),
-                        ("eval_batch_size", eval_batch_size),
-                        ("predict_batch_size", predict_batch_size)):
-      if value is None:
-        continue
-      _validation.positive_int(name, value)
-      if value % shards:
-        raise ValueError(f"`{name}` ({value}) must be a multiple of "
-                         f"`num_shards` ({shards}).")
-    if (device_loop is not None and config.tpu.hosts
-        and device_loop.num_hosts != config.tpu.num_hosts):
-      raise ValueError(
-          f"`device_loop` ({type(device_loop).__name__}) builds for "
-          f"{device_loop.num_hosts} host(s), `config.tpu.hosts` names "
-          f"{config.tpu.num_hosts}; leave `device_loop` unset for a pod.")
+    params = _checked_runner_args(model_fn, config, params,
+                                  {"train_batch_size": train_batch_size,
+                                   "eval_batch_size": eval_batch_size,
+                                   "predict_batch_size": predict_batch_size},
+                                  device_loop)
     self._model_fn = model_fn
     self._config = config
     self._params = params
     self._batch_sizes = {"train": train_batch_size, "eval": eval_batch_size,
                          "predict": predict_batch_size}
     self._device = device_loop or cpu_loop.CpuEmulationLoop(
-        num_shards=shards, iterations_per_loop=config.iterations_per_loop,
+        num_shards=config.tpu.num_shards,
+        iterations_per_loop=config.iterations_per_loop,
         max_infeed_bytes=config.max_infeed_bytes, hosts=config.tpu.hosts)
     self._clock = clock
     self._preempted = False
@@ -145,7 +114,7 @@ class Runner:
       NoRestorableCheckpointError: checkpoints exist, none reads back.
       StorageError: storage kept failing or refused access.
     """
-    return checkpoints.latest_restorable(self._config.model_dir)
+    return restore_order.latest_restorable(self._config.model_dir)
 
   # Training.
 
@@ -204,25 +173,22 @@ class Runner:
         step cannot (with `config.check_tpu_compatibility`); raised before
         anything is written.
     """
-    logs.one_line_per_message()
-    self._device.check_target(self._config.session_target)
-    _validation.exactly_one({"max_steps": max_steps, "steps": steps})
+    validation.exactly_one({"max_steps": max_steps, "steps": steps})
     if max_steps is not None:
-      _validation.positive_int("max_steps", max_steps)
+      validation.positive_int("max_steps", max_steps)
     if steps is not None:
-      _validation.positive_int("steps", steps)
+      validation.positive_int("steps", steps)
     user_hooks = list(hooks or [])
     for index, hook in enumerate(user_hooks):
       if not isinstance(hook, tf.compat.v1.train.SessionRunHook):
         raise TypeError(f"`hooks[{index}]` ({hook!r}) must be a "
                         f"tf.compat.v1.train.SessionRunHook.")
-    batch_size = self._batch_size("train")
-    self._check_before_building("train", input_fn)
+    batch_size = self._prepare("train", input_fn)
     model_dir = self._config.model_dir
     self._preempted = False
-    checkpoints.prepare_model_dir(model_dir)
+    contents.prepare_model_dir(model_dir)
     with ModelDirLease(model_dir) as lease:
-      resume = checkpoints.resume_point(model_dir)
+      resume = restore_order.resume_point(model_dir)
       while True:
         last_step = (max_steps if max_steps is not None
                      else resume.step + steps)
@@ -238,14 +204,16 @@ class Runner:
                            params=self._params_for(batch_size),
                            session_config=self._session_config(),
                            clock=self._clock),
-              input_fn, resume, last_step, batch_size, user_hooks,
-              saving_listeners, lease)
+              training.TrainRequest(
+                  input_fn=input_fn, resume=resume, last_step=last_step,
+                  batch_size=batch_size, hooks=user_hooks,
+                  listeners=list(saving_listeners or []), lease=lease))
           return self
-        except checkpoints.CheckpointRestoreError as error:
+        except errors.CheckpointRestoreError as error:
           # Raised by the restore, before any step: resume from an older
           # checkpoint instead.
-          resume = checkpoints.resume_point(model_dir, after=error,
-                                            previous=resume)
+          resume.order.skip(error.checkpoint, error.reason, "restore")
+          resume = restore_order.resume_point(model_dir, order=resume.order)
 
   # Evaluation.
 
@@ -274,21 +242,18 @@ class Runner:
         restores.
       CheckpointRestoreError: `checkpoint_path` does not read back.
     """
-    logs.one_line_per_message()
-    self._device.check_target(self._config.session_target)
     if steps is not None:
-      _validation.positive_int("steps", steps)
+      validation.positive_int("steps", steps)
     if name is not None:
-      _validation.non_empty_str("name", name)
-    batch_size = self._batch_size("eval")
-    self._check_before_building("eval", input_fn)
-    eval_dir = checkpoints.join(self._config.model_dir,
-                                f"eval_{name}" if name else "eval")
+      validation.non_empty_str("name", name)
+    batch_size = self._prepare("eval", input_fn)
+    eval_dir = paths.join(self._config.model_dir,
+                          f"eval_{name}" if name else "eval")
     params = self._params_for(batch_size)
 
     def prepare():
       # Before any work, so as not to evaluate and then fail to write.
-      checkpoints.prepare_model_dir(
+      contents.prepare_model_dir(
           eval_dir, label=f"The eval directory {eval_dir!r} (under "
           f"`model_dir`, where evaluate writes its results)")
 
@@ -351,10 +316,7 @@ class Runner:
         restores.
       CheckpointRestoreError: `checkpoint_path` does not read back.
     """
-    logs.one_line_per_message()
-    self._device.check_target(self._config.session_target)
-    params = self._params_for(self._batch_size("predict"))
-    self._check_before_building("predict", input_fn)
+    params = self._params_for(self._prepare("predict", input_fn))
     with self._restored(
         lambda: self._device.build_predict(self._model_fn, input_fn, params),
         checkpoint_path, hooks) as (loop, session, _):
@@ -384,7 +346,7 @@ class Runner:
     For each mode given an input_fn, compiles one replica's step of
     `model_fn` with XLA on CPU, on inputs of the per-replica static shapes
     the device loop would give it, and runs it once (see
-    `tpu_harness.tpu_check`). Nothing is read from or written to
+    `tpu_harness.tpu.check`). Nothing is read from or written to
     `model_dir`. Runs in any process; no TPU is needed.
 
     Args:
@@ -421,12 +383,19 @@ class Runner:
         num_shards=self._device.num_shards,
         per_host_input=self._device.per_host_input)
 
-  def _check_before_building(self, mode: str, input_fn: Callable) -> None:
-    """TPUCompatibilityError before a TPU loop is built for a model that
-    cannot run on a TPU (unless `config.check_tpu_compatibility` is off)."""
+  def _prepare(self, mode: str, input_fn: Callable) -> int:
+    """What train, evaluate and predict do before building: one line per
+    log message, the session target checked (a TPU loop needs TPUs), and
+    a TPUCompatibilityError for a model that cannot run on a TPU (unless
+    `config.check_tpu_compatibility` is off). Returns the mode's global
+    batch size."""
+    logs.one_line_per_message()
+    self._device.check_target(self._config.session_target)
+    batch_size = self._batch_size(mode)
     if (self._device.compiles_for_tpu
         and self._config.check_tpu_compatibility):
       tpu_check.check_or_raise(self._check(mode, input_fn))
+    return batch_size
 
   # Shared.
 
@@ -465,14 +434,62 @@ class Runner:
                 prepare: Callable[[], None] = lambda: None):
     """`restore.restored` on `checkpoint_path`, or on the newest checkpoint
     of the run in `model_dir`."""
+    model_dir = self._config.model_dir
     return restore.restored(
-        build, lambda failed: restore.choose(self._config.model_dir,
-                                             checkpoint_path, failed),
+        build, lambda order: restore.choose(model_dir, checkpoint_path, order),
+        restore_order.RestoreOrder(model_dir),
         fixed=checkpoint_path is not None, master=self._config.session_target,
         session_config=self._session_config(), hooks=hooks,
         prepare=prepare, hosts=self._config.tpu.hosts,
         host_wait_secs=self._config.tpu.host_wait_secs,
         variable_device=self._device.variable_device)
+
+
+def _checked_runner_args(model_fn: Callable[..., Any], config: RunConfig,
+                         params: Optional[Mapping[str, Any]],
+                         batch_sizes: Mapping[str, Optional[int]],
+                         device_loop: Optional[DeviceLoop]) -> Dict[str, Any]:
+  """The Runner's arguments checked (see `Runner.__init__`'s Raises);
+  returns a copy of `params`."""
+  if not callable(model_fn):
+    raise TypeError(f"`model_fn` ({model_fn!r}) must be callable.")
+  try:
+    inspect.signature(model_fn).bind(None, None, None, None)
+  except (TypeError, ValueError):
+    raise TypeError(
+        f"`model_fn` ({model_fn!r}) must accept (features, labels, mode, "
+        f"params); its signature is {_signature(model_fn)}.") from None
+  if not isinstance(config, RunConfig):
+    raise TypeError(f"`config` ({config!r}) must be a "
+                    f"tpu_harness.RunConfig.")
+  if params is not None and not isinstance(params, Mapping):
+    raise TypeError(f"`params` ({params!r}) must be a dict or None.")
+  params = dict(params or {})
+  if "batch_size" in params:
+    raise ValueError(
+        f"`params` ({params!r}) must not contain 'batch_size': the runner "
+        f"sets it to the per-replica batch size; pass train_batch_size / "
+        f"eval_batch_size / predict_batch_size instead.")
+  if "input_context" in params:
+    raise ValueError(
+        f"`params` ({params!r}) must not contain 'input_context': the "
+        f"runner sets it for `input_fn` (a tf.distribute.InputContext "
+        f"saying which host's input it makes).")
+  shards = config.tpu.num_shards
+  for name, value in batch_sizes.items():
+    if value is None:
+      continue
+    validation.positive_int(name, value)
+    if value % shards:
+      raise ValueError(f"`{name}` ({value}) must be a multiple of "
+                       f"`num_shards` ({shards}).")
+  if (device_loop is not None and config.tpu.hosts
+      and device_loop.num_hosts != config.tpu.num_hosts):
+    raise ValueError(
+        f"`device_loop` ({type(device_loop).__name__}) builds for "
+        f"{device_loop.num_hosts} host(s), `config.tpu.hosts` names "
+        f"{config.tpu.num_hosts}; leave `device_loop` unset for a pod.")
+  return params
 
 
 def _python_value(value: Any) -> Any:

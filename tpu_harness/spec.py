@@ -61,7 +61,7 @@ class ModelSpec:
     host_call: `(fn, tensors)`, tensors a list or dict of tensors of rank >=
       1. Every step their values, concatenated across replicas on axis 0,
       are fed to the ops `fn` built on the host (see
-      `tpu_harness.host_call`) (TRAIN and EVAL).
+      `tpu_harness.loops.host_call`) (TRAIN and EVAL).
     training_hooks: more session hooks for `train`; each sees one
       `Session.run` per loop.
     evaluation_hooks: more session hooks for `evaluate`.

@@ -12,7 +12,7 @@ from typing import Any, Optional
 
 import tensorflow as tf
 
-from hooks import _validation
+from hooks import validation
 
 _USE_DEFAULT = object()
 
@@ -75,11 +75,11 @@ class TPUConfig:
       raise NotImplementedError(
           f"`iterations_per_loop` ({self.iterations_per_loop!r}) as a time "
           f"is not supported by tpu_harness; give a number of steps.")
-    _validation.positive_int("iterations_per_loop", self.iterations_per_loop)
+    validation.positive_int("iterations_per_loop", self.iterations_per_loop)
     if self.num_shards is not None:
-      _validation.positive_int("num_shards", self.num_shards)
+      validation.positive_int("num_shards", self.num_shards)
     refuse("num_cores_per_replica", self.num_cores_per_replica, None,
-            "model parallelism is not emulated.")
+           "model parallelism is not emulated.")
     mapped = {True: InputPipelineConfig.PER_HOST_V1,
               False: InputPipelineConfig.PER_SHARD_V1}.get(
                   self.per_host_input_for_training,
@@ -94,22 +94,22 @@ class TPUConfig:
           f"(PER_SHARD_V1).")
     object.__setattr__(self, "per_host_input_for_training", mapped)
     refuse("tpu_job_name", self.tpu_job_name, None,
-            "the TPU worker job is the session target's.")
+           "the TPU worker job is the session target's.")
     refuse("initial_infeed_sleep_secs", self.initial_infeed_sleep_secs,
-            None, "the infeed starts when a loop asks for input.")
+           None, "the infeed starts when a loop asks for input.")
     refuse("input_partition_dims", self.input_partition_dims, None,
-            "spatial partitioning is not emulated.")
+           "spatial partitioning is not emulated.")
     refuse("eval_training_input_configuration",
-            self.eval_training_input_configuration,
-            InputPipelineConfig.PER_HOST_V1,
-            "evaluation input is per host.")
-    _validation.positive_int("experimental_host_call_every_n_steps",
-                             self.experimental_host_call_every_n_steps)
+           self.eval_training_input_configuration,
+           InputPipelineConfig.PER_HOST_V1,
+           "evaluation input is per host.")
+    validation.positive_int("experimental_host_call_every_n_steps",
+                            self.experimental_host_call_every_n_steps)
     refuse("experimental_allow_per_host_v2_parallel_get_next",
-            self.experimental_allow_per_host_v2_parallel_get_next, False,
-            "the emulated infeed is read in order.")
+           self.experimental_allow_per_host_v2_parallel_get_next, False,
+           "the emulated infeed is read in order.")
     refuse("experimental_feed_hook", self.experimental_feed_hook, None,
-            "the infeed is the harness's own.")
+           "the infeed is the harness's own.")
 
   @property
   def per_host_input(self) -> bool:
@@ -179,7 +179,7 @@ class RunConfig:
           f"`save_checkpoints_secs` ({save_checkpoints_secs!r}) are both set; "
           f"set at most one.")
     refuse("keep_checkpoint_every_n_hours", keep_checkpoint_every_n_hours,
-            10000, "checkpoints are kept by keep_checkpoint_max only.")
+           10000, "checkpoints are kept by keep_checkpoint_max only.")
     for name, value in (("train_distribute", train_distribute),
                         ("device_fn", device_fn), ("protocol", protocol),
                         ("eval_distribute", eval_distribute),
@@ -189,7 +189,7 @@ class RunConfig:
       refuse(name, value, None, "distribution strategies and device "
              "functions do not apply to TPUEstimator programs.")
     refuse("session_creation_timeout_secs", session_creation_timeout_secs,
-            7200, "sessions are created without a timeout.")
+           7200, "sessions are created without a timeout.")
     self._tpu_config = tpu_config or TPUConfig()
     self._cluster = cluster
     if master is None:

@@ -17,9 +17,9 @@ from typing import Callable, Mapping, Optional
 from absl import logging
 import tensorflow as tf
 
-from hooks import _paths
-from tpu_harness import restore
+from hooks import paths
 from tpu_harness import spec as spec_lib
+from tpu_harness._run import restore
 from tpu_harness.estimator import export as export_lib
 
 
@@ -66,7 +66,7 @@ def export_saved_model(*, export_dir_base: str,
           strip_default_attrs=True)
       builder.save(as_text=as_text)
   for destination, source in (assets_extra or {}).items():
-    target = _paths.join(_paths.join(temp_dir, "assets.extra"), destination)
+    target = paths.join(paths.join(temp_dir, "assets.extra"), destination)
     tf.io.gfile.makedirs(target.rsplit("/", 1)[0])
     tf.io.gfile.copy(source, target, overwrite=True)
   tf.io.gfile.rename(temp_dir, export_dir)
@@ -78,8 +78,8 @@ def _new_export_dir(base: str):
   """(`base/<seconds>`, `base/temp-<seconds>`), not yet existing."""
   seconds = int(time.time())
   while True:
-    final = _paths.join(base, str(seconds))
-    temp = _paths.join(base, f"temp-{seconds}")
+    final = paths.join(base, str(seconds))
+    temp = paths.join(base, f"temp-{seconds}")
     if not tf.io.gfile.exists(final) and not tf.io.gfile.exists(temp):
       tf.io.gfile.makedirs(base)
       return final, temp

@@ -37,17 +37,17 @@ from absl import logging
 import tensorflow as tf
 
 from tpu_harness import config as config_lib
-from tpu_harness import cpu_loop
 from tpu_harness import runner as runner_lib
 from tpu_harness import spec as spec_lib
-from tpu_harness import tpu_loop
 from tpu_harness.estimator import _export
 from tpu_harness.estimator._config import InputPipelineConfig
+from tpu_harness.estimator._config import refuse
 from tpu_harness.estimator._config import RunConfig
 from tpu_harness.estimator._config import TPUConfig
-from tpu_harness.estimator._config import refuse
 from tpu_harness.estimator._spec import EstimatorSpec
 from tpu_harness.estimator._spec import TPUContext
+from tpu_harness.loops import cpu_loop
+from tpu_harness.loops import tpu_loop
 from tpu_harness.spec import ModeKeys
 
 __all__ = ["ExportSavedModelApiVersion", "InputPipelineConfig", "RunConfig",
@@ -118,9 +118,9 @@ class TPUEstimator:
                        f"argument: TPUEstimator passes the batch size as "
                        f"params['batch_size'].")
     refuse("batch_axis", batch_axis, None,
-            "batches are split along their first axis.")
+           "batches are split along their first axis.")
     refuse("embedding_config_spec", embedding_config_spec, None,
-            "TPU embeddings are not emulated.")
+           "TPU embeddings are not emulated.")
     if warm_start_from is not None and not isinstance(warm_start_from, str):
       raise NotImplementedError(
           f"`warm_start_from` ({warm_start_from!r}) must be a checkpoint "

@@ -1,0 +1,431 @@
+"""TPUEstimator-style programs on tpu_harness against a plain session loop.
+
+Two programs of our own, written as TPUEstimator programs are, each with its
+users' kind of input pipeline:
+
+- `mnist`: a conv net like mnist_tpu.py's (two 5x5 convolutions, a dense
+  layer of 1024 with dropout, Adam) on 28x28 images read from TFRecords,
+  decoded, then `cache().repeat().shuffle(50000).batch(64)`.
+- `resnet`: a small residual net with batch norm and momentum on 64x64
+  images whose JPEG records are shuffled (1024) before they are decoded,
+  randomly cropped and flipped (stateful random ops), batched (32) and
+  prefetched, as resnet_main.py's input does.
+
+Each runs through `tpu_harness.estimator.tpu.TPUEstimator(use_tpu=False)`
+with default settings (resume_input='exact', checkpoints every 600 s) at
+`iterations_per_loop` 10 and 100, and, as the baseline, the same `model_fn`
+and `input_fn` in a `tf.compat.v1.train.MonitoredTrainingSession` running
+one step per `Session.run` (what TPUEstimator with use_tpu=False did), in
+the same process, runs interleaved. Reported, as ratios to the baseline:
+
+- steady steps/sec (after the first tenth of the steps);
+- the size of the last checkpoint (data and index files);
+- set-up: seconds from the call to the end of the first step, a fresh
+  `train()`; and a switch: an `evaluate()`-then-`train()` pair's train
+  call, resumed from a checkpoint, for one loop of steps;
+- resume: a one-step `train()` of a linear model on the same input from a
+  checkpoint at --resume_steps (the input's position at that step), against
+  the same `train()` from no checkpoint. The resnet input is read at batch
+  1 for this, so reaching 100k steps takes minutes, not hours.
+
+    python -m scripts.bench.estimator [--programs=mnist,resnet]
+        [--steps=400] [--iterations=10,100] [--repeats=3]
+        [--resume_steps=100000]
+
+Targets (issue 23): steps/sec ratio >= 1.0 at both iterations_per_loop;
+checkpoint size <= 1.1x the baseline's; set-up and switch no slower; resume
+at 100k <= 1.5x a fresh start.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import statistics
+import tempfile
+import time
+from typing import Callable, Dict, List, Tuple
+
+from scripts.bench import _common  # Before TensorFlow.
+
+from absl import app  # pylint: disable=g-import-not-at-top
+from absl import flags  # pylint: disable=g-import-not-at-top
+import numpy as np  # pylint: disable=g-import-not-at-top
+
+from tpu_harness import estimator as tf_estimator  # pylint: disable=g-import-not-at-top
+import tensorflow.compat.v1 as tf  # pylint: disable=g-import-not-at-top
+
+FLAGS = flags.FLAGS
+flags.DEFINE_list("programs", ["mnist", "resnet"], "Programs to run.")
+flags.DEFINE_integer("steps", 400, "Training steps per timed run.",
+                     lower_bound=20)
+flags.DEFINE_list("iterations", ["10", "100"], "iterations_per_loop values.")
+flags.DEFINE_integer("repeats", 3, "Interleaved runs of each.", lower_bound=1)
+flags.DEFINE_integer("resume_steps", 100000,
+                     "Global step of the checkpoint a resume starts from; "
+                     "0 skips the resume measurement.", lower_bound=0)
+flags.DEFINE_integer("examples", 12000, "Distinct training examples.",
+                     lower_bound=64)
+
+
+# ----------------------------------------------------------------------------
+# The programs: data, input_fn and model_fn, as TPUEstimator programs write
+# them.
+
+
+def _example(image_bytes: bytes, label: int) -> bytes:
+  return tf.train.Example(features=tf.train.Features(feature={
+      "image": tf.train.Feature(bytes_list=tf.train.BytesList(
+          value=[image_bytes])),
+      "label": tf.train.Feature(int64_list=tf.train.Int64List(
+          value=[label]))})).SerializeToString()
+
+
+def write_mnist_records(directory: str, count: int) -> str:
+  rng = np.random.RandomState(0)
+  path = os.path.join(directory, "train.tfrecords")
+  with tf.io.TFRecordWriter(path) as writer:
+    for _ in range(count):
+      label = int(rng.randint(10))
+      image = rng.randint(0, 40, size=(28, 28)).astype(np.uint8)
+      image[label * 2:label * 2 + 8, 4:24] = 250
+      writer.write(_example(image.tobytes(), label))
+  return path
+
+
+def write_jpeg_records(directory: str, count: int) -> List[str]:
+  rng = np.random.RandomState(1)
+  paths = [os.path.join(directory, f"train-{i:05d}-of-00004")
+           for i in range(4)]
+  with tf.Graph().as_default(), tf.Session() as session:
+    pixels = tf.placeholder(tf.uint8, [72, 72, 3])
+    encoded = tf.io.encode_jpeg(pixels)
+    writers = [tf.io.TFRecordWriter(path) for path in paths]
+    for index in range(count):
+      label = int(rng.randint(10))
+      small = rng.randint(0, 256, (9, 9, 3)).astype(np.uint8)
+      image = np.kron(small, np.ones((8, 8, 1), np.uint8))
+      image[:, label * 7:label * 7 + 7] = 255
+      writers[index % 4].write(_example(
+          session.run(encoded, {pixels: image}), label))
+    for writer in writers:
+      writer.close()
+  return paths
+
+
+def mnist_input_fn(records: str) -> Callable:
+  def input_fn(params):
+    features = {"image": tf.FixedLenFeature([], tf.string),
+                "label": tf.FixedLenFeature([], tf.int64)}
+
+    def decode(record):
+      example = tf.parse_single_example(record, features)
+      image = tf.cast(tf.decode_raw(example["image"], tf.uint8), tf.float32)
+      return tf.reshape(image, [28, 28, 1]) / 255.0, example["label"]
+
+    return (tf.data.TFRecordDataset(records).map(decode).cache().repeat()
+            .shuffle(buffer_size=50000)
+            .batch(params["batch_size"], drop_remainder=True))
+
+  return input_fn
+
+
+def resnet_input_fn(files: List[str]) -> Callable:
+  def input_fn(params):
+    features = {"image": tf.FixedLenFeature([], tf.string),
+                "label": tf.FixedLenFeature([], tf.int64)}
+
+    def decode(record):
+      example = tf.parse_single_example(record, features)
+      image = tf.io.decode_jpeg(example["image"], channels=3)
+      image = tf.image.random_crop(image, [64, 64, 3])
+      image = tf.image.random_flip_left_right(image)
+      return tf.cast(image, tf.float32) / 255.0, example["label"]
+
+    dataset = tf.data.Dataset.from_tensor_slices(files).interleave(
+        tf.data.TFRecordDataset, cycle_length=4)
+    return (dataset.shuffle(1024).repeat()
+            .map(decode, num_parallel_calls=tf.data.experimental.AUTOTUNE)
+            .batch(params["batch_size"], drop_remainder=True)
+            .prefetch(tf.data.experimental.AUTOTUNE))
+
+  return input_fn
+
+
+def _spec(mode, loss, logits, labels, train_op):
+  """The TPUEstimatorSpec of `mode`: training, or accuracy for eval."""
+  if mode == tf_estimator.ModeKeys.EVAL:
+    def metric_fn(labels, logits):
+      return {"accuracy": tf.metrics.accuracy(labels, tf.argmax(logits, 1))}
+    return tf_estimator.tpu.TPUEstimatorSpec(
+        mode=mode, loss=loss, eval_metrics=(metric_fn, [labels, logits]))
+  return tf_estimator.tpu.TPUEstimatorSpec(mode=mode, loss=loss,
+                                           train_op=train_op())
+
+
+def mnist_model_fn(features, labels, mode, params):
+  del params  # Unused.
+  net = tf.layers.conv2d(features, 32, 5, padding="same",
+                         activation=tf.nn.relu)
+  net = tf.layers.max_pooling2d(net, 2, 2)
+  net = tf.layers.conv2d(net, 64, 5, padding="same", activation=tf.nn.relu)
+  net = tf.layers.max_pooling2d(net, 2, 2)
+  net = tf.layers.dense(tf.layers.flatten(net), 1024, activation=tf.nn.relu)
+  net = tf.layers.dropout(net, 0.4,
+                          training=mode == tf_estimator.ModeKeys.TRAIN)
+  logits = tf.layers.dense(net, 10)
+  loss = tf.losses.sparse_softmax_cross_entropy(labels=labels, logits=logits)
+  return _spec(mode, loss, logits, labels, lambda: tf.train.AdamOptimizer(
+      1e-4).minimize(loss, tf.train.get_global_step()))
+
+
+def resnet_model_fn(features, labels, mode, params):
+  del params  # Unused.
+  training = mode == tf_estimator.ModeKeys.TRAIN
+
+  def block(net, channels, stride):
+    shortcut = tf.layers.conv2d(net, channels, 1, strides=stride,
+                                use_bias=False)
+    net = tf.layers.conv2d(net, channels, 3, strides=stride, padding="same",
+                           use_bias=False)
+    net = tf.nn.relu(tf.layers.batch_normalization(net, training=training))
+    net = tf.layers.conv2d(net, channels, 3, padding="same", use_bias=False)
+    net = tf.layers.batch_normalization(net, training=training)
+    return tf.nn.relu(net + shortcut)
+
+  net = tf.layers.conv2d(features, 16, 3, padding="same", use_bias=False)
+  for channels, stride in ((16, 1), (32, 2), (64, 2)):
+    net = block(net, channels, stride)
+  logits = tf.layers.dense(tf.reduce_mean(net, axis=[1, 2]), 10)
+  loss = tf.losses.sparse_softmax_cross_entropy(labels=labels, logits=logits)
+  def train_op():
+    optimizer = tf.train.MomentumOptimizer(0.01, 0.9)
+    with tf.control_dependencies(tf.get_collection(tf.GraphKeys.UPDATE_OPS)):
+      return optimizer.minimize(loss, tf.train.get_global_step())
+
+  return _spec(mode, loss, logits, labels, train_op)
+
+
+def linear_model_fn(features, labels, mode, params):
+  """The resume measurement's model: cheap, so that the input dominates."""
+  del params  # Unused.
+  w = tf.get_variable("w", [1], initializer=tf.zeros_initializer())
+  prediction = tf.reduce_mean(features, axis=[1, 2, 3]) * w
+  loss = tf.reduce_mean(tf.square(prediction - tf.cast(labels, tf.float32)))
+  return _spec(mode, loss, None, labels, lambda: tf.train
+               .GradientDescentOptimizer(1e-6).minimize(
+                   loss, tf.train.get_global_step()))
+
+
+# ----------------------------------------------------------------------------
+# Timing.
+
+
+class Times(tf.train.SessionRunHook):
+  """(seconds, global step) after every Session.run; the first at start."""
+
+  def __init__(self):
+    self.started = time.monotonic()
+    self.marks: List[Tuple[float, int]] = []
+    self._step = None
+
+  def begin(self):
+    self._step = tf.train.get_global_step()
+
+  def before_run(self, run_context):
+    return tf.train.SessionRunArgs(self._step)
+
+  def after_run(self, run_context, run_values):
+    # The step fetched is from before the run; the mark is at its end.
+    self.marks.append((time.monotonic(), int(run_values.results)))
+
+  def first_step_secs(self) -> float:
+    """From the start to the end of the first run."""
+    return self.marks[0][0] - self.started
+
+  def total_secs(self) -> float:
+    return self.marks[-1][0] - self.started
+
+  def steady_rate(self) -> float:
+    """Steps per second after the first tenth of the runs."""
+    skip = max(1, len(self.marks) // 10)
+    (t0, s0), (t1, s1) = self.marks[skip - 1], self.marks[-1]
+    return (s1 - s0) / (t1 - t0) if t1 > t0 else float("nan")
+
+  def setup_secs(self) -> float:
+    """From the start to the end of the first run, less the first run's
+    steps at the steady rate: the set-up before training."""
+    first = (self.marks[1][1] - self.marks[0][1] if len(self.marks) > 1
+             else 1)
+    return self.first_step_secs() - first / self.steady_rate()
+
+
+def checkpoint_bytes(model_dir: str) -> int:
+  prefix = tf.train.latest_checkpoint(model_dir)
+  return sum(os.path.getsize(path) for path in glob.glob(prefix + ".*")
+             if not path.endswith(".meta"))
+
+
+def train_ours(model_fn, input_fn, batch: int, model_dir: str, ipl: int,
+               steps: int, eval_fn=None) -> Times:
+  """A train() through the TPUEstimator API at default settings; with
+  `eval_fn`, an evaluate() of `steps` steps first (timed too)."""
+  times = Times()
+  estimator = tf_estimator.tpu.TPUEstimator(
+      model_fn=model_fn, use_tpu=False, train_batch_size=batch,
+      eval_batch_size=batch,
+      config=tf_estimator.tpu.RunConfig(
+          model_dir=model_dir, log_step_count_steps=10**9,
+          tpu_config=tf_estimator.tpu.TPUConfig(iterations_per_loop=ipl)))
+  if eval_fn is not None:
+    estimator.evaluate(eval_fn, steps=steps)
+  estimator.train(input_fn, steps=steps, hooks=[times])
+  return times
+
+
+def train_baseline(model_fn, input_fn, batch: int, model_dir: str,
+                   steps: int, eval_fn=None) -> Times:
+  """The same model_fn and input_fn, one step per Session.run, in a
+  MonitoredTrainingSession (TPUEstimator with use_tpu=False), checkpoints
+  every 600 s as TPUEstimator's default; with `eval_fn`, an evaluation of
+  `steps` steps first (timed too)."""
+  params = {"batch_size": batch}
+  times = Times()
+  if eval_fn is not None:
+    _evaluate_baseline(model_fn, eval_fn, params, model_dir, steps)
+  with tf.Graph().as_default():
+    global_step = tf.train.get_or_create_global_step()
+    features, labels = tf.data.make_one_shot_iterator(
+        input_fn(params)).get_next()
+    spec = model_fn(features, labels, tf_estimator.ModeKeys.TRAIN, params)
+    start = tf.train.latest_checkpoint(model_dir)
+    start_step = 0 if start is None else int(start.rsplit("-", 1)[1])
+    with tf.train.MonitoredTrainingSession(
+        checkpoint_dir=model_dir, save_checkpoint_secs=600,
+        log_step_count_steps=10**9,
+        hooks=[tf.train.StopAtStepHook(last_step=start_step + steps),
+               times]) as session:
+      while not session.should_stop():
+        session.run(spec.train_op)
+    del global_step
+  return times
+
+
+def _evaluate_baseline(model_fn, eval_fn, params, model_dir, steps):
+  with tf.Graph().as_default():
+    tf.train.get_or_create_global_step()
+    features, labels = tf.data.make_one_shot_iterator(
+        eval_fn(params)).get_next()
+    spec = model_fn(features, labels, tf_estimator.ModeKeys.EVAL, params)
+    metrics = spec.eval_metrics[0](*spec.eval_metrics[1])
+    updates = [update for _, update in metrics.values()]
+    with tf.train.MonitoredSession(
+        session_creator=tf.train.ChiefSessionCreator(
+            checkpoint_dir=model_dir)) as session:
+      for _ in range(steps):
+        session.run([spec.loss, updates])
+
+
+def resume_ratio(input_fn, batch: int, root: str, steps: int) -> float:
+  """A one-step train() from a checkpoint at `steps` over a fresh one."""
+  trained = os.path.join(root, "resume_trained")
+  train_ours(linear_model_fn, input_fn, batch, trained, 1000, steps)
+  fresh, resumed = [], []
+  for repeat in range(FLAGS.repeats):
+    copy = os.path.join(root, f"resume_{repeat}")
+    tf.io.gfile.makedirs(copy)
+    for path in glob.glob(os.path.join(trained, "*")):
+      if os.path.isfile(path):
+        tf.io.gfile.copy(path, os.path.join(copy, os.path.basename(path)))
+    resumed.append(train_ours(linear_model_fn, input_fn, batch, copy, 1,
+                              1).first_step_secs())
+    fresh.append(train_ours(linear_model_fn, input_fn, batch,
+                            os.path.join(root, f"fresh_{repeat}"), 1,
+                            1).first_step_secs())
+  return statistics.median(resumed) / statistics.median(fresh)
+
+
+def run_program(name: str, root: str) -> Dict[str, float]:
+  data = os.path.join(root, "data")
+  tf.io.gfile.makedirs(data)
+  if name == "mnist":
+    input_fn = mnist_input_fn(write_mnist_records(data, FLAGS.examples))
+    model_fn, batch, resume_batch = mnist_model_fn, 64, 64
+  else:
+    input_fn = resnet_input_fn(write_jpeg_records(data, FLAGS.examples))
+    model_fn, batch, resume_batch = resnet_model_fn, 32, 1
+  ipls = [int(value) for value in FLAGS.iterations]
+  measured: Dict[str, List[float]] = {}
+  sizes: Dict[str, int] = {}
+
+  def note(key, value):
+    measured.setdefault(key, []).append(value)
+
+  for repeat in range(FLAGS.repeats):
+    runs = [("baseline", None)] + [(f"ipl={ipl}", ipl) for ipl in ipls]
+    for label, ipl in runs:
+      model_dir = os.path.join(root, f"{label}_{repeat}")
+      if ipl is None:
+        times = train_baseline(model_fn, input_fn, batch, model_dir,
+                               FLAGS.steps)
+      else:
+        times = train_ours(model_fn, input_fn, batch, model_dir, ipl,
+                           FLAGS.steps)
+      note(f"{label} rate", times.steady_rate())
+      note(f"{label} set-up", times.setup_secs())
+      sizes[label] = checkpoint_bytes(model_dir)
+      print(f"  {name} {label} run {repeat}: {times.steady_rate():.1f} "
+            f"steps/sec, set-up {times.setup_secs():.2f} s", flush=True)
+    # An evaluate -> train switch of one loop each, from the checkpoint.
+    for ipl in ipls:
+      note(f"baseline switch {ipl}", train_baseline(
+          model_fn, input_fn, batch, os.path.join(root, f"baseline_{repeat}"),
+          ipl, eval_fn=input_fn).total_secs())
+      note(f"ipl={ipl} switch", train_ours(
+          model_fn, input_fn, batch, os.path.join(root, f"ipl={ipl}_{repeat}"),
+          ipl, ipl, eval_fn=input_fn).total_secs())
+
+  def median(key):
+    return statistics.median(measured[key])
+
+  results = {}
+  for ipl in ipls:
+    label = f"ipl={ipl}"
+    results[f"{label} steps/sec"] = median(f"{label} rate") / median(
+        "baseline rate")
+    results[f"{label} checkpoint size"] = sizes[label] / sizes["baseline"]
+    results[f"{label} set-up"] = median(f"{label} set-up") / median(
+        "baseline set-up")
+    results[f"{label} switch"] = median(f"{label} switch") / median(
+        f"baseline switch {ipl}")
+  print(f"\n{name}: baseline {median('baseline rate'):.1f} steps/sec, "
+        f"checkpoint {sizes['baseline']:,} bytes, set-up "
+        f"{median('baseline set-up'):.2f} s")
+  if FLAGS.resume_steps:
+    results["resume"] = resume_ratio(input_fn, resume_batch, root,
+                                     FLAGS.resume_steps)
+  return results
+
+
+def main(argv):
+  del argv  # Unused.
+  _common.quiet()
+  table = {}
+  for name in FLAGS.programs:
+    with tempfile.TemporaryDirectory() as root:
+      table[name] = run_program(name, root)
+  print(f"\nratios to the baseline (median of {FLAGS.repeats}; "
+        f"{FLAGS.steps} steps per run)\n")
+  rows = []
+  for name, results in table.items():
+    for measure, ratio in results.items():
+      target = ("<= 1.5" if measure == "resume" else
+                ">= 1.0" if measure.endswith("steps/sec") else
+                "<= 1.1" if measure.endswith("size") else "<= 1.0")
+      rows.append((name, measure, f"{ratio:.2f}", target))
+  _common.print_table(["program", "measure", "ours / baseline", "target"],
+                      rows, numeric=[False, False, True])
+
+
+if __name__ == "__main__":
+  app.run(main)

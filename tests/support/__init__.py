@@ -1,0 +1,1 @@
+"""Test support: models, fixtures, worker scripts and servers the tests use."""

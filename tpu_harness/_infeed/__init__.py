@@ -1,0 +1,7 @@
+"""Internal: the host side of the infeed.
+
+`host.HostInfeed` (one host's queue, iterator and host thread; its layout
+in `layout`, its graph ops in `ops`), `pod.PodInfeed` (a pod's hosts as
+one), `position` (the training input's position saved with checkpoints)
+and `rewrite` (the training input made resumable from a small position).
+"""

@@ -1,0 +1,116 @@
+"""The host's side of running built device loops, whatever the mode.
+
+Per loop::
+
+  infeed.wait()                # the k steps requested before are queued
+  infeed.request(next k)       # so the host fills while the device runs
+  session.run(fetches, iterations=k)
+
+`run_loops` does that until the steps asked for, or the input, are done;
+`prediction_rows` turns a predict loop's outfeed into one dict per example.
+No graph building here, and no I/O beyond the session runs.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, Iterator, Mapping, Optional, Tuple
+
+import numpy as np
+import tensorflow as tf
+
+from tpu_harness.loops.device_loop import BuiltLoop
+from tpu_harness.loops.device_loop import SINGLE_PREDICTION
+from tpu_harness.loops.device_loop import VALID
+
+
+def run_loops(loop: BuiltLoop, session, steps: Optional[int],
+              iterations_per_loop: int, clock: Callable[[], float],
+              stop: Callable[[], bool] = lambda: False
+              ) -> Iterator[Tuple[int, Dict[str, Any], float]]:
+  """Runs loops until `steps` (or the input) is done, or `stop()`.
+
+  The next loop's input is requested before this loop runs, so the host
+  fills the infeed while the device works.
+
+  Args:
+    loop: the built loop.
+    session: a session whose hooks started `loop.infeed`.
+    steps: steps to run; None: until the input ends.
+    iterations_per_loop: the most steps per run.
+    clock: seconds, to time each run.
+    stop: checked before each run; True ends the loops.
+
+  Yields:
+    (steps run, the run's results, seconds the run took) per loop.
+  """
+  ipl = iterations_per_loop
+  # Feeding costs host time on every run: feed only a count other than the
+  # loop's default.
+  default = (tf.get_static_value(loop.iterations.op.inputs[0])
+             if loop.iterations.op.type == "PlaceholderWithDefault" else None)
+  done = 0
+  requested = ipl if steps is None else min(ipl, steps)
+  loop.infeed.request(requested)
+  while requested and not stop():
+    count = loop.infeed.wait()
+    if count == 0 or stop():
+      return
+    done += count
+    ended = count < requested
+    requested = 0 if ended else (
+        ipl if steps is None else min(ipl, steps - done))
+    if requested:
+      loop.infeed.request(requested)
+    started = clock()
+    try:
+      results = session.run(loop.fetches, feed_dict=(
+          None if count == default else {loop.iterations: count}))
+    except (tf.errors.OutOfRangeError, tf.errors.CancelledError):
+      # A streamed input that failed closed the queue under the loop; say
+      # why (a MonitoredSession would take OutOfRangeError for the end).
+      loop.infeed.raise_if_failed()
+      raise
+    yield count, results, clock() - started
+
+
+def run_host_call(loop: BuiltLoop, results: Mapping[str, Any],
+                  count: int) -> None:
+  """Runs the loop's host_call (if any) for each of its `count` steps."""
+  if loop.host_call is not None:
+    loop.host_call.run(results["outfeed"], count)
+
+
+def prediction_rows(outfeed: Mapping[str, np.ndarray]
+                    ) -> Iterator[Dict[str, Any]]:
+  """One `{name: value}` per real example of a predict loop's outfeed
+  (values shaped [steps, replicas, rows, ...]; padding rows dropped), or
+  one value per example where the predictions were a single tensor."""
+  valid = outfeed[VALID]
+  names = [name for name in outfeed if name != VALID]
+  single = names == [SINGLE_PREDICTION]
+  for step in range(valid.shape[0]):
+    for shard in range(valid.shape[1]):
+      for row in range(int(valid[step, shard])):
+        if single:
+          yield outfeed[SINGLE_PREDICTION][step, shard, row]
+        else:
+          yield {name: outfeed[name][step, shard, row] for name in names}
+
+
+def batches(rows: Iterator[Any], outfeed: Mapping[str, np.ndarray]
+            ) -> Iterator[Any]:
+  """The rows of a predict loop's outfeed regrouped by input batch (one
+  step's replicas together), each value stacked: `{name: [rows, ...]}`, or
+  an array for a single-tensor prediction."""
+  valid = outfeed[VALID]
+  rows = iter(rows)
+  for step in range(valid.shape[0]):
+    count = int(np.sum(valid[step]))
+    if not count:
+      continue
+    group = [next(rows) for _ in range(count)]
+    if isinstance(group[0], dict):
+      yield {name: np.stack([row[name] for row in group])
+             for name in group[0]}
+    else:
+      yield np.stack(group)

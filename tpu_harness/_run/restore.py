@@ -1,0 +1,233 @@
+"""Sessions restored from a checkpoint: reading it once, telling a broken
+checkpoint from other failures.
+
+`CheckedRestore` is the session creator of training, evaluation and
+prediction: it restores the checkpoint (the one full read of it), retries
+transient storage errors, and when the restore fails otherwise reads the
+checkpoint through to tell whether its files are to blame
+(`errors.CheckpointRestoreError`: the caller falls back to an older
+one) or not (the error is raised as it is).
+
+Evaluation may run beside a trainer whose rotation deletes old checkpoints.
+The checkpoint is therefore chosen as late as possible, after the graph is
+built and just before the session restores it; if it is gone all the same
+when the session reads it, the graph is built again and the newest
+checkpoint chosen again (up to `ATTEMPTS` times). A checkpoint that does not
+restore is skipped with a warning and the next older one chosen, unless the
+caller named it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import (Callable, Iterator, Optional, Sequence,
+                    Tuple)
+
+from absl import logging
+import tensorflow as tf
+
+from hooks import paths
+from hooks import validation
+from tpu_harness import errors
+from tpu_harness import spec as spec_lib
+from tpu_harness._infeed.host import InfeedHook
+from tpu_harness._model_dir import restore_order
+from tpu_harness._model_dir import storage
+from tpu_harness.loops.device_loop import BuiltLoop
+from tpu_harness.tpu import pod
+
+ATTEMPTS = 3
+
+
+class CheckedRestore(tf.compat.v1.train.SessionCreator):
+  """`tf.compat.v1.train.ChiefSessionCreator` restoring `checkpoint` (or
+  initializing, with None), with transient storage errors retried and a
+  restore that fails because the checkpoint's files do not read back raised
+  as `errors.CheckpointRestoreError`."""
+
+  def __init__(self, checkpoint: Optional[str], *,
+               hosts: Sequence[str] = (), host_wait_secs: float = 60.0,
+               **kwargs):
+    """Args: the checkpoint; a pod's hosts (see `tpu_harness.tpu.pod`) and how
+    long to wait for them; ChiefSessionCreator's other arguments."""
+    self._checkpoint = checkpoint
+    self._hosts = tuple(hosts)
+    self._host_wait_secs = host_wait_secs
+    self._created = False
+    self._inner = tf.compat.v1.train.ChiefSessionCreator(
+        checkpoint_filename_with_path=checkpoint, **kwargs)
+
+  def create_session(self) -> tf.compat.v1.Session:
+    if self._hosts:
+      if self._created:
+        # MonitoredSession asks again when a run failed with an error it
+        # takes for a preemption: on a pod, a host went away.
+        raise pod.lost_hosts_error(
+            self._hosts, "a run failed and the session had to be created "
+            "again; the log above has the error")
+      # TF would wait for a missing host forever.
+      pod.wait_for_hosts(self._hosts, self._host_wait_secs)
+    self._created = True
+    if self._hosts:
+      return pod.for_pod(self._create(), self._hosts)
+    return self._create()
+
+  def _create(self) -> tf.compat.v1.Session:
+    if self._checkpoint is None:
+      return self._inner.create_session()
+    try:
+      return storage.retry(self._inner.create_session,
+                           f"restoring checkpoint {self._checkpoint}")
+    except (tf.errors.OpError, ValueError) as error:
+      failure = restore_order.restore_failure(self._checkpoint)
+      if failure is None:
+        raise
+      raise failure from error
+
+
+@contextlib.contextmanager
+def restored(build: Callable[[], BuiltLoop],
+             choose: Callable[[restore_order.RestoreOrder], str],
+             order: restore_order.RestoreOrder,
+             *,
+             fixed: bool,
+             master: str,
+             session_config: tf.compat.v1.ConfigProto,
+             hooks: Optional[Sequence[tf.compat.v1.train.SessionRunHook]]
+             = None,
+             prepare: Callable[[], None] = lambda: None,
+             hosts: Sequence[str] = (),
+             host_wait_secs: float = 60.0,
+             variable_device: str = "",
+             ) -> Iterator[Tuple[BuiltLoop, tf.compat.v1.train.MonitoredSession,
+                                 str]]:
+  """In a new graph, builds a loop with `build`; chooses the checkpoint
+  with `choose`; calls `prepare` (once); opens a session restored from the
+  checkpoint with the loop's hooks; yields (loop, session, checkpoint).
+
+  Args:
+    build: builds the loop in the default graph (which has a global step).
+    choose: `choose(order)` returns the checkpoint to restore, the next in
+      `order`; it raises when none is left.
+    order: the run's checkpoints to try (those that fail to restore are
+      marked broken in it).
+    fixed: the caller named the checkpoint: do not choose again when it is
+      gone or does not restore.
+    master: the session target.
+    session_config: the device loop's session configuration.
+    hooks: more hooks for the session.
+    prepare: checks to make once the checkpoint is known, before any work.
+    hosts: a pod's hosts; host_wait_secs: how long to wait for them.
+    variable_device: where the global step lives ("": anywhere).
+
+  Raises:
+    CheckpointMismatchError: the checkpoint does not fit the model.
+    CheckpointRestoreError: the named (`fixed`) checkpoint does not read
+      back.
+    Exception: what `choose` raises, and what restoring raised if the
+      checkpoint is still there or was named by the caller.
+  """
+  rotated = 0
+  first = True
+  while True:
+    with tf.Graph().as_default():
+      with tf.device(variable_device):
+        spec_lib.create_global_step()
+      loop = build()
+      checkpoint = choose(order)
+      if first:
+        prepare()
+        first = False
+      try:
+        session = _open(loop, checkpoint, master, session_config, hooks,
+                        hosts, host_wait_secs)
+      except (errors.CheckpointRestoreError, tf.errors.NotFoundError,
+              ValueError) as error:
+        if fixed:
+          raise
+        if storage.stat_or_none(checkpoint + ".index") is None:
+          rotated += 1
+          if rotated >= ATTEMPTS:
+            raise
+          logging.info("Checkpoint %s was deleted before it could be read "
+                       "(rotated by a trainer beside?); using the newest "
+                       "one.", checkpoint)
+          continue
+        if not isinstance(error, errors.CheckpointRestoreError):
+          raise
+        order.skip(checkpoint, error.reason, "restore")
+        continue
+      with session:
+        yield loop, session, checkpoint
+      return
+
+
+def choose(model_dir: str, checkpoint_path: Optional[str],
+           order: restore_order.RestoreOrder) -> str:
+  """The checkpoint evaluate and predict restore: `checkpoint_path` if
+  given (checked), else the next of the run's checkpoints in `model_dir`
+  in `order` (the newest not found broken whose index and global step
+  read back).
+
+  Raises:
+    ValueError: `checkpoint_path` is not a checkpoint; `model_dir` has no
+      checkpoint of the run.
+    NoRestorableCheckpointError: it has some, and none restores.
+  """
+  if checkpoint_path is not None:
+    paths.check_no_glob_characters(
+        "checkpoint_path",
+        validation.non_empty_path("checkpoint_path", checkpoint_path))
+    if not tf.io.gfile.exists(checkpoint_path + ".index"):
+      raise ValueError(f"`checkpoint_path` ({checkpoint_path!r}) is not a "
+                       f"checkpoint: {checkpoint_path}.index does not "
+                       f"exist.")
+    return checkpoint_path
+  found = order.next()
+  if found is not None:
+    return found[0]
+  if order.broken:
+    raise order.none_left()
+  raise ValueError(f"No checkpoint that reads back in `model_dir` "
+                   f"({model_dir!r}); train first or pass "
+                   f"`checkpoint_path`.")
+
+
+def scaffold_for(spec, default_saver: Callable[[], tf.compat.v1.train.Saver]
+                 ) -> Tuple[tf.compat.v1.train.Scaffold, bool]:
+  """The session's Scaffold: the spec's `scaffold_fn()` (called here, once,
+  on the host), with `default_saver()` where it has no saver.
+
+  Returns:
+    (the Scaffold, whether its saver is the user's).
+  """
+  user = spec.scaffold_fn() if spec is not None and spec.scaffold_fn else None
+  if user is None:
+    return tf.compat.v1.train.Scaffold(saver=default_saver()), False
+  if not isinstance(user, tf.compat.v1.train.Scaffold):
+    raise TypeError(f"`scaffold_fn` must return a "
+                    f"tf.compat.v1.train.Scaffold, got {user!r}.")
+  if user.saver is not None:
+    return tf.compat.v1.train.Scaffold(copy_from_scaffold=user), True
+  return tf.compat.v1.train.Scaffold(saver=default_saver(),
+                                     copy_from_scaffold=user), False
+
+
+def _open(loop: BuiltLoop, checkpoint: str, master: str,
+          session_config: tf.compat.v1.ConfigProto, hooks,
+          hosts: Sequence[str], host_wait_secs: float
+          ) -> tf.compat.v1.train.MonitoredSession:
+  scaffold, users_saver = scaffold_for(loop.spec, tf.compat.v1.train.Saver)
+  if not users_saver:
+    # A user's saver (e.g. mapping moving-average names onto the model's
+    # variables) restores what it was built for; TF's restore says what is
+    # missing then.
+    restore_order.check_matches(checkpoint, tf.compat.v1.global_variables())
+  creator = CheckedRestore(checkpoint, scaffold=scaffold, master=master,
+                           config=session_config, hosts=hosts,
+                           host_wait_secs=host_wait_secs)
+  spec_hooks = loop.spec.hooks_for_mode if loop.spec is not None else ()
+  return tf.compat.v1.train.MonitoredSession(
+      session_creator=creator,
+      hooks=list(loop.hooks) + [InfeedHook(loop.infeed)] + list(spec_hooks)
+      + list(hooks or []))

@@ -1,0 +1,296 @@
+"""One training session: the loop, the hooks around it, the checkpoints.
+
+Per training loop (one `Session.run` of up to `iterations_per_loop` steps)::
+
+  infeed.request(k)            # host thread moves k steps of input
+  n = infeed.wait()            # steps actually available (input may end)
+  infeed.request(next k)       # so the host fills while the device runs
+  hooks.before_run             # every hook, steps_per_run = iterations_per_loop
+  session.run(loop, iterations=n)   # n steps on the device, outfeed back
+  hooks.after_run              # saves, step counting, stop at max_steps
+  log: step, loss, steps/sec, examples/sec; write loss; run host_call
+
+The last loop is shortened so training stops exactly at `max_steps`.
+`tpu_harness.Runner.train` checks the arguments, takes the lease on
+`model_dir` and finds where to resume; this module runs the session.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+from absl import logging
+import tensorflow as tf
+
+import hooks as hooks_lib
+from tpu_harness import spec as spec_lib
+from tpu_harness._infeed import position as input_position
+from tpu_harness._infeed.host import InfeedHook
+from tpu_harness._model_dir import contents
+from tpu_harness._model_dir import restore_order
+from tpu_harness._model_dir.lease import ModelDirLease
+from tpu_harness._run import host_loop
+from tpu_harness._run import restore
+from tpu_harness._run.nan_loss import NanLossHook
+from tpu_harness._run.preemption import PreemptionWatcher
+from tpu_harness.config import RunConfig
+from tpu_harness.loops.device_loop import BuiltLoop
+from tpu_harness.loops.device_loop import DeviceLoop
+from tpu_harness.loops.device_loop import LOSS
+
+# A save interval no run reaches.
+_NEVER = 2**62
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+  """What a Runner trains with."""
+  model_fn: Callable[..., Any]
+  config: RunConfig
+  device: DeviceLoop
+  params: Dict[str, Any]
+  session_config: tf.compat.v1.ConfigProto
+  clock: Callable[[], float]
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainRequest:
+  """One `train()` call's session: its input, where it resumes and stops.
+
+  Attributes:
+    input_fn: the training `input_fn`.
+    resume: the checkpoint it resumes from (`resume.checkpoint` None: a
+      fresh start).
+    last_step: the global step it stops at.
+    batch_size: global examples per step.
+    hooks: the caller's SessionRunHooks.
+    listeners: the caller's CheckpointSaverListeners.
+    lease: the lease held on `model_dir`.
+  """
+  input_fn: Callable[..., Any]
+  resume: restore_order.ResumePoint
+  last_step: int
+  batch_size: int
+  hooks: Sequence[tf.compat.v1.train.SessionRunHook]
+  listeners: Sequence[Any]
+  lease: ModelDirLease
+
+
+def train(job: Job, request: TrainRequest) -> bool:
+  """Trains from `request.resume` to `request.last_step` in one session;
+  returns whether a SIGTERM/SIGINT stopped it (with a checkpoint saved).
+
+  Raises:
+    CheckpointRestoreError: `request.resume.checkpoint` does not read back
+      (raised before any step; the caller falls back to an older one).
+    Exception: what `tpu_harness.Runner.train` documents.
+  """
+  config = job.config
+  with tf.Graph().as_default():
+    loop, position = _build_graph(job, request)
+    scaffold, saver, listeners = _saver_and_listeners(job, loop, position,
+                                                      request)
+    saver_hook = _saver_hook(config, saver, listeners)
+    preemption = PreemptionWatcher()
+    loop_secs = _LongestLoop()
+    if position is not None:
+      # A save is decided after a loop; its fill was asked for before the
+      # loop ran, at most (twice) the longest loop earlier.
+      position.expect_saves(lambda step: (
+          step >= request.last_step or preemption.requested
+          or saver_hook.due(step, time.monotonic() + 2 * loop_secs.longest)))
+    all_hooks = _hooks(job, loop, saver_hook, request)
+    creator = restore.CheckedRestore(
+        request.resume.checkpoint, scaffold=scaffold,
+        master=config.session_target, config=job.session_config,
+        hosts=config.tpu.hosts, host_wait_secs=config.tpu.host_wait_secs)
+    writer = tf.compat.v1.summary.FileWriterCache.get(config.model_dir)
+    logging.info("Training from step %d to %d, %d steps per loop, on %s.",
+                 request.resume.step, request.last_step,
+                 config.iterations_per_loop,
+                 config.session_target or "this process")
+    try:
+      with preemption:
+        with tf.compat.v1.train.MonitoredSession(
+            session_creator=creator, hooks=all_hooks) as session:
+          try:
+            _train_loops(job, session, loop, request, writer, preemption,
+                         loop_secs)
+          finally:
+            loop.infeed.stop()
+    except BaseException:
+      # The session ended without the hooks' end(): finish a checkpoint
+      # write in flight rather than abandon it.
+      saver_hook.finish_pending_save()
+      raise
+    finally:
+      writer.flush()
+    if preemption.requested:
+      logging.warning("Stopped by %s at step %s with a checkpoint saved "
+                      "(%s); training resumes from it when run again.",
+                      preemption.signal_name,
+                      contents.checkpoint_step(saver_hook.latest_saved),
+                      saver_hook.latest_saved)
+    return preemption.requested
+
+
+def _build_graph(job: Job, request: TrainRequest) -> tuple:
+  """In the default graph: the global step, the training loop, and the
+  model's starting point (the checkpoint checked to fit, or a warm
+  start). Returns (the loop, the input position or None)."""
+  config, resume = job.config, request.resume
+  if config.tf_random_seed is not None:
+    tf.compat.v1.set_random_seed(config.tf_random_seed)
+  with tf.device(job.device.variable_device):
+    spec_lib.create_global_step()
+  position = _input_position(config.resume_input, resume)
+  loop = job.device.build_train(job.model_fn, request.input_fn, job.params,
+                                skip_steps=0,
+                                max_steps=request.last_step - resume.step,
+                                position=position)
+  if resume.checkpoint is not None:
+    restore_order.check_matches(resume.checkpoint,
+                                tf.compat.v1.global_variables())
+  elif config.warm_start_from:
+    logging.info("Warm-starting trainable variables from %s.",
+                 config.warm_start_from)
+    tf.compat.v1.train.warm_start(config.warm_start_from)
+  return loop, position
+
+
+def _saver_and_listeners(job: Job, loop: BuiltLoop, position,
+                         request: TrainRequest) -> tuple:
+  """(the session's Scaffold, the Saver the saver hook saves with, its
+  listeners). The scaffold's saver restores the model; the hook's saves
+  the input position too (a checkpoint without one still restores)."""
+  config = job.config
+  scaffold, users_saver = restore.scaffold_for(loop.spec, lambda: (
+      tf.compat.v1.train.Saver(max_to_keep=config.keep_checkpoint_max,
+                               save_relative_paths=True)))
+  saver = scaffold.saver
+  listeners = list(request.listeners or [])
+  if position is not None:
+    if users_saver:
+      position.disable("`scaffold_fn` gave a Saver, which saves what it "
+                       "was built for")
+    else:
+      saver = tf.compat.v1.train.Saver(
+          var_list=(tf.compat.v1.global_variables() + tf.compat.v1
+                    .get_collection(tf.compat.v1.GraphKeys.SAVEABLE_OBJECTS)
+                    + position.variables),
+          max_to_keep=config.keep_checkpoint_max, save_relative_paths=True)
+    listeners.append(position.listener())
+  # Rotation (keep_checkpoint_max) covers the run's own checkpoints of
+  # earlier runs, and a lowered maximum applies at once.
+  saver.recover_last_checkpoints(contents.enforce_keep_max(
+      config.model_dir, request.resume.recent, config.keep_checkpoint_max))
+  return scaffold, saver, listeners
+
+
+def _saver_hook(config: RunConfig, saver, listeners
+                ) -> hooks_lib.CheckpointSaverHook:
+  periodic = (config.save_checkpoints_steps is not None
+              or config.save_checkpoints_secs is not None)
+  return hooks_lib.CheckpointSaverHook(
+      config.model_dir,
+      # No periodic saves: only the one at the start and the last.
+      save_steps=config.save_checkpoints_steps if periodic else _NEVER,
+      save_secs=config.save_checkpoints_secs, saver=saver,
+      listeners=listeners, steps_per_run=config.iterations_per_loop,
+      save_graph_def=config.save_graph_def,
+      async_save=config.async_checkpoints,
+      check_finite=config.stop_on_nan_loss)
+
+
+def _hooks(job: Job, loop: BuiltLoop,
+           saver_hook: hooks_lib.CheckpointSaverHook,
+           request: TrainRequest) -> List[tf.compat.v1.train.SessionRunHook]:
+  """The session's hooks, in order: the loop's, the infeed's, the NaN
+  guard, stop, step counter, the model's, the caller's, the saver last."""
+  config = job.config
+  ipl = config.iterations_per_loop
+
+  def newest_checkpoint():  # Once the loss is NaN: nothing more to save.
+    saver_hook.finish_pending_save()
+    return saver_hook.latest_saved
+
+  guards = ([NanLossHook(loop.fetches["outfeed"][LOSS], newest_checkpoint)]
+            if config.stop_on_nan_loss else [])
+  return list(loop.hooks) + [InfeedHook(loop.infeed)] + guards + [
+      hooks_lib.StopAtStepHook(last_step=request.last_step,
+                               steps_per_run=ipl),
+      hooks_lib.StepCounterHook(
+          every_n_steps=config.log_step_count_steps,
+          output_dir=config.model_dir, steps_per_run=ipl,
+          batch_size=request.batch_size),
+  ] + list(loop.spec.training_hooks) + list(request.hooks) + [saver_hook]
+
+
+def _input_position(mode: str, resume: restore_order.ResumePoint
+                    ) -> Optional[input_position.InputPosition]:
+  """The InputPosition to save and restore for `RunConfig.resume_input`
+  `mode`; None for `restart`."""
+  if mode == input_position.RESTART:
+    if resume.step:
+      logging.info("resume_input='restart': the input starts again from "
+                   "its first element at step %d.", resume.step)
+    return None
+  return input_position.InputPosition(mode, resume.checkpoint, resume.step)
+
+
+class _LongestLoop:
+  """The longest loop so far, in seconds."""
+
+  def __init__(self):
+    self.longest = 0.0
+
+  def add(self, secs: float) -> None:
+    self.longest = max(self.longest, secs)
+
+
+def _train_loops(job: Job, session, loop: BuiltLoop, request: TrainRequest,
+                 writer, preemption, loop_secs: _LongestLoop) -> None:
+  step, last_step = request.resume.step, request.last_step
+  batch_size, lease = request.batch_size, request.lease
+
+  def stop():
+    return session.should_stop() or preemption.requested or lease.lost
+
+  for count, results, elapsed in host_loop.run_loops(
+      loop, session, last_step - step, job.config.iterations_per_loop,
+      job.clock, stop):
+    loop_secs.add(elapsed)
+    end_step = int(results["end_step"])
+    if end_step - step != count:
+      raise RuntimeError(
+          f"The global step went from {step} to {end_step} in a loop of "
+          f"{count} steps: `model_fn`'s train_op must advance it by exactly "
+          f"one per step (pass global_step=tf.compat.v1.train."
+          f"get_global_step() to the optimizer's minimize).")
+    _report(job.config, results["outfeed"], step, end_step, elapsed,
+            batch_size, last_step, writer)
+    host_loop.run_host_call(loop, results, count)
+    step = end_step
+  lease.check()
+  if step < last_step and not stop():
+    logging.info("Input ended at step %d, before max_steps %d.", step,
+                 last_step)
+
+
+def _report(config: RunConfig, outfeed, start, end, elapsed, batch_size,
+            last_step, writer) -> None:
+  """The progress line, and the loss summary every save_summary_steps."""
+  losses = outfeed[LOSS]
+  steps = end - start
+  rate = steps / elapsed if elapsed > 0 else float("inf")
+  logging.info("step %d: loss = %.6g (%.1f steps/sec, %.1f examples/sec)",
+               end, losses[-1], rate, rate * batch_size)
+  every = config.save_summary_steps
+  for offset, step in enumerate(range(start + 1, end + 1)):
+    if step % every and step != last_step:
+      continue
+    writer.add_summary(tf.compat.v1.Summary(value=[
+        tf.compat.v1.Summary.Value(tag="loss",
+                                   simple_value=losses[offset])]), step)

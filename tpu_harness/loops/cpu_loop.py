@@ -1,0 +1,304 @@
+"""The device loop emulated on CPU: same infeed, loop and outfeed, no TPU.
+
+Per step, the loop dequeues one infeed element holding every replica's batch
+(with num_shards > 1, stacked on a first axis of length num_shards), calls
+`model_fn` once per replica on its own virtual CPU device (`/device:CPU:i`,
+made by the session's `device_count`; see `tpu_harness.loops.replicas` for what is
+shared and what is per replica), and enqueues the step's values (loss,
+host_call tensors, eval tensors or predictions) into an outfeed queue. The
+host dequeues the loop's values in the same `Session.run`, after the loop.
+
+Input: by default `input_fn` gets the per-replica batch size and each
+replica takes its own consecutive batch (TPUEstimator's PER_HOST_V2); with
+`per_host_input`, `input_fn` gets the global batch size and each batch is
+split among the replicas along its first axis (PER_HOST_V1, and
+TPUEstimator's evaluation and prediction input).
+
+With iterations_per_loop=1 the run is a single step with no while loop and
+no outfeed queue: their fixed cost per run (about 110 us in a trace on a
+2-core machine) is a third of a small model's step, and one step needs
+neither. `scripts/bench/loop.py` measures the result (runner/1).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import tensorflow as tf
+
+import hooks
+from tpu_harness import _tf_internals
+from tpu_harness import spec as spec_lib
+from tpu_harness._infeed import pod as pod_infeed
+from tpu_harness._infeed.host import HostInfeed
+from tpu_harness._infeed.host import Infeed
+from tpu_harness._infeed.layout import DEFAULT_LAYOUT
+from tpu_harness._infeed.layout import InfeedLayout
+from tpu_harness._infeed.position import InputPosition
+from tpu_harness.loops import eval_metrics as eval_metrics_lib
+from tpu_harness.loops import replicas as replicas_lib
+from tpu_harness.loops import step_input
+from tpu_harness.loops.device_loop import LoopBuilder
+from tpu_harness.loops.device_loop import LOSS
+from tpu_harness.loops.device_loop import prediction_outfeed
+from tpu_harness.loops.eval_metrics import EvalMetrics
+from tpu_harness.loops.host_call import HostCall
+from tpu_harness.loops.step_input import make_input
+from tpu_harness.tpu import pod
+
+
+class CpuEmulationLoop(LoopBuilder):
+  """Runs `iterations_per_loop` steps of `num_shards` replicas on CPU."""
+
+  def __init__(self, *, num_shards: int, iterations_per_loop: int,
+               max_infeed_bytes: Optional[int] = None,
+               per_host_input: bool = False,
+               host_call_every_n_steps: int = 1,
+               hosts: Sequence[str] = (),
+               infeed_layout: InfeedLayout = DEFAULT_LAYOUT):
+    """Initializes the loop builder.
+
+    Args:
+      num_shards: replicas, each on its own virtual CPU device (of its
+        host's TF server, on a pod).
+      iterations_per_loop: steps per `Session.run`.
+      max_infeed_bytes: host memory the infeed may hold (see
+        `RunConfig.max_infeed_bytes`); None: no limit.
+      per_host_input: `input_fn` gets the global batch size and its batches
+        are split among the replicas (else: per-replica batches).
+      host_call_every_n_steps: run a `host_call` on every n-th step of a
+        loop only.
+      hosts: a pod's hosts (see `tpu_harness.tpu.pod`): each runs
+        `num_shards / len(hosts)` replicas on its virtual CPUs and its own
+        infeed; the variables live on host 0. Empty: this process, or one
+        session target, with `num_shards` virtual CPUs.
+      infeed_layout: how the infeeds size their reads.
+
+    Raises:
+      ValueError: `num_shards` is not a multiple of the number of hosts.
+    """
+    super().__init__(
+        num_shards=num_shards, num_hosts=max(1, len(hosts)),
+        iterations_per_loop=iterations_per_loop,
+        max_infeed_bytes=max_infeed_bytes, per_host_input=per_host_input,
+        host_call_every_n_steps=host_call_every_n_steps,
+        infeed_layout=infeed_layout, hosts_name="the number of `hosts`")
+    self._hosts = tuple(hosts)
+
+  @property
+  def variable_device(self) -> str:
+    return pod.host_device(0) if self._hosts else ""
+
+  def session_config(self) -> tf.compat.v1.ConfigProto:
+    if self._hosts:
+      # The hosts' servers have their virtual CPUs; each session's queues,
+      # iterators and variables on them are its own.
+      return tf.compat.v1.ConfigProto(allow_soft_placement=False,
+                                      isolate_session_state=True)
+    return tf.compat.v1.ConfigProto(
+        device_count={"CPU": self._num_shards}, allow_soft_placement=False)
+
+  # Building blocks.
+
+  def _input(self, input_fn: Callable, params: Dict[str, Any], mode: str,
+             name: str, skip_steps: int = 0,
+             max_steps: Optional[int] = None,
+             position: Optional[InputPosition] = None):
+    """The infeed of `input_fn`'s input: a HostInfeed, or on a pod a
+    PodInfeed of one per host, each calling `input_fn` with its host's
+    `input_context` and reading its input on its host."""
+    devices = ([pod.host_device(host) for host in range(self.num_hosts)]
+               if self._hosts else [None])
+    return pod_infeed.per_host(name, devices, lambda host, infeed_name: self._infeed(
+        make_input(input_fn, self.input_params(params, host), mode,
+                   position=position.host(host) if position else None),
+        infeed_name, params, skip_steps, max_steps, position=position,
+        host=host), as_pod=bool(self._hosts))
+
+  def _infeed(self, dataset: tf.data.Dataset, name: str,
+              params: Dict[str, Any], skip_steps: int = 0,
+              max_steps: Optional[int] = None,
+              batched: bool = False,
+              position: Optional[InputPosition] = None,
+              host: int = 0) -> HostInfeed:
+    """The infeed of one element per step: with several replicas on the
+    host, their batches stacked (unless already `batched`); the first
+    `skip_steps` steps' elements dropped, or `position` restored; at most
+    `max_steps` read."""
+    if not batched:
+      dataset = step_input.per_step(dataset, self._cores,
+                                    self._per_host_input)
+    return HostInfeed(dataset, self._iterations_per_loop, name,
+                      max_steps=max_steps, max_bytes=self._max_infeed_bytes,
+                      layout=self._layout(name, params),
+                      skip_steps=skip_steps, sizes=self._infeed_layout,
+                      position=(position.host(host) if position is not None
+                                else None))
+
+  def _replicas(self, model_fn: Callable, element: Any, mode: str,
+                params: Dict[str, Any], stacked: bool
+                ) -> List[spec_lib.ModelSpec]:
+    return replicas_lib.call_replicas(
+        model_fn, element, mode, params, self._num_shards, stacked,
+        devices=([pod.replica_device(*divmod(index, self._cores))
+                  for index in range(self._num_shards)]
+                 if self._hosts else None),
+        variable_device=self.variable_device,
+        cores_per_host=self._cores if self._hosts else None)
+
+  def _mean_loss(self, specs: List[spec_lib.ModelSpec]) -> tf.Tensor:
+    if len(specs) == 1:
+      return specs[0].loss
+    return tf.add_n([spec.loss for spec in specs]) / len(specs)
+
+  def _host_call(self, specs: List[spec_lib.ModelSpec], holder: Dict
+                 ) -> Dict[str, tf.Tensor]:
+    """Replica 0's host_call, recorded in `holder`; its outfeed values."""
+    if not _all_or_none(specs, "host_call"):
+      return {}
+    fn, tensors = specs[0].host_call
+    call = HostCall(fn, tensors, every_n_steps=self._host_call_every)
+    holder["host_call"] = call
+    return call.outfeed([spec.host_call[1] for spec in specs])
+
+  def _loop(self, infeed: Infeed, step_fn: Callable[[Any], tuple],
+            ) -> tuple:
+    """Builds one run's steps; returns (iterations, stacked outfeed values).
+
+    `step_fn(element)` returns (ops to run, {name: tensor} to outfeed).
+    """
+    iterations = tf.compat.v1.placeholder_with_default(
+        self._iterations_per_loop, [], name="iterations")
+    # The steps start after the hooks' global-step read, so they see the
+    # step from before the run.
+    read = hooks.global_step_read()
+    with tf.control_dependencies([read] if read is not None else []):
+      if self._iterations_per_loop == 1:
+        ops, values = _step(infeed, step_fn)
+        with tf.control_dependencies(ops):
+          return iterations, {name: tf.expand_dims(value, 0)
+                              for name, value in values.items()}
+      return iterations, self._while_loop(infeed, step_fn, iterations)
+
+  def _while_loop(self, infeed: Infeed, step_fn: Callable[[Any], tuple],
+                  iterations: tf.Tensor) -> Dict[str, tf.Tensor]:
+    """`iterations` steps; their values through an outfeed queue that the
+    host dequeues after the loop."""
+    holder = {}
+
+    def body(i):
+      ops, values = _step(infeed, step_fn)
+      names = sorted(values)
+      with tf.init_scope():  # The outfeed lives outside the loop.
+        holder["outfeed"] = tf.queue.FIFOQueue(
+            self._iterations_per_loop, [values[n].dtype for n in names],
+            shapes=[values[n].shape for n in names], names=names,
+            name="outfeed")
+      with tf.control_dependencies(ops):
+        enqueue = holder["outfeed"].enqueue(
+            {n: tf.identity(values[n]) for n in names})
+      with tf.control_dependencies([enqueue]):
+        return i + 1
+
+    (done,) = tf.while_loop(lambda i: i < iterations, body, [tf.constant(0)],
+                            name="device_loop")
+    with tf.control_dependencies([done]):
+      return holder["outfeed"].dequeue_many(iterations)
+
+  # The three modes.
+
+  def build_train(self, model_fn, input_fn, params, skip_steps,
+                  max_steps=None, position=None):
+    with tf.device(self.variable_device):
+      return self._build_train(model_fn, input_fn, params, skip_steps,
+                               max_steps, position)
+
+  def _build_train(self, model_fn, input_fn, params, skip_steps, max_steps,
+                   position):
+    mode = spec_lib.ModeKeys.TRAIN
+    infeed = self._input(input_fn, params, mode, "train", skip_steps,
+                         max_steps, position)
+    global_step = tf.compat.v1.train.get_global_step()
+    holder = {}
+
+    def step_fn(element):
+      specs = self._replicas(model_fn, element, mode, params,
+                             stacked=self._cores > 1)
+      holder["spec"] = specs[0]
+      values = {LOSS: self._mean_loss(specs)}
+      values.update(self._host_call(specs, holder))
+      return [s.train_op for s in specs], values
+
+    iterations, stacked = self._loop(infeed, step_fn)
+    with tf.control_dependencies(list(stacked.values())):
+      end_step = global_step.read_value()
+    return self._built(infeed, iterations,
+                       {"outfeed": stacked, "end_step": end_step}, holder)
+
+  def build_eval(self, model_fn, input_fn, params, steps=None):
+    with tf.device(self.variable_device):
+      return self._build_eval(model_fn, input_fn, params, steps)
+
+  def _build_eval(self, model_fn, input_fn, params, steps):
+    mode = spec_lib.ModeKeys.EVAL
+    infeed = self._input(input_fn, params, mode, "eval", max_steps=steps)
+    holder = {}
+
+    def step_fn(element):
+      specs = self._replicas(model_fn, element, mode, params,
+                             stacked=self._cores > 1)
+      holder["spec"] = specs[0]
+      values = {LOSS: self._mean_loss(specs)}
+      values.update(self._host_call(specs, holder))
+      if _all_or_none(specs, "eval_metrics"):
+        metrics = EvalMetrics(*specs[0].eval_metrics)
+        holder["eval_metrics"] = metrics
+        values.update(metrics.outfeed([s.eval_metrics[1] for s in specs]))
+      return [], values
+
+    iterations, stacked = self._loop(infeed, step_fn)
+    metrics, update = eval_metrics_lib.on_host(
+        stacked, holder.get("eval_metrics"))
+    return self._built(infeed, iterations,
+                       {"update": update, "outfeed": stacked},
+                       holder, metrics=metrics)
+
+  def build_predict(self, model_fn, input_fn, params):
+    self._refuse_predict_on_pod("pod")
+    mode = spec_lib.ModeKeys.PREDICT
+    dataset = step_input.padded_predict_input(
+        make_input(input_fn, self.input_params(params), mode),
+        params["batch_size"], self._num_shards, self._per_host_input)
+    infeed = self._infeed(dataset, "predict", params, batched=True)
+    holder = {}
+
+    def step_fn(element):
+      features, valid = element
+      specs = self._replicas(model_fn, (features, None), mode, params,
+                             stacked=True)
+      holder["spec"] = specs[0]
+      return [], prediction_outfeed([s.predictions for s in specs], valid)
+
+    iterations, stacked = self._loop(infeed, step_fn)
+    return self._built(infeed, iterations, {"outfeed": stacked}, holder)
+
+
+def _step(infeed: Infeed, step_fn: Callable[[Any], tuple]) -> tuple:
+  """One step: `step_fn` on the next element, with every read of the global
+  step in it running before the step's increment (see `_tf_internals`)."""
+  graph = tf.compat.v1.get_default_graph()
+  first = len(graph.get_operations())
+  result = step_fn(infeed.dequeue())
+  global_step = tf.compat.v1.train.get_global_step()
+  if global_step is not None:
+    _tf_internals.reads_before_update(global_step,
+                                      graph.get_operations()[first:])
+  return result
+
+
+def _all_or_none(specs: List[spec_lib.ModelSpec], field: str) -> bool:
+  """Whether every replica's spec has `field`; ValueError if only some do."""
+  given = [getattr(spec, field) is not None for spec in specs]
+  if any(given) and not all(given):
+    raise ValueError(f"`{field}` must be given by every replica or by none.")
+  return all(given)

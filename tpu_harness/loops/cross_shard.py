@@ -1,0 +1,198 @@
+"""Gradient averaging across replicas, for the CPU emulation of a TPU loop.
+
+On a TPU each replica runs the same step on its slice of the batch and
+`tf.compat.v1.tpu.CrossShardOptimizer` sums gradients with a cross-replica
+all-reduce. Locally the runner builds each replica's step in turn, on its own
+virtual CPU device, inside one loop body. `CrossShardOptimizer` then collects
+the gradients of every replica and applies their mean once, in the
+`apply_gradients` of the replica built last; the others' are no-ops. The
+CPU emulation builds replica 0 last, so that, as on a TPU, replica 0 reads
+the global step after the update once its own train op is built.
+One step of N replicas thus equals one step of one replica on the whole batch
+(for a loss that is a mean over the batch), and the global step advances once.
+
+Outside the runner's replica context (num_shards == 1, or plain use) it is
+the wrapped optimizer. Inside a TPU computation (`tpu_replicas`) it is TF's
+`tf.compat.v1.tpu.CrossShardOptimizer` around the wrapped optimizer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import threading
+from typing import Dict, List, Optional
+
+import tensorflow as tf
+
+_LOCAL = threading.local()
+# TF's own, held before the CPU emulation may point the public name at ours.
+_TPU_CROSS_SHARD_OPTIMIZER = tf.compat.v1.tpu.CrossShardOptimizer
+
+
+@dataclasses.dataclass
+class _ReplicaContext:
+  index: int
+  count: int
+  # Per variable (by ref), the gradients of replicas so far.
+  grads: Dict[object, List[tf.Tensor]] = dataclasses.field(default_factory=dict)
+  variables: Dict[object, tf.Variable] = dataclasses.field(
+      default_factory=dict)
+  used: bool = False
+  tpu: bool = False
+  applies: int = 0  # apply_gradients calls so far in this step.
+
+
+def current_replica() -> Optional[_ReplicaContext]:
+  """The replica being built, or None outside the runner's loop."""
+  return getattr(_LOCAL, "context", None)
+
+
+@contextlib.contextmanager
+def replica_group(count: int):
+  """Builds `count` replicas of one step; yields a function to enter each.
+
+  Usage (by the device loop)::
+
+    with replica_group(n) as replica:
+      for i in range(n):
+        with replica(i):
+          spec = model_fn(...)
+  """
+  shared = _ReplicaContext(index=0, count=count)
+
+  @contextlib.contextmanager
+  def replica(index: int):
+    shared.index = index
+    _LOCAL.context = shared
+    try:
+      yield shared
+    finally:
+      _LOCAL.context = None
+
+  yield replica
+
+
+@contextlib.contextmanager
+def tpu_replicas(count: int):
+  """While building a `tf.compat.v1.tpu.replicate` computation of `count`
+  replicas: CrossShardOptimizer delegates to TF's TPU CrossShardOptimizer
+  (a cross_replica_sum all-reduce on the TPU)."""
+  _LOCAL.context = _ReplicaContext(index=0, count=count, tpu=True)
+  try:
+    yield _LOCAL.context
+  finally:
+    _LOCAL.context = None
+
+
+def require_used(used: bool, training: bool, num_shards: int,
+                 what: str) -> None:
+  """Raises unless a training step of several replicas wrapped its
+  optimizer (`used`), which makes its gradients `what` (averaged across
+  replicas, summed across TPU cores).
+
+  Raises:
+    ValueError: it did not; the message says how to.
+  """
+  if training and num_shards > 1 and not used:
+    raise ValueError(
+        f"With num_shards={num_shards}, `model_fn` must wrap its optimizer "
+        f"in tpu_harness.CrossShardOptimizer (or "
+        f"tf.compat.v1.tpu.CrossShardOptimizer) so that gradients are "
+        f"{what}.")
+
+
+class CrossShardOptimizer(tf.compat.v1.train.Optimizer):
+  """Averages gradients across replicas, then applies the wrapped optimizer.
+
+  Wrap the optimizer inside `model_fn`::
+
+    optimizer = tpu_harness.CrossShardOptimizer(
+        tf.compat.v1.train.GradientDescentOptimizer(0.1))
+    train_op = optimizer.minimize(loss, global_step=global_step)
+  """
+
+  def __init__(self, optimizer: tf.compat.v1.train.Optimizer,
+               name: str = "CrossShardOptimizer",
+               reduction: str = tf.compat.v1.losses.Reduction.MEAN):
+    """Wraps `optimizer`.
+
+    Args:
+      optimizer: the optimizer to apply the combined gradients with.
+      name: the optimizer's name.
+      reduction: MEAN averages the replicas' gradients, SUM adds them (as
+        `tf.compat.v1.tpu.CrossShardOptimizer`'s `reduction`).
+
+    Raises:
+      TypeError: `optimizer` is not a tf.compat.v1.train.Optimizer.
+      ValueError: `reduction` is neither MEAN nor SUM.
+    """
+    if not isinstance(optimizer, tf.compat.v1.train.Optimizer):
+      raise TypeError(f"`optimizer` ({optimizer!r}) must be a "
+                      f"tf.compat.v1.train.Optimizer.")
+    reductions = (tf.compat.v1.losses.Reduction.MEAN,
+                  tf.compat.v1.losses.Reduction.SUM)
+    if reduction not in reductions:
+      raise ValueError(f"`reduction` ({reduction!r}) must be one of "
+                       f"{list(reductions)}.")
+    super().__init__(use_locking=False, name=name)
+    self._optimizer = optimizer
+    self._reduction = reduction
+
+  def _tpu_optimizer(self):
+    if not hasattr(self, "_tpu"):
+      self._tpu = _TPU_CROSS_SHARD_OPTIMIZER(self._optimizer,
+                                             reduction=self._reduction)
+    return self._tpu
+
+  def compute_gradients(self, loss, var_list=None, **kwargs):
+    context = current_replica()
+    if context is not None and context.tpu:
+      context.used = True
+      return self._tpu_optimizer().compute_gradients(loss, var_list=var_list,
+                                                     **kwargs)
+    return self._optimizer.compute_gradients(loss, var_list=var_list, **kwargs)
+
+  def apply_gradients(self, grads_and_vars, global_step=None, name=None):
+    context = current_replica()
+    if context is not None and context.tpu:
+      return self._tpu_optimizer().apply_gradients(grads_and_vars,
+                                                   global_step, name)
+    if context is None or context.count == 1:
+      if context is not None:
+        context.used = True
+      return self._optimizer.apply_gradients(grads_and_vars, global_step,
+                                             name)
+    context.used = True
+    for grad, var in grads_and_vars:
+      if grad is None:
+        continue
+      key = var.ref()
+      context.grads.setdefault(key, []).append(grad)
+      context.variables[key] = var
+    context.applies += 1
+    if context.applies < context.count:
+      return tf.no_op(name="collect_replica_gradients")
+    context.applies = 0
+    averaged = []
+    for key, grads in context.grads.items():
+      if len(grads) != context.count:
+        raise ValueError(
+            f"Variable {context.variables[key].name} got gradients from "
+            f"{len(grads)} of {context.count} replicas; every replica must "
+            f"compute the same gradients.")
+      total = tf.add_n(grads)
+      averaged.append((
+          total if self._reduction == tf.compat.v1.losses.Reduction.SUM
+          else total / float(context.count), context.variables[key]))
+    context.grads.clear()
+    return self._optimizer.apply_gradients(averaged, global_step, name)
+
+  def get_slot(self, *args, **kwargs):
+    return self._optimizer.get_slot(*args, **kwargs)
+
+  def get_slot_names(self, *args, **kwargs):
+    return self._optimizer.get_slot_names(*args, **kwargs)
+
+  def variables(self):
+    return self._optimizer.variables()

@@ -1,0 +1,242 @@
+"""Building N replicas of one step on CPU as a TPU would run them.
+
+A TPU traces `model_fn` once and runs it on every core; each core holds its
+own copy of the variables. The CPU emulation calls `model_fn` once per
+replica, each on its own virtual CPU device, and must reproduce what that
+means:
+
+- Trainable variables are shared (`get_variable` under AUTO_REUSE); their
+  gradients are averaged across replicas by `CrossShardOptimizer`, and
+  `tf.compat.v1.tpu.CrossShardOptimizer` is mapped to it while the replicas
+  are built (a TPU all-reduce has no CPU kernel).
+- Non-gradient state (batch-norm moving averages, EMA shadows: variables
+  created with `trainable=False`) is per core on a TPU: each core updates its
+  own copy from its own batch, and the checkpoint holds core 0's. Here
+  replica 0 updates the real variable and replica i > 0 a local copy of its
+  own, which is never saved or read outside it. (Updating one shared
+  variable from every replica in turn would compound the momentum: 0.9 acting
+  like 0.81 with two replicas.) In EVAL and PREDICT every replica reads the
+  real, restored variables.
+- `tf.compat.v1.GraphKeys.UPDATE_OPS` holds, while a replica's `model_fn`
+  runs, only that replica's update ops, so its train op depends on its own.
+- Variables created directly (`tf.Variable`, graph-mode `tf.keras` layers,
+  which create new ones on every call) are shared too: those the
+  first-built replica creates are handed, in the same order, to the others.
+- A `tf.Variable` whose initial value is computed inside the loop cannot be
+  created there; the error says so in the user's terms.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
+
+import tensorflow as tf
+
+from tpu_harness import _tf_internals
+from tpu_harness import spec as spec_lib
+from tpu_harness.loops import cross_shard
+from tpu_harness.spec import ModeKeys
+
+_UPDATE_OPS = tf.compat.v1.GraphKeys.UPDATE_OPS
+
+
+class Group:
+  """What the replicas of one step share while they are built: the
+  variables the first-built replica created directly (`tf.Variable`, graph-
+  mode `tf.keras` layers), handed in the same order to the others."""
+
+  def __init__(self, count: int, devices=None, variable_device: str = ""):
+    """Args: the replicas; the device of each (default: virtual CPU i of
+    the session's process); where variables are created ("": on the
+    replica's device)."""
+    self.count = count
+    self.devices = (list(devices) if devices is not None
+                    else [f"/device:CPU:{index}" for index in range(count)])
+    self.variable_device = variable_device
+    self.created = []
+    self.cursor = 0
+    self.in_get_variable = 0
+
+
+@contextlib.contextmanager
+def building(group: Group, index: int, mode: str) -> Iterator[None]:
+  """While replica `index` of `group` is built in `mode` (inside the
+  runner's `cross_shard.replica_group`), replicas built from the last to
+  0."""
+  first = index == group.count - 1
+  reuse = None if first else tf.compat.v1.AUTO_REUSE
+  own_state = index > 0 and mode == ModeKeys.TRAIN
+  group.cursor = 0
+  updates = tf.compat.v1.get_collection_ref(_UPDATE_OPS)
+  before = list(updates)
+  del updates[:]
+  try:
+    # Outside the loop's name scope: names derived from it (e.g. an
+    # ExponentialMovingAverage's) would otherwise differ from the same
+    # model_fn's outside the loop (v1 control flow).
+    with tf.compat.v1.name_scope(None), tf.device(group.devices[index]), \
+        tf.compat.v1.variable_scope(
+            tf.compat.v1.get_variable_scope(), reuse=reuse,
+            custom_getter=_getter(group, index, own_state)), \
+        tf.variable_creator_scope(_creator(group, index, first, own_state)), \
+        _tf_internals.cross_shard_optimizer_as(_cross_shard_optimizer):
+      yield
+    if group.count > 1 and not first and group.cursor != len(group.created):
+      raise ValueError(
+          f"Replica {index} created {group.cursor} variables directly "
+          f"(tf.Variable, tf.keras layers), replica {group.count - 1} "
+          f"{len(group.created)}: `model_fn` must build the same variables "
+          f"for every replica.")
+  finally:
+    mine = list(updates)
+    updates[:] = before + mine
+
+
+def _is_state(variable: tf.Variable, trainable: object) -> bool:
+  """Whether `variable` is non-gradient state of the model (not the global
+  step): batch-norm moving averages, EMA shadows."""
+  return (trainable is False
+          and variable is not tf.compat.v1.train.get_global_step()
+          and any(v is variable for v in tf.compat.v1.global_variables()))
+
+
+def _local_copy(create, variable: tf.Variable, kwargs: dict, name: str):
+  """This replica's own copy of `variable`: a local variable, never saved."""
+  copy_kwargs = dict(kwargs)
+  copy_kwargs.update(dtype=variable.dtype.base_dtype, trainable=False,
+                     collections=[tf.compat.v1.GraphKeys.LOCAL_VARIABLES])
+  copy_kwargs.pop("partitioner", None)
+  return create(name, copy_kwargs)
+
+
+def _getter(group: Group, index: int, own_state: bool):
+  """A custom getter: marks get_variable calls (their sharing is the
+  variable store's), and gives replicas > 0 their own copies of state."""
+
+  def custom_getter(getter, name, *args, **kwargs):
+    group.in_get_variable += 1
+    try:
+      with _on(group.variable_device):
+        variable = getter(name, *args, **kwargs)
+      if not own_state or not _is_state(variable, kwargs.get("trainable",
+                                                             True)):
+        return variable
+
+      def create(copy_name, copy_kwargs):
+        if isinstance(copy_kwargs.get("initializer"), tf.Tensor):
+          copy_kwargs.pop("shape", None)  # The initial value has it.
+        else:
+          copy_kwargs["shape"] = variable.shape
+        return getter(copy_name, *args, **copy_kwargs)
+
+      return _local_copy(create, variable, kwargs,
+                         f"replica_{index}_state/{name}")
+    finally:
+      group.in_get_variable -= 1
+
+  return custom_getter
+
+
+def _creator(group: Group, index: int, first: bool, own_state: bool):
+  """A variable creator: variables created directly (not by get_variable)
+  by the first-built replica are handed to the others in the same order;
+  errors of variables made inside the loop are explained."""
+
+  def creator(next_creator, **kwargs):
+    if group.in_get_variable or group.count == 1:
+      return _explained(next_creator, kwargs)
+    if first:
+      with _on(group.variable_device):
+        variable = _explained(next_creator, kwargs)
+      group.created.append(variable)
+    else:
+      if group.cursor >= len(group.created):
+        raise ValueError(
+            f"Replica {index} creates more variables directly (tf.Variable, "
+            f"tf.keras layers) than replica {group.count - 1} did: "
+            f"`model_fn` must build the same variables for every replica.")
+      variable = group.created[group.cursor]
+      group.cursor += 1
+    if own_state and _is_state(variable, kwargs.get("trainable")):
+      return _local_copy(
+          lambda name, copy_kwargs: _explained(next_creator, dict(
+              copy_kwargs, name=name)), variable, kwargs,
+          f"replica_{index}_state/{variable.op.name}")
+    return variable
+
+  return creator
+
+
+def _on(device: str):
+  """Places what is built inside on `device` ("": no change)."""
+  return tf.device(device) if device else contextlib.nullcontext()
+
+
+def _explained(next_creator, kwargs):
+  """Creates the variable; says in the user's terms why one whose initial
+  value was computed inside the device loop cannot be created there."""
+  try:
+    return next_creator(**kwargs)
+  except ValueError as error:
+    if "could not be lifted out" not in str(error):
+      raise
+    raise ValueError(
+        f"`model_fn` created the variable {kwargs.get('name')!r} with "
+        f"tf.Variable from a tensor computed inside the device loop (the "
+        f"loop runs `model_fn` in a tf.while_loop, where such a value does "
+        f"not exist before the loop starts). Create variables with "
+        f"tf.compat.v1.get_variable (or tf.compat.v1.layers), which the loop "
+        f"also shares across replicas, or pass tf.Variable a callable "
+        f"initial value: tf.Variable(lambda: tf.zeros([4, 1])).") from error
+
+
+def _cross_shard_optimizer(opt, reduction=tf.compat.v1.losses.Reduction.MEAN,
+                           name="CrossShardOptimizer", group_assignment=None):
+  """`tf.compat.v1.tpu.CrossShardOptimizer`'s signature, emulated."""
+  if group_assignment is not None:
+    raise NotImplementedError(
+        "tf.compat.v1.tpu.CrossShardOptimizer(group_assignment=...) is not "
+        "emulated on CPU; run with group_assignment=None, or on a TPU.")
+  return cross_shard.CrossShardOptimizer(opt, name=name, reduction=reduction)
+
+
+def call_replicas(model_fn: Callable, element: Any, mode: str,
+                  params: Dict[str, Any], num_shards: int, stacked: bool,
+                  devices: Optional[Sequence[str]] = None,
+                  variable_device: str = "",
+                  cores_per_host: Optional[int] = None
+                  ) -> List[spec_lib.ModelSpec]:
+  """Calls `model_fn` once per replica on its slice of `element` (or on
+  `element` itself when it is not `stacked` by replica), each in the
+  emulation's replica context; returns the replicas' specs.
+
+  On a pod (`cores_per_host`), `element` holds one stacked element per
+  host and replica i takes its part of host i // cores_per_host's; each
+  replica runs on `devices[i]`, the variables on `variable_device`.
+  """
+  specs = [None] * num_shards
+  group = Group(num_shards, devices=devices,
+                variable_device=variable_device)
+  with cross_shard.replica_group(num_shards) as replica:
+    # Replica 0 last: the gradients are applied (and the global step
+    # advanced) in the replica built last, and replica 0's values are the
+    # ones a TPU program reads back (host_call's [0], the checkpoint).
+    for index in reversed(range(num_shards)):
+      source, position = element, index
+      if cores_per_host:
+        host, position = divmod(index, cores_per_host)
+        source = element[host]
+      with replica(index) as context, building(
+          group, index, mode):
+        # On the replica's device: a pod's replica reads its host's input
+        # on its host.
+        features, labels = (
+            part if part is None or not stacked else
+            tf.nest.map_structure(lambda t, i=position: t[i], part)
+            for part in source)
+        specs[index] = spec_lib.check_spec(
+            model_fn(features, labels, mode, params), mode)
+    cross_shard.require_used(context.used, mode == spec_lib.ModeKeys.TRAIN,
+                             num_shards, "averaged across replicas")
+  return specs

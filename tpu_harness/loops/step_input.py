@@ -1,0 +1,173 @@
+"""What each step's infeed element holds: the input laid out per replica.
+
+Both device loops (`cpu_loop.CpuEmulationLoop`, `tpu_loop.TpuLoop`) read one
+element per step. With several replicas (and always on a TPU, whose host
+enqueues each core's part separately) the element holds every replica's
+batch stacked on a first axis of length `num_shards`:
+
+* PER_HOST_V2 (the default): `input_fn` gets the per-replica batch size and
+  each replica takes its own consecutive batch;
+* PER_HOST_V1 (`per_host_input`, and TPUEstimator's evaluation and
+  prediction input): `input_fn` gets the global batch size and each batch is
+  split among the replicas along its first axis;
+* prediction: each batch padded to its full size and paired with its count
+  of real rows, so that the last, partial batch runs with the static shapes
+  the loop was built for and its padding can be dropped on the host.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Callable, Dict, Optional
+
+import tensorflow as tf
+
+from tpu_harness import spec as spec_lib
+from tpu_harness._infeed.layout import leaf_paths
+from tpu_harness._infeed.position import HostPosition
+from tpu_harness.errors import InputShapeError
+
+
+def make_input(input_fn: Callable, params: Dict[str, Any], mode: str,
+               check_shapes: bool = True,
+               position: Optional[HostPosition] = None) -> tf.data.Dataset:
+  """Calls `input_fn` and checks its Dataset against the contract (fixed
+  batch shapes in TRAIN and EVAL only with `check_shapes`). With the
+  training input's `position`, `input_fn` runs within its `rewriting()`."""
+  with position.rewriting() if position is not None else (
+      contextlib.nullcontext()):
+    dataset = input_fn(params)
+  if not isinstance(dataset, tf.data.Dataset):
+    raise TypeError(f"`input_fn` must return a tf.data.Dataset, got "
+                    f"{type(dataset).__name__} ({dataset!r}).")
+  spec = dataset.element_spec
+  if mode != spec_lib.ModeKeys.PREDICT and not (
+      isinstance(spec, tuple) and len(spec) == 2):
+    raise TypeError(f"`input_fn` must return a Dataset of (features, "
+                    f"labels) pairs in mode {mode!r}; its elements are "
+                    f"{spec}.")
+  for name, leaf in zip(element_names(spec), tf.nest.flatten(spec)):
+    if not isinstance(leaf, tf.TensorSpec):
+      raise TypeError(f"`input_fn` must return a Dataset of dense tensors; "
+                      f"{name} is a {type(leaf).__name__}.")
+  if check_shapes and mode != spec_lib.ModeKeys.PREDICT:
+    for name, leaf in zip(element_names(spec), tf.nest.flatten(spec)):
+      if not leaf.shape.is_fully_defined():
+        raise InputShapeError(
+            f"`input_fn` must return batches of fixed shape in mode "
+            f"{mode!r} (batch with drop_remainder=True); {name} has shape "
+            f"{leaf.shape}.")
+  return dataset
+
+
+def element_names(spec: Any) -> list:
+  """Names of an input element's leaves: features..., labels..."""
+  if isinstance(spec, tuple) and len(spec) == 2:
+    return leaf_paths(spec[0], "features") + leaf_paths(spec[1], "labels")
+  return leaf_paths(spec, "features")
+
+
+def per_step(dataset: tf.data.Dataset, num_shards: int, per_host: bool,
+             stack_one: bool = False) -> tf.data.Dataset:
+  """One element per step: the replicas' batches stacked on a first axis
+  (with one replica, only if `stack_one`).
+
+  Args:
+    dataset: `input_fn`'s batches.
+    num_shards: replicas.
+    per_host: each batch is the global one, split among the replicas
+      (else: each batch is one replica's).
+    stack_one: stack a single replica's batch too ([1, batch, ...]).
+  """
+  if num_shards == 1 and not stack_one:
+    return dataset
+  if per_host:
+    return dataset.map(_splitter(num_shards, dataset.element_spec))
+  return dataset.batch(num_shards, drop_remainder=True)
+
+
+def _splitter(num_shards: int, spec: Any) -> Callable:
+  """A map function: one global batch -> [num_shards, batch / num_shards,
+  ...] per tensor. InputShapeError if the batch does not split evenly."""
+  for name, leaf in zip(element_names(spec), tf.nest.flatten(spec)):
+    rows = leaf.shape[0] if leaf.shape.rank else None
+    if rows is None or rows % num_shards:
+      raise InputShapeError(
+          f"A batch of {rows} rows ({name}) cannot be split among "
+          f"{num_shards} replicas; the batch size must be a fixed multiple "
+          f"of the number of replicas.")
+
+  def split(tensor):
+    return tf.reshape(tensor, [num_shards, tensor.shape[0] // num_shards]
+                      + tensor.shape[1:].as_list())
+
+  def split_element(*element):
+    result = tf.nest.map_structure(split, element)
+    return result if len(element) > 1 else result[0]
+
+  return split_element
+
+
+def _pad_to(tensor: tf.Tensor, rows: int) -> tf.Tensor:
+  """`tensor` with zero rows appended up to `rows` along its first axis."""
+  return tf.pad(tensor, [[0, rows - tf.shape(tensor)[0]]]
+                + [[0, 0]] * (tensor.shape.rank - 1))
+
+
+def padded_predict_input(dataset: tf.data.Dataset, batch_size: int,
+                         num_shards: int,
+                         per_host: bool = False) -> tf.data.Dataset:
+  """Pads every batch to `batch_size` rows and every step to `num_shards`
+  batches, pairing each batch with its count of real rows: elements are
+  (features [num_shards, batch_size, ...], rows [num_shards]). With
+  `per_host`, each input batch (up to `batch_size * num_shards` rows) is
+  padded and then split among the replicas."""
+  element = dataset.element_spec
+  if isinstance(element, tuple) and len(element) == 2:
+    dataset = dataset.map(lambda features, labels: features)
+  for path, spec in zip(leaf_paths(dataset.element_spec, "features"),
+                        tf.nest.flatten(dataset.element_spec)):
+    if spec.shape.rank is None or not spec.shape[1:].is_fully_defined():
+      raise InputShapeError(
+          f"`input_fn` for predict must return batches whose dimensions "
+          f"after the first are fixed; {path} has shape "
+          f"{spec.shape}.")
+
+  def pad_rows(features):
+    rows = tf.shape(tf.nest.flatten(features)[0])[0]
+    check = tf.debugging.assert_less_equal(
+        rows, batch_size, message=f"predict batch larger than batch_size "
+        f"({batch_size})")
+    with tf.control_dependencies([check]):
+      padded = tf.nest.map_structure(
+          lambda t: tf.ensure_shape(_pad_to(t, batch_size),
+                                    [batch_size] + t.shape[1:].as_list()),
+          features)
+    return padded, rows
+
+  def pad_shards(features, rows):
+    features = tf.nest.map_structure(
+        lambda t: tf.ensure_shape(_pad_to(t, num_shards),
+                                  [num_shards] + t.shape[1:].as_list()),
+        features)
+    rows = tf.ensure_shape(_pad_to(rows, num_shards), [num_shards])
+    return features, rows
+
+  if per_host and num_shards > 1:
+    host_rows = batch_size * num_shards
+
+    def pad_and_split(features):
+      rows = tf.shape(tf.nest.flatten(features)[0])[0]
+      check = tf.debugging.assert_less_equal(
+          rows, host_rows, message=f"predict batch larger than the global "
+          f"batch size ({host_rows})")
+      with tf.control_dependencies([check]):
+        split = tf.nest.map_structure(
+            lambda t: tf.reshape(
+                _pad_to(t, host_rows),
+                [num_shards, batch_size] + t.shape[1:].as_list()), features)
+      starts = tf.range(num_shards) * batch_size
+      return split, tf.clip_by_value(rows - starts, 0, batch_size)
+
+    return dataset.map(pad_and_split)
+  return dataset.map(pad_rows).batch(num_shards).map(pad_shards)
