@@ -140,6 +140,11 @@ def with_methods(name: str, values: Any, methods: Sequence[str],
         f"`{name}` ({values!r}) must be a list of {what}, "
         f"got {type(values).__name__}.") from None
   for index, item in enumerate(items):
+    if isinstance(item, type):
+      # A class has the methods too, unbound: calling them fails later.
+      raise TypeError(
+          f"`{name}[{index}]` ({item!r}) must be an instance, not a class; "
+          f"pass {item.__name__}().")
     missing = [m for m in methods if not callable(getattr(item, m, None))]
     if missing:
       raise TypeError(

@@ -27,7 +27,7 @@ def gcs():
 
   Yields a support.gcs_emulator.GcsEmulator: `new_path()` gives a fresh
   gs:// prefix, `env` the environment a TF subprocess needs (TF reads it at
-  import, so gs:// work runs in tests/gcs_worker.py), `inject()` faults.
+  import, so gs:// work runs in tests/support/gcs_worker.py), `inject()` faults.
   """
   from support.gcs_emulator import GcsEmulator  # pylint: disable=g-import-not-at-top
   with GcsEmulator() as emulator:

@@ -9,12 +9,12 @@ import pytest
 import tensorflow as tf
 
 import hooks
-from tf_fixtures import RecordingListener
-from tf_fixtures import build_loop_graph
-from tf_fixtures import checkpoint_log_steps
-from tf_fixtures import checkpoint_steps
-from tf_fixtures import event_records
-from tf_fixtures import run_loops
+from support.tf_fixtures import RecordingListener
+from support.tf_fixtures import build_loop_graph
+from support.tf_fixtures import checkpoint_log_steps
+from support.tf_fixtures import checkpoint_steps
+from support.tf_fixtures import event_records
+from support.tf_fixtures import run_loops
 
 
 class FakeClock:
@@ -448,11 +448,16 @@ BAD = [
     (dict(save_steps=1, scaffold=object()), TypeError,
      "`scaffold` (<object object"),
     (dict(save_steps=1, listeners=RecordingListener()), TypeError,
-     "`listeners` (<tf_fixtures.RecordingListener"),
+     "`listeners` (<support.tf_fixtures.RecordingListener"),
     (dict(save_steps=1, listeners=[RecordingListener(), "x"]), TypeError,
      "`listeners[1]` ('x') must be a CheckpointSaverListener"),
     (dict(save_steps=1, listeners=5), TypeError,
      "`listeners` (5) must be a list of CheckpointSaverListeners"),
+    # The class, not an instance: its methods exist, unbound.
+    (dict(save_steps=1, listeners=[hooks.CheckpointSaverListener]), TypeError,
+     "`listeners[0]` (<class 'hooks.checkpoint_saver_listener."
+     "CheckpointSaverListener'>) must be an instance, not a class; pass "
+     "CheckpointSaverListener()"),
     (dict(save_steps=1, checkpoint_basename=""), ValueError,
      "`checkpoint_basename` ('') must be a non-empty string"),
 ]

@@ -3,13 +3,14 @@ refuse foreign ones."""
 
 import logging as std_logging
 import os
+import threading
 
 import pytest
 import tensorflow as tf
 
 import tpu_harness as th
 
-from runner_models import write_checkpoint
+from support.runner_models import write_checkpoint
 from tpu_harness._model_dir import contents
 from tpu_harness._model_dir import restore_order
 
@@ -41,7 +42,7 @@ def test_scan_sorts_own_checkpoints_leftovers_and_others(tmp_path, three):
           "checkpoint.tmp" + "0" * 32, "model.ckpt-4_temp",
           "model.ckpt-7.index.tempstate123")]
   assert found.foreign == ["best.ckpt-20.index", "model.ckpt.index",
-                              "pretrained-50.index"]
+                           "pretrained-50.index"]
   assert [contents.checkpoint_step(p) for p in three] == [1, 2, 3]
   assert contents.checkpoint_step("/x/model.ckpt") is None
 
@@ -215,6 +216,31 @@ def test_prepare_model_dir_rejects_a_file(tmp_path):
   assert path.read_text() == "precious"
   with pytest.raises(ValueError, match="is not a writable directory"):
     contents.prepare_model_dir(str(path / "sub"))
+
+
+def test_trainers_starting_together_do_not_share_a_write_probe(tmp_path):
+  # Each probe is its own file: one caller never removes another's (a
+  # shared name made one of two simultaneous starts fail, 1 in 10).
+  errors = []
+
+  def prepare():
+    try:
+      for _ in range(20):
+        contents.prepare_model_dir(str(tmp_path))
+    except ValueError as error:  # pragma: no cover - the failure shown
+      errors.append(error)
+
+  threads = [threading.Thread(target=prepare) for _ in range(4)]
+  for thread in threads:
+    thread.start()
+  for thread in threads:
+    thread.join()
+  assert errors == []
+  assert os.listdir(tmp_path) == []
+  # A probe left by a killed start is a leftover of the run.
+  (tmp_path / (contents.WRITE_PROBE + "." + "a" * 32)).write_text("ok")
+  assert contents.scan(str(tmp_path)).leftovers == [
+      str(tmp_path / (contents.WRITE_PROBE + "." + "a" * 32))]
 
 
 def test_resume_point_removes_only_its_own_interrupted_saves(tmp_path,

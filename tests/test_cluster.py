@@ -9,7 +9,7 @@ import tensorflow as tf
 import tpu_harness as th
 from google.auth import credentials as google_credentials
 
-from fake_tpu_api import FakeTpuApi
+from support.fake_tpu_api import FakeTpuApi
 from tpu_harness.tpu import cluster
 
 

@@ -6,8 +6,8 @@ import tensorflow as tf
 
 import tpu_harness as th
 from tpu_harness.loops import device_loop
-from runner_models import linear_model_fn
-from runner_models import train_input_fn
+from support.runner_models import linear_model_fn
+from support.runner_models import train_input_fn
 
 
 def test_is_a_device_loop_with_virtual_cpus():

@@ -24,6 +24,8 @@ import tensorflow as tf
 from tpu_harness._model_dir import contents
 from tpu_harness._model_dir import restore_order
 
+pytestmark = pytest.mark.system
+
 TESTS = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(TESTS)
 MAX_STEPS = 600
@@ -31,7 +33,7 @@ KILLS = 10
 
 
 def _command(model_dir, markers, extra=()):
-  return [sys.executable, os.path.join(TESTS, "reliability_worker.py"),
+  return [sys.executable, os.path.join(TESTS, "support", "reliability_worker.py"),
           model_dir, str(MAX_STEPS), "--markers", markers, *extra]
 
 

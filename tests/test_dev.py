@@ -9,6 +9,7 @@ import sys
 import time
 
 from scripts import dev
+import pytest
 from tpu_harness._model_dir import contents
 from tpu_harness._model_dir import restore_order
 
@@ -69,6 +70,7 @@ def _trainer_processes(model_dir):
   return found
 
 
+@pytest.mark.system
 def test_sigterm_to_the_main_command_reaches_the_trainer(tmp_path):
   model_dir = str(tmp_path / "digits")
   process = subprocess.Popen(

@@ -5,7 +5,10 @@ import re
 import subprocess
 import sys
 
+import pytest
 import tensorflow as tf
+
+pytestmark = pytest.mark.system
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -48,6 +51,25 @@ def test_bad_flag_value_fails_before_training(tmp_path):
   assert not os.listdir(tmp_path)
 
 
+@pytest.mark.parametrize("flags, message", [
+    (["--train_steps=99999999999999999999"],
+     "flag --train_steps=99999999999999999999: 99999999999999999999 is not "
+     "an integer in the range [1, 4611686018427387904]"),
+    (["--mode=predict", "--pod_hosts=127.0.0.1:1,127.0.0.1:2",
+      "--num_cores=2"],
+     "error: predict() on a pod of several hosts is not supported"),
+])
+def test_flags_the_job_cannot_run_are_one_line_errors(tmp_path, flags,
+                                                      message):
+  result = subprocess.run(
+      [sys.executable, "-m", "scripts.digits_main",
+       f"--model_dir={tmp_path}", *flags],
+      cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
+  assert result.returncode != 0
+  assert message in result.stderr, result.stderr[-3000:]
+  assert "Traceback" not in result.stderr, result.stderr[-3000:]
+
+
 # ----------------------------------------------------------------------------
 # The Cloud TPU path, offline: a fake Cloud TPU API whose node's endpoint is a
 # real TF gRPC server on loopback standing in for the TPU worker.
@@ -56,7 +78,7 @@ import socket  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-from fake_tpu_api import FakeTpuApi  # pylint: disable=g-import-not-at-top,wrong-import-position
+from support.fake_tpu_api import FakeTpuApi  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 @pytest.fixture(scope="module")

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import estimator_programs as programs
-from tf_fixtures import event_records
+from support import estimator_programs as programs
+from support.tf_fixtures import event_records
 from tpu_harness import estimator as tf_estimator
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
@@ -55,6 +55,7 @@ def _write_digit_records(directory, n=96):
         writer.write(example.SerializeToString())
 
 
+@pytest.mark.system
 def test_mnist_style_program_trains_evaluates_and_predicts(tmp_path):
   data_dir, model_dir = tmp_path / "data", tmp_path / "model"
   data_dir.mkdir()
@@ -81,6 +82,7 @@ def test_mnist_style_program_trains_evaluates_and_predicts(tmp_path):
 # export of a JPEG-serving SavedModel; on 2 emulated TPU cores.
 
 
+@pytest.mark.system
 def test_resnet_style_program_trains_evaluates_moving_averages_and_exports(
     tmp_path):
   model_dir = tmp_path / "model"
@@ -284,6 +286,12 @@ def test_export_to_tpu_is_refused_clearly(tmp_path):
                                  programs.serving_input_receiver_fn)
 
 
+def test_export_without_a_serving_input_receiver_fn_is_a_clear_error(tmp_path):
+  estimator = programs.estimator(str(tmp_path), 0)
+  with pytest.raises(TypeError, match=r"`serving_input_receiver_fn` \(None\)"):
+    estimator.export_saved_model(str(tmp_path / "export"), None)
+
+
 def test_estimator_spec_eval_metric_ops_are_refused(tmp_path):
   def model_fn(features, labels, mode, params):
     spec = programs.conv_model_fn(features, labels, mode, params)
@@ -311,13 +319,14 @@ def test_get_variable_value_without_a_checkpoint(tmp_path):
   assert not glob.glob(str(tmp_path / "*.index"))
 
 
+@pytest.mark.system
 @pytest.mark.parametrize("cores", [0, 2], ids=["cpu", "2 cores"])
 def test_programs_that_disable_v2_behavior_run_too(tmp_path, cores):
   # resnet_main.py calls tf.disable_v2_behavior(): reference variables and
   # v1 control flow, in a process of its own.
   env = dict(os.environ, PYTHONPATH=os.pathsep.join([TESTS, ROOT]))
   result = subprocess.run(
-      [sys.executable, os.path.join(TESTS, "estimator_v1_worker.py"),
+      [sys.executable, os.path.join(TESTS, "support", "estimator_v1_worker.py"),
        str(tmp_path), str(cores)], env=env, capture_output=True, text=True,
       timeout=600, check=False)
   assert result.returncode == 0, result.stderr[-4000:]

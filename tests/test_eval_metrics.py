@@ -1,5 +1,7 @@
 """eval_metrics: eval tensors out of each replica, metric_fn on the host."""
 
+import re
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -66,4 +68,14 @@ def test_bad_metric_fn_results_are_clear(result, message):
     result = {"loss": tf.compat.v1.metrics.mean(tf.constant([1.0]))}
   metrics = eval_metrics.EvalMetrics(lambda x: result, [tf.constant([1.0])])
   with pytest.raises(ValueError, match=message):
+    metrics.build({"metric/arg0": tf.constant([1.0])})
+
+
+@pytest.mark.parametrize("returned", [None, [("accuracy", 1.0)], 3.0])
+def test_a_metric_fn_that_returns_no_dict_is_a_clear_error(returned):
+  metrics = eval_metrics.EvalMetrics(lambda labels: returned,
+                                     [tf.constant([1.0])])
+  with pytest.raises(TypeError, match=r"`eval_metrics` metric_fn must "
+                     r"return \{name: \(value, update_op\)\}.*it returned "
+                     + re.escape(repr(returned))):
     metrics.build({"metric/arg0": tf.constant([1.0])})

@@ -10,6 +10,8 @@ from cryptography import x509
 from support.gcs_emulator import Fault
 from support.gcs_emulator import make_certificates
 
+pytestmark = pytest.mark.system
+
 AUTH = {"Authorization": "Bearer dummy"}
 
 

@@ -11,6 +11,8 @@ import pytest
 
 from support.gcs_emulator import Fault
 
+pytestmark = pytest.mark.system
+
 TESTS = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(TESTS)
 
@@ -23,7 +25,7 @@ def _worker(gcs, scenario, path, arg=None, env_changes=None):
       env.pop(name, None)
     else:
       env[name] = value
-  command = [sys.executable, os.path.join(TESTS, "gcs_worker.py"), scenario,
+  command = [sys.executable, os.path.join(TESTS, "support", "gcs_worker.py"), scenario,
              path] + ([str(arg)] if arg is not None else [])
   result = subprocess.run(command, env=env, capture_output=True, text=True,
                           timeout=300, check=False)

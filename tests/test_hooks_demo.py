@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 
 from tpu_harness.examples import hooks_demo
-from tf_fixtures import checkpoint_steps
+from support.tf_fixtures import checkpoint_steps
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -45,6 +45,7 @@ def test_config_rejects_bad_values(field, value):
     hooks_demo.DemoConfig(**kwargs)
 
 
+@pytest.mark.system
 def test_script_runs_from_the_command_line(tmp_path):
   model_dir = str(tmp_path / "cli")
   result = subprocess.run(

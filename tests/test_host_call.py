@@ -5,9 +5,9 @@ import pytest
 import tensorflow as tf
 
 import tpu_harness as th
-from runner_models import linear_model_fn
-from runner_models import train_input_fn
-from tf_fixtures import event_records
+from support.runner_models import linear_model_fn
+from support.runner_models import train_input_fn
+from support.tf_fixtures import event_records
 from tpu_harness.loops.host_call import HostCall
 
 
@@ -125,3 +125,14 @@ def test_dict_form_passes_by_name_and_replicas_concatenate():
     a, b = session.run(call._ops, feeds)  # pylint: disable=protected-access
   np.testing.assert_array_equal(a, np.zeros(6))
   np.testing.assert_array_equal(b, np.ones(3))
+
+
+@pytest.mark.parametrize("returned", [0.5, "summaries"])
+def test_a_host_call_fn_that_returns_no_ops_is_a_clear_error(returned):
+  with tf.Graph().as_default():
+    call = HostCall(lambda loss: returned, [tf.constant([1.0])])
+    stacked = {name: tf.zeros([2, 1]) for name in call.outfeed(
+        [[tf.constant([1.0])]])}
+    with pytest.raises(TypeError, match=r"The `host_call` function must "
+                       r"return TF ops or tensors to run once per step"):
+      call.build(stacked)

@@ -14,8 +14,8 @@ import tensorflow as tf
 
 import tpu_harness as th
 from tpu_harness._model_dir import contents
-from runner_models import linear_model_fn
-from runner_models import weights
+from support.runner_models import linear_model_fn
+from support.runner_models import weights
 from tpu_harness._infeed import position as input_position
 from tpu_harness._infeed import record
 from tpu_harness._infeed.layout import InfeedLayout
@@ -174,7 +174,7 @@ def test_an_input_that_cannot_be_saved_falls_back_to_skipping(tmp_path,
   assert any("py_function (EagerPyFunc), whose state a position cannot "
              "hold" in r.getMessage() for r in caplog.records)
   saved = record.read_saved(str(tmp_path / "resumed" /
-                                        "model.ckpt-45"))
+                                "model.ckpt-45"))
   assert saved.state == b"" and saved.pass_start == 0
   _runner(tmp_path / "resumed").train(fn, max_steps=60)
   np.testing.assert_array_equal(weights(str(tmp_path / "resumed")),
@@ -234,7 +234,7 @@ def test_an_epoch_loop_of_train_calls_trains_every_epoch(tmp_path, caplog,
 
 
 def test_an_estimator_epoch_loop_trains_every_epoch(tmp_path):
-  import estimator_programs as programs  # pylint: disable=import-outside-toplevel
+  from support import estimator_programs as programs  # pylint: disable=import-outside-toplevel
   from tpu_harness import estimator as tf_estimator  # pylint: disable=import-outside-toplevel
 
   def one_epoch(params):  # 64 images: 4 steps of 16.
@@ -307,7 +307,7 @@ def test_random_augmentation_keeps_an_exact_position(tmp_path, caplog):
   for stop in (17, 40):
     _runner(tmp_path / "resumed").train(input_fn, max_steps=stop)
   assert record.read_saved(str(tmp_path / "resumed" /
-                                       "model.ckpt-17")).state
+                               "model.ckpt-17")).state
   np.testing.assert_array_equal(weights(str(tmp_path / "resumed")),
                                 weights(str(tmp_path / "straight")))
   warnings = [r.getMessage() for r in caplog.records

@@ -83,6 +83,19 @@ def test_stale_leases_are_taken_over(tmp_path, age, host, takes_over):
     assert _read_record(tmp_path)["token"] == "someone-else"
 
 
+@pytest.mark.parametrize("heartbeat", ["soon", None, [1], "NaN"])
+def test_a_lease_whose_heartbeat_is_not_a_time_is_taken_over(
+    tmp_path, heartbeat, caplog):
+  _write_record(str(tmp_path), heartbeat=(float("nan") if heartbeat == "NaN"
+                                          else heartbeat),
+                host="another-host")
+  with caplog.at_level("WARNING"):
+    with _lease(tmp_path):
+      assert _read_record(tmp_path)["pid"] == os.getpid()
+  assert any("is not a time" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.system
 def test_lease_of_a_dead_process_on_this_host_is_taken_over_at_once(
     tmp_path):
   process = subprocess.Popen([sys.executable, "-c", "pass"])

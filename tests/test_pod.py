@@ -15,12 +15,14 @@ import pytest
 import tensorflow as tf
 
 import tpu_harness as th
-from runner_models import linear_model_fn
-from runner_models import weights
+from support.runner_models import linear_model_fn
+from support.runner_models import weights
 from scripts import pod_servers
 from tpu_harness._model_dir import contents
 from tpu_harness._model_dir import restore_order
 from tpu_harness.tpu import pod
+
+pytestmark = pytest.mark.system
 
 HOSTS = 2
 CORES = 2

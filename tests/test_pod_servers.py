@@ -1,10 +1,13 @@
 """scripts/pod_servers.py: host servers start on free ports, serve the
 cluster's devices, and stop."""
 
+import pytest
 import tensorflow as tf
 
 from scripts import pod_servers
 from tpu_harness.tpu import pod
+
+pytestmark = pytest.mark.system
 
 
 def test_free_ports_are_distinct_and_unused():

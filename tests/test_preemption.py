@@ -42,13 +42,14 @@ def _wait_for_step(model_dir, step, process, timeout=120):
 def _start(model_dir, markers, *extra):
   env = dict(os.environ, PYTHONPATH=os.pathsep.join([TESTS, ROOT]))
   return subprocess.Popen(
-      [sys.executable, os.path.join(TESTS, "reliability_worker.py"),
+      [sys.executable, os.path.join(TESTS, "support", "reliability_worker.py"),
        model_dir, "100000", "--markers", markers, *extra],
       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT],
                          ids=["SIGTERM", "SIGINT (Ctrl-C)"])
+@pytest.mark.system
 def test_first_signal_stops_cleanly_with_a_checkpoint(tmp_path, signum):
   model_dir, markers = str(tmp_path / "model"), str(tmp_path)
   process = _start(model_dir, markers)
@@ -72,6 +73,7 @@ def test_first_signal_stops_cleanly_with_a_checkpoint(tmp_path, signum):
   assert restore_order.unreadable_reason(latest) is None
 
 
+@pytest.mark.system
 def test_second_sigterm_exits_at_once(tmp_path):
   model_dir, markers = str(tmp_path / "model"), str(tmp_path)
   process = _start(model_dir, markers, "--hold_in_end")

@@ -5,10 +5,10 @@ import pytest
 import tensorflow as tf
 
 import tpu_harness as th
-from runner_models import NUM_FEATURES
-from runner_models import data
-from runner_models import train_input_fn
-from runner_models import weights
+from support.runner_models import NUM_FEATURES
+from support.runner_models import data
+from support.runner_models import train_input_fn
+from support.runner_models import weights
 
 
 def _same_batch_input(batch):

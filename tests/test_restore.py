@@ -6,10 +6,10 @@ import pytest
 import tensorflow as tf
 
 import tpu_harness as th
-from runner_models import NUM_FEATURES
-from runner_models import RecordingHook
-from runner_models import train_input_fn
-from runner_models import write_checkpoint
+from support.runner_models import NUM_FEATURES
+from support.runner_models import RecordingHook
+from support.runner_models import train_input_fn
+from support.runner_models import write_checkpoint
 from tpu_harness._model_dir import restore_order
 from tpu_harness._run import restore
 

@@ -4,8 +4,8 @@ import pytest
 import tensorflow as tf
 
 import hooks
-from tf_fixtures import build_loop_graph
-from tf_fixtures import event_records
+from support.tf_fixtures import build_loop_graph
+from support.tf_fixtures import event_records
 
 
 class FakeClock:

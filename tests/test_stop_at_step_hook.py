@@ -4,7 +4,7 @@ import pytest
 import tensorflow as tf
 
 import hooks
-from tf_fixtures import build_loop_graph
+from support.tf_fixtures import build_loop_graph
 
 
 def _train(hook_list, graph, max_runs=100, checkpoint_dir=None):

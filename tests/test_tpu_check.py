@@ -7,8 +7,8 @@ import os
 import pytest
 import tensorflow as tf
 
-import estimator_programs
-import tpu_check_models as models
+from support import estimator_programs
+from support import tpu_check_models as models
 import tpu_harness as th
 from tpu_harness.examples.digits import model as digits
 from tpu_harness.tpu import check as tpu_check

@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import runner_models
+from support import runner_models
 import tpu_harness as th
 from tpu_harness._run import host_loop
 from tpu_harness.loops import tpu_loop
-from runner_models import linear_model_fn
-from runner_models import train_input_fn
+from support.runner_models import linear_model_fn
+from support.runner_models import train_input_fn
 
 
 def _ops(graph_def):

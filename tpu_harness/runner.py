@@ -34,6 +34,10 @@ from tpu_harness.loops.device_loop import DeviceLoop
 from tpu_harness.tpu import check as tpu_check
 
 
+# The most steps a train() may be asked for (global steps are int64, and
+# input counts add to them).
+MAX_STEPS = 2**62
+
 _MODE_KEYS = {"train": spec_lib.ModeKeys.TRAIN, "eval": spec_lib.ModeKeys.EVAL,
               "predict": spec_lib.ModeKeys.PREDICT}
 
@@ -174,10 +178,12 @@ class Runner:
         anything is written.
     """
     validation.exactly_one({"max_steps": max_steps, "steps": steps})
-    if max_steps is not None:
-      validation.positive_int("max_steps", max_steps)
-    if steps is not None:
-      validation.positive_int("steps", steps)
+    for name, value in (("max_steps", max_steps), ("steps", steps)):
+      if value is not None:
+        validation.positive_int(name, value)
+        if value > MAX_STEPS:
+          raise ValueError(f"`{name}` ({value}) must be at most 2**62 "
+                           f"({MAX_STEPS}): global steps are int64.")
     user_hooks = list(hooks or [])
     for index, hook in enumerate(user_hooks):
       if not isinstance(hook, tf.compat.v1.train.SessionRunHook):

@@ -18,6 +18,7 @@ import dataclasses
 import os
 import re
 import time
+import uuid
 from typing import Callable, List, Optional, Sequence
 
 from absl import logging
@@ -68,7 +69,8 @@ def scan(model_dir: str, basename: str = BASENAME, *,
   owned_index = re.compile(rf"^{base}-(\d+)\.index$")
   leftover = re.compile(
       rf"^({base}-\d+\..*\.tempstate\d+|{base}-\d+_temp|"
-      rf"checkpoint\.tmp[0-9a-f]{{32}}|{re.escape(WRITE_PROBE)}|"
+      rf"checkpoint\.tmp[0-9a-f]{{32}}|"
+      rf"{re.escape(WRITE_PROBE)}(\.[0-9a-f]{{32}})?|"
       rf"{re.escape(LEASE_NAME)}\.[0-9a-f]{{32}}\.tmp)$")
   owned, leftovers, foreign = [], [], []
   for name in names:
@@ -145,7 +147,9 @@ def prepare_model_dir(model_dir: str, *, label: Optional[str] = None,
     status = storage.stat_or_none(model_dir, sleep=sleep)
     if status is not None and not status.is_directory:
       raise ValueError(f"{label} is a file, not a directory.")
-    probe = paths.join(model_dir, WRITE_PROBE)
+    # Named for this call: two trainers starting together must not remove
+    # each other's probe (the loser of the lease would fail here instead).
+    probe = paths.join(model_dir, f"{WRITE_PROBE}.{uuid.uuid4().hex}")
 
     def make_and_probe():
       tf.io.gfile.makedirs(model_dir)

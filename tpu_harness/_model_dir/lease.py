@@ -30,6 +30,7 @@ not take the lease: it may run beside training.
 from __future__ import annotations
 
 import json
+import math
 import os
 import socket
 import threading
@@ -218,7 +219,13 @@ class ModelDirLease:
     return {"token": "?", "heartbeat": 0.0}  # Unreadable: treat as stale.
 
   def _stale_reason(self, record: dict) -> Optional[str]:
-    age = self._clock() - float(record.get("heartbeat", 0.0))
+    heartbeat = record.get("heartbeat", 0.0)
+    if (isinstance(heartbeat, bool)
+        or not isinstance(heartbeat, (int, float))
+        or not math.isfinite(heartbeat)):
+      # Not written by a trainer (or damaged): no one is heart-beating it.
+      return f"its heartbeat ({heartbeat!r}) is not a time"
+    age = self._clock() - float(heartbeat)
     if age > self._stale_secs:
       return f"its last heartbeat was {age:.0f} s ago"
     pid = record.get("pid")

@@ -389,8 +389,14 @@ class TPUEstimator:
       NotImplementedError: `export_to_tpu=True` (the TPU serving metagraph
         is not built: pass export_to_tpu=False), or another
         `experimental_mode` than PREDICT.
+      TypeError: `serving_input_receiver_fn` is not callable.
       ValueError: no checkpoint, or `export_to_cpu=False` too.
     """
+    if not callable(serving_input_receiver_fn):
+      raise TypeError(
+          f"`serving_input_receiver_fn` ({serving_input_receiver_fn!r}) must "
+          f"be a function returning a tf_estimator.export.ServingInputReceiver "
+          f"(or TensorServingInputReceiver) of the serving graph's inputs.")
     if self._export_to_tpu:
       raise NotImplementedError(
           "export_to_tpu=True: tpu_harness does not build the TPU serving "

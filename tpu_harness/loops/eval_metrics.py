@@ -55,8 +55,13 @@ class EvalMetrics:
     args = [merged[name] for name in self._names]
     result = (self._fn(**dict(zip(self._keys, args))) if self._keyed
               else self._fn(*args))
+    if not isinstance(result, Mapping):
+      raise TypeError(f"`eval_metrics` metric_fn must return {{name: (value, "
+                      f"update_op)}}, e.g. {{'accuracy': tf.compat.v1."
+                      f"metrics.accuracy(labels, predictions)}}; it "
+                      f"returned {result!r}.")
     values, updates = {}, []
-    for name, pair in dict(result).items():
+    for name, pair in result.items():
       if not (isinstance(pair, tuple) and len(pair) == 2):
         raise ValueError(f"`eval_metrics` metric_fn must return {{name: "
                          f"(value, update_op)}}; {name!r} is {pair!r}.")

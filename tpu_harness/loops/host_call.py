@@ -113,6 +113,13 @@ class HostCall(tf.compat.v1.train.SessionRunHook):
       raise RuntimeError(f"The `{self._name}` function raised StopIteration "
                          f"while building its ops.") from error
     self._ops = [op for op in tf.nest.flatten(result) if op is not None]
+    for op in self._ops:
+      if not isinstance(op, (tf.Operation, tf.Tensor, tf.Variable)):
+        raise TypeError(
+            f"The `{self._name}` function must return TF ops or tensors to "
+            f"run once per step (or None), e.g. tf.compat.v1.summary."
+            f"all_v2_summary_ops(); it returned {result!r}, holding "
+            f"{op!r} ({type(op).__name__}).")
     self._init_ops = [op for op in _tf_internals.summary_writer_init_ops()
                       if op not in existing]
     self._flush_ops = _tf_internals.summary_writer_flush_ops(self._init_ops)

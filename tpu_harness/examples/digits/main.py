@@ -63,7 +63,7 @@ flags.DEFINE_bool("check_tpu", True, "With --use_tpu, run the TPU "
                   "compatibility check (as --mode=check) before building "
                   "each TPU loop.")
 flags.DEFINE_integer("train_steps", 2000, "Global step to train to.",
-                     lower_bound=1)
+                     lower_bound=1, upper_bound=2**62)
 flags.DEFINE_integer("iterations_per_loop", 100,
                      "Steps per Session.run (device loop).", lower_bound=1)
 flags.DEFINE_integer("train_batch_size", 64, "Global training batch size.",
@@ -184,8 +184,10 @@ def main(argv):
   runner = make_runner(resolve())
   try:
     _run_mode(runner)
-  except (th.NoTPUError, th.TPUCompatibilityError) as error:
-    # Raised before any graph of the loop is built.
+  except (th.NoTPUError, th.TPUCompatibilityError,
+          NotImplementedError) as error:
+    # Raised before any graph of the loop is built (predict on a pod: not
+    # supported).
     sys.exit(f"error: {error}")
 
 

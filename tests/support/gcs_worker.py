@@ -1,6 +1,6 @@
 """TensorFlow work on gs:// paths, run in a subprocess with the emulator's env.
 
-  python tests/gcs_worker.py SCENARIO GS_PATH [ARG]
+  python tests/support/gcs_worker.py SCENARIO GS_PATH [ARG]
 
 Prints one JSON line with what it saw; on an error prints
 {"error": type, "message": ...} and exits 3.
@@ -10,17 +10,20 @@ import json
 import os
 import sys
 
+# Run as a script: `support` is a package of tests/.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
 import hooks  # pylint: disable=g-import-not-at-top
 import tpu_harness as th  # pylint: disable=g-import-not-at-top
-from runner_models import linear_model_fn  # pylint: disable=g-import-not-at-top
-from runner_models import train_input_fn  # pylint: disable=g-import-not-at-top
-from tf_fixtures import RecordingListener  # pylint: disable=g-import-not-at-top
-from tf_fixtures import build_loop_graph  # pylint: disable=g-import-not-at-top
-from tf_fixtures import run_loops  # pylint: disable=g-import-not-at-top
+from support.runner_models import linear_model_fn  # pylint: disable=g-import-not-at-top
+from support.runner_models import train_input_fn  # pylint: disable=g-import-not-at-top
+from support.tf_fixtures import RecordingListener  # pylint: disable=g-import-not-at-top
+from support.tf_fixtures import build_loop_graph  # pylint: disable=g-import-not-at-top
+from support.tf_fixtures import run_loops  # pylint: disable=g-import-not-at-top
 
 
 def _runner(path, keep):

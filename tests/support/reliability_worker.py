@@ -3,7 +3,7 @@
 Trains the linear model of runner_models plus an 8 MB "ballast" variable, so
 that saves take long enough to be interrupted, with deterministic input.
 
-  python tests/reliability_worker.py MODEL_DIR MAX_STEPS [--markers DIR]
+  python tests/support/reliability_worker.py MODEL_DIR MAX_STEPS [--markers DIR]
       [--hold_in_end] [--async_checkpoints] [--nan_at STEP]
       [--keep_checkpoint_max N] [--resume_input MODE]
 
@@ -21,6 +21,9 @@ import os
 import sys
 import time
 
+# Run as a script: `support` is a package of tests/.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
@@ -29,8 +32,8 @@ import tensorflow as tf  # pylint: disable=g-import-not-at-top
 import hooks  # pylint: disable=g-import-not-at-top
 import tpu_harness as th  # pylint: disable=g-import-not-at-top
 from tpu_harness._model_dir import contents  # pylint: disable=g-import-not-at-top
-from runner_models import linear_model_fn  # pylint: disable=g-import-not-at-top
-from runner_models import data  # pylint: disable=g-import-not-at-top
+from support.runner_models import linear_model_fn  # pylint: disable=g-import-not-at-top
+from support.runner_models import data  # pylint: disable=g-import-not-at-top
 
 BALLAST = 2_000_000  # floats: 8 MB per checkpoint.
 

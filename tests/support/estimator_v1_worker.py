@@ -2,7 +2,7 @@
 programs for Cloud TPU run (tests/programs/resnet_style.py does too):
 reference variables, v1 control flow; run as a script.
 
-  python tests/estimator_v1_worker.py MODEL_DIR CORES
+  python tests/support/estimator_v1_worker.py MODEL_DIR CORES
 
 Prints one JSON line: host_call steps, eval results, predictions, export.
 """
@@ -11,12 +11,15 @@ import json
 import os
 import sys
 
+# Run as a script: `support` is a package of tests/.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 import tensorflow.compat.v1 as tf
 
 tf.disable_v2_behavior()
 
-import estimator_programs as programs  # pylint: disable=g-import-not-at-top,wrong-import-position
-from tf_fixtures import event_records  # pylint: disable=g-import-not-at-top,wrong-import-position
+from support import estimator_programs as programs  # pylint: disable=g-import-not-at-top,wrong-import-position
+from support.tf_fixtures import event_records  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def main():

@@ -1,0 +1,122 @@
+"""Every script in scripts/bench/ runs end to end at tiny sizes and prints
+its table (no timing asserted)."""
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.system
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _bench(name, *flags, ok=True):
+  """Runs scripts/bench/NAME with `flags`; returns (stdout, stderr, first
+  cells of its table rows)."""
+  result = subprocess.run(
+      [sys.executable, "-m", f"scripts.bench.{name}", *flags], cwd=ROOT,
+      capture_output=True, text=True, timeout=900, check=False)
+  if ok:
+    assert result.returncode == 0, result.stderr[-3000:]
+  rows = [line.split("|")[1].strip() for line in result.stdout.splitlines()
+          if line.startswith("| ") and "---" not in line]
+  return result, rows
+
+
+def test_adam_kernel_prints_every_update_and_the_two_adams_agree():
+  result, rows = _bench("adam_kernel", "--shape=8,4", "--steps=20",
+                        "--repeats=1")
+  for name in ("fused", "elementwise", "sgd", "fused / elementwise"):
+    assert name in rows, (name, result.stdout)
+  assert ("fused and elementwise give the same variable after 20 updates: "
+          "yes") in result.stdout
+
+
+def test_checkpoint_prints_stalls_and_ratios():
+  result, rows = _bench("checkpoint", "--megabytes=1", "--saves=1",
+                        "--repeats=1", "--runs_between_saves=4", "--matrix=16")
+  for name in ("sync", "async", "async stall / sync stall",
+               "sync save MB/s / file copy MB/s"):
+    assert name in rows, (name, result.stdout)
+
+
+def test_end_of_train_prints_both_variants_and_the_target_line():
+  result, rows = _bench("end_of_train", "--runs=1", "--loops=2",
+                        "--iterations_per_loop=2", "--batch_size=4",
+                        "--image_work=1")
+  assert rows[1:] == ["harness", "autotune"], result.stdout
+  assert re.search(r"harness: max end stall [0-9.]+ s; target <= 0.2 s: "
+                   r"(met|NOT met)", result.stdout), result.stdout
+
+
+def test_estimator_prints_every_measure_against_the_baseline():
+  result, rows = _bench("estimator", "--programs=mnist,resnet", "--steps=20",
+                        "--iterations=2", "--repeats=1",
+                        "--resume_steps=40", "--examples=64")
+  measures = [line.split("|")[2].strip() for line in result.stdout.splitlines()
+              if line.startswith("| ") and "---" not in line][1:]
+  for program in ("mnist", "resnet"):
+    assert rows.count(program) == 5, result.stdout
+  assert measures[:5] == ["ipl=2 steps/sec", "ipl=2 checkpoint size",
+                          "ipl=2 set-up", "ipl=2 switch", "resume"]
+
+
+def test_infeed_prints_both_batch_sizes_with_ratios():
+  result, _ = _bench("infeed", "--repeats=1", "--steps=4",
+                     "--iterations_per_loop=2", "--batch_size=2")
+  rows = [line for line in result.stdout.splitlines()
+          if line.startswith("| large") or line.startswith("| small")]
+  assert len(rows) == 2, result.stdout
+  assert re.search(r"\| >= 0.9 \| (yes|NO) \|$", rows[0]), rows[0]
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_loop_prints_every_variant_and_the_ratios(optimizer):
+  result, rows = _bench("loop", "--steps=200", "--repeats=1", "--loops=1,100",
+                        f"--optimizer={optimizer}")
+  assert f"MLP 64-256-10, {optimizer}" in result.stdout
+  for name in ("raw", "runner/1", "keras/1", "runner/100", "keras/100",
+               "mts", "runner/100 / raw", "runner/100 / keras/100",
+               "runner/1 / mts"):
+    assert name in rows, (name, result.stdout)
+
+
+def test_loop_refuses_steps_that_do_not_fit_the_loops():
+  result, _ = _bench("loop", "--steps=150", "--repeats=1", "--loops=1,100",
+                     ok=False)
+  assert result.returncode != 0
+  assert "--steps must be a multiple of every --loops value" in result.stderr
+
+
+def test_pod_prints_a_row_per_pod_size_against_one_process():
+  result, rows = _bench("pod", "--hosts=1,2", "--steps=20",
+                        "--iterations_per_loop=10", "--per_host_batch=8")
+  assert rows == ["hosts", "1", "2"], result.stdout
+  ratios = [float(line.split("|")[5]) for line in result.stdout.splitlines()
+            if line.startswith("| ") and line.split("|")[1].strip().isdigit()]
+  assert all(ratio > 0 for ratio in ratios), result.stdout
+
+
+def test_restore_prints_read_ratios_and_the_target_line():
+  result, rows = _bench("restore", "--megabytes=4", "--repeats=1")
+  assert rows[1:] == ["train", "evaluate", "verification (baseline)"], (
+      result.stdout)
+  assert re.search(r"worst start-up read [0-9.]+x the checkpoint; target "
+                   r"<= 1.1x: (met|NOT met)", result.stdout), result.stdout
+
+
+def test_resume_prints_each_mode_against_a_fresh_start_and_the_target():
+  result, rows = _bench("resume", "--steps=20,50", "--repeats=1",
+                        "--image_size=16")
+  assert rows[1:] == ["fresh start (baseline)"] + [
+      f"{mode} at {step}" for step in (20, 50)
+      for mode in ("exact", "skip", "restart")], result.stdout
+  assert re.search(r"exact resume at 50 steps: [0-9.]+x a fresh start; "
+                   r"target <= 1.5x: (met|NOT met)", result.stdout), (
+                       result.stdout)
+  # Exact resumes restored a saved position: nothing fell back.
+  assert "holds no input position" not in result.stderr
+  assert "cannot be saved" not in result.stderr

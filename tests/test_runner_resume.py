@@ -1,0 +1,86 @@
+"""Runner: learning, resume, warm start, sharding."""
+
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tpu_harness as th
+from support.runner_models import train_input_fn
+from support.runner_models import weights
+from support.runner_models import write_checkpoint
+from support.tf_fixtures import RecordingListener
+from support.runner_fixtures import make_runner
+
+
+# ----------------------------------------------------------------------------
+# Learning, resume, warm start, sharding.
+
+
+def test_trains_toward_true_weights(tmp_path):
+  make_runner(tmp_path, params={"lr": 0.1}).train(train_input_fn(),
+                                                  max_steps=200)
+  np.testing.assert_allclose(weights(tf.train.latest_checkpoint(
+      str(tmp_path))), [[1.0], [2.0], [-1.0], [0.5]], atol=0.05)
+
+
+def test_resume_matches_uninterrupted_run(tmp_path):
+  whole = make_runner(tmp_path / "whole", ipl=7, save_steps=10)
+  whole.train(train_input_fn(), max_steps=33)
+  parts = make_runner(tmp_path / "parts", ipl=7, save_steps=10)
+  parts.train(train_input_fn(), max_steps=12)
+  w12 = weights(parts.latest_checkpoint())
+  # A new runner, as after a restart, continues from step 12.
+  make_runner(tmp_path / "parts", ipl=7, save_steps=10).train(train_input_fn(),
+                                                              max_steps=33)
+  np.testing.assert_allclose(weights(parts.latest_checkpoint()),
+                             weights(whole.latest_checkpoint()), rtol=1e-6)
+  # Had the resumed run restarted the input from its first batch (the same
+  # 33 SGD steps, other batches), the weights would differ.
+  restarted = make_runner(tmp_path / "restarted", ipl=7, save_steps=10)
+  write_checkpoint(str(tmp_path / "restarted"), w12, 0)
+  restarted.train(train_input_fn(), max_steps=21)
+  assert restarted.latest_checkpoint().endswith("model.ckpt-21")
+  assert not np.allclose(weights(restarted.latest_checkpoint()),
+                         weights(whole.latest_checkpoint()), rtol=1e-6)
+
+
+def test_warm_start_from_initializes_trainable_variables(tmp_path):
+  source = write_checkpoint(str(tmp_path), [[5.0], [6.0], [7.0], [8.0]], 99)
+  listener = RecordingListener()
+  runner = make_runner(tmp_path / "new", params={"lr": 0.0},
+                       warm_start_from=source)
+  runner.train(train_input_fn(), max_steps=10, saving_listeners=[listener])
+  step0 = os.path.join(str(tmp_path / "new"), "model.ckpt-0")
+  np.testing.assert_allclose(weights(step0), [[5.0], [6.0], [7.0], [8.0]])
+  # The global step is not warm-started: training starts at 0.
+  assert listener.saved_steps()[0] == 0
+
+
+@pytest.mark.parametrize("shards", [2, 4])
+def test_sharded_training_matches_unsharded(tmp_path, shards):
+  single = make_runner(tmp_path / "one", ipl=5, batch=32)
+  single.train(train_input_fn(), max_steps=23)
+  sharded = make_runner(tmp_path / "many", ipl=5, batch=32, shards=shards)
+  sharded.train(train_input_fn(), max_steps=23)
+  np.testing.assert_allclose(weights(sharded.latest_checkpoint()),
+                             weights(single.latest_checkpoint()),
+                             rtol=1e-5, atol=1e-6)
+
+
+def test_sharding_without_cross_shard_optimizer_is_an_error(tmp_path):
+
+  def model_fn(features, labels, mode, params):
+    w = tf.compat.v1.get_variable("w", [4, 1])
+    loss = tf.reduce_mean(tf.square(tf.matmul(features, w) - labels))
+    train_op = tf.compat.v1.train.GradientDescentOptimizer(0.1).minimize(
+        loss, global_step=tf.compat.v1.train.get_global_step())
+    return th.ModelSpec(mode=mode, loss=loss, train_op=train_op)
+
+  runner = th.Runner(model_fn, th.RunConfig(str(tmp_path),
+                                            tpu=th.TPUConfig(num_shards=2)),
+                     train_batch_size=8)
+  with pytest.raises(ValueError, match="num_shards=2, `model_fn` must wrap "
+                     "its optimizer in tpu_harness.CrossShardOptimizer"):
+    runner.train(train_input_fn(), max_steps=1)
