@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from typing import List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence
 
 from absl import logging
 import numpy as np
@@ -28,6 +28,15 @@ import tensorflow as tf
 
 from hooks import paths
 from hooks import retention
+
+
+class CommitRefused(Exception):
+  """The `before_commit` guard raised `cause`: the write's files were
+  written, but it was not committed (no `.meta`, rotation or state file)."""
+
+  def __init__(self, cause: BaseException):
+    super().__init__(f"The checkpoint write was not committed: {cause}")
+    self.cause = cause
 
 
 class AsyncCheckpointWriter:
@@ -51,6 +60,7 @@ class AsyncCheckpointWriter:
     self._recent: List[str] = []
     self._relative = False
     self._meta_graph: Optional[bytes] = None
+    self._before_commit: Callable[[], None] = lambda: None
     self._graph = tf.Graph()
     with self._graph.as_default():
       self._prefix = tf.compat.v1.placeholder(tf.string, [])
@@ -67,7 +77,8 @@ class AsyncCheckpointWriter:
 
   def configure(self, *, max_to_keep: Optional[int], recent: Sequence[str],
                 save_relative_paths: bool,
-                meta_graph: Optional[bytes] = None) -> None:
+                meta_graph: Optional[bytes] = None,
+                before_commit: Optional[Callable[[], None]] = None) -> None:
     """What the Saver in use would do: rotation and the state file.
 
     Args:
@@ -75,11 +86,16 @@ class AsyncCheckpointWriter:
       recent: existing checkpoint prefixes, oldest first, for rotation.
       save_relative_paths: write relative paths into the state file.
       meta_graph: the serialized MetaGraphDef to write as `.meta`, or None.
+      before_commit: called on the background thread once the checkpoint's
+        files are written, before `.meta`, rotation and the state file; if
+        it raises, the write is not committed and `wait`/`collect` raise
+        `CommitRefused` with its error.
     """
     self._max_to_keep = max_to_keep or None
     self._recent = list(recent)
     self._relative = save_relative_paths
     self._meta_graph = meta_graph
+    self._before_commit = before_commit or (lambda: None)
 
   @property
   def step_in_flight(self) -> Optional[int]:
@@ -161,6 +177,11 @@ class AsyncCheckpointWriter:
       feed = dict(zip(self._inputs, values))
       feed[self._prefix] = prefix
       self._session.run(self._write, feed)
+      try:
+        self._before_commit()
+      except BaseException as error:  # pylint: disable=broad-except
+        self._error = CommitRefused(error)
+        return
       if self._meta_graph is not None:
         with tf.io.gfile.GFile(prefix + ".meta", "wb") as f:
           f.write(self._meta_graph)

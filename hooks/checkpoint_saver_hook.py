@@ -38,6 +38,7 @@ from hooks import _tf_internals
 from hooks import paths
 from hooks import validation
 from hooks.async_writer import AsyncCheckpointWriter
+from hooks.async_writer import CommitRefused
 from hooks.run_increment import RunIncrement
 from hooks.schedule import StepOrSecondsSchedule
 from hooks.trigger import StepTrigger
@@ -81,7 +82,8 @@ class CheckpointSaverHook(tf.compat.v1.train.SessionRunHook):
                *,
                clock: Callable[[], float] = time.monotonic,
                async_save: bool = False,
-               check_finite: bool = False):
+               check_finite: bool = False,
+               write_guard: Optional[Callable[[], None]] = None):
     """Initializes a `CheckpointSaverHook`.
 
     Args:
@@ -122,6 +124,13 @@ class CheckpointSaverHook(tf.compat.v1.train.SessionRunHook):
         when the loss was still finite). With `async_save` the check runs
         on the snapshot the save takes anyway; otherwise it is one extra
         read of the variables per save.
+      write_guard: called before each write into `checkpoint_dir`: every
+        save, `graph.pbtxt`, listeners' `after_save` and the CHECKPOINT
+        event, and with `async_save` once more in the background before the
+        write is committed (`.meta`, rotation, the state file). What it
+        raises stops that write and propagates as it is, e.g. a trainer
+        that lost its hold on the directory. A write already under way is
+        not stopped.
 
     Raises:
       ValueError: both or neither of `save_secs` and `save_steps`; a
@@ -164,6 +173,10 @@ class CheckpointSaverHook(tf.compat.v1.train.SessionRunHook):
     self._clock = clock
     self._async = bool(async_save)
     self._check_finite = bool(check_finite)
+    if write_guard is not None and not callable(write_guard):
+      raise TypeError(f"`write_guard` ({write_guard!r}) must be callable "
+                      f"with no arguments.")
+    self._write_guard = write_guard or (lambda: None)
     self._finite_flags = None
     self._latest_saved: Optional[str] = None
     self._writer = None
@@ -248,8 +261,9 @@ class CheckpointSaverHook(tf.compat.v1.train.SessionRunHook):
       self._writer.configure(
           max_to_keep=saver.saver_def.max_to_keep,
           recent=saver.last_checkpoints, save_relative_paths=True,
-          meta_graph=meta_graph)
+          meta_graph=meta_graph, before_commit=self._write_guard)
     writing = None
+    self._write_guard()
     if self._save_graph_def:
       # The graph is finalized now, after every hook's begin() had its chance
       # to add ops, so this is the graph that runs. Its text is written while
@@ -312,6 +326,7 @@ class CheckpointSaverHook(tf.compat.v1.train.SessionRunHook):
                  step)
     for listener in self._listeners:
       listener.before_save(session, step)
+    self._write_guard()
     logging.info("Saving checkpoints for %d into %s.", step, self._save_path)
     if self._writer is not None:
       values = self._writer.snapshot(session)
@@ -346,6 +361,8 @@ class CheckpointSaverHook(tf.compat.v1.train.SessionRunHook):
     step = self._writer.step_in_flight
     try:
       done = self._writer.wait() if wait else self._writer.collect()
+    except CommitRefused as refused:
+      raise refused.cause from None
     except Exception as error:  # pylint: disable=broad-except
       raise CheckpointSaveError(
           f"Writing the checkpoint for step {step} into {self._save_path} "
@@ -397,6 +414,7 @@ class CheckpointSaverHook(tf.compat.v1.train.SessionRunHook):
 
   def _after_save(self, session, step: int) -> bool:
     self._latest_saved = f"{self._save_path}-{step}"
+    self._write_guard()  # Listeners and the event may write.
     self._summary_writer.add_session_log(
         tf.compat.v1.SessionLog(status=tf.compat.v1.SessionLog.CHECKPOINT,
                                 checkpoint_path=self._save_path),

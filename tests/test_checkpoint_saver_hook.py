@@ -460,6 +460,8 @@ BAD = [
      "CheckpointSaverListener()"),
     (dict(save_steps=1, checkpoint_basename=""), ValueError,
      "`checkpoint_basename` ('') must be a non-empty string"),
+    (dict(save_steps=1, write_guard="lease"), TypeError,
+     "`write_guard` ('lease') must be callable with no arguments"),
 ]
 
 
@@ -607,6 +609,62 @@ def test_async_failed_write_surfaces_and_keeps_the_previous(tmp_path):
   # never pointed at it.
   assert tf.train.latest_checkpoint(ckpt_dir).endswith("model.ckpt-0")
   assert checkpoints_read_back(ckpt_dir)
+
+
+class _Refused(Exception):
+  pass
+
+
+class _Guard:
+  """A write guard that refuses from its `refuse_from`-th call on."""
+
+  def __init__(self, refuse_from):
+    self.calls = 0
+    self._refuse_from = refuse_from
+
+  def __call__(self):
+    self.calls += 1
+    if self.calls >= self._refuse_from:
+      raise _Refused(f"refused at call {self.calls}")
+
+
+@pytest.mark.parametrize("async_save", [False, True], ids=["sync", "async"])
+def test_a_write_guard_that_refuses_stops_the_write_and_propagates(
+    tmp_path, async_save):
+  # Calls: graph.pbtxt; the save of 0, its commit (async), its after_save;
+  # then the save of 20 (sync: refused there) and its commit (async:
+  # refused there).
+  refuse_from = 6 if async_save else 4
+  guard = _Guard(refuse_from)
+  with pytest.raises(_Refused, match=f"refused at call {refuse_from}"):
+    _train_with(tmp_path, "guarded", async_save, write_guard=guard)
+  ckpt_dir = _dir(tmp_path, "guarded")
+  # Step 20 never became the latest, and nothing after it was written.
+  assert tf.train.latest_checkpoint(ckpt_dir).endswith("model.ckpt-0")
+  assert sorted(p for p in os.listdir(ckpt_dir)
+                if p.startswith("model.ckpt-") and not p.startswith(
+                    "model.ckpt-0.")) == (
+                  # Async: the data files were written before the commit.
+                  sorted(p for p in os.listdir(ckpt_dir)
+                         if p.startswith("model.ckpt-20."))
+                  if async_save else [])
+  assert checkpoints_read_back(ckpt_dir)
+
+
+def test_the_write_guard_is_called_before_every_write(tmp_path):
+  listener = RecordingListener()
+
+  def guard():
+    listener.calls.append(("guard", None))
+
+  _train_with(tmp_path, "every", False, write_guard=guard, listener=listener)
+  # graph.pbtxt; then each save after its listeners' before_save, and again
+  # before the listeners' after_save (and the event).
+  expected = [("begin", None), ("guard", None)]
+  for step in (0, 20, 40, 60, 70):
+    expected += [("before_save", step), ("guard", None), ("guard", None),
+                 ("after_save", step)]
+  assert listener.calls == expected + [("end", 70)]
 
 
 def checkpoints_read_back(ckpt_dir):

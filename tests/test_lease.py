@@ -133,6 +133,41 @@ def test_takeover_is_noticed_by_the_heartbeat(tmp_path):
   assert _read_record(tmp_path)["host"] == "another-host"
 
 
+@pytest.mark.parametrize("stalled_secs, file, outcome", [
+    # A recent renewal: no one can have found the lease stale; nothing read.
+    (5, "another's", "ours"),
+    # After a stall: read back, then renewed (written, read back again).
+    (40, "ours", "renewed"),
+    (40, "another's", "lost"),
+    (40, "gone", "lost"),
+    (61, "another's", "lost"),
+])
+def test_confirm_after_a_stall_reads_the_lease_again(
+    tmp_path, stalled_secs, file, outcome):
+  clock = _Clock()
+  # The heartbeat thread does not beat during the test.
+  lease = _lease(tmp_path, clock=clock, heartbeat_secs=30, stale_secs=60)
+  with lease:
+    clock.now += stalled_secs
+    if file == "another's":
+      _write_record(str(tmp_path), host="another-host", heartbeat=clock.now)
+    elif file == "gone":
+      os.remove(lease.path)
+    if outcome == "lost":
+      with pytest.raises(th.LeaseLostError,
+                         match="this trainer stopped without writing"):
+        lease.confirm()
+      assert lease.lost
+    else:
+      lease.confirm()
+      assert not lease.lost
+      if outcome == "renewed":
+        assert _read_record(tmp_path)["heartbeat"] == clock.now
+        # Renewed: free again until the next stall.
+        _write_record(str(tmp_path), host="another-host")
+        lease.confirm()
+
+
 def test_heartbeat_refreshes_the_lease(tmp_path):
   clock = _Clock()
   lease = _lease(tmp_path, clock=clock, heartbeat_secs=0.01, stale_secs=1)

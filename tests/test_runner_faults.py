@@ -377,6 +377,88 @@ def test_a_second_trainer_is_refused_and_evaluation_runs_beside(tmp_path):
   assert worker.returncode == 0
 
 
+def _files(model_dir):
+  """{name: (size, mtime)} of the files in `model_dir`, but the lease."""
+  found = {}
+  for name in os.listdir(model_dir):
+    if not name.startswith(contents.LEASE_NAME):
+      stat = os.stat(os.path.join(model_dir, name))
+      found[name] = (stat.st_size, stat.st_mtime_ns)
+  return found
+
+
+def _wait_for(path, process, secs=180):
+  deadline = time.monotonic() + secs
+  while not os.path.exists(path):
+    assert process.poll() is None, process.communicate()
+    assert time.monotonic() < deadline, f"no {path} after {secs} s"
+    time.sleep(0.02)
+
+
+@pytest.mark.system
+@pytest.mark.parametrize("saves", ["sync", "async"])
+def test_a_trainer_stalled_past_its_lease_writes_nothing_more(tmp_path,
+                                                              saves):
+  # Trainer A is stopped (SIGSTOP: a frozen VM) between a loop and its
+  # save; B takes the stale lease over, resumes and saves. When A continues,
+  # it must stop with LeaseLostError before writing anything into B's
+  # model_dir: no checkpoint, no state file, no events.
+  model_dir = str(tmp_path / "model")
+  marks_a, marks_b = str(tmp_path / "a"), str(tmp_path / "b")
+  os.makedirs(marks_a)
+  os.makedirs(marks_b)
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join([TESTS, ROOT]))
+  worker = [sys.executable,
+            os.path.join(TESTS, "support", "reliability_worker.py"),
+            model_dir, "--lease_secs", "0.5,2"] + (
+                ["--async_checkpoints"] if saves == "async" else [])
+
+  def start(max_steps, *args):
+    return subprocess.Popen(worker[:3] + [str(max_steps)] + worker[3:]
+                            + list(args), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+
+  first = start(100000, "--markers", marks_a, "--pause_at", "6")
+  second = None
+  try:
+    _wait_for(os.path.join(marks_a, "paused"), first)
+    stopped = time.time()
+    first.send_signal(signal.SIGSTOP)
+    time.sleep(2.5)  # Its lease is stale now.
+    second = start(12, "--markers", marks_b, "--hold_in_end")
+    _wait_for(os.path.join(marks_b, "in_end"), second)
+    before = _files(model_dir)
+    with open(os.path.join(marks_a, "go"), "w"):
+      pass
+    first.send_signal(signal.SIGCONT)
+    _, stderr = first.communicate(timeout=180)
+    assert first.returncode != 0
+    assert "LeaseLostError" in stderr
+    assert "stopped without writing there again" in stderr
+    after = _files(model_dir)
+    # Only A's own events file may have grown, as it exited, with events
+    # made before it was stopped.
+    grown = [name for name in after if after[name] != before.get(name)]
+    assert set(after) == set(before)
+    assert all(name.startswith("events.out.tfevents.") for name in grown)
+    for name in grown:
+      assert max(event.wall_time for event in tf.compat.v1.train
+                 .summary_iterator(os.path.join(model_dir, name))) < stopped
+    with open(os.path.join(marks_b, "release"), "w"):
+      pass
+    stdout, stderr = second.communicate(timeout=180)
+    assert second.returncode == 0, stderr
+    assert "FINAL_STEP=12" in stdout
+  finally:
+    for process in (first, second):
+      if process is not None and process.poll() is None:
+        process.send_signal(signal.SIGCONT)
+        process.kill()
+        process.communicate()
+  assert restore_order.unreadable_reason(
+      tf.train.latest_checkpoint(model_dir)) is None
+
+
 class _RotateNewestAway(tf.compat.v1.train.SessionRunHook):
   """Deletes the newest checkpoint once, after the evaluation chose it and
   before the session restores it, as a trainer's rotation beside would."""

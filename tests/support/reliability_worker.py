@@ -6,11 +6,16 @@ that saves take long enough to be interrupted, with deterministic input.
   python tests/support/reliability_worker.py MODEL_DIR MAX_STEPS [--markers DIR]
       [--hold_in_end] [--async_checkpoints] [--nan_at STEP]
       [--keep_checkpoint_max N] [--resume_input MODE]
+      [--lease_secs HEARTBEAT,STALE] [--pause_at STEP]
 
 With --markers, a listener writes DIR/began (at begin), DIR/end (in end(),
 with the step) and, with --hold_in_end, DIR/in_end, and then waits in end()
 until DIR/release appears (at most 60 s).
-With --nan_at, the loss becomes NaN from that step on. The input is
+With --pause_at (and --markers), a hook run before the saver's writes
+DIR/paused once the global step reaches STEP, then waits until DIR/go
+appears (at most 120 s): a test stops the process there. --lease_secs sets
+the lease's heartbeat and staleness (all trainers on one model_dir must
+agree). With --nan_at, the loss becomes NaN from that step on. The input is
 shuffled with a fixed seed: a resumed run that feeds other batches than an
 uninterrupted one ends with other weights.
 Prints "FINAL_STEP=N PREEMPTED=B" when train returns.
@@ -19,6 +24,7 @@ Prints "FINAL_STEP=N PREEMPTED=B" when train returns.
 import argparse
 import os
 import sys
+import threading
 import time
 
 # Run as a script: `support` is a package of tests/.
@@ -32,6 +38,7 @@ import tensorflow as tf  # pylint: disable=g-import-not-at-top
 import hooks  # pylint: disable=g-import-not-at-top
 import tpu_harness as th  # pylint: disable=g-import-not-at-top
 from tpu_harness._model_dir import contents  # pylint: disable=g-import-not-at-top
+from tpu_harness._model_dir import lease as lease_lib  # pylint: disable=g-import-not-at-top
 from support.runner_models import linear_model_fn  # pylint: disable=g-import-not-at-top
 from support.runner_models import data  # pylint: disable=g-import-not-at-top
 
@@ -88,6 +95,37 @@ class MarkerListener(hooks.CheckpointSaverListener):
         time.sleep(0.01)
 
 
+class PauseHook(tf.compat.v1.train.SessionRunHook):
+  """Writes DIR/paused once the step reaches `at`, then waits for DIR/go."""
+
+  def __init__(self, directory, at):
+    self._dir = directory
+    self._at = at
+    self._done = False
+
+  def begin(self):
+    self._step = tf.compat.v1.train.get_global_step()
+
+  def before_run(self, run_context):
+    return tf.compat.v1.train.SessionRunArgs(self._step)
+
+  def after_run(self, run_context, run_values):
+    step = run_context.session.run(self._step)
+    if self._done or step < self._at:
+      return
+    self._done = True
+    # No write in flight either (async saves): the stop is between writes.
+    while any(thread.name.startswith("ckpt-write-")
+              for thread in threading.enumerate()):
+      time.sleep(0.001)
+    with open(os.path.join(self._dir, "paused"), "w") as f:
+      f.write(str(step))
+    deadline = time.monotonic() + 120
+    while (not os.path.exists(os.path.join(self._dir, "go"))
+           and time.monotonic() < deadline):
+      time.sleep(0.001)
+
+
 def main():
   parser = argparse.ArgumentParser()
   parser.add_argument("model_dir")
@@ -99,9 +137,16 @@ def main():
   parser.add_argument("--nan_at", type=int)
   parser.add_argument("--keep_checkpoint_max", type=int, default=3)
   parser.add_argument("--resume_input", default="exact")
+  parser.add_argument("--lease_secs")
+  parser.add_argument("--pause_at", type=int)
   args = parser.parse_args()
+  if args.lease_secs:
+    lease_lib.HEARTBEAT_SECS, lease_lib.STALE_SECS = map(
+        float, args.lease_secs.split(","))
   listeners = ([MarkerListener(args.markers, args.hold_in_end)]
                if args.markers else [])
+  hooks_ = ([PauseHook(args.markers, args.pause_at)]
+            if args.pause_at is not None else [])
   runner = th.Runner(
       model_fn,
       th.RunConfig(args.model_dir,
@@ -113,7 +158,7 @@ def main():
                    resume_input=args.resume_input),
       params={"lr": 0.05, "nan_at": args.nan_at}, train_batch_size=8)
   runner.train(train_input_fn(), max_steps=args.max_steps,
-               saving_listeners=listeners)
+               saving_listeners=listeners, hooks=hooks_)
   step = contents.checkpoint_step(runner.latest_checkpoint())
   print(f"FINAL_STEP={step} PREEMPTED={runner.preempted}", flush=True)
 

@@ -12,6 +12,12 @@ the file `<model_dir>/.tpu_harness_lease.json`, while it trains:
             finds another token there, the lease was taken over and `lost`
             turns True (the runner then stops with LeaseLostError rather
             than write beside the new owner).
+  confirm:  before every write into `model_dir` (saves, the state file,
+            rotation, events). Free while the last renewal is recent (less
+            than `stale_secs / 2` ago: no one may have taken it over);
+            after a stall (a stopped process, a suspended VM), renews as
+            acquire does (read: still ours? write, settle, read back) and
+            raises LeaseLostError if it is not, or is gone.
   release:  delete the lease if it is still ours.
 
 A lease is stale when its heartbeat is older than `stale_secs` (hosts' clocks
@@ -23,8 +29,10 @@ The storage layer offers no atomic create-if-absent for gs:// through
 `tf.io.gfile`, hence write-then-read-back: two trainers that start within
 `settle_secs` of each other resolve to one owner; a trainer whose read and
 write of the lease are more than `settle_secs` apart could still share the
-directory until the next heartbeat, when the loser stops. Evaluation does
-not take the lease: it may run beside training.
+directory until the next heartbeat, when the loser stops. A write that
+was already under way when the trainer stalled completes when it continues
+(nothing can stop a write in flight); every write after it is confirmed.
+Evaluation does not take the lease: it may run beside training.
 """
 
 from __future__ import annotations
@@ -49,6 +57,11 @@ from tpu_harness.errors import LeaseLostError
 from tpu_harness.errors import ModelDirBusyError
 
 LEASE_NAME = contents.LEASE_NAME
+# Defaults of every lease: a trainer rewrites its lease every HEARTBEAT_SECS;
+# one not rewritten for STALE_SECS may be taken over. (Processes that must
+# agree on other values, such as tests' trainers, set both before training.)
+HEARTBEAT_SECS = 10.0
+STALE_SECS = 60.0
 
 
 def _process_is_gone(pid: int) -> bool:
@@ -69,17 +82,20 @@ def _process_is_gone(pid: int) -> bool:
 class ModelDirLease:
   """The lease of one trainer on one `model_dir`."""
 
-  def __init__(self, model_dir: str, *, heartbeat_secs: float = 10.0,
-               stale_secs: float = 60.0, settle_secs: Optional[float] = None,
+  def __init__(self, model_dir: str, *,
+               heartbeat_secs: Optional[float] = None,
+               stale_secs: Optional[float] = None,
+               settle_secs: Optional[float] = None,
                clock: Callable[[], float] = time.time,
                sleep: Callable[[float], None] = time.sleep):
     """Initializes the lease (nothing is written until `acquire`).
 
     Args:
       model_dir: the directory.
-      heartbeat_secs: how often the holder rewrites the lease.
+      heartbeat_secs: how often the holder rewrites the lease; default
+        HEARTBEAT_SECS.
       stale_secs: a lease whose heartbeat is older than this may be taken
-        over; several heartbeats.
+        over; several heartbeats; default STALE_SECS.
       settle_secs: wait between writing the lease and reading it back;
         default 1 s on remote storage, 0.05 s on local disks.
       clock: wall-clock seconds (compared across hosts).
@@ -88,6 +104,9 @@ class ModelDirLease:
     Raises:
       ValueError: `stale_secs` is not larger than `heartbeat_secs`.
     """
+    heartbeat_secs = (HEARTBEAT_SECS if heartbeat_secs is None
+                      else heartbeat_secs)
+    stale_secs = STALE_SECS if stale_secs is None else stale_secs
     if not stale_secs > heartbeat_secs > 0:
       raise ValueError(f"`stale_secs` ({stale_secs!r}) must be larger than "
                        f"`heartbeat_secs` ({heartbeat_secs!r}) > 0.")
@@ -105,6 +124,10 @@ class ModelDirLease:
     self._thread: Optional[threading.Thread] = None
     self._lost = False
     self._held = False
+    # Serializes renewals: the heartbeat thread and confirm().
+    self._lock = threading.Lock()
+    # Clock time at the start of the last renewal that found the lease ours.
+    self._renewed = -math.inf
 
   @property
   def path(self) -> str:
@@ -116,13 +139,36 @@ class ModelDirLease:
     return self._lost
 
   def check(self) -> None:
-    """Raises LeaseLostError if the lease was taken over."""
+    """Raises LeaseLostError if the lease was found taken over (reads
+    nothing; see `confirm`)."""
     if self._lost:
       raise LeaseLostError(
           f"Another trainer took over the lease on `model_dir` "
-          f"({self._model_dir!r}) (see {self._path}): this trainer stopped "
-          f"without saving, so as not to write beside it. It happens when "
-          f"this trainer was stalled for longer than {self._stale_secs:g} s.")
+          f"({self._model_dir!r}) (see {self._path}), or it was removed: "
+          f"this trainer stopped without writing there again, so as not to "
+          f"write beside another one. It happens when this trainer was "
+          f"stalled for longer than {self._stale_secs:g} s (a stopped "
+          f"process, a suspended VM). Its last checkpoint in `model_dir` is "
+          f"the one before the stall.")
+
+  def confirm(self) -> None:
+    """Call before each write into `model_dir`: raises LeaseLostError
+    unless the lease is still this trainer's.
+
+    Reads nothing while the last renewal is less than `stale_secs / 2` old
+    (no other trainer can have found the lease stale); otherwise renews it
+    first, as `acquire` does.
+
+    Raises:
+      LeaseLostError: another trainer took the lease over, or it is gone.
+      StorageError: storage kept failing while renewing it.
+    """
+    self.check()
+    if not self._held or (self._clock() - self._renewed
+                          < self._stale_secs / 2):
+      return
+    self._renew()
+    self.check()
 
   def acquire(self) -> None:
     """Takes the lease and starts the heartbeat.
@@ -131,6 +177,7 @@ class ModelDirLease:
       ModelDirBusyError: a live trainer holds it.
       StorageError: storage kept failing.
     """
+    started = self._clock()
     current = self._read()
     if current is not None and current.get("token") != self._token:
       reason = self._stale_reason(current)
@@ -145,6 +192,7 @@ class ModelDirLease:
       raise ModelDirBusyError(self._busy_message(current or {}))
     self._held = True
     self._lost = False
+    self._renewed = started
     self._stop.clear()
     self._thread = threading.Thread(target=self._beat, daemon=True,
                                     name="model_dir_lease")
@@ -242,16 +290,46 @@ class ModelDirLease:
             f"heart-beating is taken over after {self._stale_secs:g} s. "
             f"Evaluation may run beside training.")
 
+  def _renew(self) -> None:
+    """Rewrites the lease if it is still ours; else marks it lost. After a
+    renewal overdue by `stale_secs / 2` (a stall: another trainer may be
+    taking it over right now), settles and reads back as `acquire` does,
+    and a missing lease counts as lost too."""
+    with self._lock:
+      if self._lost:
+        return
+      started = self._clock()
+      overdue = started - self._renewed >= self._stale_secs / 2
+      current = self._read()
+      if current is None and not overdue:
+        current = {"token": self._token}  # Removed by hand: write it again.
+      if current is None or current.get("token") != self._token:
+        self._mark_lost(current)
+        return
+      self._write()
+      if overdue:
+        self._sleep(self._settle_secs)
+        current = self._read()
+        if current is None or current.get("token") != self._token:
+          self._mark_lost(current)
+          return
+      self._renewed = started
+
+  def _mark_lost(self, current: Optional[dict]) -> None:
+    self._lost = True
+    if current is None:
+      logging.error("The lease on %s is gone: it was removed while this "
+                    "trainer was stalled.", self._model_dir)
+    else:
+      logging.error("The lease on %s was taken over by %s.",
+                    self._model_dir, _describe(current))
+
   def _beat(self) -> None:
     while not self._stop.wait(self._heartbeat_secs):
       try:
-        current = self._read()
-        if current is not None and current.get("token") != self._token:
-          self._lost = True
-          logging.error("The lease on %s was taken over by %s.",
-                        self._model_dir, _describe(current))
+        self._renew()
+        if self._lost:
           return
-        self._write()
       except Exception as error:  # pylint: disable=broad-except
         logging.warning("Lease heartbeat for %s failed (%s); trying again.",
                         self._model_dir, storage.first_line(error))
@@ -260,3 +338,20 @@ class ModelDirLease:
 def _describe(record: dict) -> str:
   return (f"process {record.get('pid', '?')} on host "
           f"{record.get('host', '?')}")
+
+
+class LeaseHook(tf.compat.v1.train.SessionRunHook):
+  """Confirms the lease before and after every `Session.run`. First among a
+  session's hooks, so that after a stall no other hook writes (step-rate
+  events, checkpoints) before the lease is confirmed."""
+
+  def __init__(self, lease: ModelDirLease):
+    self._lease = lease
+
+  def before_run(self, run_context):
+    del run_context  # Unused.
+    self._lease.confirm()
+
+  def after_run(self, run_context, run_values) -> None:
+    del run_context, run_values  # Unused.
+    self._lease.confirm()

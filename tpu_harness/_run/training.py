@@ -30,6 +30,7 @@ from tpu_harness._infeed import position as input_position
 from tpu_harness._infeed.host import InfeedHook
 from tpu_harness._model_dir import contents
 from tpu_harness._model_dir import restore_order
+from tpu_harness._model_dir.lease import LeaseHook
 from tpu_harness._model_dir.lease import ModelDirLease
 from tpu_harness._run import host_loop
 from tpu_harness._run import restore
@@ -92,7 +93,7 @@ def train(job: Job, request: TrainRequest) -> bool:
     loop, position = _build_graph(job, request)
     scaffold, saver, listeners = _saver_and_listeners(job, loop, position,
                                                       request)
-    saver_hook = _saver_hook(config, saver, listeners)
+    saver_hook = _saver_hook(config, saver, listeners, request.lease)
     preemption = PreemptionWatcher()
     loop_secs = _LongestLoop()
     if position is not None:
@@ -126,7 +127,8 @@ def train(job: Job, request: TrainRequest) -> bool:
       saver_hook.finish_pending_save()
       raise
     finally:
-      writer.flush()
+      if not request.lease.lost:  # Else model_dir is another trainer's.
+        writer.flush()
     if preemption.requested:
       logging.warning("Stopped by %s at step %s with a checkpoint saved "
                       "(%s); training resumes from it when run again.",
@@ -189,7 +191,7 @@ def _saver_and_listeners(job: Job, loop: BuiltLoop, position,
   return scaffold, saver, listeners
 
 
-def _saver_hook(config: RunConfig, saver, listeners
+def _saver_hook(config: RunConfig, saver, listeners, lease: ModelDirLease
                 ) -> hooks_lib.CheckpointSaverHook:
   periodic = (config.save_checkpoints_steps is not None
               or config.save_checkpoints_secs is not None)
@@ -201,14 +203,15 @@ def _saver_hook(config: RunConfig, saver, listeners
       listeners=listeners, steps_per_run=config.iterations_per_loop,
       save_graph_def=config.save_graph_def,
       async_save=config.async_checkpoints,
-      check_finite=config.stop_on_nan_loss)
+      check_finite=config.stop_on_nan_loss, write_guard=lease.confirm)
 
 
 def _hooks(job: Job, loop: BuiltLoop,
            saver_hook: hooks_lib.CheckpointSaverHook,
            request: TrainRequest) -> List[tf.compat.v1.train.SessionRunHook]:
-  """The session's hooks, in order: the loop's, the infeed's, the NaN
-  guard, stop, step counter, the model's, the caller's, the saver last."""
+  """The session's hooks, in order: the lease's (before any other writes),
+  the loop's, the infeed's, the NaN guard, stop, step counter, the
+  model's, the caller's, the saver last."""
   config = job.config
   ipl = config.iterations_per_loop
 
@@ -218,7 +221,8 @@ def _hooks(job: Job, loop: BuiltLoop,
 
   guards = ([NanLossHook(loop.fetches["outfeed"][LOSS], newest_checkpoint)]
             if config.stop_on_nan_loss else [])
-  return list(loop.hooks) + [InfeedHook(loop.infeed)] + guards + [
+  return [LeaseHook(request.lease)] + list(loop.hooks) + [
+      InfeedHook(loop.infeed)] + guards + [
       hooks_lib.StopAtStepHook(last_step=request.last_step,
                                steps_per_run=ipl),
       hooks_lib.StepCounterHook(
@@ -273,7 +277,7 @@ def _train_loops(job: Job, session, loop: BuiltLoop, request: TrainRequest,
             batch_size, last_step, writer)
     host_loop.run_host_call(loop, results, count)
     step = end_step
-  lease.check()
+  lease.confirm()
   if step < last_step and not stop():
     logging.info("Input ended at step %d, before max_steps %d.", step,
                  last_step)
