@@ -12,15 +12,25 @@ shard of the input and runs its replicas; this process is the chief, which
 alone writes checkpoints and events. The servers are stopped when the job
 ends. Run it again with a larger `--train_steps` to resume.
 
+A SIGTERM, SIGINT (Ctrl-C) or SIGHUP to this launcher goes to the job alone
+(the servers and the job run in their own sessions, out of the terminal's
+reach), which saves a checkpoint and exits as on a preemption, releasing
+its `model_dir`; then the servers are stopped. A second signal ends the job
+at once. A SIGKILL of the launcher cannot be passed on: stop the job and
+the servers yourself then.
+
 `python -m scripts.local_pod --serve --task=h --cluster=...` is one host's
 server (what the launcher starts).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
+from typing import Iterator
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -53,14 +63,32 @@ def main(argv):
   print(f"pod: {FLAGS.hosts} hosts x {FLAGS.cores_per_host} cores at "
         f"{','.join(hosts)}", flush=True)
   try:
-    job = subprocess.run(
+    job = subprocess.Popen(
         [sys.executable, "-m", "scripts.digits_main",
          f"--pod_hosts={','.join(hosts)}",
          f"--num_cores={FLAGS.hosts * FLAGS.cores_per_host}", *argv[1:]],
-        cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT), check=False)
+        cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT),
+        start_new_session=True)
+    with _forwarding_signals(job):
+      return job.wait()
   finally:
     stop(servers)
-  return job.returncode
+
+
+@contextlib.contextmanager
+def _forwarding_signals(job: subprocess.Popen) -> Iterator[None]:
+  """Passes SIGTERM, SIGINT and SIGHUP on to `job` while in the context."""
+  def forward(signum, frame):  # pylint: disable=unused-argument
+    if job.poll() is None:
+      job.send_signal(signum)
+
+  names = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+  previous = {signum: signal.signal(signum, forward) for signum in names}
+  try:
+    yield
+  finally:
+    for signum, handler in previous.items():
+      signal.signal(signum, handler)
 
 
 def _is_own(arg: str) -> bool:

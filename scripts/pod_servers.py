@@ -36,10 +36,12 @@ def server_command(hosts: Sequence[str], task: int,
 def start_server(hosts: Sequence[str], task: int,
                  cores_per_host: int) -> subprocess.Popen:
   """Starts host `task`'s server process (it accepts connections a few
-  seconds later, once TF is imported)."""
+  seconds later, once TF is imported), in a session of its own: a Ctrl-C
+  in the launcher's terminal does not stop it under a job still saving."""
   return subprocess.Popen(server_command(hosts, task, cores_per_host),
                           cwd=ROOT, stdout=subprocess.DEVNULL,
-                          env=dict(os.environ, PYTHONPATH=ROOT))
+                          env=dict(os.environ, PYTHONPATH=ROOT),
+                          start_new_session=True)
 
 
 def start_pod(count: int, cores_per_host: int

@@ -1,12 +1,17 @@
 """The main job's script, run as README runs it (in a subprocess)."""
 
+import json
 import os
 import re
+import socket
 import subprocess
 import sys
+import time
 
 import pytest
 import tensorflow as tf
+
+from support.fake_tpu_api import FakeTpuApi
 
 pytestmark = pytest.mark.system
 
@@ -70,15 +75,25 @@ def test_flags_the_job_cannot_run_are_one_line_errors(tmp_path, flags,
   assert "Traceback" not in result.stderr, result.stderr[-3000:]
 
 
+def test_a_busy_model_dir_is_a_one_line_error(tmp_path):
+  # The lease of a live trainer (this test's process) on this host.
+  with open(tmp_path / ".tpu_harness_lease.json", "w") as f:
+    json.dump({"token": "other", "host": socket.gethostname(),
+               "pid": os.getpid(), "heartbeat": time.time() + 600}, f)
+  result = subprocess.run(
+      [sys.executable, "-m", "scripts.digits_main",
+       f"--model_dir={tmp_path}", "--train_steps=10"],
+      cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
+  assert result.returncode != 0
+  assert (f"error: ModelDirBusyError: `model_dir` ({str(tmp_path)!r}) is in "
+          f"use by another trainer (process {os.getpid()}") in result.stderr
+  assert "Traceback" not in result.stderr, result.stderr[-3000:]
+
+
 # ----------------------------------------------------------------------------
 # The Cloud TPU path, offline: a fake Cloud TPU API whose node's endpoint is a
 # real TF gRPC server on loopback standing in for the TPU worker.
 
-import socket  # pylint: disable=g-import-not-at-top,wrong-import-position
-
-import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
-
-from support.fake_tpu_api import FakeTpuApi  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 @pytest.fixture(scope="module")

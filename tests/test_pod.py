@@ -262,6 +262,7 @@ def test_devices_of_hosts_and_cores():
      r"'host:port' strings"),
     (dict(num_shards=2, hosts=("a:1", "a:1")), r"names a host twice"),
     (dict(hosts=("a:1",), host_wait_secs=0), r"`host_wait_secs`"),
+    (dict(hosts=("a:1",), host_timeout_secs=-1), r"`host_timeout_secs` \(-1\)"),
 ])
 def test_bad_pod_configs_are_refused(kwargs, message):
   with pytest.raises(ValueError, match=message):

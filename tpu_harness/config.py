@@ -33,10 +33,16 @@ class TPUConfig:
       one host (this process, or `RunConfig.master`).
     host_wait_secs: how long a session waits for every host to accept
       connections before it fails naming those that did not.
+    host_timeout_secs: a host that answers nothing for this long while a
+      session to the pod is open (it died, froze, or the network to it is
+      cut) ends the session with HostUnavailableError naming it; each host
+      is pinged every few seconds meanwhile. Also how long each host may
+      take to answer when the session starts.
   """
   num_shards: int = 1
   hosts: Tuple[str, ...] = ()
   host_wait_secs: float = 60.0
+  host_timeout_secs: float = 60.0
 
   def __post_init__(self):
     validation.positive_int("num_shards", self.num_shards)
@@ -53,6 +59,7 @@ class TPUConfig:
                        f"of the number of `hosts` ({len(self.hosts)}): every "
                        f"host runs as many replicas.")
     validation.positive_number("host_wait_secs", self.host_wait_secs)
+    validation.positive_number("host_timeout_secs", self.host_timeout_secs)
 
   @property
   def num_hosts(self) -> int:

@@ -446,8 +446,7 @@ class Runner:
         restore_order.RestoreOrder(model_dir),
         fixed=checkpoint_path is not None, master=self._config.session_target,
         session_config=self._session_config(), hooks=hooks,
-        prepare=prepare, hosts=self._config.tpu.hosts,
-        host_wait_secs=self._config.tpu.host_wait_secs,
+        prepare=prepare, tpu=self._config.tpu,
         variable_device=self._device.variable_device)
 
 

@@ -33,7 +33,9 @@ from tpu_harness import spec as spec_lib
 from tpu_harness._infeed.host import InfeedHook
 from tpu_harness._model_dir import restore_order
 from tpu_harness._model_dir import storage
+from tpu_harness.config import TPUConfig
 from tpu_harness.loops.device_loop import BuiltLoop
+from tpu_harness.tpu import host_watch
 from tpu_harness.tpu import pod
 
 ATTEMPTS = 3
@@ -46,13 +48,12 @@ class CheckedRestore(tf.compat.v1.train.SessionCreator):
   as `errors.CheckpointRestoreError`."""
 
   def __init__(self, checkpoint: Optional[str], *,
-               hosts: Sequence[str] = (), host_wait_secs: float = 60.0,
-               **kwargs):
-    """Args: the checkpoint; a pod's hosts (see `tpu_harness.tpu.pod`) and how
-    long to wait for them; ChiefSessionCreator's other arguments."""
+               tpu: Optional[TPUConfig] = None, **kwargs):
+    """Args: the checkpoint; the TPUConfig, whose `hosts` make a pod (see
+    `tpu_harness.tpu.pod`); ChiefSessionCreator's other arguments."""
     self._checkpoint = checkpoint
-    self._hosts = tuple(hosts)
-    self._host_wait_secs = host_wait_secs
+    self._tpu = tpu or TPUConfig()
+    self._hosts = self._tpu.hosts
     self._created = False
     self._inner = tf.compat.v1.train.ChiefSessionCreator(
         checkpoint_filename_with_path=checkpoint, **kwargs)
@@ -66,11 +67,18 @@ class CheckedRestore(tf.compat.v1.train.SessionCreator):
             self._hosts, "a run failed and the session had to be created "
             "again; the log above has the error")
       # TF would wait for a missing host forever.
-      pod.wait_for_hosts(self._hosts, self._host_wait_secs)
+      pod.wait_for_hosts(self._hosts, self._tpu.host_wait_secs)
     self._created = True
-    if self._hosts:
-      return pod.for_pod(self._create(), self._hosts)
-    return self._create()
+    if not self._hosts:
+      return self._create()
+    watch = host_watch.HostWatch(self._hosts, self._tpu.host_timeout_secs)
+    watch.start()
+    try:
+      # Restoring runs on the pod too: bounded like every run there.
+      return pod.for_pod(watch.run(self._create), self._hosts, watch)
+    except BaseException:
+      watch.stop()
+      raise
 
   def _create(self) -> tf.compat.v1.Session:
     if self._checkpoint is None:
@@ -96,8 +104,7 @@ def restored(build: Callable[[], BuiltLoop],
              hooks: Optional[Sequence[tf.compat.v1.train.SessionRunHook]]
              = None,
              prepare: Callable[[], None] = lambda: None,
-             hosts: Sequence[str] = (),
-             host_wait_secs: float = 60.0,
+             tpu: Optional[TPUConfig] = None,
              variable_device: str = "",
              ) -> Iterator[Tuple[BuiltLoop, tf.compat.v1.train.MonitoredSession,
                                  str]]:
@@ -117,7 +124,7 @@ def restored(build: Callable[[], BuiltLoop],
     session_config: the device loop's session configuration.
     hooks: more hooks for the session.
     prepare: checks to make once the checkpoint is known, before any work.
-    hosts: a pod's hosts; host_wait_secs: how long to wait for them.
+    tpu: the TPUConfig (a pod's hosts, how long to wait for them).
     variable_device: where the global step lives ("": anywhere).
 
   Raises:
@@ -140,7 +147,7 @@ def restored(build: Callable[[], BuiltLoop],
         first = False
       try:
         session = _open(loop, checkpoint, master, session_config, hooks,
-                        hosts, host_wait_secs)
+                        tpu)
       except (errors.CheckpointRestoreError, tf.errors.NotFoundError,
               ValueError) as error:
         if fixed:
@@ -215,8 +222,7 @@ def scaffold_for(spec, default_saver: Callable[[], tf.compat.v1.train.Saver]
 
 def _open(loop: BuiltLoop, checkpoint: str, master: str,
           session_config: tf.compat.v1.ConfigProto, hooks,
-          hosts: Sequence[str], host_wait_secs: float
-          ) -> tf.compat.v1.train.MonitoredSession:
+          tpu: Optional[TPUConfig]) -> tf.compat.v1.train.MonitoredSession:
   scaffold, users_saver = scaffold_for(loop.spec, tf.compat.v1.train.Saver)
   if not users_saver:
     # A user's saver (e.g. mapping moving-average names onto the model's
@@ -224,8 +230,7 @@ def _open(loop: BuiltLoop, checkpoint: str, master: str,
     # missing then.
     restore_order.check_matches(checkpoint, tf.compat.v1.global_variables())
   creator = CheckedRestore(checkpoint, scaffold=scaffold, master=master,
-                           config=session_config, hosts=hosts,
-                           host_wait_secs=host_wait_secs)
+                           config=session_config, tpu=tpu)
   spec_hooks = loop.spec.hooks_for_mode if loop.spec is not None else ()
   return tf.compat.v1.train.MonitoredSession(
       session_creator=creator,

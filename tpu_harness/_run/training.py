@@ -106,7 +106,7 @@ def train(job: Job, request: TrainRequest) -> bool:
     creator = restore.CheckedRestore(
         request.resume.checkpoint, scaffold=scaffold,
         master=config.session_target, config=job.session_config,
-        hosts=config.tpu.hosts, host_wait_secs=config.tpu.host_wait_secs)
+        tpu=config.tpu)
     writer = tf.compat.v1.summary.FileWriterCache.get(config.model_dir)
     logging.info("Training from step %d to %d, %d steps per loop, on %s.",
                  request.resume.step, request.last_step,

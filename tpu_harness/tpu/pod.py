@@ -15,7 +15,10 @@ This module names the pod's devices and looks after its hosts:
 `wait_for_hosts` checks that every host accepts connections before a
 session is created (TF itself waits for a missing task forever), and a
 session made `for_pod` fails with `HostUnavailableError` naming the hosts
-that stopped answering. The hosts' infeeds are `tpu_harness._infeed.pod`.
+that stopped answering: at once when a run fails because of them, and
+within `TPUConfig.host_timeout_secs` when a run waits on a host that died,
+froze or was cut off (see `tpu_harness.tpu.host_watch`). The hosts'
+infeeds are `tpu_harness._infeed.pod`.
 """
 
 from __future__ import annotations
@@ -112,10 +115,14 @@ class _PodSession(tf.compat.v1.Session):
   """A session to a pod (see `for_pod`)."""
 
   _pod_hosts: tuple = ()
+  _pod_watch = None
 
   def run(self, *args, **kwargs):
+    run = super().run
     try:
-      return super().run(*args, **kwargs)
+      if self._pod_watch is None:
+        return run(*args, **kwargs)
+      return self._pod_watch.run(lambda: run(*args, **kwargs))
     except (tf.errors.UnavailableError, tf.errors.AbortedError,
             tf.errors.InternalError) as error:
       if not unreachable_hosts(self._pod_hosts):
@@ -129,6 +136,8 @@ class _PodSession(tf.compat.v1.Session):
       # may run inside another thread's `start()`, where starting a thread
       # would wait for ever on its lock).
       return
+    if self._pod_watch is not None:
+      self._pod_watch.stop()
     closer = threading.Thread(target=super().close, daemon=True,
                               name="close_pod_session")
     closer.start()
@@ -138,11 +147,13 @@ class _PodSession(tf.compat.v1.Session):
                       "%g s (a host is gone); leaving it.", CLOSE_WAIT_SECS)
 
 
-def for_pod(session: tf.compat.v1.Session, hosts: Sequence[str]
-            ) -> tf.compat.v1.Session:
+def for_pod(session: tf.compat.v1.Session, hosts: Sequence[str],
+            watch=None) -> tf.compat.v1.Session:
   """`session` (to a pod of `hosts`), made to raise HostUnavailableError
-  naming the hosts that went away when a run fails because of them, and to
-  close within CLOSE_WAIT_SECS.
+  naming the hosts that went away when a run fails because of them, or
+  when `watch` (a started `host_watch.HostWatch`, stopped when the session
+  closes) finds one silent while a run waits; and to close within
+  CLOSE_WAIT_SECS.
 
   Why: TF takes such a failure for a preemption; MonitoredSession would
   close the session and create a new one, and TF's close waits for the
@@ -151,6 +162,7 @@ def for_pod(session: tf.compat.v1.Session, hosts: Sequence[str]
   """
   session.__class__ = _PodSession
   session._pod_hosts = tuple(hosts)  # pylint: disable=protected-access
+  session._pod_watch = watch  # pylint: disable=protected-access
   return session
 
 

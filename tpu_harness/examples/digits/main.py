@@ -189,6 +189,11 @@ def main(argv):
     # Raised before any graph of the loop is built (predict on a pod: not
     # supported).
     sys.exit(f"error: {error}")
+  except (th.HostUnavailableError, th.ModelDirBusyError,
+          th.LeaseLostError) as error:
+    # What the machines or another trainer did; the message says what to
+    # do, the log above says what happened.
+    sys.exit(f"error: {type(error).__name__}: {error}")
 
 
 def check(runner: th.Runner) -> int:
