@@ -68,8 +68,11 @@ def state_file_entry(save_dir: str, prefix: str) -> str:
 
 def delete_checkpoint(prefix: str) -> None:
   """Deletes the files of checkpoint `prefix` (`prefix.*`: index, data,
-  meta), matching the prefix literally."""
-  for path in tf.io.gfile.glob(escape(prefix) + ".*"):
+  meta), matching the prefix literally; the index first, so that a reader
+  beside (an evaluation) finds the checkpoint gone as a whole rather than
+  an index without its data."""
+  files = tf.io.gfile.glob(escape(prefix) + ".*")
+  for path in sorted(files, key=lambda path: not path.endswith(".index")):
     try:
       tf.io.gfile.remove(path)
     except tf.errors.NotFoundError:

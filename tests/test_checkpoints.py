@@ -8,6 +8,7 @@ import threading
 import pytest
 import tensorflow as tf
 
+from hooks import paths
 import tpu_harness as th
 
 from support.runner_models import write_checkpoint
@@ -311,3 +312,38 @@ def test_resume_point_after_a_failed_restore_takes_an_older_one(tmp_path,
                      match=r"holds 3 checkpoint\(s\) of this run, and none "
                      r"reads back: .*model.ckpt-3 \(Checksum\)"):
     restore_order.resume_point(str(tmp_path), order=third.order)
+
+
+def test_a_checkpoint_deleted_after_the_listing_is_rotated_not_broken(
+    tmp_path, three):
+  """A trainer beside rotated the newest away between the listing and the
+  read: it is not skipped as broken; the listing is made again."""
+  order = restore_order.RestoreOrder(str(tmp_path))
+  listed = contents.scan(str(tmp_path))
+  paths.delete_checkpoint(three[2])
+  assert order.next(listed) == (three[1], 2)
+  assert order.gone == [three[2]]
+  assert not order.broken
+
+
+def test_too_many_rotations_are_a_rotated_error(tmp_path, three):
+  order = restore_order.RestoreOrder(str(tmp_path))
+  for _ in range(restore_order.MAX_ROTATIONS - 1):
+    order.rotated(three[2])
+  with pytest.raises(th.CheckpointRotatedError,
+                     match=r"rotated away .* 50 times in a row .*"
+                     r"model.ckpt-3.* The checkpoints are fine.*"
+                     r"keep_checkpoint_max"):
+    order.rotated(three[2])
+
+
+def test_a_checkpoint_is_deleted_index_first(tmp_path, three, monkeypatch):
+  removed = []
+  remove = tf.io.gfile.remove
+  monkeypatch.setattr(tf.io.gfile, "remove",
+                      lambda path: (removed.append(path), remove(path)))
+  files = tf.io.gfile.glob(three[0] + ".*")
+  paths.delete_checkpoint(three[0])
+  assert removed[0] == three[0] + ".index"
+  assert sorted(removed) == sorted(files)
+  assert not tf.io.gfile.glob(three[0] + ".*")

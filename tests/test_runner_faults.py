@@ -485,6 +485,42 @@ def test_evaluate_rechooses_a_rotated_checkpoint(tmp_path):
 
 
 @pytest.mark.system
+def test_evaluate_beside_a_trainer_keeping_one_checkpoint(tmp_path):
+  """A real trainer saves every 2 steps and keeps 1 checkpoint: each
+  evaluation beside it restores one of them (choosing the newest again
+  when the one chosen is rotated away), or, after too many rotations in a
+  row, says so; never a broken-checkpoint error."""
+  model_dir = str(tmp_path / "model")
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join([TESTS, ROOT]))
+  trainer = subprocess.Popen(
+      [sys.executable, os.path.join(TESTS, "support", "reliability_worker.py"),
+       model_dir, "100000000", "--keep_checkpoint_max", "1"],
+      env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  try:
+    deadline = time.monotonic() + 180
+    while tf.train.latest_checkpoint(model_dir) is None:
+      assert trainer.poll() is None and time.monotonic() < deadline
+      time.sleep(0.1)
+    runner = th.Runner(reliability_worker.model_fn,
+                       th.RunConfig(model_dir, keep_checkpoint_max=1),
+                       params={"lr": 0.05}, eval_batch_size=8)
+    outcomes = []
+    for _ in range(3):
+      try:
+        results = runner.evaluate(reliability_worker.train_input_fn(),
+                                  steps=1)
+        outcomes.append(results["global_step"])
+      except th.CheckpointRotatedError as error:
+        outcomes.append(str(error))
+    assert trainer.poll() is None
+  finally:
+    trainer.kill()
+    trainer.wait()
+  assert all(isinstance(o, int) or "rotated away" in o for o in outcomes)
+  assert any(isinstance(o, int) for o in outcomes), outcomes
+
+
+@pytest.mark.system
 def test_an_exception_right_after_an_async_save_finishes_the_write(tmp_path):
   # The process dies of the NaN error while the save of step 6 (8 MB) is
   # being written in the background; the write must still complete.

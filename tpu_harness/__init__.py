@@ -19,6 +19,7 @@ Public surface::
   CheckpointMismatchError  a checkpoint of another model
   CheckpointRestoreError a named checkpoint does not read back
   NoRestorableCheckpointError  checkpoints of the run, none reads back
+  CheckpointRotatedError a trainer beside rotated away every checkpoint chosen
   ModelDirBusyError      another trainer holds model_dir
   LeaseLostError         another trainer took model_dir over
   StorageError           storage kept failing or refused access
@@ -51,6 +52,7 @@ from tpu_harness.config import RunConfig
 from tpu_harness.config import TPUConfig
 from tpu_harness.errors import CheckpointMismatchError
 from tpu_harness.errors import CheckpointRestoreError
+from tpu_harness.errors import CheckpointRotatedError
 from tpu_harness.errors import Error
 from tpu_harness.errors import HostUnavailableError
 from tpu_harness.errors import InfeedMemoryError
@@ -80,6 +82,7 @@ __all__ = [
     "BuiltLoop",
     "CheckpointMismatchError",
     "CheckpointRestoreError",
+    "CheckpointRotatedError",
     "CompatibilityProblem",
     "CpuEmulationLoop",
     "CrossShardOptimizer",

@@ -64,6 +64,12 @@ class NoRestorableCheckpointError(Error, RuntimeError):
   """`model_dir` holds checkpoints of the run, but none reads back."""
 
 
+class CheckpointRotatedError(Error, RuntimeError):
+  """Evaluation or prediction beside a trainer: every checkpoint chosen was
+  deleted by the trainer's rotation (`keep_checkpoint_max`) before it could
+  be restored, too many times in a row."""
+
+
 class ModelDirBusyError(Error, RuntimeError):
   """Another trainer holds the lease on `model_dir`."""
 

@@ -15,7 +15,10 @@ verified path without restoring. "No checkpoint" is concluded only from a
 listing that succeeded (`tpu_harness._model_dir.storage`): a read that fails
 for a transient reason is retried and then raised, never taken for
 corruption, and if checkpoints exist but none reads back, that is an
-error, not a fresh start.
+error, not a fresh start. A checkpoint whose files are gone when read was
+deleted since the listing (rotated by a trainer beside, when evaluating):
+it is not broken; the listing is made again (`rotated`), a bounded number
+of times (`MAX_ROTATIONS`).
 """
 
 from __future__ import annotations
@@ -34,7 +37,14 @@ from tpu_harness._model_dir.contents import BASENAME
 from tpu_harness._model_dir.contents import Contents
 from tpu_harness.errors import CheckpointMismatchError
 from tpu_harness.errors import CheckpointRestoreError
+from tpu_harness.errors import CheckpointRotatedError
 from tpu_harness.errors import NoRestorableCheckpointError
+
+
+# How many chosen checkpoints may be rotated away before they are read,
+# in one choice, before giving up: a trainer beside that saves faster than
+# a restore takes would otherwise be chased for ever.
+MAX_ROTATIONS = 50
 
 
 class RestoreOrder:
@@ -43,11 +53,36 @@ class RestoreOrder:
   Attributes:
     broken: {prefix: why it did not read back or restore}, in the order
       found.
+    gone: the checkpoints found deleted after they were chosen (rotated),
+      in the order found.
   """
 
   def __init__(self, model_dir: str):
     self.model_dir = model_dir
     self.broken: Dict[str, str] = {}
+    self.gone: List[str] = []
+
+  def rotated(self, prefix: str) -> None:
+    """Records that `prefix` was deleted after it was chosen (by a
+    trainer's rotation); the newest is to be chosen again.
+
+    Raises:
+      CheckpointRotatedError: this happened MAX_ROTATIONS times.
+    """
+    self.gone.append(prefix)
+    if len(self.gone) >= MAX_ROTATIONS:
+      raise CheckpointRotatedError(
+          f"Every checkpoint chosen in `model_dir` ({self.model_dir!r}) was "
+          f"rotated away (deleted by the trainer beside, which keeps "
+          f"`keep_checkpoint_max` of them) before it could be restored, "
+          f"{len(self.gone)} times in a row (the last: "
+          f"{', '.join(self.gone[-3:])}). The checkpoints are fine: the "
+          f"trainer saves a new one faster than one restores here. Keep "
+          f"more checkpoints (`keep_checkpoint_max` of 2 or more), save less "
+          f"often, or copy a checkpoint and pass its `checkpoint_path`.")
+    logging.info("Checkpoint %s was rotated away (deleted by a trainer "
+                 "beside) before it could be read; choosing the newest "
+                 "again.", prefix)
 
   def skip(self, prefix: str, reason: str, what: str = "read back") -> None:
     """Records that `prefix` does not `what` (read back, restore), with a
@@ -82,6 +117,9 @@ class RestoreOrder:
       except Exception as error:  # pylint: disable=broad-except
         # What reading a broken file raises varies (OpError, ValueError,
         # the reader's IndexError for a truncated file).
+        if gone(prefix):
+          self.rotated(prefix)
+          return self.next(sleep=sleep)
         self.skip(prefix, storage.first_line(error))
         continue
       if self.broken:
@@ -99,6 +137,16 @@ class RestoreOrder:
         f"of this run, and none reads back: {'; '.join(broken)}. Nothing was "
         f"changed. To start from scratch, move these files out of model_dir "
         f"or use another model_dir; to resume, restore a good copy of one.")
+
+
+def gone(prefix: str) -> bool:
+  """Whether checkpoint `prefix`'s index no longer exists (deleted since
+  it was listed).
+
+  Raises:
+    StorageError: storage kept failing, or refused access.
+  """
+  return storage.stat_or_none(prefix + ".index") is None
 
 
 def unreadable_reason(prefix: str, *,

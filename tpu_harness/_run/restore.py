@@ -8,13 +8,15 @@ checkpoint through to tell whether its files are to blame
 (`errors.CheckpointRestoreError`: the caller falls back to an older
 one) or not (the error is raised as it is).
 
-Evaluation may run beside a trainer whose rotation deletes old checkpoints.
+Evaluation may run beside a trainer whose rotation deletes old checkpoints
+(with `keep_checkpoint_max=1`, each one a moment after the next is saved).
 The checkpoint is therefore chosen as late as possible, after the graph is
 built and just before the session restores it; if it is gone all the same
-when the session reads it, the graph is built again and the newest
-checkpoint chosen again (up to `ATTEMPTS` times). A checkpoint that does not
-restore is skipped with a warning and the next older one chosen, unless the
-caller named it.
+when the session reads it, the newest is chosen again and restored at once
+(the same graph), a bounded number of times
+(`restore_order.MAX_ROTATIONS`, then `errors.CheckpointRotatedError`). A
+checkpoint that does not restore is skipped with a warning and the next
+older one chosen, unless the caller named it.
 """
 
 from __future__ import annotations
@@ -23,7 +25,6 @@ import contextlib
 from typing import (Callable, Iterator, Optional, Sequence,
                     Tuple)
 
-from absl import logging
 import tensorflow as tf
 
 from hooks import paths
@@ -38,9 +39,6 @@ from tpu_harness.loops.device_loop import BuiltLoop
 from tpu_harness.tpu import host_watch
 from tpu_harness.tpu import pod
 
-ATTEMPTS = 3
-
-
 class CheckedRestore(tf.compat.v1.train.SessionCreator):
   """`tf.compat.v1.train.ChiefSessionCreator` restoring `checkpoint` (or
   initializing, with None), with transient storage errors retried and a
@@ -48,15 +46,25 @@ class CheckedRestore(tf.compat.v1.train.SessionCreator):
   as `errors.CheckpointRestoreError`."""
 
   def __init__(self, checkpoint: Optional[str], *,
-               tpu: Optional[TPUConfig] = None, **kwargs):
-    """Args: the checkpoint; the TPUConfig, whose `hosts` make a pod (see
-    `tpu_harness.tpu.pod`); ChiefSessionCreator's other arguments."""
-    self._checkpoint = checkpoint
+               tpu: Optional[TPUConfig] = None,
+               rechoose: Optional[Callable[[str], str]] = None, **kwargs):
+    """Initializes the creator.
+
+    Args:
+      checkpoint: the checkpoint to restore; None: initialize.
+      tpu: the TPUConfig, whose `hosts` make a pod (see
+        `tpu_harness.tpu.pod`).
+      rechoose: when the checkpoint was deleted before it was restored,
+        `rechoose(gone_checkpoint)` returns the one to restore instead (it
+        raises when it gives up); None: the deletion is raised.
+      **kwargs: ChiefSessionCreator's other arguments.
+    """
+    self.checkpoint = checkpoint
     self._tpu = tpu or TPUConfig()
     self._hosts = self._tpu.hosts
+    self._rechoose = rechoose
+    self._kwargs = kwargs
     self._created = False
-    self._inner = tf.compat.v1.train.ChiefSessionCreator(
-        checkpoint_filename_with_path=checkpoint, **kwargs)
 
   def create_session(self) -> tf.compat.v1.Session:
     if self._hosts:
@@ -81,16 +89,23 @@ class CheckedRestore(tf.compat.v1.train.SessionCreator):
       raise
 
   def _create(self) -> tf.compat.v1.Session:
-    if self._checkpoint is None:
-      return self._inner.create_session()
-    try:
-      return storage.retry(self._inner.create_session,
-                           f"restoring checkpoint {self._checkpoint}")
-    except (tf.errors.OpError, ValueError) as error:
-      failure = restore_order.restore_failure(self._checkpoint)
-      if failure is None:
-        raise
-      raise failure from error
+    while True:
+      inner = tf.compat.v1.train.ChiefSessionCreator(
+          checkpoint_filename_with_path=self.checkpoint, **self._kwargs)
+      if self.checkpoint is None:
+        return inner.create_session()
+      try:
+        return storage.retry(inner.create_session,
+                             f"restoring checkpoint {self.checkpoint}")
+      except (tf.errors.OpError, ValueError) as error:
+        if self._rechoose is not None and restore_order.gone(
+            self.checkpoint):
+          self.checkpoint = self._rechoose(self.checkpoint)
+          continue
+        failure = restore_order.restore_failure(self.checkpoint)
+        if failure is None:
+          raise
+        raise failure from error
 
 
 @contextlib.contextmanager
@@ -134,7 +149,10 @@ def restored(build: Callable[[], BuiltLoop],
     Exception: what `choose` raises, and what restoring raised if the
       checkpoint is still there or was named by the caller.
   """
-  rotated = 0
+  def rechoose(gone: str) -> str:
+    order.rotated(gone)
+    return choose(order)
+
   first = True
   while True:
     with tf.Graph().as_default():
@@ -146,22 +164,20 @@ def restored(build: Callable[[], BuiltLoop],
         prepare()
         first = False
       try:
-        session = _open(loop, checkpoint, master, session_config, hooks,
-                        tpu)
+        session, checkpoint = _open(loop, checkpoint, master, session_config,
+                                    hooks, tpu,
+                                    None if fixed else rechoose)
       except (errors.CheckpointRestoreError, tf.errors.NotFoundError,
               ValueError) as error:
         if fixed:
           raise
-        if storage.stat_or_none(checkpoint + ".index") is None:
-          rotated += 1
-          if rotated >= ATTEMPTS:
-            raise
-          logging.info("Checkpoint %s was deleted before it could be read "
-                       "(rotated by a trainer beside?); using the newest "
-                       "one.", checkpoint)
+        if restore_order.gone(checkpoint):
+          # Deleted while its variables were compared with the model's.
+          order.rotated(checkpoint)
           continue
         if not isinstance(error, errors.CheckpointRestoreError):
           raise
+        checkpoint = error.checkpoint
         order.skip(checkpoint, error.reason, "restore")
         continue
       with session:
@@ -222,7 +238,11 @@ def scaffold_for(spec, default_saver: Callable[[], tf.compat.v1.train.Saver]
 
 def _open(loop: BuiltLoop, checkpoint: str, master: str,
           session_config: tf.compat.v1.ConfigProto, hooks,
-          tpu: Optional[TPUConfig]) -> tf.compat.v1.train.MonitoredSession:
+          tpu: Optional[TPUConfig],
+          rechoose: Optional[Callable[[str], str]]
+          ) -> Tuple[tf.compat.v1.train.MonitoredSession, str]:
+  """A MonitoredSession restored from `checkpoint`, or from the one
+  `rechoose` gave when it was rotated away; and which it was."""
   scaffold, users_saver = scaffold_for(loop.spec, tf.compat.v1.train.Saver)
   if not users_saver:
     # A user's saver (e.g. mapping moving-average names onto the model's
@@ -230,9 +250,10 @@ def _open(loop: BuiltLoop, checkpoint: str, master: str,
     # missing then.
     restore_order.check_matches(checkpoint, tf.compat.v1.global_variables())
   creator = CheckedRestore(checkpoint, scaffold=scaffold, master=master,
-                           config=session_config, tpu=tpu)
+                           config=session_config, tpu=tpu, rechoose=rechoose)
   spec_hooks = loop.spec.hooks_for_mode if loop.spec is not None else ()
-  return tf.compat.v1.train.MonitoredSession(
+  session = tf.compat.v1.train.MonitoredSession(
       session_creator=creator,
       hooks=list(loop.hooks) + [InfeedHook(loop.infeed)] + list(spec_hooks)
       + list(hooks or []))
+  return session, creator.checkpoint
