@@ -173,10 +173,48 @@ def test_transient_checkpoint_read_failure_resumes_not_falls_back(gcs):
   assert result["saved"] == [5, 10], result  # Not from ckpt-0.
 
 
+# The n-th listing of the run's directory at start-up fails once for good
+# (7 faults: TF's own 6 tries, then one more). Listings inside TF (the
+# checkpoint reader's glob, makedirs, the events file, the saver's
+# checkpoint times, the input position's read) report a failed listing as
+# an empty one; at the time of writing these n hit, in order: creating
+# model_dir (2), the restore order's global-step read (4), the variables
+# check (5), the saver's checkpoint times (6), the events file (9), the
+# restore (11), the input position (12). Each was an error or a fall-back
+# to ckpt-0 before; all passed when written; four of them (one per kind of
+# TF call) are kept here for time.
+@pytest.mark.parametrize("nth", [2, 4, 6, 11])
+def test_a_failed_listing_inside_tf_is_retried(gcs, nth):
+  result, _, _ = _resume_under_fault(gcs, f"tf-listing{nth}", lambda prefix:
+                                     Fault("GET", r"/o\?.*prefix="
+                                           + re.escape(prefix) + "%2F(&|$)",
+                                           "status", 503, times=7,
+                                           after=nth))
+  assert "error" not in result, result
+  assert result["saved"] == [5, 10], result  # Resumed at 5, not 0.
+
+
 def test_persistent_listing_failure_is_an_error_and_changes_nothing(gcs):
   result, before, path = _resume_under_fault(gcs, "outage",
                                              _listing_fault(10_000))
   assert result["error"] == "StorageError", result
   assert "Storage kept failing while" in result["message"]
   assert "Nothing was changed" in result["message"]
+  assert _names(gcs, path) == before
+
+
+@pytest.mark.parametrize("status,what", [
+    (403, r"model\.ckpt-5\.data"),  # Was: fell back to ckpt-0, retrained.
+    (401, r"model\.ckpt-5\.index"),
+    (403, r"model\.ckpt-\d+\.(data|index)"),  # Every checkpoint.
+])
+def test_refused_checkpoint_read_is_refused_not_broken(gcs, status, what):
+  """Access refused on the newest (or every) checkpoint says so and trains
+  nothing: it is not a broken checkpoint to fall back from."""
+  result, before, path = _resume_under_fault(gcs, f"refused{status}",
+                                             lambda prefix: Fault(
+      "GET", what, "status", status, times=10_000))
+  assert result.get("error") == "StorageError", result
+  assert "refused" in result["message"], result
+  assert "credentials" in result["message"], result
   assert _names(gcs, path) == before

@@ -48,6 +48,17 @@ def test_bad_backoff(kwargs, message):
                 "failed."), "transient"),
     (ValueError("Failed to get matching files on gs://b/m: "
                 "PERMISSION_DENIED: 403"), "access"),
+    # The checkpoint reader's get_tensor raises a bare OpError with GCS's
+    # HTTP status in the text.
+    (tf.errors.OpError(None, None, "Error executing an HTTP request: HTTP "
+                       "response code 403 with body '{}'\n\t when reading "
+                       "gs://b/m.data-00000-of-00001", 2), "access"),
+    (tf.errors.OpError(None, None, "HTTP response code 401 with body", 2),
+     "access"),
+    (tf.errors.OpError(None, None, "HTTP response code 503 with body", 2),
+     "transient"),
+    (tf.errors.OpError(None, None, "HTTP response code 404 with body", 2),
+     "other"),
     (tf.errors.DataLossError(None, None, "Checksum does not match"), "other"),
     (tf.errors.NotFoundError(None, None, "no such file"), "other"),
     (IndexError("Read less bytes than requested"), "other"),
@@ -166,3 +177,39 @@ def test_state_file_entries_come_out_relative(tmp_path, monkeypatch,
     tf.compat.v1.train.update_checkpoint_state(directory, entry)
     with open(os.path.join(directory, "checkpoint")) as f:
       assert f.read().startswith('model_checkpoint_path: "model.ckpt-5"')
+
+
+@pytest.mark.parametrize("message,exists,hidden", [
+    ("Unsuccessful TensorSliceReader constructor: Failed to find any "
+     "matching files for gs://b/m/model.ckpt-5", True, True),
+    ("/m is not a directory", True, True),
+    # The path is really missing: the error stands.
+    ("Failed to find any matching files for gs://b/m/model.ckpt-5", False,
+     False),
+    # Another error about a path that exists is not a listing.
+    ("Key dense/kernel not found in checkpoint", True, False),
+])
+def test_a_failed_listing_hidden_by_tf(message, exists, hidden):
+  error = tf.errors.NotFoundError(None, None, message)
+  assert storage.hides_a_failed_listing(error, lambda: exists) == hidden
+  assert not storage.hides_a_failed_listing(error, None)
+
+
+def test_retry_retries_a_hidden_listing_failure_while_the_path_exists():
+  calls = []
+
+  def read():
+    calls.append(1)
+    if len(calls) < 3:
+      raise tf.errors.NotFoundError(None, None, "Failed to find any matching "
+                                    "files for gs://b/m/model.ckpt-5")
+    return "read"
+
+  assert storage.retry(read, "reading", sleep=lambda _: None,
+                       exists=lambda: True) == "read"
+  assert len(calls) == 3
+  calls.clear()
+  with pytest.raises(tf.errors.NotFoundError):
+    storage.retry(read, "reading", sleep=lambda _: None,
+                  exists=lambda: False)
+  assert len(calls) == 1

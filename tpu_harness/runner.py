@@ -22,6 +22,7 @@ from tpu_harness import errors
 from tpu_harness import spec as spec_lib
 from tpu_harness._model_dir import contents
 from tpu_harness._model_dir import restore_order
+from tpu_harness._model_dir import storage
 from tpu_harness._model_dir.lease import ModelDirLease
 from tpu_harness._run import host_loop
 from tpu_harness._run import logs
@@ -280,7 +281,7 @@ class Runner:
         raise ValueError("`input_fn` gave no complete eval step (each step "
                          f"needs {self._device.num_shards} batches of "
                          f"{batch_size // self._device.num_shards}).")
-      writer = tf.compat.v1.summary.FileWriterCache.get(eval_dir)
+      writer = storage.events_writer(eval_dir, self._config.model_dir)
       writer.add_summary(tf.compat.v1.Summary(value=[
           tf.compat.v1.Summary.Value(tag=key, simple_value=float(value))
           for key, value in metrics.items() if np.ndim(value) == 0]),

@@ -67,12 +67,14 @@ class Fault:
       without answering.
     status: the HTTP status for "status".
     times: how many matching requests get the fault.
+    after: how many matching requests pass before the first fault.
   """
   method: str
   path: str
   action: str = "status"
   status: int = 503
   times: int = 1
+  after: int = 0
 
 
 def make_certificates(directory: str) -> Dict[str, str]:
@@ -351,6 +353,9 @@ class GcsEmulator:
       for fault in self._faults:
         if (fault.times > 0 and fault.method in ("*", method)
             and re.search(fault.path, target)):
+          if fault.after > 0:
+            fault.after -= 1
+            continue
           fault.times -= 1
           return fault
     return None

@@ -9,6 +9,7 @@ Prints one JSON line with what it saw; on an error prints
 import json
 import os
 import sys
+import traceback
 
 # Run as a script: `support` is a package of tests/.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -81,6 +82,7 @@ def main():
   try:
     result = SCENARIOS[scenario](path, arg)
   except Exception as error:  # pylint: disable=broad-except
+    traceback.print_exc()
     print(json.dumps({"error": type(error).__name__,
                       "message": str(error)}), flush=True)
     return 3

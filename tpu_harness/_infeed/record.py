@@ -15,6 +15,8 @@ from typing import Optional, Tuple
 
 import tensorflow as tf
 
+from tpu_harness._model_dir import storage
+
 # The most a checkpoint may hold of one host's position; a larger one is
 # not saved (the run falls back to skipping, saying why).
 MAX_STATE_BYTES = 2**20
@@ -60,7 +62,18 @@ class Saved:
 
 def read_saved(checkpoint: str, host: int = 0) -> Optional[Saved]:
   """The position of host `host`'s input saved in `checkpoint`, or None if
-  it holds none (or one in an earlier version's form)."""
+  it holds none (or one in an earlier version's form).
+
+  Raises:
+    StorageError: storage kept failing, or refused access.
+  """
+  return storage.retry(
+      lambda: _read_saved(checkpoint, host),
+      f"reading the input position in {checkpoint}",
+      exists=lambda: storage.checkpoint_exists(checkpoint))
+
+
+def _read_saved(checkpoint: str, host: int) -> Optional[Saved]:
   state_key, counts_key, seeds_key = keys(host)
   reader = tf.train.load_checkpoint(checkpoint)
   if not reader.has_tensor(counts_key):

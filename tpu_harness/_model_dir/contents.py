@@ -157,7 +157,8 @@ def prepare_model_dir(model_dir: str, *, label: Optional[str] = None,
         f.write("ok")
       tf.io.gfile.remove(probe)
 
-    storage.retry(make_and_probe, f"creating {model_dir}", sleep=sleep)
+    storage.retry(make_and_probe, f"creating {model_dir}", sleep=sleep,
+                  exists=lambda: storage.has_entries(model_dir))
   except errors.StorageError as error:
     if storage.kind(error.__cause__) == "access":
       raise ValueError(f"{label} is not a writable directory: access "

@@ -110,8 +110,10 @@ class RestoreOrder:
       contents = contents_lib.scan(self.model_dir, sleep=sleep)
     for prefix in self.candidates(contents):
       try:
-        step = storage.retry(lambda p=prefix: checkpoint_global_step(p),
-                             f"reading checkpoint {prefix}", sleep=sleep)
+        step = storage.retry(
+            lambda p=prefix: checkpoint_global_step(p),
+            f"reading checkpoint {prefix}", sleep=sleep,
+            exists=lambda p=prefix: storage.checkpoint_exists(p))
       except errors.StorageError:
         raise
       except Exception as error:  # pylint: disable=broad-except
@@ -146,7 +148,7 @@ def gone(prefix: str) -> bool:
   Raises:
     StorageError: storage kept failing, or refused access.
   """
-  return storage.stat_or_none(prefix + ".index") is None
+  return not storage.checkpoint_exists(prefix)
 
 
 def unreadable_reason(prefix: str, *,
@@ -160,17 +162,22 @@ def unreadable_reason(prefix: str, *,
   Raises:
     StorageError: storage kept failing, or refused access.
   """
+  def exists():
+    return storage.checkpoint_exists(prefix)
+
   def read():
     try:
       reader = tf.train.load_checkpoint(prefix)
       for name in reader.get_variable_to_shape_map():
         reader.get_tensor(name)
     except Exception as error:  # pylint: disable=broad-except
-      if storage.kind(error) != "other":
+      if (storage.kind(error) != "other"
+          or storage.hides_a_failed_listing(error, exists)):
         raise  # Retried (transient) or raised (access) by storage.retry.
       return storage.first_line(error)
     return None
-  return storage.retry(read, f"reading checkpoint {prefix}", sleep=sleep)
+  return storage.retry(read, f"reading checkpoint {prefix}", sleep=sleep,
+                       exists=exists)
 
 
 def latest_restorable(model_dir: str, basename: str = BASENAME, *,
@@ -227,8 +234,15 @@ def restore_failure(checkpoint: str, *,
 
 def check_matches(prefix: str, variables: Sequence[tf.Variable]) -> None:
   """Raises CheckpointMismatchError unless `prefix` has every variable with
-  its shape and dtype; the message lists every difference."""
-  reader = tf.train.load_checkpoint(prefix)
+  its shape and dtype; the message lists every difference.
+
+  Raises:
+    CheckpointMismatchError: they differ.
+    StorageError: storage kept failing, or refused access.
+  """
+  reader = storage.retry(lambda: tf.train.load_checkpoint(prefix),
+                         f"reading checkpoint {prefix}",
+                         exists=lambda: storage.checkpoint_exists(prefix))
   shapes = reader.get_variable_to_shape_map()
   dtypes = reader.get_variable_to_dtype_map()
   missing, shape_differs, dtype_differs = [], [], []

@@ -32,12 +32,23 @@ T = TypeVar("T")
 TRANSIENT_ERRORS = (tf.errors.UnavailableError, tf.errors.AbortedError,
                     tf.errors.DeadlineExceededError,
                     tf.errors.ResourceExhaustedError)
-# Status names as they appear inside the message of an error that TF's
-# checkpoint reader re-raised without its class (it keeps only the text).
+# Status names, and GCS's HTTP status, as they appear inside the message of
+# an error that TF's checkpoint reader re-raised without its class (it
+# keeps only the text: "HTTP response code 403 with body ..." is a plain
+# OpError there, where a restore op raises PermissionDeniedError).
 _TRANSIENT_STATUS = re.compile(
     r"\b(UNAVAILABLE|ABORTED|DEADLINE_EXCEEDED|RESOURCE_EXHAUSTED)\b|"
-    r"retry attempts failed")
-_ACCESS_STATUS = re.compile(r"\b(PERMISSION_DENIED|UNAUTHENTICATED)\b")
+    r"retry attempts failed|HTTP response code (408|429|5\d\d)\b")
+# TF's GCS filesystem reports a listing that failed (after its own
+# retries) as an empty one: the checkpoint reader then says no file matches,
+# creating a directory says it is not one. Such an error is a transient
+# failure when the harness's own listing (which retries, or raises
+# StorageError) finds the path after all.
+_HIDDEN_LISTING = re.compile(
+    r"Failed to find any matching files for|is not a directory")
+_ACCESS_STATUS = re.compile(
+    r"\b(PERMISSION_DENIED|UNAUTHENTICATED)\b|"
+    r"HTTP response code (401|403)\b")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,9 +107,23 @@ def kind(error: BaseException) -> str:
   return "other"
 
 
+def hides_a_failed_listing(error: BaseException,
+                           exists: Optional[Callable[[], bool]]) -> bool:
+  """Whether `error` (of a TF call on a path) says a path is missing or not
+  a directory although `exists()`, the harness's own check, finds it: a
+  listing inside TF failed and TF reported it as empty.
+
+  Raises:
+    StorageError: `exists` kept failing, or access was refused.
+  """
+  return (exists is not None and kind(error) == "other"
+          and _HIDDEN_LISTING.search(str(error)) is not None and exists())
+
+
 def retry(fn: Callable[[], T], what: str, *,
           backoff: Backoff = DEFAULT_BACKOFF,
-          sleep: Callable[[float], None] = time.sleep) -> T:
+          sleep: Callable[[float], None] = time.sleep,
+          exists: Optional[Callable[[], bool]] = None) -> T:
   """Calls `fn`, retrying transient storage errors with `backoff`.
 
   Args:
@@ -106,6 +131,10 @@ def retry(fn: Callable[[], T], what: str, *,
     what: what it does, for messages ("listing gs://b/run").
     backoff: when to retry.
     sleep: waits; a fake one in tests.
+    exists: for a TF call on a path: the harness's own check that the path
+      is there; an error of `fn` saying it is not, while it is, is a listing
+      inside TF that failed (`hides_a_failed_listing`), retried as
+      transient.
 
   Returns:
     What `fn` returned.
@@ -123,6 +152,8 @@ def retry(fn: Callable[[], T], what: str, *,
       return fn()
     except Exception as error:  # pylint: disable=broad-except
       found = kind(error)
+      if hides_a_failed_listing(error, exists):
+        found = "transient"
       if found == "access":
         raise StorageError(
             f"Access refused while {what}: {first_line(error)}. Check the "
@@ -142,6 +173,40 @@ def retry(fn: Callable[[], T], what: str, *,
                       "retrying in %g s: %s", what, tries, backoff.attempts,
                       delay, first_line(error))
       sleep(delay)
+
+
+def has_entries(directory: str) -> bool:
+  """Whether `directory` exists with something in it, by a listing that
+  succeeded (on gs://, a directory is its objects' common prefix).
+
+  Raises:
+    StorageError: the listing kept failing, or access was refused.
+  """
+  return bool(list_names(directory))
+
+
+def checkpoint_exists(prefix: str) -> bool:
+  """Whether checkpoint `prefix`'s index exists, by a read that succeeded.
+
+  Raises:
+    StorageError: the read kept failing, or access was refused.
+  """
+  return stat_or_none(prefix + ".index") is not None
+
+
+def events_writer(directory: str, model_dir: str
+                  ) -> tf.compat.v1.summary.FileWriter:
+  """`tf.compat.v1.summary.FileWriterCache.get(directory)` (`directory` is
+  `model_dir` or in it), with transient failures retried: creating it
+  makes the directory, and TF reports a failed listing there as "not a
+  directory".
+
+  Raises:
+    StorageError: storage kept failing, or refused access.
+  """
+  return retry(lambda: tf.compat.v1.summary.FileWriterCache.get(directory),
+               f"creating an events file in {directory}",
+               exists=lambda: has_entries(model_dir))
 
 
 def list_names(directory: str, *, backoff: Backoff = DEFAULT_BACKOFF,

@@ -95,8 +95,9 @@ class CheckedRestore(tf.compat.v1.train.SessionCreator):
       if self.checkpoint is None:
         return inner.create_session()
       try:
-        return storage.retry(inner.create_session,
-                             f"restoring checkpoint {self.checkpoint}")
+        return storage.retry(
+            inner.create_session, f"restoring checkpoint {self.checkpoint}",
+            exists=lambda: storage.checkpoint_exists(self.checkpoint))
       except (tf.errors.OpError, ValueError) as error:
         if self._rechoose is not None and restore_order.gone(
             self.checkpoint):

@@ -30,6 +30,7 @@ from tpu_harness._infeed import position as input_position
 from tpu_harness._infeed.host import InfeedHook
 from tpu_harness._model_dir import contents
 from tpu_harness._model_dir import restore_order
+from tpu_harness._model_dir import storage
 from tpu_harness._model_dir.lease import LeaseHook
 from tpu_harness._model_dir.lease import ModelDirLease
 from tpu_harness._run import host_loop
@@ -107,7 +108,7 @@ def train(job: Job, request: TrainRequest) -> bool:
         request.resume.checkpoint, scaffold=scaffold,
         master=config.session_target, config=job.session_config,
         tpu=config.tpu)
-    writer = tf.compat.v1.summary.FileWriterCache.get(config.model_dir)
+    writer = storage.events_writer(config.model_dir, config.model_dir)
     logging.info("Training from step %d to %d, %d steps per loop, on %s.",
                  request.resume.step, request.last_step,
                  config.iterations_per_loop,
@@ -186,8 +187,11 @@ def _saver_and_listeners(job: Job, loop: BuiltLoop, position,
     listeners.append(position.listener())
   # Rotation (keep_checkpoint_max) covers the run's own checkpoints of
   # earlier runs, and a lowered maximum applies at once.
-  saver.recover_last_checkpoints(contents.enforce_keep_max(
-      config.model_dir, request.resume.recent, config.keep_checkpoint_max))
+  kept = contents.enforce_keep_max(config.model_dir, request.resume.recent,
+                                  config.keep_checkpoint_max)
+  # TF reads each one's time (a glob on gs://).
+  storage.retry(lambda: saver.recover_last_checkpoints(kept),
+                f"reading the times of checkpoints {kept}")
   return scaffold, saver, listeners
 
 
