@@ -32,6 +32,7 @@ import time
 from typing import Callable, Iterable, Optional
 
 from absl import logging
+from google.protobuf import text_format
 import tensorflow as tf
 
 from hooks import _tf_internals
@@ -268,8 +269,9 @@ class CheckpointSaverHook(tf.compat.v1.train.SessionRunHook):
       # The graph is finalized now, after every hook's begin() had its chance
       # to add ops, so this is the graph that runs. Its text is written while
       # the first checkpoint is saved.
-      writing = _Background(lambda: tf.io.write_graph(
-          graph_def, self._checkpoint_dir, "graph.pbtxt"))
+      graph_path = paths.join(self._checkpoint_dir, "graph.pbtxt")
+      text = text_format.MessageToString(graph_def)
+      writing = _Background(lambda: paths.write_atomically(graph_path, text))
     try:
       self._summary_writer.add_graph(None, graph_def=graph_def)
       self._summary_writer.add_meta_graph(meta_graph_def)
@@ -277,7 +279,13 @@ class CheckpointSaverHook(tf.compat.v1.train.SessionRunHook):
       self._save(session, global_step)
     finally:
       if writing is not None:
-        writing.result()
+        try:
+          writing.result()
+        except tf.errors.OpError as error:
+          raise CheckpointSaveError(
+              f"Writing {graph_path} failed: {type(error).__name__}: "
+              f"{error.message}. Nothing was left of it (a full disk?).") \
+              from error
     self._schedule.mark_triggered(global_step, self._clock())
 
   def before_run(self, run_context):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import re
+import uuid
 
 import tensorflow as tf
 
@@ -77,3 +78,25 @@ def delete_checkpoint(prefix: str) -> None:
       tf.io.gfile.remove(path)
     except tf.errors.NotFoundError:
       pass
+
+
+def write_atomically(path: str, contents: str) -> None:
+  """Writes `contents` to `path` through a temporary file beside it and a
+  rename, as `tf.io.write_graph` does, but removes the temporary file when
+  the write or the rename fails (a full disk would otherwise keep it, and
+  a job restarted in a loop would pile them up).
+
+  Raises:
+    tf.errors.OpError: the write or the rename failed.
+  """
+  temporary = f"{path}.tmp{uuid.uuid4().hex}"
+  try:
+    with tf.io.gfile.GFile(temporary, "w") as f:
+      f.write(contents)
+    tf.io.gfile.rename(temporary, path, overwrite=True)
+  except BaseException:
+    try:
+      tf.io.gfile.remove(temporary)
+    except tf.errors.OpError:
+      pass
+    raise

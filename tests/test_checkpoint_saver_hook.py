@@ -100,6 +100,39 @@ def test_after_create_session_writes_graph_and_step0_checkpoint(tmp_path):
   assert listener.calls[-1] == ("end", 0)
 
 
+def test_graph_pbtxt_is_the_text_tf_write_graph_writes(tmp_path):
+  ckpt_dir = _dir(tmp_path, "ckpt")
+  build_loop_graph(steps_per_run=5)
+  hook = hooks.CheckpointSaverHook(ckpt_dir, save_steps=1000,
+                                   steps_per_run=5)
+  with tf.compat.v1.train.MonitoredTrainingSession(
+      hooks=[hook], save_checkpoint_secs=None, save_summaries_steps=None,
+      log_step_count_steps=None):
+    graph_def = tf.compat.v1.get_default_graph().as_graph_def(add_shapes=True)
+  tf.io.write_graph(graph_def, str(tmp_path), "reference.pbtxt")
+  with open(os.path.join(ckpt_dir, "graph.pbtxt")) as ours, open(
+      tmp_path / "reference.pbtxt") as reference:
+    assert ours.read() == reference.read()
+
+
+def test_a_failed_graph_write_leaves_nothing_and_says_so(tmp_path):
+  """The write of graph.pbtxt fails (here: a directory is in its place; a
+  full disk in life): its temporary file is removed, the error names it."""
+  ckpt_dir = _dir(tmp_path, "ckpt")
+  os.makedirs(os.path.join(ckpt_dir, "graph.pbtxt", "taken"))
+  build_loop_graph(steps_per_run=5)
+  hook = hooks.CheckpointSaverHook(ckpt_dir, save_steps=1000,
+                                   steps_per_run=5)
+  with pytest.raises(hooks.CheckpointSaveError,
+                     match=r"Writing .*graph\.pbtxt failed: .*Nothing was "
+                     r"left of it"):
+    with tf.compat.v1.train.MonitoredTrainingSession(
+        hooks=[hook], save_checkpoint_secs=None, save_summaries_steps=None,
+        log_step_count_steps=None):
+      pass
+  assert not [name for name in os.listdir(ckpt_dir) if ".tmp" in name]
+
+
 def test_end_does_not_save_twice_when_last_run_saved(tmp_path):
   ckpt_dir = _dir(tmp_path, "ckpt")
   graph = build_loop_graph(steps_per_run=10)

@@ -484,6 +484,22 @@ def test_evaluate_rechooses_a_rotated_checkpoint(tmp_path):
   assert results["global_step"] == 5
 
 
+def test_a_start_that_fails_writing_leaves_no_files_behind(tmp_path):
+  """Start-up fails writing graph.pbtxt (a directory in its place here; a
+  full disk in life): no temporary file and no events file of the failed
+  start stay to eat the space the user frees; the next start trains."""
+  os.makedirs(tmp_path / "graph.pbtxt" / "taken")
+  runner = make_runner(tmp_path, ipl=5, save_steps=5)
+  with pytest.raises(hooks.CheckpointSaveError, match=r"graph\.pbtxt"):
+    runner.train(train_input_fn(), max_steps=10)
+  left = sorted(os.listdir(tmp_path))
+  assert not [name for name in left if ".tmp" in name
+              or name.startswith("events.out.tfevents.")], left
+  shutil.rmtree(tmp_path / "graph.pbtxt")
+  runner.train(train_input_fn(), max_steps=10)
+  assert contents.checkpoint_step(runner.latest_checkpoint()) == 10
+
+
 @pytest.mark.system
 def test_evaluate_beside_a_trainer_keeping_one_checkpoint(tmp_path):
   """A real trainer saves every 2 steps and keeps 1 checkpoint: each

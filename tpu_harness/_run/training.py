@@ -25,6 +25,8 @@ from absl import logging
 import tensorflow as tf
 
 import hooks as hooks_lib
+from hooks import paths
+from tpu_harness import errors
 from tpu_harness import spec as spec_lib
 from tpu_harness._infeed import position as input_position
 from tpu_harness._infeed.host import InfeedHook
@@ -108,7 +110,9 @@ def train(job: Job, request: TrainRequest) -> bool:
         request.resume.checkpoint, scaffold=scaffold,
         master=config.session_target, config=job.session_config,
         tpu=config.tpu)
+    events_before = _events_files(config.model_dir)
     writer = storage.events_writer(config.model_dir, config.model_dir)
+    started = False
     logging.info("Training from step %d to %d, %d steps per loop, on %s.",
                  request.resume.step, request.last_step,
                  config.iterations_per_loop,
@@ -117,6 +121,7 @@ def train(job: Job, request: TrainRequest) -> bool:
       with preemption:
         with tf.compat.v1.train.MonitoredSession(
             session_creator=creator, hooks=all_hooks) as session:
+          started = True
           try:
             _train_loops(job, session, loop, request, writer, preemption,
                          loop_secs)
@@ -126,6 +131,8 @@ def train(job: Job, request: TrainRequest) -> bool:
       # The session ended without the hooks' end(): finish a checkpoint
       # write in flight rather than abandon it.
       saver_hook.finish_pending_save()
+      if not started and not request.lease.lost:
+        _remove_new_events_files(config.model_dir, events_before)
       raise
     finally:
       if not request.lease.lost:  # Else model_dir is another trainer's.
@@ -302,3 +309,23 @@ def _report(config: RunConfig, outfeed, start, end, elapsed, batch_size,
     writer.add_summary(tf.compat.v1.Summary(value=[
         tf.compat.v1.Summary.Value(tag="loss",
                                    simple_value=losses[offset])]), step)
+
+
+def _events_files(model_dir: str) -> set:
+  return {name for name in storage.list_names(model_dir)
+          if name.startswith("events.out.tfevents.")}
+
+
+def _remove_new_events_files(model_dir: str, before: set) -> None:
+  """After a start-up that failed before any step: removes the events files
+  it created (the graph's events, a megabyte or more: a job restarted in a
+  loop on a full disk would pile them up; the next start writes them
+  again)."""
+  try:
+    tf.compat.v1.summary.FileWriterCache.clear()  # Closes them.
+    for name in sorted(_events_files(model_dir) - before):
+      logging.info("Removing %s, written by this failed start.", name)
+      tf.io.gfile.remove(paths.join(model_dir, name))
+  except (tf.errors.OpError, errors.StorageError) as error:
+    logging.warning("Could not remove this failed start's events files: %s",
+                    storage.first_line(error))
