@@ -7,6 +7,7 @@ element before a given index shows which elements a resumed run read.
 """
 
 import logging as std_logging
+import os
 
 import numpy as np
 import pytest
@@ -150,7 +151,8 @@ def test_async_saves_hold_the_position(tmp_path):
     # Saved without an iterator state, resumed exactly: skips instead.
     ("skip", {}, "holds no iterator state"),
     # An input_fn changed between runs: the saved position does not fit.
-    ("exact", {"extra_map": True}, "does not fit this input pipeline"),
+    ("exact", {"extra_map": True}, "saved for another input pipeline (its "
+     "transformations, or the data it holds in the graph, changed)"),
 ])
 def test_a_position_that_cannot_be_used_falls_back_to_skipping(
     tmp_path, caplog, first, then, warning):
@@ -313,3 +315,42 @@ def test_random_augmentation_keeps_an_exact_position(tmp_path, caplog):
   warnings = [r.getMessage() for r in caplog.records
               if "stateful random ops (RandomUniform)" in r.getMessage()]
   assert len(warnings) == 1  # Once per process.
+
+
+def _write_records(path, padding):
+  """Examples 0..399 as records: the index's 8 bytes, then `padding`
+  bytes (another export of the same examples)."""
+  with tf.io.TFRecordWriter(str(path)) as writer:
+    for index in range(400):
+      writer.write(np.int64(index).tobytes() + b"\0" * padding)
+
+
+def _records_input_fn(path):
+  def input_fn(params):
+    dataset = tf.data.TFRecordDataset(str(path)).repeat().map(
+        lambda record: tf.io.decode_raw(tf.strings.substr(record, 0, 8),
+                                        tf.int64)[0])
+    return dataset.shuffle(64, seed=7).map(_examples).batch(
+        params["batch_size"], drop_remainder=True)
+  return input_fn
+
+
+def test_a_position_saved_for_other_files_is_not_restored(tmp_path, caplog):
+  """The records were re-exported with other sizes between runs: the saved
+  offset would read garbage ("corrupted record"); the position's
+  fingerprint tells, and the run skips instead, saying why."""
+  records = tmp_path / "train.tfrecord"
+  _write_records(records, padding=0)
+  _runner(tmp_path / "model").train(_records_input_fn(records), max_steps=13)
+  then = os.path.getsize(records)
+  _write_records(records, padding=3)
+  caplog.set_level(std_logging.WARNING)
+  _runner(tmp_path / "model").train(_records_input_fn(records), max_steps=30)
+  assert contents.checkpoint_step(
+      tf.train.latest_checkpoint(str(tmp_path / "model"))) == 30
+  warnings = [r.getMessage() for r in caplog.records
+              if "is not restored" in r.getMessage()]
+  assert len(warnings) == 1, warnings
+  assert (f"saved for another input pipeline ({records} has "
+          f"{os.path.getsize(records)} bytes, {then} then)") in warnings[0]
+  assert "resume_input='exact'" in warnings[0]

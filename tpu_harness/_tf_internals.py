@@ -47,7 +47,7 @@ from __future__ import annotations
 import contextlib
 import sys
 import warnings
-from typing import Callable, List, Set
+from typing import Callable, List, Set, Tuple
 
 import tensorflow as tf
 from tensorflow.python.data.experimental.ops import shuffle_ops  # pylint: disable=g-direct-tensorflow-import
@@ -242,9 +242,20 @@ def dataset_methods_as(*, shuffle: Callable, cache: Callable) -> None:
 def dataset_op_types(dataset: tf.data.Dataset) -> Set[str]:
   """The types of the ops that make `dataset` (built in a graph), with
   those of the functions they run, recursively."""
+  ops, functions = dataset_nodes(dataset)
+  return {node.op for node in ops + functions}
+
+
+def dataset_nodes(dataset: tf.data.Dataset
+                  ) -> Tuple[List[tf.compat.v1.NodeDef],
+                             List[tf.compat.v1.NodeDef]]:
+  """The NodeDefs of the ops that make `dataset` (built in a graph), from
+  its last transformation back to its sources; and those of the functions
+  they run, recursively, each function once; in a deterministic order."""
   variant = tf.data.experimental.to_variant(dataset)
   graph = variant.graph
-  types: Set[str] = set()
+  nodes: List[tf.compat.v1.NodeDef] = []
+  bodies: List[tf.compat.v1.NodeDef] = []
   seen_ops, seen_functions = set(), set()
   stack = [variant.op]
   functions: List[str] = []
@@ -253,10 +264,11 @@ def dataset_op_types(dataset: tf.data.Dataset) -> Set[str]:
     if op.name in seen_ops:
       continue
     seen_ops.add(op.name)
-    types.add(op.type)
+    nodes.append(op.node_def)
     functions.extend(_function_names(op.node_def.attr))
-    stack.extend(tensor.op for tensor in op.inputs)
+    stack.extend(reversed([tensor.op for tensor in op.inputs]))
     stack.extend(op.control_inputs)
+  functions.reverse()
   while functions:
     name = functions.pop()
     if name in seen_functions:
@@ -266,12 +278,14 @@ def dataset_op_types(dataset: tf.data.Dataset) -> Set[str]:
     definition = getattr(function, "definition", None)
     if definition is None:
       continue
+    called = []
     for node in definition.node_def:
-      types.add(node.op)
-      functions.extend(_function_names(node.attr))
+      bodies.append(node)
+      called.extend(_function_names(node.attr))
       if graph._is_function(node.op):  # pylint: disable=protected-access
-        functions.append(node.op)
-  return types
+        called.append(node.op)
+    functions.extend(reversed(called))
+  return nodes, bodies
 
 
 def _function_names(attrs) -> List[str]:

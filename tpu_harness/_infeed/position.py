@@ -52,6 +52,7 @@ import numpy as np
 import tensorflow as tf
 
 from tpu_harness import _tf_internals
+from tpu_harness._infeed import fingerprint as fingerprint_lib
 from tpu_harness._infeed import record
 from tpu_harness._infeed import rewrite as resumable_input
 from tpu_harness._infeed import states as states_lib
@@ -173,9 +174,16 @@ class HostPosition:
       self._state_in = tf.compat.v1.placeholder(tf.string, [])
       self._counts_in = tf.compat.v1.placeholder(tf.int64, [record.COUNTS])
       self._seeds_in = tf.compat.v1.placeholder(tf.int64, [None])
-      self._assign = tf.group(self._state_var.assign(self._state_in),
-                              self._counts_var.assign(self._counts_in),
-                              self._seeds_var.assign(self._seeds_in))
+      self._fingerprint_var = tf.compat.v1.Variable(
+          b"", name=record.fingerprint_key(host), trainable=False,
+          collections=[], use_resource=True)
+      self._fingerprint_in = tf.compat.v1.placeholder(tf.string, [])
+      self._assign = tf.group(
+          self._state_var.assign(self._state_in),
+          self._counts_var.assign(self._counts_in),
+          self._seeds_var.assign(self._seeds_in),
+          self._fingerprint_var.assign(self._fingerprint_in))
+    self._fingerprint: Optional[fingerprint_lib.Fingerprint] = None
     self._rewrite: Optional[resumable_input.Rewrite] = None
     self._serialize = None
     self._restore = None
@@ -191,7 +199,8 @@ class HostPosition:
 
   @property
   def variables(self) -> List[tf.Variable]:
-    return [self._state_var, self._counts_var, self._seeds_var]
+    return [self._state_var, self._counts_var, self._seeds_var,
+            self._fingerprint_var]
 
   def disable(self, why: str) -> None:
     """Saves no iterator state from now on (only counts and seeds)."""
@@ -243,6 +252,7 @@ class HostPosition:
           "elements it feeds, and in which order, do not). Stateless ops "
           "(tf.image.stateless_random_*) seeded from the element resume "
           "exactly.", ", ".join(findings.random_ops), per_process=True)
+    self._fingerprint = fingerprint_lib.of(dataset)
     return resumable_input.symbolic(dataset)
 
   def attach(self, iterator) -> None:
@@ -292,6 +302,17 @@ class HostPosition:
       self._resumed = False
       return self._new_pass(skip=0)
     self._pass_start = saved.pass_start
+    changed = self._changed(saved)
+    if changed:
+      group.warn_once(
+          "fingerprint", "The input position saved in %s is not restored: "
+          "it was saved for another input pipeline (%s), and restoring it "
+          "would feed examples of the old one or fail reading "
+          "(resume_input='exact'). Reading and dropping the %d steps of its "
+          "pass instead, in a new order.", group.checkpoint,
+          "; ".join(changed), group.start_step - saved.pass_start)
+      return self._new_pass(skip=group.start_step - saved.pass_start,
+                            pass_start=saved.pass_start)
     if len(saved.seeds) != seeds_needed:
       if group.exact:
         group.warn_once(
@@ -316,6 +337,14 @@ class HostPosition:
           group.start_step - saved.pass_start)
     return Start(feed=feed, state=None, taken=0,
                  skip=group.start_step - saved.pass_start)
+
+  def _changed(self, saved: record.Saved) -> List[str]:
+    """What differs between this pipeline and the one `saved` was saved
+    for; empty when nothing does or either is unknown."""
+    if not self._saves_state or self._fingerprint is None:
+      return []
+    then = fingerprint_lib.Fingerprint.from_json(saved.fingerprint)
+    return [] if then is None else self._fingerprint.differences(then)
 
   def _new_pass(self, skip: int, pass_start: Optional[int] = None) -> Start:
     self._pass_start = (self._group.start_step if pass_start is None
@@ -428,9 +457,12 @@ class HostPosition:
 
   def assign(self, session, global_step: int) -> None:
     state, counts, seeds = self.at_step(session, global_step)
+    fingerprint = (self._fingerprint.to_json()
+                   if self._fingerprint is not None else "")
     session.run(self._assign, {self._state_in: state,
                                self._counts_in: counts,
-                               self._seeds_in: np.asarray(seeds, np.int64)})
+                               self._seeds_in: np.asarray(seeds, np.int64),
+                               self._fingerprint_in: fingerprint})
 
 
 def _first_line(message: str) -> str:

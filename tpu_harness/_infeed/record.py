@@ -38,6 +38,12 @@ def keys(host: int = 0) -> Tuple[str, str, str]:
   return prefix + "iterator_state", prefix + "counts", prefix + "seeds"
 
 
+def fingerprint_key(host: int = 0) -> str:
+  """The checkpoint key of host `host`'s input pipeline fingerprint (see
+  `tpu_harness._infeed.fingerprint`)."""
+  return keys(host)[0].rsplit("/", 1)[0] + "/fingerprint"
+
+
 @dataclasses.dataclass(frozen=True)
 class Saved:
   """An input position as a checkpoint holds it.
@@ -51,6 +57,8 @@ class Saved:
     seeds: the window shuffles' seeds for the pass.
     used_up: the pass had read all of its input, and trained on all of
       it: a resumed run starts a new pass.
+    fingerprint: the pipeline's fingerprint (JSON) when it was saved; empty
+      in checkpoints of earlier versions.
   """
   state: bytes
   skip: int
@@ -58,6 +66,7 @@ class Saved:
   pass_start: int
   seeds: Tuple[int, ...]
   used_up: bool = False
+  fingerprint: str = ""
 
 
 def read_saved(checkpoint: str, host: int = 0) -> Optional[Saved]:
@@ -85,6 +94,9 @@ def _read_saved(checkpoint: str, host: int) -> Optional[Saved]:
            else b"")
   seeds = (tuple(int(v) for v in reader.get_tensor(seeds_key))
            if reader.has_tensor(seeds_key) else ())
+  key = fingerprint_key(host)
+  fingerprint = (reader.get_tensor(key) if reader.has_tensor(key) else b"")
   skip, taken, pass_start, used_up = counts
   return Saved(state=state, skip=skip, taken=taken, pass_start=pass_start,
-               seeds=seeds, used_up=bool(used_up))
+               seeds=seeds, used_up=bool(used_up),
+               fingerprint=fingerprint.decode("utf-8", "replace"))
