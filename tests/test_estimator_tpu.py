@@ -334,3 +334,79 @@ def test_programs_that_disable_v2_behavior_run_too(tmp_path, cores):
   assert outcome == {"steps": list(range(8)), "global_step": 8,
                      "accuracy": outcome["accuracy"], "predictions": 10,
                      "exported": True}
+
+
+# ----------------------------------------------------------------------------
+# TPUEstimatorSpec.as_estimator_spec(): what TPUEstimator made of a spec off
+# TPU, for a program's CPU branch.
+
+
+def _conv_spec(mode, tmp_path):
+  images, labels = programs.images(16)
+  params = {"model_dir": str(tmp_path / "host_call"),
+            "iterations_per_loop": 1, "train_steps": 4, "use_tpu": False,
+            "batch_size": 16}
+  return programs.conv_model_fn(tf.constant(images), tf.constant(labels),
+                                mode, params)
+
+
+def test_as_estimator_spec_calls_metric_fn_host_call_and_scaffold_fn(
+    tmp_path):
+  with tf.Graph().as_default():
+    tf.compat.v1.train.create_global_step()
+    spec = _conv_spec(tf_estimator.ModeKeys.TRAIN, tmp_path)
+    assert isinstance(spec, tf_estimator.tpu.TPUEstimatorSpec)
+    plain = spec.as_estimator_spec()
+    assert isinstance(plain, tf_estimator.EstimatorSpec)
+    assert (plain.loss, plain.train_op) == (spec.loss, spec.train_op)
+    # host_call becomes a hook that runs its ops on every Session.run.
+    assert len(plain.training_hooks) == 1
+    with tf.compat.v1.train.MonitoredSession(
+        hooks=list(plain.training_hooks)) as session:
+      for _ in range(3):
+        session.run(plain.train_op)
+  tf.compat.v1.summary.FileWriterCache.clear()
+  steps = sorted(e.step for e in event_records(str(tmp_path / "host_call"))
+                 if e.HasField("summary") for v in e.summary.value
+                 if v.tag == "learning_rate")
+  assert steps == [0, 1, 2]
+
+  with tf.Graph().as_default():
+    tf.compat.v1.train.create_global_step()
+    spec = _conv_spec(tf_estimator.ModeKeys.EVAL, tmp_path)
+    plain = spec.as_estimator_spec()
+    # eval_metrics becomes eval_metric_ops: metric_fn on the tensors.
+    value, update = plain.eval_metric_ops["accuracy"]
+    # scaffold_fn's Scaffold: its saver restores the moving averages.
+    assert isinstance(plain.scaffold, tf.compat.v1.train.Scaffold)
+    assert any(name.endswith("ExponentialMovingAverage")
+               for name in plain.scaffold.saver._var_list)  # pylint: disable=protected-access
+    with tf.compat.v1.Session() as session:
+      session.run([tf.compat.v1.global_variables_initializer(),
+                   tf.compat.v1.local_variables_initializer()])
+      session.run(update)
+      assert 0 <= session.run(value) <= 1
+
+
+def test_a_model_fn_returning_as_estimator_spec_off_tpu_runs(tmp_path):
+  # As TPU programs wrote their CPU branch:
+  #   return spec if params['use_tpu'] else spec.as_estimator_spec()
+  def model_fn(features, labels, mode, params):
+    spec = programs.conv_model_fn(features, labels, mode, params)
+    if params["use_tpu"] or not isinstance(
+        spec, tf_estimator.tpu.TPUEstimatorSpec):
+      return spec
+    return spec.as_estimator_spec()
+
+  base = programs.estimator(str(tmp_path / "model"), 0)
+  estimator = tf_estimator.tpu.TPUEstimator(
+      model_fn=model_fn, config=base.config, use_tpu=False,
+      params=base.params, train_batch_size=16, eval_batch_size=16)
+  estimator.train(programs.input_fn, max_steps=4)
+  results = estimator.evaluate(programs.input_fn, steps=2)
+  assert results["global_step"] == 4 and 0 <= results["accuracy"] <= 1
+  tf.compat.v1.summary.FileWriterCache.clear()
+  steps = sorted(e.step for e in event_records(os.path.join(
+      str(tmp_path / "model"), "host_call")) if e.HasField("summary")
+                 for v in e.summary.value if v.tag == "learning_rate")
+  assert steps == [0, 1, 2, 3]

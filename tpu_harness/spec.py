@@ -4,7 +4,8 @@
     input_fn(params) -> tf.data.Dataset
 
 `ModelSpec` has TPUEstimatorSpec's fields, in its order, with its meaning
-(`tpu_harness.estimator.tpu.TPUEstimatorSpec` is this class).
+(`tpu_harness.estimator.tpu.TPUEstimatorSpec` is this class, with
+TPUEstimatorSpec's `as_estimator_spec()`).
 `params` is the runner's params plus `batch_size`, the per-replica batch size.
 `model_fn` is called once per replica per step, inside the device loop, so it
 must create variables with `tf.compat.v1.get_variable` (or

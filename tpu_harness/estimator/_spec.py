@@ -1,15 +1,34 @@
-"""`tf_estimator.EstimatorSpec`, where TPUEstimator accepted it, and the
-`TPUContext` TPUEstimator put in `params['context']`."""
+"""`tf_estimator.EstimatorSpec`, where TPUEstimator accepted it,
+`TPUEstimatorSpec` with its `as_estimator_spec()`, and the `TPUContext`
+TPUEstimator put in `params['context']`."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from typing import Any, Mapping, Optional
+import threading
+from typing import Any, Iterator, Mapping, Optional
 
 import tensorflow as tf
 
+from tpu_harness import _tf_internals
 from tpu_harness import spec as spec_lib
 from tpu_harness.spec import ModeKeys
+
+_LOCAL = threading.local()
+
+
+@contextlib.contextmanager
+def called_by_harness() -> Iterator[None]:
+  """While TPUEstimator calls `model_fn`: `as_estimator_spec()` leaves
+  `metric_fn`, `host_call` and `scaffold_fn` to the runner (see
+  `TPUEstimatorSpec.as_estimator_spec`)."""
+  depth = getattr(_LOCAL, "depth", 0)
+  _LOCAL.depth = depth + 1
+  try:
+    yield
+  finally:
+    _LOCAL.depth = depth
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,6 +66,9 @@ class EstimatorSpec:
     Raises:
       ValueError: `training_chief_hooks`, or `eval_metric_ops` in EVAL.
     """
+    origin = self.__dict__.get("_tpu_estimator_spec")
+    if origin is not None:
+      return origin  # Made by TPUEstimatorSpec.as_estimator_spec().
     if self.training_chief_hooks:
       raise ValueError("`training_chief_hooks` of an EstimatorSpec are not "
                        "supported by TPUEstimator; pass them as "
@@ -64,6 +86,94 @@ class EstimatorSpec:
         training_hooks=tuple(self.training_hooks or ()),
         evaluation_hooks=tuple(self.evaluation_hooks or ()),
         prediction_hooks=tuple(self.prediction_hooks or ()))
+
+
+@dataclasses.dataclass(frozen=True)
+class TPUEstimatorSpec(spec_lib.ModelSpec):
+  """`tf_estimator.tpu.TPUEstimatorSpec`: `tpu_harness.ModelSpec` (the same
+  fields, order and meaning) with TPUEstimatorSpec's `as_estimator_spec()`.
+  """
+
+  def as_estimator_spec(self) -> EstimatorSpec:
+    """The equivalent `EstimatorSpec`, as TPUEstimator made it off TPU.
+
+    As TPUEstimator's: `eval_metric_ops` is `metric_fn` called on the
+    `eval_metrics` tensors (positionally for a list, by name for a dict);
+    `host_call`'s function is called the same way and a hook that runs its
+    ops on every `Session.run` (initializing and flushing the tf2 summary
+    writers it creates) is added to the training, evaluation and
+    prediction hooks; `scaffold` is `scaffold_fn()`.
+
+    Returned to `tpu_harness.estimator.tpu.TPUEstimator` from its
+    `model_fn` (a program's `use_tpu=False` branch), the spec runs as this
+    TPUEstimatorSpec would: while TPUEstimator calls `model_fn` (inside the
+    device loop), `metric_fn`, `host_call` and `scaffold_fn` are not called
+    here but by the runner, as for a TPUEstimatorSpec, so the returned
+    spec's `eval_metric_ops` and `scaffold` are None and its hooks are the
+    spec's own.
+
+    Returns:
+      A `tpu_harness.estimator.EstimatorSpec`.
+    """
+    if getattr(_LOCAL, "depth", 0):
+      spec = EstimatorSpec(
+          mode=self.mode, predictions=self.predictions, loss=self.loss,
+          train_op=self.train_op, export_outputs=self.export_outputs,
+          training_hooks=self.training_hooks,
+          evaluation_hooks=self.evaluation_hooks,
+          prediction_hooks=self.prediction_hooks)
+      object.__setattr__(spec, "_tpu_estimator_spec", self)
+      return spec
+    eval_metric_ops = None
+    if self.eval_metrics is not None:
+      spec_lib.check_call("eval_metrics", self.eval_metrics)
+      eval_metric_ops = _call(*self.eval_metrics)
+    hooks = ()
+    if self.host_call is not None:
+      spec_lib.check_call("host_call", self.host_call)
+      hooks = (_HostCallHook(_call(*self.host_call)),)
+    scaffold = self.scaffold_fn() if self.scaffold_fn is not None else None
+    return EstimatorSpec(
+        mode=self.mode, predictions=self.predictions, loss=self.loss,
+        train_op=self.train_op, eval_metric_ops=eval_metric_ops,
+        export_outputs=self.export_outputs, scaffold=scaffold,
+        training_hooks=self.training_hooks + hooks,
+        evaluation_hooks=self.evaluation_hooks + hooks,
+        prediction_hooks=self.prediction_hooks + hooks)
+
+
+def _call(fn, tensors):
+  """`fn(*tensors)` for a list or tuple, `fn(**tensors)` for a dict."""
+  if isinstance(tensors, Mapping):
+    return fn(**tensors)
+  return fn(*tensors)
+
+
+class _HostCallHook(tf.compat.v1.train.SessionRunHook):
+  """Runs a `host_call`'s ops with every `Session.run`, off TPU (as
+  TPUEstimator's hook for `use_tpu=False` did); initializes the tf2 summary
+  writers of the graph once the session exists and flushes them at the
+  end."""
+
+  def __init__(self, fetches: Any):
+    self._fetches = fetches
+    self._init_ops = []
+    self._flush_ops = []
+
+  def begin(self):
+    self._init_ops = _tf_internals.summary_writer_init_ops()
+    self._flush_ops = _tf_internals.summary_writer_flush_ops(self._init_ops)
+
+  def after_create_session(self, session, coord):
+    del coord  # Unused.
+    session.run(self._init_ops)
+
+  def before_run(self, run_context):
+    del run_context  # Unused.
+    return tf.compat.v1.train.SessionRunArgs(self._fetches)
+
+  def end(self, session):
+    session.run(self._flush_ops)
 
 
 class TPUContext:

@@ -44,8 +44,10 @@ from tpu_harness.estimator._config import InputPipelineConfig
 from tpu_harness.estimator._config import refuse
 from tpu_harness.estimator._config import RunConfig
 from tpu_harness.estimator._config import TPUConfig
+from tpu_harness.estimator import _spec
 from tpu_harness.estimator._spec import EstimatorSpec
 from tpu_harness.estimator._spec import TPUContext
+from tpu_harness.estimator._spec import TPUEstimatorSpec
 from tpu_harness.loops import cpu_loop
 from tpu_harness.loops import tpu_loop
 from tpu_harness.spec import ModeKeys
@@ -53,7 +55,6 @@ from tpu_harness.spec import ModeKeys
 __all__ = ["ExportSavedModelApiVersion", "InputPipelineConfig", "RunConfig",
            "TPUConfig", "TPUEstimator", "TPUEstimatorSpec"]
 
-TPUEstimatorSpec = spec_lib.ModelSpec
 _RESERVED_PARAMS = ("batch_size", "context")
 # Train "until the input ends": a step no run reaches.
 _FOREVER = 2**62
@@ -250,7 +251,9 @@ class TPUEstimator:
     if "config" in self._model_fn_args:
       kwargs["config"] = self._config
     kwargs["params"] = params
-    return _as_model_spec(self._model_fn(features=features, **kwargs), mode)
+    with _spec.called_by_harness():
+      spec = self._model_fn(features=features, **kwargs)
+    return _as_model_spec(spec, mode)
 
   def _wrapped_input_fn(self, input_fn: Callable, mode: str) -> Callable:
     """The runner's input_fn: the user's, called with what it names."""
