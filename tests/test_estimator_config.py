@@ -81,3 +81,38 @@ def test_session_config_is_kept():
   session_config = tf.compat.v1.ConfigProto(allow_soft_placement=True)
   assert RunConfig(session_config=session_config).session_config is (
       session_config)
+
+
+def test_values_that_mean_the_default_are_accepted():
+  # TF's TPUConfig took a step count as digits, and gave these the
+  # default's meaning: one core per replica, no infeed sleep, and (with
+  # input other than PER_HOST_V2) no parallel get_next.
+  config = TPUConfig(iterations_per_loop="100", num_cores_per_replica=1,
+                     initial_infeed_sleep_secs=0,
+                     experimental_allow_per_host_v2_parallel_get_next=True)
+  assert config.iterations_per_loop == 100
+  assert RunConfig(protocol="grpc", tpu_config=config).tpu_config == config
+
+
+@pytest.mark.parametrize("make,message", [
+    (lambda: TPUConfig(num_cores_per_replica=2),
+     "`num_cores_per_replica` (2) is not supported"),
+    (lambda: TPUConfig(initial_infeed_sleep_secs=5),
+     "`initial_infeed_sleep_secs` (5) is not supported"),
+    (lambda: TPUConfig(
+        per_host_input_for_training=InputPipelineConfig.PER_HOST_V2,
+        experimental_allow_per_host_v2_parallel_get_next=True),
+     "`experimental_allow_per_host_v2_parallel_get_next` (True)"),
+    (lambda: RunConfig(protocol="grpc+verbs"),
+     "`protocol` ('grpc+verbs') is not supported"),
+])
+def test_values_other_than_the_default_are_still_refused(make, message):
+  with pytest.raises(NotImplementedError) as info:
+    make()
+  assert message in str(info.value)
+
+
+def test_iterations_per_loop_that_is_not_a_count():
+  with pytest.raises(ValueError, match=r"`iterations_per_loop` \('ten'\) "
+                     "must be a positive number of steps"):
+    TPUConfig(iterations_per_loop="ten")

@@ -261,8 +261,9 @@ def test_model_dir_defaults_to_a_temporary_directory(caplog):
      "`train_batch_size` cannot be None when use_tpu=True"),
     (dict(use_tpu=True, train_batch_size=8), ValueError,
      "use_tpu=True needs the number of TPU cores"),
-    (dict(batch_axis=(0, 0)), NotImplementedError, "`batch_axis` ((0, 0)) is "
-     "not supported"),
+    (dict(batch_axis=(1, 0)), NotImplementedError, "`batch_axis` ((1, 0)) is "
+     "not supported by tpu_harness: batches are split along their first "
+     "axis, so it must be None or a 0 for each tensor"),
     (dict(embedding_config_spec=object()), NotImplementedError,
      "`embedding_config_spec`"),
     (dict(model_dir="/elsewhere"), ValueError, "`model_dir` ('/elsewhere') "
@@ -410,3 +411,14 @@ def test_a_model_fn_returning_as_estimator_spec_off_tpu_runs(tmp_path):
       str(tmp_path / "model"), "host_call")) if e.HasField("summary")
                  for v in e.summary.value if v.tag == "learning_rate")
   assert steps == [0, 1, 2, 3]
+
+
+def test_batch_axis_of_the_first_dimension_is_accepted(tmp_path):
+  # mobilenet_main.py: TPUEstimator(..., batch_axis=(0, 0)), features and
+  # labels sharded on their batch dimension, which is what the harness does.
+  base = programs.estimator(str(tmp_path), 2)
+  estimator = tf_estimator.tpu.TPUEstimator(
+      model_fn=programs.conv_model_fn, config=base.config, use_tpu=True,
+      params=base.params, train_batch_size=16, batch_axis=(0, 0))
+  estimator.train(programs.input_fn, max_steps=2)
+  assert estimator.get_variable_value("global_step") == 2

@@ -8,6 +8,7 @@ given a value other than TF's default; nothing is silently ignored.
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Any, Optional
 
 import tensorflow as tf
@@ -15,6 +16,8 @@ import tensorflow as tf
 from hooks import validation
 
 _USE_DEFAULT = object()
+# TF's TPUConfig: a count of steps, or a time ("60s", "10m", "1h").
+_ITERATIONS = re.compile(r"^(?P<value>[1-9][0-9]*)(?P<suffix>[smh]?)$")
 
 
 class InputPipelineConfig:
@@ -39,14 +42,21 @@ def refuse(name: str, value: Any, default: Any, what: str) -> None:
 class TPUConfig:
   """TPU layout, as `tf_estimator.tpu.TPUConfig`.
 
+  Arguments TF gave a value meaning its default are accepted with that
+  value: `num_cores_per_replica=1` (one core per replica: the replicas are
+  the cores, as without model parallelism), `initial_infeed_sleep_secs=0`
+  (no sleep), `experimental_allow_per_host_v2_parallel_get_next=True` where
+  TF ignored it (input other than PER_HOST_V2).
+
   Attributes:
-    iterations_per_loop: steps per `Session.run`, an integer (TF's "Ns"
-      time form is not supported).
+    iterations_per_loop: steps per `Session.run`, an integer or a string of
+      digits as TF took it ("100"); TF's time form ("60s") is not
+      supported.
     num_shards: the replicas. TPUEstimator ignored it (the TPU says how many
       cores it has); here it is the number of cores to emulate on CPU when
       `use_tpu=True` and no TPU is named, and the number of TPU cores
       otherwise.
-    num_cores_per_replica: model parallelism; not supported (None).
+    num_cores_per_replica: model parallelism; not supported (None or 1).
     per_host_input_for_training: True / PER_HOST_V1 (input_fn gets the
       global batch, split among replicas), PER_HOST_V2 or False /
       PER_SHARD_V1 (input_fn gets per-replica batches); BROADCAST and
@@ -72,14 +82,24 @@ class TPUConfig:
 
   def __post_init__(self):
     if isinstance(self.iterations_per_loop, str):
-      raise NotImplementedError(
-          f"`iterations_per_loop` ({self.iterations_per_loop!r}) as a time "
-          f"is not supported by tpu_harness; give a number of steps.")
+      match = _ITERATIONS.match(self.iterations_per_loop)
+      if match is None:
+        raise ValueError(
+            f"`iterations_per_loop` ({self.iterations_per_loop!r}) must be a "
+            f"positive number of steps.")
+      if match.group("suffix"):
+        raise NotImplementedError(
+            f"`iterations_per_loop` ({self.iterations_per_loop!r}) as a time "
+            f"is not supported by tpu_harness; give a number of steps.")
+      object.__setattr__(self, "iterations_per_loop",
+                         int(match.group("value")))
     validation.positive_int("iterations_per_loop", self.iterations_per_loop)
     if self.num_shards is not None:
       validation.positive_int("num_shards", self.num_shards)
-    refuse("num_cores_per_replica", self.num_cores_per_replica, None,
-           "model parallelism is not emulated.")
+    if self.num_cores_per_replica not in (None, 1):
+      refuse("num_cores_per_replica", self.num_cores_per_replica, None,
+             "model parallelism is not emulated (1, one core per replica, "
+             "is accepted).")
     mapped = {True: InputPipelineConfig.PER_HOST_V1,
               False: InputPipelineConfig.PER_SHARD_V1}.get(
                   self.per_host_input_for_training,
@@ -95,8 +115,10 @@ class TPUConfig:
     object.__setattr__(self, "per_host_input_for_training", mapped)
     refuse("tpu_job_name", self.tpu_job_name, None,
            "the TPU worker job is the session target's.")
-    refuse("initial_infeed_sleep_secs", self.initial_infeed_sleep_secs,
-           None, "the infeed starts when a loop asks for input.")
+    if self.initial_infeed_sleep_secs != 0:
+      refuse("initial_infeed_sleep_secs", self.initial_infeed_sleep_secs,
+             None, "the infeed starts when a loop asks for input (0, no "
+             "sleep, is accepted).")
     refuse("input_partition_dims", self.input_partition_dims, None,
            "spatial partitioning is not emulated.")
     refuse("eval_training_input_configuration",
@@ -105,9 +127,11 @@ class TPUConfig:
            "evaluation input is per host.")
     validation.positive_int("experimental_host_call_every_n_steps",
                             self.experimental_host_call_every_n_steps)
-    refuse("experimental_allow_per_host_v2_parallel_get_next",
-           self.experimental_allow_per_host_v2_parallel_get_next, False,
-           "the emulated infeed is read in order.")
+    if mapped == InputPipelineConfig.PER_HOST_V2:
+      refuse("experimental_allow_per_host_v2_parallel_get_next",
+             self.experimental_allow_per_host_v2_parallel_get_next, False,
+             "the emulated infeed is read in order (with other input than "
+             "PER_HOST_V2, where TF ignored it, True is accepted).")
     refuse("experimental_feed_hook", self.experimental_feed_hook, None,
            "the infeed is the harness's own.")
 
@@ -127,7 +151,7 @@ class RunConfig:
   save_checkpoints_steps, save_checkpoints_secs (neither given: every 600
   seconds; both None: no periodic saves), session_config,
   keep_checkpoint_max, keep_checkpoint_every_n_hours (default only),
-  log_step_count_steps, train_distribute, device_fn, protocol,
+  log_step_count_steps, train_distribute, device_fn, protocol (None or "grpc"),
   eval_distribute, experimental_distribute,
   experimental_max_worker_delay_secs (None only),
   session_creation_timeout_secs (default only), checkpoint_save_graph_def.
@@ -180,8 +204,11 @@ class RunConfig:
           f"set at most one.")
     refuse("keep_checkpoint_every_n_hours", keep_checkpoint_every_n_hours,
            10000, "checkpoints are kept by keep_checkpoint_max only.")
+    if protocol != "grpc":  # TF's default server protocol.
+      refuse("protocol", protocol, None, "the session target's protocol is "
+             "grpc (\"grpc\", the default, is accepted).")
     for name, value in (("train_distribute", train_distribute),
-                        ("device_fn", device_fn), ("protocol", protocol),
+                        ("device_fn", device_fn),
                         ("eval_distribute", eval_distribute),
                         ("experimental_distribute", experimental_distribute),
                         ("experimental_max_worker_delay_secs",

@@ -30,6 +30,7 @@ from __future__ import annotations
 import copy
 import enum
 import inspect
+import numbers
 import tempfile
 from typing import Any, Callable, Dict, Iterable, Iterator, Optional
 
@@ -100,8 +101,8 @@ class TPUEstimator:
         `model_dir` differs from `config.model_dir`; `use_tpu` without a
         `train_batch_size`, or without a TPU and without
         `TPUConfig(num_shards=N)` to emulate N cores.
-      NotImplementedError: `batch_axis`, `embedding_config_spec`, a
-        non-string `warm_start_from`.
+      NotImplementedError: `batch_axis` other than None or all 0,
+        `embedding_config_spec`, a non-string `warm_start_from`.
     """
     if not isinstance(config, RunConfig):
       raise ValueError(f"`config` ({config!r}) must be a "
@@ -118,8 +119,7 @@ class TPUEstimator:
       raise ValueError(f"`model_fn` ({model_fn!r}) must take a `params` "
                        f"argument: TPUEstimator passes the batch size as "
                        f"params['batch_size'].")
-    refuse("batch_axis", batch_axis, None,
-           "batches are split along their first axis.")
+    _check_batch_axis(batch_axis)
     refuse("embedding_config_spec", embedding_config_spec, None,
            "TPU embeddings are not emulated.")
     if warm_start_from is not None and not isinstance(warm_start_from, str):
@@ -424,6 +424,27 @@ class TPUEstimator:
         serving_input_receiver_fn=serving_input_receiver_fn,
         model_fn=model_fn, checkpoint=checkpoint, assets_extra=assets_extra,
         as_text=as_text)
+
+
+def _check_batch_axis(batch_axis: Any) -> None:
+  """Accepts TPUEstimator's `batch_axis` where it meant what the harness
+  does: None, or one 0 per tensor of `input_fn` (features and labels
+  split on their first, batch, dimension).
+
+  Raises:
+    NotImplementedError: another axis.
+  """
+  if batch_axis is None:
+    return
+  axes = (list(batch_axis) if isinstance(batch_axis, (list, tuple))
+          else [batch_axis])
+  if not axes or not all(isinstance(axis, numbers.Integral)
+                         and not isinstance(axis, bool) and axis == 0
+                         for axis in axes):
+    raise NotImplementedError(
+        f"`batch_axis` ({batch_axis!r}) is not supported by tpu_harness: "
+        f"batches are split along their first axis, so it must be None or "
+        f"a 0 for each tensor of input_fn, e.g. (0, 0).")
 
 
 def _as_model_spec(spec: Any, mode: str) -> spec_lib.ModelSpec:
