@@ -1,9 +1,12 @@
 """estimator RunConfig / TPUConfig: TF's names, defaults and meaning; what
 cannot be honoured is refused by name."""
 
+import logging as std_logging
+
 import pytest
 import tensorflow as tf
 
+from support import estimator_programs as programs
 from tpu_harness import estimator as tf_estimator
 
 RunConfig = tf_estimator.tpu.RunConfig
@@ -116,3 +119,41 @@ def test_iterations_per_loop_that_is_not_a_count():
   with pytest.raises(ValueError, match=r"`iterations_per_loop` \('ten'\) "
                      "must be a positive number of steps"):
     TPUConfig(iterations_per_loop="ten")
+
+
+def test_use_tpu_without_num_shards_emulates_eight_cores(tmp_path, caplog):
+  # efficientnet_main.py: TPUConfig(iterations_per_loop=...,
+  # per_host_input_for_training=PER_HOST_V2) and no num_shards; on a v3-8
+  # TPUEstimator found 8 cores.
+  replicas = []
+
+  def model_fn(features, labels, mode, params):
+    replicas.append(params["context"].num_replicas)
+    return programs.conv_model_fn(features, labels, mode, params)
+
+  config = RunConfig(model_dir=str(tmp_path), tpu_config=TPUConfig(
+      iterations_per_loop=2,
+      per_host_input_for_training=InputPipelineConfig.PER_HOST_V2))
+  with caplog.at_level(std_logging.INFO, logger="absl"):
+    estimator = tf_estimator.tpu.TPUEstimator(
+        model_fn=model_fn, config=config, use_tpu=True, train_batch_size=16,
+        params={"model_dir": str(tmp_path / "host"),
+                "iterations_per_loop": 2, "train_steps": 2})
+    estimator.train(programs.input_fn, max_steps=2)
+  assert estimator.get_variable_value("global_step") == 2
+  assert set(replicas) == {8}
+  assert estimator.config.tpu_config.num_shards is None  # As given.
+  lines = [r.getMessage() for r in caplog.records
+           if "TPUConfig(num_shards=...)" in r.getMessage()]
+  assert len(lines) == 1, lines
+  assert "emulating 8 TPU cores on CPU, the cores of a v3-8 or v4-8 host" in (
+      lines[0])
+
+
+def test_use_tpu_on_a_tpu_without_num_shards_is_refused():
+  config = RunConfig(master="grpc://10.0.0.2:8470", model_dir="/tmp/unused")
+  with pytest.raises(ValueError, match=r"use_tpu=True on a TPU needs the "
+                     r"number of its cores: pass TPUConfig\(num_shards="):
+    tf_estimator.tpu.TPUEstimator(model_fn=programs.conv_model_fn,
+                                  config=config, use_tpu=True,
+                                  train_batch_size=16)

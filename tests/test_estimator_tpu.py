@@ -259,8 +259,12 @@ def test_model_dir_defaults_to_a_temporary_directory(caplog):
      "must take a `params` argument"),
     (dict(use_tpu=True, train_batch_size=None), ValueError,
      "`train_batch_size` cannot be None when use_tpu=True"),
-    (dict(use_tpu=True, train_batch_size=8), ValueError,
-     "use_tpu=True needs the number of TPU cores"),
+    (dict(use_tpu=True, train_batch_size=12), ValueError,
+     "`train_batch_size` (12) must be divisible by the number of TPU cores, "
+     "num_shards=8: the default cores emulated"),
+    (dict(use_tpu=True, train_batch_size=16, eval_batch_size=4), ValueError,
+     "`eval_batch_size` (4) must be divisible by the number of TPU cores, "
+     "num_shards=8"),
     (dict(batch_axis=(1, 0)), NotImplementedError, "`batch_axis` ((1, 0)) is "
      "not supported by tpu_harness: batches are split along their first "
      "axis, so it must be None or a 0 for each tensor"),

@@ -54,8 +54,9 @@ class TPUConfig:
       supported.
     num_shards: the replicas. TPUEstimator ignored it (the TPU says how many
       cores it has); here it is the number of cores to emulate on CPU when
-      `use_tpu=True` and no TPU is named, and the number of TPU cores
-      otherwise.
+      `use_tpu=True` and no TPU is named (None: 8, the cores of a v3-8 or
+      v4-8 host, logged), and the number of TPU cores otherwise
+      (required).
     num_cores_per_replica: model parallelism; not supported (None or 1).
     per_host_input_for_training: True / PER_HOST_V1 (input_fn gets the
       global batch, split among replicas), PER_HOST_V2 or False /

@@ -14,8 +14,10 @@ names, defaults and meaning:
   loops are built with TPU ops, after a check on CPU that each step
   compiles for a TPU (`check_tpu_compatibility`). Without one,
   `TPUConfig(num_shards=N)` asks for N cores emulated on CPU (the loop,
-  infeed, outfeed and replicas as a TPU runs them); without `num_shards`
-  it is an error.
+  infeed, outfeed and replicas as a TPU runs them); without `num_shards`,
+  `DEFAULT_EMULATED_CORES` (8, the cores of a v3-8 or v4-8 host, where
+  TPUEstimator programs ran), logged once; on a TPU, `num_shards` is
+  required.
 - `model_fn` and `input_fn` are called with the arguments they name
   (features, labels, mode, params, config / params, mode, config), as TF's
   Estimator did. `params['batch_size']` is the per-replica batch for
@@ -57,6 +59,9 @@ __all__ = ["ExportSavedModelApiVersion", "InputPipelineConfig", "RunConfig",
            "TPUConfig", "TPUEstimator", "TPUEstimatorSpec"]
 
 _RESERVED_PARAMS = ("batch_size", "context")
+# The cores emulated for use_tpu=True without a TPU and without
+# TPUConfig(num_shards=...): what TPUEstimator got on a v3-8 or v4-8 host.
+DEFAULT_EMULATED_CORES = 8
 # Train "until the input ends": a step no run reaches.
 _FOREVER = 2**62
 
@@ -99,8 +104,9 @@ class TPUEstimator:
       ValueError: `config` is not a tpu_harness.estimator.tpu.RunConfig;
         `params` has a reserved key; `model_fn` does not take `params`;
         `model_dir` differs from `config.model_dir`; `use_tpu` without a
-        `train_batch_size`, or without a TPU and without
-        `TPUConfig(num_shards=N)` to emulate N cores.
+        `train_batch_size`, or on a TPU without `TPUConfig(num_shards=N)`;
+        emulating the default 8 cores (no `num_shards`) with a batch size
+        not divisible by 8.
       NotImplementedError: `batch_axis` other than None or all 0,
         `embedding_config_spec`, a non-string `warm_start_from`.
     """
@@ -155,17 +161,42 @@ class TPUEstimator:
                          ModeKeys.PREDICT: predict_batch_size}
     tpu_config = self._config.tpu_config
     self._on_tpu_hardware = bool(self._config.master)
+    self._num_shards = tpu_config.num_shards
     if self._use_tpu:
-      if tpu_config.num_shards is None:
+      if self._num_shards is None and self._on_tpu_hardware:
         raise ValueError(
-            "use_tpu=True needs the number of TPU cores: on a TPU pass "
+            "use_tpu=True on a TPU needs the number of its cores: pass "
             "TPUConfig(num_shards=<cores>) with RunConfig(cluster=...) or "
-            "master=; to emulate N cores on this machine's CPU, pass "
-            "TPUConfig(num_shards=N) without them; or use use_tpu=False.")
-      if not self._on_tpu_hardware:
+            "master=.")
+      if self._num_shards is None:
+        self._num_shards = DEFAULT_EMULATED_CORES
+        self._check_default_cores()
+        logging.warning(
+            "No TPU named (no cluster or master) and no "
+            "TPUConfig(num_shards=...): emulating %d TPU cores on CPU, the "
+            "cores of a v3-8 or v4-8 host. Pass TPUConfig(num_shards=N) to "
+            "emulate N.", self._num_shards)
+      elif not self._on_tpu_hardware:
         logging.info("No TPU named (no cluster or master): emulating %d TPU "
-                     "cores on CPU.", tpu_config.num_shards)
+                     "cores on CPU.", self._num_shards)
     self._runners: Dict[str, runner_lib.Runner] = {}
+
+  def _check_default_cores(self) -> None:
+    """Raises unless each batch size run on the default emulated cores
+    divides among them."""
+    for mode, name in ((ModeKeys.TRAIN, "train_batch_size"),
+                       (ModeKeys.EVAL, "eval_batch_size"),
+                       (ModeKeys.PREDICT, "predict_batch_size")):
+      size = self._batch_sizes[mode]
+      if (size is not None and self._on_tpu(mode)
+          and size % self._num_shards):
+        raise ValueError(
+            f"`{name}` ({size}) must be divisible by the number of TPU "
+            f"cores, num_shards={self._num_shards}: the default cores "
+            f"emulated with use_tpu=True when TPUConfig(num_shards=...) is "
+            f"not given. Pass TPUConfig(num_shards=N) with N dividing "
+            f"each batch size, or a batch size divisible by "
+            f"{self._num_shards}.")
 
   # Properties, as Estimator's.
 
@@ -187,7 +218,7 @@ class TPUEstimator:
     return self._use_tpu and (mode != ModeKeys.EVAL or self._eval_on_tpu)
 
   def _cores(self, mode: str) -> int:
-    return self._config.tpu_config.num_shards if self._on_tpu(mode) else 1
+    return self._num_shards if self._on_tpu(mode) else 1
 
   def _runner(self, mode: str) -> runner_lib.Runner:
     if mode in self._runners:
