@@ -3,8 +3,11 @@
 import numpy as np
 import pytest
 import tensorflow as tf
+from tensorflow.compat.v1.tpu import CrossShardOptimizer as TFCrossShardOptimizer  # pylint: disable=line-too-long
 
+from support import estimator_programs as programs
 from tpu_harness import CrossShardOptimizer
+from tpu_harness import estimator as tf_estimator
 from tpu_harness.loops import cross_shard
 
 X = np.arange(24, dtype=np.float32).reshape(8, 3) / 10.0
@@ -63,3 +66,57 @@ def test_rejects_a_non_optimizer():
   with pytest.raises(TypeError, match=r"`optimizer` \('sgd'\) must be a "
                      "tf.compat.v1.train.Optimizer"):
     CrossShardOptimizer("sgd")
+
+
+# ----------------------------------------------------------------------------
+# A TPUEstimator program's CrossShardOptimizer, however it was bound, on
+# emulated TPU cores.
+
+_OPTIMIZERS = {
+    # cifar_keras / squeezenet: `from tensorflow.compat.v1.tpu import
+    # CrossShardOptimizer` at the top of the program (above).
+    "bound at import": lambda: TFCrossShardOptimizer,
+    "tf.compat.v1.tpu": lambda: tf.compat.v1.tpu.CrossShardOptimizer,
+    "tpu_harness": lambda: CrossShardOptimizer,
+}
+
+
+def _dense_model_fn(features, labels, mode, params):
+  net = tf.compat.v1.layers.flatten(features)
+  logits = tf.compat.v1.layers.dense(
+      net, programs.CLASSES,
+      kernel_initializer=tf.compat.v1.glorot_uniform_initializer(seed=1),
+      name="logits")
+  loss = tf.compat.v1.losses.sparse_softmax_cross_entropy(labels, logits)
+  optimizer = params["optimizer_class"]()(
+      tf.compat.v1.train.GradientDescentOptimizer(0.5))
+  train_op = optimizer.minimize(
+      loss, global_step=tf.compat.v1.train.get_global_step())
+  return tf_estimator.tpu.TPUEstimatorSpec(mode=mode, loss=loss,
+                                           train_op=train_op)
+
+
+def _train(model_dir, binding, cores):
+  config = tf_estimator.tpu.RunConfig(
+      model_dir=model_dir, tpu_config=tf_estimator.tpu.TPUConfig(
+          iterations_per_loop=2, num_shards=cores))
+  estimator = tf_estimator.tpu.TPUEstimator(
+      model_fn=_dense_model_fn, config=config, use_tpu=True,
+      train_batch_size=16, params={"optimizer_class": _OPTIMIZERS[binding]})
+  estimator.train(lambda params: programs.input_fn(
+      params, mode=tf_estimator.ModeKeys.TRAIN), max_steps=2)
+  assert estimator.get_variable_value("global_step") == 2
+  return estimator.get_variable_value("logits/kernel")
+
+
+@pytest.mark.parametrize("cores", [1, 2], ids=["1 core", "2 cores"])
+@pytest.mark.parametrize("binding", sorted(_OPTIMIZERS))
+def test_any_binding_of_cross_shard_optimizer_averages_on_emulated_cores(
+    tmp_path, binding, cores):
+  methods = dict(vars(TFCrossShardOptimizer))
+  kernel = _train(str(tmp_path / "model"), binding, cores)
+  expected = _train(str(tmp_path / "harness"), "tpu_harness", cores)
+  np.testing.assert_allclose(kernel, expected, rtol=1e-5, atol=1e-6)
+  # TF's class is itself again once the replicas are built.
+  assert TFCrossShardOptimizer is tf.compat.v1.tpu.CrossShardOptimizer
+  assert dict(vars(TFCrossShardOptimizer)) == methods

@@ -11,10 +11,12 @@ signature.
 - A TPUEstimator program wraps its optimizer in
   `tf.compat.v1.tpu.CrossShardOptimizer`, whose gradient all-reduce is a TPU
   op with no CPU kernel. While the CPU emulation builds its replicas, that
-  public name is pointed at `tpu_harness.CrossShardOptimizer`, which averages
-  the replicas' gradients on CPU (the `tensorflow.compat.v1.tpu` API module
-  is the object both `tf.compat.v1.tpu` and `tensorflow.compat.v1 as tf;
-  tf.tpu` resolve to).
+  class's `compute_gradients` and `apply_gradients` go through
+  `tpu_harness.CrossShardOptimizer`, which averages the replicas' gradients
+  on CPU. The class itself is patched, not the public name that exports it:
+  a program may have bound the class at import (`from
+  tensorflow.compat.v1.tpu import CrossShardOptimizer`, a `contrib_tpu`
+  alias), or built the optimizer outside `model_fn`.
 - Within a step, reads of the global step in `model_fn` are made to run
   before its increment (`reads_before_update`), so they see the value from
   before the step, every time.
@@ -45,7 +47,6 @@ signature.
 from __future__ import annotations
 
 import contextlib
-import sys
 import warnings
 from typing import Callable, List, Set, Tuple
 
@@ -53,6 +54,7 @@ import tensorflow as tf
 from tensorflow.python.data.experimental.ops import shuffle_ops  # pylint: disable=g-direct-tensorflow-import
 from tensorflow.python.framework import kernels  # pylint: disable=g-direct-tensorflow-import
 from tensorflow.python.ops import summary_ops_v2  # pylint: disable=g-direct-tensorflow-import
+from tensorflow.python.tpu import tpu_optimizer  # pylint: disable=g-direct-tensorflow-import
 
 
 def summary_writer_init_ops() -> List[tf.Operation]:
@@ -67,32 +69,39 @@ def summary_writer_flush_ops(init_ops: List[tf.Operation]
           for op in init_ops]
 
 
-def _tpu_api_modules() -> list:
-  """The API modules that export CrossShardOptimizer for v1 code."""
-  names = ("tensorflow._api.v2.compat.v1.tpu",
-           "tensorflow._api.v2.compat.v2.compat.v1.tpu")
-  modules = [sys.modules[n] for n in names if n in sys.modules]
-  modules.append(tf.compat.v1.tpu)
-  unique = []
-  for module in modules:
-    if all(module is not seen for seen in unique):
-      unique.append(module)
-  return unique
+# TF's class, however a program reaches it (tf.compat.v1.tpu, an import).
+_TF_CROSS_SHARD_OPTIMIZER = tpu_optimizer.CrossShardOptimizer
+_DELEGATED = ("compute_gradients", "apply_gradients")
 
 
 @contextlib.contextmanager
 def cross_shard_optimizer_as(factory: Callable) -> None:
-  """Within the block, `tf.compat.v1.tpu.CrossShardOptimizer(...)` calls
-  `factory(...)`."""
-  modules = _tpu_api_modules()
-  saved = [module.CrossShardOptimizer for module in modules]
-  for module in modules:
-    module.CrossShardOptimizer = factory
+  """Within the block, every `tf.compat.v1.tpu.CrossShardOptimizer` (TF's
+  class, whatever name it was bound to, wherever it was made) computes and
+  applies gradients as `factory(opt, reduction=, name=, group_assignment=)`,
+  called with its own arguments, would."""
+  cls = _TF_CROSS_SHARD_OPTIMIZER
+  saved = {name: cls.__dict__[name] for name in _DELEGATED}
+
+  def emulated(optimizer):
+    return factory(optimizer._opt, reduction=optimizer._reduction,  # pylint: disable=protected-access
+                   name=optimizer.get_name(),
+                   group_assignment=optimizer._group_assignment)  # pylint: disable=protected-access
+
+  def compute_gradients(self, loss, var_list=None, **kwargs):
+    return emulated(self).compute_gradients(loss, var_list=var_list,
+                                            **kwargs)
+
+  def apply_gradients(self, grads_and_vars, global_step=None, name=None):
+    return emulated(self).apply_gradients(grads_and_vars, global_step, name)
+
+  cls.compute_gradients = compute_gradients
+  cls.apply_gradients = apply_gradients
   try:
     yield
   finally:
-    for module, original in zip(modules, saved):
-      module.CrossShardOptimizer = original
+    for name, method in saved.items():
+      setattr(cls, name, method)
 
 
 def reads_before_update(variable: tf.Variable,

@@ -26,7 +26,7 @@ from typing import Dict, List, Optional
 import tensorflow as tf
 
 _LOCAL = threading.local()
-# TF's own, held before the CPU emulation may point the public name at ours.
+# TF's own (on a TPU, ours delegates to it).
 _TPU_CROSS_SHARD_OPTIMIZER = tf.compat.v1.tpu.CrossShardOptimizer
 
 
