@@ -37,25 +37,61 @@ def test_replicas_tensors_are_concatenated_and_metric_fn_gets_them(keyed):
   count_name = "metric/count" if keyed else "metric/arg1"
   np.testing.assert_array_equal(_values(out[label_name]), [[1], [2], [3], [4]])
   np.testing.assert_array_equal(_values(out[count_name]), [2, 5])
-  # Host side: two steps stacked, merged on one batch axis.
-  stacked = {name: tf.stack([value, value]) for name, value in out.items()}
-  stacked["loss"] = tf.constant([1.0, 3.0])
-  values, update = eval_metrics.on_host(stacked, metrics)
-  assert seen["shapes"] == ([8, 1], [4])
-  with tf.compat.v1.Session() as session:
-    session.run(tf.compat.v1.local_variables_initializer())
-    session.run(update)
-    assert session.run(values) == {"loss": 2.0, "mean_label": 2.5,
-                                   "count": 3.5}
+  # Host side: metric_fn sees one step's values with static shapes, and
+  # its metrics update once per step.
+  stacked = {name: tf.compat.v1.placeholder(value.dtype,
+                                            [None] + value.shape.as_list())
+             for name, value in out.items()}
+  stacked["loss"] = tf.compat.v1.placeholder(tf.float32, [None])
+  host = eval_metrics.HostMetrics(stacked, metrics)
+  assert seen["shapes"] == ([4, 1], [2])
+  outfeed = {label_name: np.array([[[1], [2], [3], [4]]] * 2, np.float32),
+             count_name: np.array([[2, 5], [2, 5]], np.float32),
+             "loss": np.array([1.0, 3.0], np.float32)}
+  assert _updated(host, outfeed, 2) == {"loss": 2.0, "mean_label": 2.5,
+                                        "count": 3.5}
 
 
-def test_on_host_without_eval_metrics_gives_the_mean_loss():
-  values, update = eval_metrics.on_host({"loss": tf.constant([1.0, 2.0])},
-                                        None)
+def _updated(host, outfeed, count):
   with tf.compat.v1.Session() as session:
     session.run(tf.compat.v1.local_variables_initializer())
-    session.run(update)
-    assert session.run(values) == {"loss": 1.5}
+    host.after_create_session(session, None)
+    host.update(outfeed, count)
+    return session.run(host.values)
+
+
+def test_without_eval_metrics_the_mean_loss():
+  host = eval_metrics.HostMetrics(
+      {"loss": tf.compat.v1.placeholder(tf.float32, [None])}, None)
+  assert _updated(host, {"loss": np.array([1.0, 2.0, 9.0])}, 2) == {
+      "loss": 1.5}  # The loop ran 2 steps.
+
+
+def test_metrics_update_once_per_step_as_tpuestimators_did():
+  """A metric of each step's batch (its largest label; a reshape by the
+  batch size) has the value TPUEstimator gave: the mean over steps, not the
+  largest of all steps' rows together."""
+  seen = {}
+
+  def metric_fn(labels):
+    seen["size"] = tf.size(labels, out_type=tf.float32)  # Needs a shape.
+    per_pair = tf.reshape(labels, [2, 2])  # By the (static) batch size.
+    return {"batch_max": tf.compat.v1.metrics.mean(tf.reduce_max(labels)),
+            "pair_sum": tf.compat.v1.metrics.mean(
+                tf.reduce_sum(per_pair, axis=1))}
+
+  metrics = eval_metrics.EvalMetrics(metric_fn,
+                                     [tf.constant([[0.0], [0.0]])])
+  host = eval_metrics.HostMetrics(
+      {"metric/arg0": tf.compat.v1.placeholder(tf.float32, [None, 4, 1]),
+       "loss": tf.compat.v1.placeholder(tf.float32, [None])}, metrics)
+  steps = np.array([[[1], [2], [3], [4]], [[10], [20], [30], [40]]],
+                   np.float32)
+  values = _updated(host, {"metric/arg0": steps,
+                           "loss": np.zeros([2], np.float32)}, 2)
+  assert values["batch_max"] == (4 + 40) / 2
+  assert values["pair_sum"] == np.mean([3, 7, 30, 70])
+  assert seen["size"].shape.as_list() == []
 
 
 @pytest.mark.parametrize("result, message", [

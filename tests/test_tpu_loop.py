@@ -140,13 +140,13 @@ def test_eval_graph_sends_loss_and_metric_tensors_per_core(per_host_input):
   assert sorted(outfeed) == ["loss", "metric/labels", "metric/prediction"]
   assert outfeed["metric/labels"].shape.as_list() == [None, 8, 1]
   assert outfeed["loss"].shape.as_list() == [None]
-  assert sorted(built.metrics) == ["loss", "mae", "mse"]
-  assert built.fetches["update"].type == "NoOp"
-  assert "end_step" not in built.fetches
+  assert sorted(built.metrics.values) == ["loss", "mae", "mse"]
+  assert sorted(built.fetches) == ["outfeed"]
   assert isinstance(built.hooks[0], tpu_loop.TpuSystemHook)
+  assert built.metrics in built.hooks
   assert built.host_call is None
   # metric_fn ran on the host, outside the replicated computation.
-  for metric in built.metrics.values():
+  for metric in built.metrics.values.values():
     assert "_tpu_replicate" not in metric.op.node_def.attr
 
 

@@ -272,11 +272,12 @@ class Runner:
       try:
         for count, results, _ in self._run_loops(loop, session, steps):
           host_loop.run_host_call(loop, results, count)
+          loop.metrics.update(results["outfeed"], count)
           ran += count
       finally:
         loop.infeed.stop()
       metrics, step = session.run(
-          (loop.metrics, tf.compat.v1.train.get_global_step()))
+          (loop.metrics.values, tf.compat.v1.train.get_global_step()))
       if ran == 0:
         raise ValueError("`input_fn` gave no complete eval step (each step "
                          f"needs {self._device.num_shards} batches of "

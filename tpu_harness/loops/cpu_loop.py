@@ -257,11 +257,10 @@ class CpuEmulationLoop(LoopBuilder):
       return [], values
 
     iterations, stacked = self._loop(infeed, step_fn)
-    metrics, update = eval_metrics_lib.on_host(
-        stacked, holder.get("eval_metrics"))
-    return self._built(infeed, iterations,
-                       {"update": update, "outfeed": stacked},
-                       holder, metrics=metrics)
+    metrics = eval_metrics_lib.HostMetrics(stacked,
+                                           holder.get("eval_metrics"))
+    return self._built(infeed, iterations, {"outfeed": stacked}, holder,
+                       metrics=metrics)
 
   def build_predict(self, model_fn, input_fn, params):
     self._refuse_predict_on_pod("pod")

@@ -44,11 +44,12 @@ class BuiltLoop:
       host time on every run).
     fetches: what one run returns: `outfeed` (per-step values stacked on a
       first axis of length `iterations`), for TRAIN `end_step`, the global
-      step after the run, for EVAL `update` (the metrics' updates).
+      step after the run.
     host_call: the spec's `host_call` built on the host (TRAIN, EVAL), or
       None; run it on each loop's outfeed.
-    metrics: EVAL: `{name: value tensor}` of the streaming metrics, updated by
-      running `fetches`.
+    metrics: EVAL: the streaming metrics (`eval_metrics.HostMetrics`: their
+      `values`, and `update(outfeed, count)` after each loop; one of
+      `hooks`).
     hooks: session hooks the loop needs (e.g. TPU system initialization, the
       host_call's summary writers), run before the runner's own.
     spec: the first replica's ModelSpec (its scaffold_fn, hooks and
@@ -58,7 +59,7 @@ class BuiltLoop:
   iterations: tf.Tensor
   fetches: Dict[str, Any]
   host_call: Optional[Any] = None
-  metrics: Optional[Dict[str, tf.Tensor]] = None
+  metrics: Optional[Any] = None
   hooks: Tuple[tf.compat.v1.train.SessionRunHook, ...] = ()
   spec: Optional[Any] = None
 
@@ -200,10 +201,10 @@ class LoopBuilder(DeviceLoop):
       with tf.device(host_device) if host_device else (
           contextlib.nullcontext()):
         call.build(fetches["outfeed"])
+    own = [hook for hook in (call, kwargs.get("metrics")) if hook is not None]
     return BuiltLoop(infeed=infeed, iterations=iterations, fetches=fetches,
                      host_call=call, spec=holder.get("spec"),
-                     hooks=tuple(hooks) + ((call,) if call is not None
-                                           else ()), **kwargs)
+                     hooks=tuple(hooks) + tuple(own), **kwargs)
 
 
 def prediction_outfeed(per_replica: List[Any], valid: tf.Tensor

@@ -4,16 +4,21 @@ the host.
     eval_metrics = (metric_fn, tensors)    # tensors: a list/tuple, or a dict
 
 Each step, every replica's `tensors` go through the outfeed (a scalar
-becomes [1]); on the host the steps and replicas are concatenated along the
-first axis and `metric_fn(*tensors)` (or `metric_fn(**tensors)`) builds the
-streaming metrics once, over those tensors, as TPUEstimator ran it on the
-TPU host. The mean loss is a metric of its own, named `loss`.
+becomes [1]) and are concatenated across replicas along the first axis. On
+the host `metric_fn(*tensors)` (or `metric_fn(**tensors)`) is called once,
+when the graph is built, with tensors standing for one step's values, with
+their static shapes ([global batch, ...]), and its metrics are updated
+once per step with that step's values, as TPUEstimator's were: metrics
+that depend on the batch (a reshape by the batch size, a per-batch
+maximum) have the values TPUEstimator gave. The mean loss is a metric of
+its own, named `loss` (the mean of the steps' losses).
 """
 
 from __future__ import annotations
 
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
+import numpy as np
 import tensorflow as tf
 
 from tpu_harness.loops.device_loop import LOSS
@@ -33,6 +38,11 @@ class EvalMetrics:
     self._names = [f"{PREFIX}{key if self._keyed else f'arg{key}'}"
                    for key in self._keys]
 
+  @property
+  def names(self) -> List[str]:
+    """The outfeed names of the pair's tensors."""
+    return list(self._names)
+
   def outfeed(self, per_replica: Sequence[Any]) -> Dict[str, tf.Tensor]:
     """{outfeed name: the replicas' tensors concatenated on axis 0}; a
     scalar counts as [1].
@@ -50,7 +60,7 @@ class EvalMetrics:
     """Calls `metric_fn` on the host; returns ({name: value}, updates).
 
     Args:
-      merged: {outfeed name: every step's values on one batch axis}.
+      merged: {outfeed name: one step's values, replicas concatenated}.
     """
     args = [merged[name] for name in self._names]
     result = (self._fn(**dict(zip(self._keys, args))) if self._keyed
@@ -73,25 +83,54 @@ class EvalMetrics:
     return values, updates
 
 
-def on_host(stacked: Mapping[str, tf.Tensor],
-            eval_metrics: Optional[EvalMetrics]
-            ) -> Tuple[Dict[str, tf.Tensor], tf.Operation]:
-  """The mean loss and `eval_metrics`' metrics over a loop's outfeed.
+class HostMetrics(tf.compat.v1.train.SessionRunHook):
+  """The mean loss and `eval_metrics`' metrics on the host, updated once
+  per step with that step's outfeed (a session hook: the updates run on
+  the session itself, not through the other hooks).
 
-  Args:
-    stacked: the loop's outfeed, {name: [steps, ...]}, with the per-step
-      loss under LOSS.
-    eval_metrics: the spec's, or None.
-
-  Returns:
-    ({name: value tensor}, the op that updates them all with the loop).
+  Attributes:
+    values: {name: value tensor} of the streaming metrics.
   """
-  merged = {name: tf.reshape(value, tf.concat(
-      [[-1], tf.shape(value)[2:]], 0)) for name, value in stacked.items()}
-  loss_value, loss_update = tf.compat.v1.metrics.mean(merged[LOSS])
-  metrics, updates = {LOSS: loss_value}, [loss_update]
-  if eval_metrics is not None:
-    values, more = eval_metrics.build(merged)
-    metrics.update(values)
-    updates += more
-  return metrics, tf.group(updates)
+
+  def __init__(self, stacked: Mapping[str, tf.Tensor],
+               eval_metrics: Optional[EvalMetrics]):
+    """Builds the metrics on one step's values (placeholders).
+
+    Args:
+      stacked: the loop's outfeed, {name: [steps, ...]}, with the per-step
+        loss under LOSS; one step's shape and dtype are taken from it.
+      eval_metrics: the spec's, or None.
+    """
+    self._names = [LOSS] + (list(eval_metrics.names)
+                            if eval_metrics is not None else [])
+    self._placeholders = {
+        name: tf.compat.v1.placeholder(
+            stacked[name].dtype, stacked[name].shape[1:],
+            name=f"eval_step_{index}")
+        for index, name in enumerate(self._names)}
+    loss_value, loss_update = tf.compat.v1.metrics.mean(
+        self._placeholders[LOSS])
+    self.values: Dict[str, tf.Tensor] = {LOSS: loss_value}
+    updates = [loss_update]
+    if eval_metrics is not None:
+      values, more = eval_metrics.build(self._placeholders)
+      self.values.update(values)
+      updates += more
+    self._update = tf.group(updates)
+    self._session = None
+
+  def after_create_session(self, session, coord) -> None:
+    del coord  # Unused.
+    self._session = session
+
+  def update(self, outfeed: Mapping[str, np.ndarray], count: int) -> None:
+    """Updates the metrics with each of a loop's `count` steps.
+
+    Args:
+      outfeed: the loop's outfeed, {name: [steps, ...]} as numpy arrays.
+      count: the steps the loop ran.
+    """
+    for step in range(count):
+      self._session.run(self._update, {placeholder: outfeed[name][step]
+                                 for name, placeholder
+                                 in self._placeholders.items()})

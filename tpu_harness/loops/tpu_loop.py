@@ -175,10 +175,9 @@ class TpuLoop(LoopBuilder):
     infeed, iterations, stacked, holder = self._build(
         mode, datasets, params, step_fn, steps)
     with tf.device(self._host_device):
-      metrics, update = eval_metrics_lib.on_host(
-          stacked, holder.get("eval_metrics"))
-    return self._built(infeed, iterations,
-                       {"update": update, "outfeed": stacked}, holder,
+      metrics = eval_metrics_lib.HostMetrics(stacked,
+                                             holder.get("eval_metrics"))
+    return self._built(infeed, iterations, {"outfeed": stacked}, holder,
                        metrics=metrics)
 
   def build_predict(self, model_fn, input_fn, params) -> BuiltLoop:
