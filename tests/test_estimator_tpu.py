@@ -426,3 +426,18 @@ def test_batch_axis_of_the_first_dimension_is_accepted(tmp_path):
       params=base.params, train_batch_size=16, batch_axis=(0, 0))
   estimator.train(programs.input_fn, max_steps=2)
   assert estimator.get_variable_value("global_step") == 2
+
+
+def test_an_input_fn_returning_iterator_tensors_trains_and_evaluates(
+    tmp_path):
+  # squeezenet/mobilenet style: `images, labels =
+  # make_one_shot_iterator(dataset).get_next(); return images, labels`.
+  def tensors_input_fn(params, mode=None):
+    dataset = programs.input_fn(params, mode)
+    return tf.compat.v1.data.make_one_shot_iterator(dataset).get_next()
+
+  estimator = programs.estimator(str(tmp_path), 2)
+  estimator.train(tensors_input_fn, max_steps=4)
+  assert estimator.get_variable_value("global_step") == 4
+  results = estimator.evaluate(tensors_input_fn, steps=2)
+  assert results["global_step"] == 4 and "accuracy" in results

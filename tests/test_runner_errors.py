@@ -78,7 +78,7 @@ def test_missing_batch_size_for_a_mode(tmp_path):
 
 @pytest.mark.parametrize("input_fn,error,message", [
     (lambda params: [1, 2], TypeError,
-     "`input_fn` must return a tf.data.Dataset, got list"),
+     "`input_fn` must return a tf.data.Dataset, or tensors: (features, labels) or features (a tensor or a dict of them); got list"),
     (lambda params: tf.data.Dataset.from_tensor_slices(np.zeros((8, 4))),
      TypeError, "must return a Dataset of (features, labels) pairs"),
     (lambda params: tf.data.Dataset.from_tensor_slices(

@@ -73,3 +73,66 @@ def test_predict_input_with_unknown_feature_shape_is_rejected():
   with pytest.raises(th.InputShapeError, match="after the first are fixed; "
                      r"features has shape \(None, None\)"):
     step_input.padded_predict_input(dataset, 2, 1)
+
+
+def _first(dataset, count):
+  get = tf.compat.v1.data.make_one_shot_iterator(dataset).get_next()
+  with tf.compat.v1.Session() as session:
+    return [session.run(get) for _ in range(count)]
+
+
+def _pairs(params):
+  x = np.arange(24, dtype=np.float32).reshape(12, 2)
+  return tf.data.Dataset.from_tensor_slices((x, x[:, :1] * 2)).batch(
+      params["batch_size"], drop_remainder=True)
+
+
+@pytest.mark.parametrize("returns", ["pair", "features_dict"])
+def test_input_fn_may_return_tensors_read_from_an_iterator(returns):
+  """TPUEstimator programs' `features, labels =
+  make_one_shot_iterator().get_next()`: the tensors stand for the dataset."""
+  def input_fn(params):
+    features, labels = tf.compat.v1.data.make_one_shot_iterator(
+        _pairs(params)).get_next()
+    if returns == "pair":
+      return features, labels
+    return {"x": features}
+
+  with tf.Graph().as_default():
+    dataset = step_input.make_input(input_fn, {"batch_size": 4},
+                                    th.ModeKeys.TRAIN if returns == "pair"
+                                    else th.ModeKeys.PREDICT)
+    got = _first(dataset, 3)
+  with tf.Graph().as_default():
+    want = _first(_pairs({"batch_size": 4}), 3)
+  for (features, labels), element in zip(want, got):
+    if returns == "pair":
+      np.testing.assert_array_equal(element[0], features)
+      np.testing.assert_array_equal(element[1], labels)
+    else:
+      np.testing.assert_array_equal(element["x"], features)
+
+
+def test_input_fn_may_return_fake_data_tensors_made_anew_each_batch():
+  """Random fake data, as TPU programs make without a data_dir: new values
+  each batch, as TPUEstimator ran the ops each step."""
+  def input_fn(params):
+    features = tf.random.uniform([params["batch_size"], 3])
+    return features, tf.zeros([params["batch_size"], 1], tf.int32)
+
+  with tf.Graph().as_default():
+    dataset = step_input.make_input(input_fn, {"batch_size": 4},
+                                    th.ModeKeys.TRAIN)
+    assert dataset.element_spec[0].shape.as_list() == [4, 3]
+    first, second = _first(dataset, 2)
+  assert not np.array_equal(first[0], second[0])
+
+
+@pytest.mark.parametrize("returned", [[1, 2], None, "data"])
+def test_input_fn_returning_neither_a_dataset_nor_tensors(returned):
+  with tf.Graph().as_default():
+    with pytest.raises(TypeError, match=r"`input_fn` must return a "
+                       r"tf.data.Dataset, or tensors: \(features, labels\) "
+                       r"or features"):
+      step_input.make_input(lambda params: returned, {"batch_size": 4},
+                            th.ModeKeys.TRAIN)

@@ -42,6 +42,11 @@ signature.
   graph: the dataset ops behind its variant (public `Operation.inputs`) and
   the bodies of the functions they run, which the graph keeps in a private
   function library.
+- An `input_fn` may return tensors read from a tf.compat.v1 iterator
+  (`make_one_shot_iterator().get_next()`), as TPUEstimator allowed; the
+  loops need the dataset behind them, so while `input_fn` runs the makers
+  of such iterators (private methods of `DatasetV1`, which both the
+  methods and `tf.compat.v1.data.make_*_iterator` call) record it.
 """
 
 from __future__ import annotations
@@ -52,6 +57,7 @@ from typing import Callable, List, Set, Tuple
 
 import tensorflow as tf
 from tensorflow.python.data.experimental.ops import shuffle_ops  # pylint: disable=g-direct-tensorflow-import
+from tensorflow.python.data.ops import dataset_ops  # pylint: disable=g-direct-tensorflow-import
 from tensorflow.python.framework import kernels  # pylint: disable=g-direct-tensorflow-import
 from tensorflow.python.ops import summary_ops_v2  # pylint: disable=g-direct-tensorflow-import
 from tensorflow.python.tpu import tpu_optimizer  # pylint: disable=g-direct-tensorflow-import
@@ -214,6 +220,31 @@ def iterator_resource(iterator) -> tf.Tensor:
   raw ops `SerializeIterator` / `DeserializeIterator` take (the iterator has
   no public accessor for it)."""
   return iterator._iterator_resource  # pylint: disable=protected-access
+
+
+@contextlib.contextmanager
+def iterators_made() -> List[Tuple[tf.Tensor, tf.data.Dataset]]:
+  """Within the block, records (iterator resource, dataset) of each
+  tf.compat.v1 iterator made (`make_one_shot_iterator`,
+  `make_initializable_iterator`, as methods or functions: both go through
+  DatasetV1's private makers, patched here for the block)."""
+  made: List[Tuple[tf.Tensor, tf.data.Dataset]] = []
+  cls = dataset_ops.DatasetV1
+  saved = (cls._make_one_shot_iterator, cls._make_initializable_iterator)  # pylint: disable=protected-access
+
+  def recorded(original):
+    def make(self, *args, **kwargs):
+      iterator = original(self, *args, **kwargs)
+      made.append((iterator_resource(iterator), self))
+      return iterator
+    return make
+
+  cls._make_one_shot_iterator = recorded(saved[0])  # pylint: disable=protected-access
+  cls._make_initializable_iterator = recorded(saved[1])  # pylint: disable=protected-access
+  try:
+    yield made
+  finally:
+    cls._make_one_shot_iterator, cls._make_initializable_iterator = saved  # pylint: disable=protected-access
 
 
 # TF's own, for the transformations the rewrite keeps.

@@ -20,8 +20,10 @@ from __future__ import annotations
 import contextlib
 from typing import Any, Callable, Dict, Optional
 
+from absl import logging
 import tensorflow as tf
 
+from tpu_harness import _tf_internals
 from tpu_harness import spec as spec_lib
 from tpu_harness._infeed.layout import leaf_paths
 from tpu_harness._infeed.position import HostPosition
@@ -33,13 +35,20 @@ def make_input(input_fn: Callable, params: Dict[str, Any], mode: str,
                position: Optional[HostPosition] = None) -> tf.data.Dataset:
   """Calls `input_fn` and checks its Dataset against the contract (fixed
   batch shapes in TRAIN and EVAL only with `check_shapes`). With the
-  training input's `position`, `input_fn` runs within its `rewriting()`."""
+  training input's `position`, `input_fn` runs within its `rewriting()`.
+
+  `input_fn` may return tensors instead, as TPUEstimator and Estimator
+  allowed: `(features, labels)` or features (a tensor or a dict). Read from
+  a tf.compat.v1 iterator (`make_one_shot_iterator().get_next()`), they
+  stand for the dataset behind it; otherwise (e.g. random fake data)
+  `input_fn` is called again inside a Dataset that repeats it, so that its
+  ops run once per batch, as TPUEstimator ran them each step.
+  """
   with position.rewriting() if position is not None else (
       contextlib.nullcontext()):
-    dataset = input_fn(params)
-  if not isinstance(dataset, tf.data.Dataset):
-    raise TypeError(f"`input_fn` must return a tf.data.Dataset, got "
-                    f"{type(dataset).__name__} ({dataset!r}).")
+    with _tf_internals.iterators_made() as made:
+      returned = input_fn(params)
+  dataset = _as_dataset(returned, made, lambda: input_fn(params))
   spec = dataset.element_spec
   if mode != spec_lib.ModeKeys.PREDICT and not (
       isinstance(spec, tuple) and len(spec) == 2):
@@ -58,6 +67,31 @@ def make_input(input_fn: Callable, params: Dict[str, Any], mode: str,
             f"{mode!r} (batch with drop_remainder=True); {name} has shape "
             f"{leaf.shape}.")
   return dataset
+
+
+def _as_dataset(returned: Any, made, call_again: Callable[[], Any]
+                ) -> tf.data.Dataset:
+  """The Dataset `input_fn` returned, or the one its tensors stand for
+  (see `make_input`)."""
+  if isinstance(returned, tf.data.Dataset):
+    return returned
+  flat = tf.nest.flatten(returned)
+  if not flat or not all(isinstance(t, tf.Tensor) for t in flat):
+    raise TypeError(
+        f"`input_fn` must return a tf.data.Dataset, or tensors: (features, "
+        f"labels) or features (a tensor or a dict of them); got "
+        f"{type(returned).__name__} ({returned!r}).")
+  for resource, dataset in made:
+    if all(t.op.type == "IteratorGetNext"
+           and t.op.inputs[0].name == resource.name for t in flat):
+      indices = [t.value_index for t in flat]
+      return dataset.map(lambda *element: tf.nest.pack_sequence_as(
+          returned, [tf.nest.flatten(element)[i] for i in indices]))
+  logging.info("`input_fn` returned tensors that are not read from a "
+               "tf.data iterator: it is called again inside a Dataset that "
+               "repeats it, so that its ops run once per batch.")
+  return tf.data.Dataset.from_tensors(0).repeat().map(
+      lambda _: call_again())
 
 
 def element_names(spec: Any) -> list:
