@@ -276,8 +276,11 @@ class Runner:
           ran += count
       finally:
         loop.infeed.stop()
-      metrics, step = session.run(
-          (loop.metrics.values, tf.compat.v1.train.get_global_step()))
+      # On the session itself: hooks run with each loop, not with this read
+      # (a hook fetching a loop's tensors would run another loop).
+      metrics, step = session.run_step_fn(
+          lambda step_context: step_context.session.run(
+              (loop.metrics.values, tf.compat.v1.train.get_global_step())))
       if ran == 0:
         raise ValueError("`input_fn` gave no complete eval step (each step "
                          f"needs {self._device.num_shards} batches of "

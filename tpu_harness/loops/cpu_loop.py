@@ -42,6 +42,7 @@ from tpu_harness.loops.device_loop import LoopBuilder
 from tpu_harness.loops.device_loop import LOSS
 from tpu_harness.loops.device_loop import prediction_outfeed
 from tpu_harness.loops.eval_metrics import EvalMetrics
+from tpu_harness.loops.hook_tensors import HookTensors
 from tpu_harness.loops.host_call import HostCall
 from tpu_harness.loops.step_input import make_input
 from tpu_harness.tpu import pod
@@ -227,6 +228,7 @@ class CpuEmulationLoop(LoopBuilder):
       holder["spec"] = specs[0]
       values = {LOSS: self._mean_loss(specs)}
       values.update(self._host_call(specs, holder))
+      values.update(_hook_tensors(specs[0], holder))
       return [s.train_op for s in specs], values
 
     iterations, stacked = self._loop(infeed, step_fn)
@@ -250,6 +252,7 @@ class CpuEmulationLoop(LoopBuilder):
       holder["spec"] = specs[0]
       values = {LOSS: self._mean_loss(specs)}
       values.update(self._host_call(specs, holder))
+      values.update(_hook_tensors(specs[0], holder))
       if _all_or_none(specs, "eval_metrics"):
         metrics = EvalMetrics(*specs[0].eval_metrics)
         holder["eval_metrics"] = metrics
@@ -301,3 +304,11 @@ def _all_or_none(specs: List[spec_lib.ModelSpec], field: str) -> bool:
   if any(given) and not all(given):
     raise ValueError(f"`{field}` must be given by every replica or by none.")
   return all(given)
+
+
+def _hook_tensors(spec, holder) -> Dict[str, tf.Tensor]:
+  """The outfeed values of the tensors replica 0's hooks hold; the
+  HookTensors go in `holder`."""
+  found = HookTensors(spec.hooks_for_mode)
+  holder["hook_tensors"] = found
+  return found.outfeed()

@@ -201,6 +201,11 @@ class LoopBuilder(DeviceLoop):
       with tf.device(host_device) if host_device else (
           contextlib.nullcontext()):
         call.build(fetches["outfeed"])
+    found = holder.get("hook_tensors")
+    if found is not None:
+      with tf.device(host_device) if host_device else (
+          contextlib.nullcontext()):
+        found.rebind(fetches["outfeed"])
     own = [hook for hook in (call, kwargs.get("metrics")) if hook is not None]
     return BuiltLoop(infeed=infeed, iterations=iterations, fetches=fetches,
                      host_call=call, spec=holder.get("spec"),

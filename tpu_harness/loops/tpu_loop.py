@@ -47,12 +47,14 @@ from tpu_harness._infeed.layout import InfeedLayout
 from tpu_harness._infeed.position import InputPosition
 from tpu_harness.loops import cross_shard
 from tpu_harness.loops import eval_metrics as eval_metrics_lib
+from tpu_harness.loops import hook_tensors
 from tpu_harness.loops import step_input
 from tpu_harness.loops.device_loop import BuiltLoop
 from tpu_harness.loops.device_loop import LoopBuilder
 from tpu_harness.loops.device_loop import LOSS
 from tpu_harness.loops.device_loop import prediction_outfeed
 from tpu_harness.loops.eval_metrics import EvalMetrics
+from tpu_harness.loops.hook_tensors import HookTensors
 from tpu_harness.loops.host_call import HostCall
 from tpu_harness.tpu import cluster
 from tpu_harness.tpu import pod
@@ -229,6 +231,9 @@ class TpuLoop(LoopBuilder):
     holder["spec"] = spec
     values = {LOSS: spec.loss}
     values.update(self._host_call(spec, holder))
+    found = HookTensors(spec.hooks_for_mode)
+    holder["hook_tensors"] = found
+    values.update(found.outfeed())
     return spec, values
 
   def _host_call(self, spec, holder) -> Dict[str, tf.Tensor]:
@@ -345,6 +350,8 @@ class TpuLoop(LoopBuilder):
         values = [core_values[index] for core_values in per_core]
         if name == LOSS:
           merged = tf.add_n(values) / self._num_shards
+        elif name.startswith(hook_tensors.PREFIX):
+          merged = values[0]  # Replica 0's, whose hooks the session runs.
         elif stack:
           merged = tf.stack(values)
         else:
