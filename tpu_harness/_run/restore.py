@@ -47,7 +47,8 @@ class CheckedRestore(tf.compat.v1.train.SessionCreator):
 
   def __init__(self, checkpoint: Optional[str], *,
                tpu: Optional[TPUConfig] = None,
-               rechoose: Optional[Callable[[str], str]] = None, **kwargs):
+               rechoose: Optional[Callable[[str], str]] = None,
+               reset_pod: bool = False, **kwargs):
     """Initializes the creator.
 
     Args:
@@ -57,12 +58,15 @@ class CheckedRestore(tf.compat.v1.train.SessionCreator):
       rechoose: when the checkpoint was deleted before it was restored,
         `rechoose(gone_checkpoint)` returns the one to restore instead (it
         raises when it gives up); None: the deletion is raised.
+      reset_pod: on a pod, first close the sessions earlier chiefs left on
+        it (`pod.reset`; the trainer's, which holds the lease).
       **kwargs: ChiefSessionCreator's other arguments.
     """
     self.checkpoint = checkpoint
     self._tpu = tpu or TPUConfig()
     self._hosts = self._tpu.hosts
     self._rechoose = rechoose
+    self._reset_pod = reset_pod
     self._kwargs = kwargs
     self._created = False
 
@@ -76,6 +80,8 @@ class CheckedRestore(tf.compat.v1.train.SessionCreator):
             "again; the log above has the error")
       # TF would wait for a missing host forever.
       pod.wait_for_hosts(self._hosts, self._tpu.host_wait_secs)
+      if self._reset_pod:
+        pod.reset(self._hosts, self._tpu.host_timeout_secs)
     self._created = True
     if not self._hosts:
       return self._create()

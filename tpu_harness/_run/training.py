@@ -109,7 +109,7 @@ def train(job: Job, request: TrainRequest) -> bool:
     creator = restore.CheckedRestore(
         request.resume.checkpoint, scaffold=scaffold,
         master=config.session_target, config=job.session_config,
-        tpu=config.tpu)
+        tpu=config.tpu, reset_pod=True)
     events_before = _events_files(config.model_dir)
     writer = storage.events_writer(config.model_dir, config.model_dir)
     started = False
