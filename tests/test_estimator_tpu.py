@@ -283,14 +283,6 @@ def test_bad_estimator_arguments(tmp_path, kwargs, error, message):
   assert message in str(info.value)
 
 
-def test_export_to_tpu_is_refused_clearly(tmp_path):
-  estimator = programs.estimator(str(tmp_path), 0, export_to_tpu=True)
-  estimator.train(programs.input_fn, max_steps=1)
-  with pytest.raises(NotImplementedError, match="export_to_tpu=False"):
-    estimator.export_saved_model(str(tmp_path / "export"),
-                                 programs.serving_input_receiver_fn)
-
-
 def test_export_without_a_serving_input_receiver_fn_is_a_clear_error(tmp_path):
   estimator = programs.estimator(str(tmp_path), 0)
   with pytest.raises(TypeError, match=r"`serving_input_receiver_fn` \(None\)"):

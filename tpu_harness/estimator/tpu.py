@@ -155,6 +155,7 @@ class TPUEstimator:
     self._eval_on_tpu = bool(eval_on_tpu)
     self._export_to_tpu = bool(export_to_tpu)
     self._export_to_cpu = bool(export_to_cpu)
+    self._export_saved_model_api_version = export_saved_model_api_version
     self._warm_start_from = warm_start_from
     self._batch_sizes = {ModeKeys.TRAIN: train_batch_size,
                          ModeKeys.EVAL: eval_batch_size,
@@ -419,42 +420,54 @@ class TPUEstimator:
     """Exports `model_fn`'s PREDICT graph with the checkpoint's variables as
     a SavedModel in `export_dir_base/<timestamp>`; returns its path (bytes).
 
+    As TPUEstimator: a `['serve']` metagraph (`export_to_cpu`, with
+    params['use_tpu'] False) and, with `export_to_tpu` (the default), a
+    `['serve', 'tpu']` metagraph of `model_fn` rewritten for a TPU
+    (`export_saved_model_api_version` 1: inside `tpu.rewrite`, with
+    params['use_tpu'] False as TPUEstimator passed it; version 2: as it is,
+    in a TPU inference context, with params['use_tpu'] True, to rewrite
+    itself). The scaffold's saver, when `scaffold_fn` gives one, restores
+    the checkpoint and is the one the SavedModel is written with and
+    restores through.
+
     Raises:
-      NotImplementedError: `export_to_tpu=True` (the TPU serving metagraph
-        is not built: pass export_to_tpu=False), or another
-        `experimental_mode` than PREDICT.
+      NotImplementedError: another `experimental_mode` than PREDICT.
       TypeError: `serving_input_receiver_fn` is not callable.
-      ValueError: no checkpoint, or `export_to_cpu=False` too.
+      ValueError: no checkpoint, or `export_to_cpu=False` and
+        `export_to_tpu=False`.
     """
     if not callable(serving_input_receiver_fn):
       raise TypeError(
           f"`serving_input_receiver_fn` ({serving_input_receiver_fn!r}) must "
           f"be a function returning a tf_estimator.export.ServingInputReceiver "
           f"(or TensorServingInputReceiver) of the serving graph's inputs.")
-    if self._export_to_tpu:
-      raise NotImplementedError(
-          "export_to_tpu=True: tpu_harness does not build the TPU serving "
-          "metagraph (tags serve, tpu). Construct the TPUEstimator with "
-          "export_to_tpu=False to export the CPU serving graph.")
-    if not self._export_to_cpu:
-      raise ValueError("export_to_cpu=False and export_to_tpu=False: there "
-                       "is nothing to export.")
+    if not self._export_to_cpu and not self._export_to_tpu:
+      raise ValueError("One of export_to_cpu and export_to_tpu must be "
+                       "true: there is nothing to export.")
     if experimental_mode != ModeKeys.PREDICT:
       raise NotImplementedError(
           f"`experimental_mode` ({experimental_mode!r}): only PREDICT "
           f"graphs are exported.")
     checkpoint = checkpoint_path or self._require_checkpoint()
+    api_version_1 = self._export_saved_model_api_version in (
+        ExportSavedModelApiVersion.V1, 1)
 
-    def model_fn(features):
-      params = self.params
-      params["use_tpu"] = False
-      return self._call_model_fn(features, None, ModeKeys.PREDICT, params)
+    def model_fn_for(use_tpu):
+      def model_fn(features):
+        params = self.params
+        params["use_tpu"] = use_tpu
+        return self._call_model_fn(features, None, ModeKeys.PREDICT, params)
+      return model_fn
 
     return _export.export_saved_model(
         export_dir_base=export_dir_base,
         serving_input_receiver_fn=serving_input_receiver_fn,
-        model_fn=model_fn, checkpoint=checkpoint, assets_extra=assets_extra,
-        as_text=as_text)
+        model_fn=model_fn_for(False), checkpoint=checkpoint,
+        assets_extra=assets_extra, as_text=as_text,
+        export_to_cpu=self._export_to_cpu,
+        tpu_model_fn=(model_fn_for(not api_version_1)
+                      if self._export_to_tpu else None),
+        rewrite_for_tpu=api_version_1)
 
 
 def _check_batch_axis(batch_axis: Any) -> None:
