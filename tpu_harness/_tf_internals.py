@@ -47,6 +47,12 @@ signature.
   loops need the dataset behind them, so while `input_fn` runs the makers
   of such iterators (private methods of `DatasetV1`, which both the
   methods and `tf.compat.v1.data.make_*_iterator` call) record it.
+- `export_saved_model(export_to_tpu=True)` writes the `['serve', 'tpu']`
+  metagraph as TPUEstimator built it, with the same TF pieces it used and
+  that have no public name: api version 1 calls `model_fn` inside
+  `tpu.rewrite` in a `Defun` run by `TPUPartitionedCall` on the core
+  `tpu_ordinal_selector` picks (`tpu_partitioned_call_of_rewrite`); version
+  2 calls it in a TPU inference context (`tpu_inference_context`).
 """
 
 from __future__ import annotations
@@ -58,8 +64,12 @@ from typing import Callable, List, Set, Tuple
 import tensorflow as tf
 from tensorflow.python.data.experimental.ops import shuffle_ops  # pylint: disable=g-direct-tensorflow-import
 from tensorflow.python.data.ops import dataset_ops  # pylint: disable=g-direct-tensorflow-import
+from tensorflow.python.framework import function  # pylint: disable=g-direct-tensorflow-import
 from tensorflow.python.framework import kernels  # pylint: disable=g-direct-tensorflow-import
 from tensorflow.python.ops import summary_ops_v2  # pylint: disable=g-direct-tensorflow-import
+from tensorflow.python.tpu import functional as tpu_functional  # pylint: disable=g-direct-tensorflow-import
+from tensorflow.python.tpu import tpu as tpu_lib  # pylint: disable=g-direct-tensorflow-import
+from tensorflow.python.tpu.ops import tpu_ops  # pylint: disable=g-direct-tensorflow-import
 from tensorflow.python.tpu import tpu_optimizer  # pylint: disable=g-direct-tensorflow-import
 
 
@@ -337,3 +347,35 @@ def _function_names(attrs) -> List[str]:
     elif value.HasField("list"):
       names.extend(item.name for item in value.list.func)
   return names
+
+
+@contextlib.contextmanager
+def tpu_inference_context():
+  """Within the block, ops are built in a TPU inference context (what
+  TPUEstimator's export api version 2 called `model_fn` in)."""
+  context = tpu_lib._TPUInferenceContext(  # pylint: disable=protected-access
+      "tpu_inference", check_ops=False)
+  context.Enter()
+  try:
+    yield
+  finally:
+    context.Exit()
+
+
+def tpu_partitioned_call_of_rewrite(computation: Callable[[], List]
+                                    ) -> List[tf.Tensor]:
+  """The outputs of `computation()` built inside `tpu.rewrite`, in a
+  `Defun` called by `TPUPartitionedCall` on the core
+  `tpu_ordinal_selector()` gives (TPUEstimator's
+  `model_fn_inference_on_tpu`)."""
+  @function.Defun(capture_resource_var_by_value=False)
+  def tpu_subgraph():
+    tensors = tpu_lib.rewrite(computation)
+    tpu_lib.prune_unconnected_ops_from_xla(tf.compat.v1.get_default_graph())
+    return tensors
+
+  return list(tpu_functional.TPUPartitionedCall(
+      args=tpu_subgraph.captured_inputs,
+      device_ordinal=tpu_ops.tpu_ordinal_selector(),
+      Tout=[o.type for o in tpu_subgraph.definition.signature.output_arg],
+      f=tpu_subgraph))

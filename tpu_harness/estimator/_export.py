@@ -27,12 +27,9 @@ from typing import Callable, Mapping, Optional
 
 from absl import logging
 import tensorflow as tf
-from tensorflow.python.framework import function  # Defun, as TPUEstimator.
-from tensorflow.python.tpu import functional as tpu_functional
-from tensorflow.python.tpu import tpu as tpu_lib
-from tensorflow.python.tpu.ops import tpu_ops
 
 from hooks import paths
+from tpu_harness import _tf_internals
 from tpu_harness import spec as spec_lib
 from tpu_harness._run import restore
 from tpu_harness.estimator import export as export_lib
@@ -117,13 +114,8 @@ def _add_meta_graph(builder, serving_input_receiver_fn, model_fn, checkpoint,
       spec, predictions, export_outputs = _rewritten_for_tpu(
           model_fn, receiver.features)
     elif tpu_context:
-      context = tpu_lib._TPUInferenceContext(  # pylint: disable=protected-access
-          "tpu_inference", check_ops=False)
-      context.Enter()
-      try:
+      with _tf_internals.tpu_inference_context():
         spec = model_fn(receiver.features)
-      finally:
-        context.Exit()
       predictions, export_outputs = spec.predictions, spec.export_outputs
     else:
       spec = model_fn(receiver.features)
@@ -189,17 +181,7 @@ def _rewritten_for_tpu(model_fn, features):
     return (list(predictions.values())
             + [t for t in output_tensors if t is not None])
 
-  @function.Defun(capture_resource_var_by_value=False)
-  def tpu_subgraph():
-    tensors = tpu_lib.rewrite(tpu_computation)
-    tpu_lib.prune_unconnected_ops_from_xla(tf.compat.v1.get_default_graph())
-    return tensors
-
-  tensors = list(tpu_functional.TPUPartitionedCall(
-      args=tpu_subgraph.captured_inputs,
-      device_ordinal=tpu_ops.tpu_ordinal_selector(),
-      Tout=[o.type for o in tpu_subgraph.definition.signature.output_arg],
-      f=tpu_subgraph))
+  tensors = _tf_internals.tpu_partitioned_call_of_rewrite(tpu_computation)
   spec = captured["spec"]
   predictions = collections.OrderedDict(
       zip(captured["predictions"], tensors[:len(captured["predictions"])]))
