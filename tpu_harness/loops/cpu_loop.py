@@ -214,6 +214,19 @@ class CpuEmulationLoop(LoopBuilder):
       return self._build_train(model_fn, input_fn, params, skip_steps,
                                max_steps, position)
 
+  def _replica_step(self, model_fn, element, mode, params, holder) -> tuple:
+    """The replicas' `model_fn` on a step's element; returns their specs
+    and what every mode sends out: the mean loss, the host_call's and the
+    hooks' tensors (the host_call, hook tensors and replica 0's spec go in
+    `holder`)."""
+    specs = self._replicas(model_fn, element, mode, params,
+                           stacked=self._cores > 1)
+    holder["spec"] = specs[0]
+    values = {LOSS: self._mean_loss(specs)}
+    values.update(self._host_call(specs, holder))
+    values.update(_hook_tensors(specs[0], holder))
+    return specs, values
+
   def _build_train(self, model_fn, input_fn, params, skip_steps, max_steps,
                    position):
     mode = spec_lib.ModeKeys.TRAIN
@@ -223,12 +236,8 @@ class CpuEmulationLoop(LoopBuilder):
     holder = {}
 
     def step_fn(element):
-      specs = self._replicas(model_fn, element, mode, params,
-                             stacked=self._cores > 1)
-      holder["spec"] = specs[0]
-      values = {LOSS: self._mean_loss(specs)}
-      values.update(self._host_call(specs, holder))
-      values.update(_hook_tensors(specs[0], holder))
+      specs, values = self._replica_step(model_fn, element, mode, params,
+                                         holder)
       return [s.train_op for s in specs], values
 
     iterations, stacked = self._loop(infeed, step_fn)
@@ -247,12 +256,8 @@ class CpuEmulationLoop(LoopBuilder):
     holder = {}
 
     def step_fn(element):
-      specs = self._replicas(model_fn, element, mode, params,
-                             stacked=self._cores > 1)
-      holder["spec"] = specs[0]
-      values = {LOSS: self._mean_loss(specs)}
-      values.update(self._host_call(specs, holder))
-      values.update(_hook_tensors(specs[0], holder))
+      specs, values = self._replica_step(model_fn, element, mode, params,
+                                         holder)
       if _all_or_none(specs, "eval_metrics"):
         metrics = EvalMetrics(*specs[0].eval_metrics)
         holder["eval_metrics"] = metrics
