@@ -157,3 +157,66 @@ def test_use_tpu_on_a_tpu_without_num_shards_is_refused():
     tf_estimator.tpu.TPUEstimator(model_fn=programs.conv_model_fn,
                                   config=config, use_tpu=True,
                                   train_batch_size=16)
+
+
+# ----------------------------------------------------------------------------
+# The base RunConfig (tf_estimator.RunConfig), for Estimator.
+
+
+def test_base_run_config_defaults_and_positional_arguments():
+  config = tf_estimator.RunConfig()
+  assert (config.model_dir, config.tf_random_seed, config.save_summary_steps,
+          config.save_checkpoints_steps, config.save_checkpoints_secs,
+          config.session_config, config.keep_checkpoint_max,
+          config.log_step_count_steps) == (None, None, 100, None, 600, None,
+                                           5, 100)
+  assert (config.master, config.is_chief, config.num_worker_replicas) == (
+      "", True, 1)
+  # TF's order: model_dir, tf_random_seed, save_summary_steps, ...
+  config = tf_estimator.RunConfig("/m", 7, 10, 20)
+  assert (config.model_dir, config.tf_random_seed, config.save_summary_steps,
+          config.save_checkpoints_steps, config.save_checkpoints_secs) == (
+              "/m", 7, 10, 20, None)
+  other = config.replace(model_dir="/n", keep_checkpoint_max=2)
+  assert type(other) is tf_estimator.RunConfig
+  assert (other.model_dir, other.keep_checkpoint_max, config.model_dir) == (
+      "/n", 2, "/m")
+  assert issubclass(RunConfig, tf_estimator.RunConfig)
+  assert not hasattr(tf_estimator.RunConfig(), "tpu_config")
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(model_dir=""), r"`model_dir` \(''\) must be a non-empty string"),
+    (dict(save_summary_steps=-1),
+     r"`save_summary_steps` \(-1\) must be an integer >= 0"),
+    (dict(save_checkpoints_steps=1.5),
+     r"`save_checkpoints_steps` \(1.5\) must be an integer >= 0"),
+    (dict(save_checkpoints_secs=-2),
+     r"`save_checkpoints_secs` \(-2\) must be a number >= 0"),
+    (dict(keep_checkpoint_max=-1),
+     r"`keep_checkpoint_max` \(-1\) must be an integer >= 0"),
+    (dict(log_step_count_steps="x"),
+     r"`log_step_count_steps` \('x'\) must be an integer >= 0"),
+    (dict(tf_random_seed=1.0), r"`tf_random_seed` \(1.0\) must be an "
+     r"integer"),
+    (dict(session_config={}), r"`session_config` \(\{\}\) must be a "
+     r"tf.compat.v1.ConfigProto"),
+    (dict(keep_checkpoint_every_n_hours=0),
+     r"`keep_checkpoint_every_n_hours` \(0\) must be a number > 0"),
+    (dict(save_checkpoints_steps=5, save_checkpoints_secs=5),
+     r"both set; set at most one"),
+])
+def test_base_run_config_validates_as_tf(kwargs, message):
+  with pytest.raises(ValueError, match=message):
+    tf_estimator.RunConfig(**kwargs)
+  with pytest.raises(ValueError, match=message):
+    RunConfig(**kwargs)  # The TPU one validates the same.
+
+
+def test_base_run_config_refuses_what_it_cannot_honour():
+  with pytest.raises(NotImplementedError, match=r"`train_distribute` .* "
+                     r"distribution strategies"):
+    tf_estimator.RunConfig(train_distribute=object())
+  with pytest.raises(ValueError, match=r"\['tpu_config'\] cannot be "
+                     r"replaced in a RunConfig"):
+    tf_estimator.RunConfig().replace(tpu_config=TPUConfig())

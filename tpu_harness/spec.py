@@ -97,6 +97,23 @@ class ModelSpec:
             ModeKeys.PREDICT: self.prediction_hooks}[self.mode]
 
 
+def with_step_metrics(spec: ModelSpec,
+                      metric_ops: Mapping[str, Tuple[Any, Any]]) -> ModelSpec:
+  """`spec` (an EVAL spec) with TF Estimator's `eval_metric_ops`:
+  `{name: (value, update_op)}` built by `model_fn` itself, in the step.
+  Only a step that is not inside a device loop can run them (a base
+  Estimator's, `iterations_per_loop=1` and one replica): each step runs
+  the update ops, and the values are read after the last step, as TF's
+  Estimator computed them. Returns `spec`."""
+  object.__setattr__(spec, "_step_metric_ops", dict(metric_ops))
+  return spec
+
+
+def step_metrics(spec: ModelSpec) -> Optional[Mapping[str, Tuple[Any, Any]]]:
+  """The `eval_metric_ops` given by `with_step_metrics`, or None."""
+  return spec.__dict__.get("_step_metric_ops")
+
+
 def check_spec(spec: Any, mode: str) -> ModelSpec:
   """Returns `spec` if it fits `mode`; raises a clear error otherwise."""
   if not isinstance(spec, ModelSpec):

@@ -4,6 +4,7 @@ tf_estimator` in TPUEstimator programs::
     from tpu_harness import estimator as tf_estimator
 
     tf_estimator.ModeKeys, tf_estimator.EstimatorSpec,
+    tf_estimator.{Estimator, RunConfig},
     tf_estimator.export.{PredictOutput, ClassificationOutput,
                          RegressionOutput, ServingInputReceiver},
     tf_estimator.tpu.{TPUEstimator, TPUEstimatorSpec, RunConfig, TPUConfig,
@@ -14,7 +15,10 @@ MIGRATING.md lists every TPUEstimator name and what it maps to.
 
 from tpu_harness.estimator import export
 from tpu_harness.estimator import tpu
+from tpu_harness.estimator._config import RunConfig
+from tpu_harness.estimator._estimator import Estimator
 from tpu_harness.estimator._spec import EstimatorSpec
 from tpu_harness.spec import ModeKeys
 
-__all__ = ["EstimatorSpec", "ModeKeys", "export", "tpu"]
+__all__ = ["Estimator", "EstimatorSpec", "ModeKeys", "RunConfig", "export",
+           "tpu"]

@@ -1,4 +1,5 @@
-"""`tf_estimator.tpu.RunConfig`, `TPUConfig`, `InputPipelineConfig`.
+"""`tf_estimator.RunConfig`, `tf_estimator.tpu.RunConfig`, `TPUConfig`,
+`InputPipelineConfig`.
 
 TPUEstimator's names, argument order, defaults and meaning. An argument TF
 had that the harness cannot honour raises a clear error naming it when it is
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import tensorflow as tf
 
@@ -144,31 +145,29 @@ class TPUConfig:
 
 
 class RunConfig:
-  """Where and how a TPUEstimator runs, as `tf_estimator.tpu.RunConfig`.
+  """Where and how an Estimator runs, as `tf_estimator.RunConfig`.
 
-  Args (TF's): tpu_config, evaluation_master, master, cluster (a
-  TPUClusterResolver, whose master() is the session target), and the base
-  RunConfig's model_dir, tf_random_seed, save_summary_steps,
-  save_checkpoints_steps, save_checkpoints_secs (neither given: every 600
-  seconds; both None: no periodic saves), session_config,
-  keep_checkpoint_max, keep_checkpoint_every_n_hours (default only),
-  log_step_count_steps, train_distribute, device_fn, protocol (None or "grpc"),
+  TF's arguments, in its order, with its defaults: model_dir,
+  tf_random_seed, save_summary_steps (100), save_checkpoints_steps,
+  save_checkpoints_secs (neither given: every 600 seconds; both None: no
+  periodic saves), session_config, keep_checkpoint_max (5),
+  keep_checkpoint_every_n_hours (default only), log_step_count_steps
+  (100), train_distribute, device_fn, protocol (None or "grpc"),
   eval_distribute, experimental_distribute,
   experimental_max_worker_delay_secs (None only),
   session_creation_timeout_secs (default only), checkpoint_save_graph_def.
+  Validated as TF did (a value of the wrong type or range raises
+  ValueError naming the argument, its value and the rule).
+
+  Runs are local: `master` and `evaluation_master` are '' (TF_CONFIG's
+  clusters are not read), one worker, the chief.
 
   Raises:
-    ValueError: both save intervals given; both `master` and `cluster`; an
-      `evaluation_master` other than the master.
+    ValueError: both save intervals given; a value out of TF's range.
     NotImplementedError: an argument the harness cannot honour.
   """
 
   def __init__(self,
-               tpu_config: Optional[TPUConfig] = None,
-               evaluation_master: Optional[str] = None,
-               master: Optional[str] = None,
-               cluster: Any = None,
-               *,
                model_dir: Optional[str] = None,
                tf_random_seed: Optional[int] = None,
                save_summary_steps: int = 100,
@@ -186,11 +185,6 @@ class RunConfig:
                experimental_max_worker_delay_secs: Optional[int] = None,
                session_creation_timeout_secs: int = 7200,
                checkpoint_save_graph_def: bool = True):
-    if tpu_config is not None and not isinstance(tpu_config, TPUConfig):
-      raise TypeError(f"`tpu_config` ({tpu_config!r}) must be a "
-                      f"tpu_harness.estimator.tpu.TPUConfig.")
-    if master is not None and cluster is not None:
-      raise ValueError("Both `master` and `cluster` are set; give one.")
     if (save_checkpoints_steps is _USE_DEFAULT
         and save_checkpoints_secs is _USE_DEFAULT):
       save_checkpoints_steps, save_checkpoints_secs = None, 600
@@ -203,6 +197,25 @@ class RunConfig:
           f"`save_checkpoints_steps` ({save_checkpoints_steps!r}) and "
           f"`save_checkpoints_secs` ({save_checkpoints_secs!r}) are both set; "
           f"set at most one.")
+    _check("model_dir", model_dir, lambda v: isinstance(v, str) and v,
+           "must be a non-empty string")
+    for name, value in (("save_summary_steps", save_summary_steps),
+                        ("save_checkpoints_steps", save_checkpoints_steps),
+                        ("keep_checkpoint_max", keep_checkpoint_max),
+                        ("log_step_count_steps", log_step_count_steps)):
+      _check(name, value, lambda v: _is_int(v) and v >= 0,
+             "must be an integer >= 0")
+    _check("save_checkpoints_secs", save_checkpoints_secs,
+           lambda v: _is_number(v) and v >= 0, "must be a number >= 0")
+    _check("session_config", session_config,
+           lambda v: isinstance(v, tf.compat.v1.ConfigProto),
+           "must be a tf.compat.v1.ConfigProto")
+    _check("tf_random_seed", tf_random_seed, _is_int,
+           "must be an integer")
+    _check("keep_checkpoint_every_n_hours", keep_checkpoint_every_n_hours,
+           lambda v: _is_number(v) and v > 0, "must be a number > 0")
+    _check("session_creation_timeout_secs", session_creation_timeout_secs,
+           lambda v: _is_number(v) and v > 0, "must be a number > 0")
     refuse("keep_checkpoint_every_n_hours", keep_checkpoint_every_n_hours,
            10000, "checkpoints are kept by keep_checkpoint_max only.")
     if protocol != "grpc":  # TF's default server protocol.
@@ -215,19 +228,10 @@ class RunConfig:
                         ("experimental_max_worker_delay_secs",
                          experimental_max_worker_delay_secs)):
       refuse(name, value, None, "distribution strategies and device "
-             "functions do not apply to TPUEstimator programs.")
+             "functions are not supported; the harness runs one replica "
+             "(Estimator) or TPU replicas (TPUEstimator).")
     refuse("session_creation_timeout_secs", session_creation_timeout_secs,
            7200, "sessions are created without a timeout.")
-    self._tpu_config = tpu_config or TPUConfig()
-    self._cluster = cluster
-    if master is None:
-      master = cluster.master() if cluster is not None else ""
-    self._master = master
-    if evaluation_master not in (None, master):
-      raise NotImplementedError(
-          f"`evaluation_master` ({evaluation_master!r}) differs from the "
-          f"master ({master!r}); tpu_harness evaluates where it trains.")
-    self._evaluation_master = master
     self._values = dict(
         model_dir=model_dir, tf_random_seed=tf_random_seed,
         save_summary_steps=save_summary_steps,
@@ -246,6 +250,108 @@ class RunConfig:
     raise AttributeError(name)
 
   @property
+  def master(self) -> str:
+    return ""
+
+  @property
+  def evaluation_master(self) -> str:
+    return ""
+
+  @property
+  def is_chief(self) -> bool:
+    return True
+
+  @property
+  def num_worker_replicas(self) -> int:
+    return 1
+
+  @property
+  def num_ps_replicas(self) -> int:
+    return 0
+
+  @property
+  def task_type(self) -> str:
+    return "worker"
+
+  @property
+  def task_id(self) -> int:
+    return 0
+
+  def _arguments(self) -> dict:
+    """The constructor arguments that make this config."""
+    return dict(self._values)
+
+  def replace(self, **changes) -> "RunConfig":
+    """A copy with `changes` (TF's RunConfig.replace)."""
+    arguments = self._arguments()
+    unknown = sorted(set(changes) - set(arguments))
+    if unknown:
+      raise ValueError(f"{unknown} cannot be replaced in a "
+                       f"{type(self).__name__}; it takes "
+                       f"{sorted(arguments)}.")
+    arguments.update(changes)
+    return type(self)(**arguments)
+
+  def __repr__(self) -> str:
+    return (f"{type(self).__name__}(" + ", ".join(
+        f"{k}={v!r}" for k, v in self._arguments().items()) + ")")
+
+
+def _is_int(value: Any) -> bool:
+  return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+  return (isinstance(value, (int, float)) and not isinstance(value, bool))
+
+
+def _check(name: str, value: Any, rule: Callable[[Any], Any],
+           what: str) -> None:
+  """ValueError naming `name` and `value` unless it is None or `rule`
+  holds (TF's RunConfig validation)."""
+  if value is not None and not rule(value):
+    raise ValueError(f"`{name}` ({value!r}) {what}.")
+
+
+class TPURunConfig(RunConfig):
+  """Where and how a TPUEstimator runs, as `tf_estimator.tpu.RunConfig`:
+  the base RunConfig's arguments (keywords) and TPU's.
+
+  Args (TF's): tpu_config, evaluation_master, master, cluster (a
+  TPUClusterResolver, whose master() is the session target), and the base
+  RunConfig's, as keywords.
+
+  Raises:
+    ValueError: both save intervals given; both `master` and `cluster`; an
+      `evaluation_master` other than the master; a base argument out of
+      range.
+    NotImplementedError: an argument the harness cannot honour.
+  """
+
+  def __init__(self,
+               tpu_config: Optional[TPUConfig] = None,
+               evaluation_master: Optional[str] = None,
+               master: Optional[str] = None,
+               cluster: Any = None,
+               **kwargs):
+    if tpu_config is not None and not isinstance(tpu_config, TPUConfig):
+      raise TypeError(f"`tpu_config` ({tpu_config!r}) must be a "
+                      f"tpu_harness.estimator.tpu.TPUConfig.")
+    if master is not None and cluster is not None:
+      raise ValueError("Both `master` and `cluster` are set; give one.")
+    super().__init__(**kwargs)
+    self._tpu_config = tpu_config or TPUConfig()
+    self._cluster = cluster
+    if master is None:
+      master = cluster.master() if cluster is not None else ""
+    self._master = master
+    if evaluation_master not in (None, master):
+      raise NotImplementedError(
+          f"`evaluation_master` ({evaluation_master!r}) differs from the "
+          f"master ({master!r}); tpu_harness evaluates where it trains.")
+    self._evaluation_master = master
+
+  @property
   def tpu_config(self) -> TPUConfig:
     return self._tpu_config
 
@@ -261,18 +367,23 @@ class RunConfig:
   def cluster(self) -> Any:
     return self._cluster
 
-  def replace(self, **changes) -> "RunConfig":
+  def _arguments(self) -> dict:
+    return dict(self._values, tpu_config=self._tpu_config,
+                cluster=self._cluster,
+                master=None if self._cluster is not None else self._master)
+
+  def replace(self, **changes) -> "TPURunConfig":
     """A copy with `changes` (TF's RunConfig.replace)."""
-    arguments = dict(self._values, tpu_config=self._tpu_config,
-                     cluster=self._cluster,
-                     master=None if self._cluster is not None else
-                     self._master)
-    arguments.update(changes)
     if "cluster" in changes and "master" not in changes:
-      arguments["master"] = None
-    return RunConfig(**arguments)
+      changes = dict(changes, master=None)
+    return super().replace(**changes)
 
   def __repr__(self) -> str:
     return (f"RunConfig(master={self._master!r}, tpu_config="
             f"{self._tpu_config!r}, " + ", ".join(
                 f"{k}={v!r}" for k, v in self._values.items()) + ")")
+
+
+# TF's name for it (tensorflow_estimator's tpu.RunConfig), as programs and
+# their logs see it.
+TPURunConfig.__name__ = TPURunConfig.__qualname__ = "RunConfig"

@@ -60,32 +60,71 @@ class EstimatorSpec:
       raise TypeError(f"`scaffold` ({self.scaffold!r}) must be a "
                       f"tf.compat.v1.train.Scaffold.")
 
-  def as_model_spec(self) -> spec_lib.ModelSpec:
+  def as_model_spec(self, step_metrics: bool = False) -> spec_lib.ModelSpec:
     """The equivalent TPUEstimatorSpec.
 
+    Args:
+      step_metrics: for a base Estimator (one replica, one step per
+        `Session.run`): `eval_metric_ops` are updated by each step (see
+        `tpu_harness.spec.with_step_metrics`) and `training_chief_hooks`
+        (a local run is its own chief) join the training hooks.
+
     Raises:
-      ValueError: `training_chief_hooks`, or `eval_metric_ops` in EVAL.
+      ValueError: without `step_metrics`, `training_chief_hooks`, or
+        `eval_metric_ops` in EVAL; `eval_metric_ops` naming `loss`.
+      TypeError: an `eval_metric_ops` entry that is not a (value,
+        update_op) pair.
     """
     origin = self.__dict__.get("_tpu_estimator_spec")
     if origin is not None:
       return origin  # Made by TPUEstimatorSpec.as_estimator_spec().
-    if self.training_chief_hooks:
+    if self.training_chief_hooks and not step_metrics:
       raise ValueError("`training_chief_hooks` of an EstimatorSpec are not "
                        "supported by TPUEstimator; pass them as "
                        "training_hooks.")
-    if self.mode == ModeKeys.EVAL and self.eval_metric_ops:
+    metric_ops = (self.eval_metric_ops
+                  if self.mode == ModeKeys.EVAL and self.eval_metric_ops
+                  else None)
+    if metric_ops and not step_metrics:
       raise ValueError(
           "An EstimatorSpec's `eval_metric_ops` cannot be computed in the "
           "device loop; return TPUEstimatorSpec(eval_metrics=(metric_fn, "
-          "tensors)) with metric_fn building the tf.compat.v1.metrics.")
+          "tensors)) with metric_fn building the tf.compat.v1.metrics "
+          "(tpu_harness.estimator.Estimator, one step per Session.run, "
+          "computes eval_metric_ops).")
     scaffold = self.scaffold
-    return spec_lib.ModelSpec(
+    spec = spec_lib.ModelSpec(
         mode=self.mode, predictions=self.predictions, loss=self.loss,
         train_op=self.train_op, export_outputs=self.export_outputs,
         scaffold_fn=(lambda: scaffold) if scaffold is not None else None,
-        training_hooks=tuple(self.training_hooks or ()),
+        training_hooks=tuple(self.training_hooks or ())
+        + tuple(self.training_chief_hooks or ()),
         evaluation_hooks=tuple(self.evaluation_hooks or ()),
         prediction_hooks=tuple(self.prediction_hooks or ()))
+    if metric_ops:
+      spec_lib.with_step_metrics(spec, _checked_metric_ops(metric_ops))
+    return spec
+
+
+def _checked_metric_ops(metric_ops: Any) -> dict:
+  """`eval_metric_ops` as TF's Estimator took them: {name: (value tensor,
+  update op)}; `loss` is the Estimator's own."""
+  if not isinstance(metric_ops, Mapping):
+    raise TypeError(f"`eval_metric_ops` ({metric_ops!r}) must be a dict of "
+                    f"name -> (value, update_op).")
+  for name, pair in metric_ops.items():
+    if name == "loss":
+      raise ValueError("Metric with name 'loss' is not allowed in "
+                       "`eval_metric_ops`: the Estimator already defines "
+                       "'loss', the mean loss.")
+    if not (isinstance(pair, (tuple, list)) and len(pair) == 2
+            and isinstance(pair[0], tf.Tensor)
+            and isinstance(pair[1], (tf.Tensor, tf.Operation))):
+      raise TypeError(f"`eval_metric_ops[{name!r}]` ({pair!r}) must be a "
+                      f"(value tensor, update_op) pair, as tf.compat.v1."
+                      f"metrics return; Keras Metric objects are not "
+                      f"supported.")
+  return dict(metric_ops)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -31,23 +31,18 @@ from __future__ import annotations
 
 import copy
 import enum
-import inspect
 import numbers
-import tempfile
-from typing import Any, Callable, Dict, Iterable, Iterator, Optional
+from typing import Any, Callable, Dict, Optional
 
 from absl import logging
-import tensorflow as tf
 
 from tpu_harness import config as config_lib
-from tpu_harness import runner as runner_lib
 from tpu_harness import spec as spec_lib
-from tpu_harness.estimator import _export
+from tpu_harness.estimator import _estimator
 from tpu_harness.estimator._config import InputPipelineConfig
 from tpu_harness.estimator._config import refuse
-from tpu_harness.estimator._config import RunConfig
+from tpu_harness.estimator._config import TPURunConfig as RunConfig
 from tpu_harness.estimator._config import TPUConfig
-from tpu_harness.estimator import _spec
 from tpu_harness.estimator._spec import EstimatorSpec
 from tpu_harness.estimator._spec import TPUContext
 from tpu_harness.estimator._spec import TPUEstimatorSpec
@@ -62,8 +57,6 @@ _RESERVED_PARAMS = ("batch_size", "context")
 # The cores emulated for use_tpu=True without a TPU and without
 # TPUConfig(num_shards=...): what TPUEstimator got on a v3-8 or v4-8 host.
 DEFAULT_EMULATED_CORES = 8
-# Train "until the input ends": a step no run reaches.
-_FOREVER = 2**62
 
 
 class ExportSavedModelApiVersion(enum.Enum):
@@ -71,15 +64,9 @@ class ExportSavedModelApiVersion(enum.Enum):
   V2 = 2
 
 
-def _arg_names(fn: Callable) -> list:
-  try:
-    return list(inspect.signature(fn).parameters)
-  except (TypeError, ValueError):
-    return []
-
-
-class TPUEstimator:
-  """TPUEstimator on `tpu_harness.Runner` (see the module docstring)."""
+class TPUEstimator(_estimator.Estimator):
+  """TPUEstimator on `tpu_harness.Runner` (see the module docstring): the
+  base Estimator with TPU's replicas, loops and batch sizes."""
 
   def __init__(self,
                model_fn: Optional[Callable] = None,
@@ -120,18 +107,13 @@ class TPUEstimator:
                        f"reserves (it sets them); rename them.")
     if not callable(model_fn):
       raise ValueError(f"`model_fn` ({model_fn!r}) must be callable.")
-    args = _arg_names(model_fn)
-    if "params" not in args:
+    if "params" not in _estimator.arg_names(model_fn):
       raise ValueError(f"`model_fn` ({model_fn!r}) must take a `params` "
                        f"argument: TPUEstimator passes the batch size as "
                        f"params['batch_size'].")
     _check_batch_axis(batch_axis)
     refuse("embedding_config_spec", embedding_config_spec, None,
            "TPU embeddings are not emulated.")
-    if warm_start_from is not None and not isinstance(warm_start_from, str):
-      raise NotImplementedError(
-          f"`warm_start_from` ({warm_start_from!r}) must be a checkpoint "
-          f"path (str); WarmStartSettings are not supported.")
     if export_saved_model_api_version not in (
         ExportSavedModelApiVersion.V1, ExportSavedModelApiVersion.V2, 1, 2):
       raise ValueError(f"`export_saved_model_api_version` "
@@ -139,24 +121,12 @@ class TPUEstimator:
                        f"2.")
     if use_tpu and train_batch_size is None:
       raise ValueError("`train_batch_size` cannot be None when use_tpu=True.")
-    if model_dir is not None and config.model_dir not in (None, model_dir):
-      raise ValueError(f"`model_dir` ({model_dir!r}) and config.model_dir "
-                       f"({config.model_dir!r}) differ; set one.")
-    model_dir = model_dir or config.model_dir
-    if model_dir is None:
-      model_dir = tempfile.mkdtemp(prefix="tpu_harness_model_")
-      logging.warning("Using temporary folder as model directory: %s",
-                      model_dir)
-    self._config = config.replace(model_dir=model_dir)
-    self._model_fn = model_fn
-    self._model_fn_args = args
-    self._params = params
+    self._setup(model_fn, model_dir, config, params, warm_start_from)
     self._use_tpu = bool(use_tpu)
     self._eval_on_tpu = bool(eval_on_tpu)
     self._export_to_tpu = bool(export_to_tpu)
     self._export_to_cpu = bool(export_to_cpu)
     self._export_saved_model_api_version = export_saved_model_api_version
-    self._warm_start_from = warm_start_from
     self._batch_sizes = {ModeKeys.TRAIN: train_batch_size,
                          ModeKeys.EVAL: eval_batch_size,
                          ModeKeys.PREDICT: predict_batch_size}
@@ -180,7 +150,6 @@ class TPUEstimator:
       elif not self._on_tpu_hardware:
         logging.info("No TPU named (no cluster or master): emulating %d TPU "
                      "cores on CPU.", self._num_shards)
-    self._runners: Dict[str, runner_lib.Runner] = {}
 
   def _check_default_cores(self) -> None:
     """Raises unless each batch size run on the default emulated cores
@@ -199,21 +168,7 @@ class TPUEstimator:
             f"each batch size, or a batch size divisible by "
             f"{self._num_shards}.")
 
-  # Properties, as Estimator's.
-
-  @property
-  def model_dir(self) -> str:
-    return self._config.model_dir
-
-  @property
-  def config(self) -> RunConfig:
-    return self._config
-
-  @property
-  def params(self) -> Dict[str, Any]:
-    return copy.deepcopy(self._params)
-
-  # The mapping onto the runner.
+  # How each mode runs: the base Estimator's choices, made TPU's.
 
   def _on_tpu(self, mode: str) -> bool:
     return self._use_tpu and (mode != ModeKeys.EVAL or self._eval_on_tpu)
@@ -221,151 +176,57 @@ class TPUEstimator:
   def _cores(self, mode: str) -> int:
     return self._num_shards if self._on_tpu(mode) else 1
 
-  def _runner(self, mode: str) -> runner_lib.Runner:
-    if mode in self._runners:
-      return self._runners[mode]
-    config, tpu_config = self._config, self._config.tpu_config
-    cores = self._cores(mode)
-    run_config = config_lib.RunConfig(
-        model_dir=config.model_dir,
-        iterations_per_loop=tpu_config.iterations_per_loop,
-        save_checkpoints_steps=config.save_checkpoints_steps,
-        save_checkpoints_secs=config.save_checkpoints_secs,
-        keep_checkpoint_max=config.keep_checkpoint_max,
-        log_step_count_steps=config.log_step_count_steps,
-        save_summary_steps=config.save_summary_steps,
-        tf_random_seed=config.tf_random_seed,
-        warm_start_from=self._warm_start_from,
-        master=config.master,
-        session_config=config.session_config,
-        save_graph_def=config.checkpoint_save_graph_def,
-        tpu=config_lib.TPUConfig(num_shards=cores))
+  def _iterations_per_loop(self, mode: str) -> int:
+    del mode  # The same for each.
+    return self._config.tpu_config.iterations_per_loop
+
+  def _device_loop(self, mode: str, run_config: config_lib.RunConfig):
+    tpu_config = self._config.tpu_config
     loop_class = (tpu_loop.TpuLoop
                   if self._on_tpu(mode) and self._on_tpu_hardware
                   else cpu_loop.CpuEmulationLoop)
-    device_loop = loop_class(
-        num_shards=cores, iterations_per_loop=tpu_config.iterations_per_loop,
+    return loop_class(
+        num_shards=self._cores(mode),
+        iterations_per_loop=tpu_config.iterations_per_loop,
         max_infeed_bytes=run_config.max_infeed_bytes,
         per_host_input=(tpu_config.per_host_input
                         if mode == ModeKeys.TRAIN else True),
         host_call_every_n_steps=(
             tpu_config.experimental_host_call_every_n_steps))
-    batch = self._batch_sizes[mode]
-    runner = runner_lib.Runner(
-        self._wrapped_model_fn, run_config, params=self._params,
-        train_batch_size=batch if mode == ModeKeys.TRAIN else None,
-        eval_batch_size=batch if mode == ModeKeys.EVAL else None,
-        predict_batch_size=batch if mode == ModeKeys.PREDICT else None,
-        device_loop=device_loop)
-    self._runners[mode] = runner
-    return runner
+
+  def _runner_params(self) -> Dict[str, Any]:
+    return self._params
+
+  def _batch_size(self, mode: str, input_fn: Callable) -> Optional[int]:
+    del input_fn  # TPUEstimator's are given.
+    return self._batch_sizes[mode]
 
   def _context(self, mode: str) -> TPUContext:
     return TPUContext(mode=mode, num_replicas=self._cores(mode))
 
-  def _wrapped_model_fn(self, features, labels, mode, params):
-    """The runner's model_fn: the user's, called as TPUEstimator did."""
+  def _model_fn_params(self, mode, params):
+    """The runner's params (with `batch_size`), `use_tpu` and `context`,
+    as TPUEstimator passed them."""
     params = copy.deepcopy(params)
     params["use_tpu"] = self._on_tpu(mode)
     if self._on_tpu(mode):
       params["context"] = self._context(mode)
-    return self._call_model_fn(features, labels, mode, params)
+    return params
 
-  def _call_model_fn(self, features, labels, mode, params):
-    kwargs = {}
-    if "labels" in self._model_fn_args:
-      kwargs["labels"] = labels
-    elif labels is not None:
-      raise ValueError("`model_fn` does not take `labels`, but `input_fn` "
-                       "returns labels.")
-    if "mode" in self._model_fn_args:
-      kwargs["mode"] = mode
-    if "config" in self._model_fn_args:
-      kwargs["config"] = self._config
-    kwargs["params"] = params
-    with _spec.called_by_harness():
-      spec = self._model_fn(features=features, **kwargs)
-    return _as_model_spec(spec, mode)
+  def _input_fn_params(self, mode, params):
+    params = copy.deepcopy(params)
+    if self._on_tpu(mode):
+      params["context"] = self._context(mode)
+    return params
 
-  def _wrapped_input_fn(self, input_fn: Callable, mode: str) -> Callable:
-    """The runner's input_fn: the user's, called with what it names."""
-    args = _arg_names(input_fn)
+  def _check_input_fn(self, input_fn, args):
     if "params" not in args:
       raise ValueError(f"`input_fn` ({input_fn!r}) must take a `params` "
                        f"argument: TPUEstimator passes the batch size as "
                        f"params['batch_size'].")
 
-    def wrapped(params):
-      params = copy.deepcopy(params)
-      if self._on_tpu(mode):
-        params["context"] = self._context(mode)
-      kwargs = {"params": params}
-      if "mode" in args:
-        kwargs["mode"] = mode
-      if "config" in args:
-        kwargs["config"] = self._config
-      return input_fn(**kwargs)
-
-    return wrapped
-
-  # Estimator's API.
-
-  def train(self, input_fn: Callable, hooks: Optional[Iterable] = None,
-            steps: Optional[int] = None, max_steps: Optional[int] = None,
-            saving_listeners: Optional[Iterable] = None) -> "TPUEstimator":
-    """Trains for `steps` more, or to `max_steps`, or until the input ends
-    (neither given); returns self.
-
-    Raises:
-      ValueError: both `steps` and `max_steps`, or a non-positive one; and
-        what `tpu_harness.Runner.train` raises.
-    """
-    if steps is not None and max_steps is not None:
-      raise ValueError("Can not provide both `steps` and `max_steps`.")
-    if steps is None and max_steps is None:
-      max_steps = _FOREVER
-    self._runner(ModeKeys.TRAIN).train(
-        self._wrapped_input_fn(input_fn, ModeKeys.TRAIN), max_steps=max_steps,
-        steps=steps, hooks=list(hooks or []),
-        saving_listeners=saving_listeners)
-    return self
-
-  def evaluate(self, input_fn: Callable, steps: Optional[int] = None,
-               hooks: Optional[Iterable] = None,
-               checkpoint_path: Optional[str] = None,
-               name: Optional[str] = None) -> Dict[str, Any]:
-    """Evaluates; returns the metrics with `loss` and `global_step`."""
-    return self._runner(ModeKeys.EVAL).evaluate(
-        self._wrapped_input_fn(input_fn, ModeKeys.EVAL), steps=steps,
-        checkpoint_path=checkpoint_path, name=name, hooks=list(hooks or []))
-
-  def predict(self, input_fn: Callable, predict_keys: Any = None,
-              hooks: Optional[Iterable] = None,
-              checkpoint_path: Optional[str] = None,
-              yield_single_examples: bool = True) -> Iterator[Any]:
-    """Yields predictions: per example (a dict, or the value for a
-    single-tensor prediction), or per batch; only `predict_keys` if given.
-
-    Raises:
-      ValueError: `predict_keys` names no prediction, or is given for a
-        single-tensor prediction.
-    """
-    keys = [predict_keys] if isinstance(predict_keys, str) else predict_keys
-    for item in self._runner(ModeKeys.PREDICT).predict(
-        self._wrapped_input_fn(input_fn, ModeKeys.PREDICT),
-        checkpoint_path=checkpoint_path, hooks=list(hooks or []),
-        yield_single_examples=yield_single_examples):
-      if keys is None:
-        yield item
-        continue
-      if not isinstance(item, dict):
-        raise ValueError("`predict_keys` is not valid when predictions are "
-                         "a single tensor.")
-      missing = [k for k in keys if k not in item]
-      if missing:
-        raise ValueError(f"`predict_keys` {missing} are not among the "
-                         f"predictions {sorted(item)}.")
-      yield {k: item[k] for k in keys}
+  def _as_model_spec(self, spec, mode):
+    return _as_model_spec(spec, mode)
 
   def check_tpu_compatibility(self, input_fn: Callable,
                               mode: str = ModeKeys.TRAIN) -> list:
@@ -387,29 +248,8 @@ class TPUEstimator:
     if name is None:
       raise ValueError(f"`mode` ({mode!r}) must be a ModeKeys value: "
                        f"'train', 'eval' or 'infer'.")
-    return self._runner(mode).check_tpu_compatibility(
+    return self._runner(mode, self._batch_sizes[mode]).check_tpu_compatibility(
         **{f"{name}_input_fn": self._wrapped_input_fn(input_fn, mode)})
-
-  def latest_checkpoint(self) -> Optional[str]:
-    """The newest checkpoint of the run in `model_dir`, or None."""
-    return self._runner(ModeKeys.TRAIN if self._batch_sizes[ModeKeys.TRAIN]
-                        else ModeKeys.PREDICT).latest_checkpoint()
-
-  def _require_checkpoint(self) -> str:
-    latest = self.latest_checkpoint()
-    if latest is None:
-      raise ValueError(f"Could not find a trained model in model_dir "
-                       f"({self.model_dir!r}): train first.")
-    return latest
-
-  def get_variable_names(self) -> list:
-    """Names of the variables in the newest checkpoint."""
-    return [name for name, _ in tf.train.list_variables(
-        self._require_checkpoint())]
-
-  def get_variable_value(self, name: str) -> Any:
-    """The value of variable `name` in the newest checkpoint."""
-    return tf.train.load_variable(self._require_checkpoint(), name)
 
   def export_saved_model(self, export_dir_base: str,
                          serving_input_receiver_fn: Callable,
@@ -436,19 +276,15 @@ class TPUEstimator:
       ValueError: no checkpoint, or `export_to_cpu=False` and
         `export_to_tpu=False`.
     """
-    if not callable(serving_input_receiver_fn):
-      raise TypeError(
-          f"`serving_input_receiver_fn` ({serving_input_receiver_fn!r}) must "
-          f"be a function returning a tf_estimator.export.ServingInputReceiver "
-          f"(or TensorServingInputReceiver) of the serving graph's inputs.")
+    return super().export_saved_model(
+        export_dir_base, serving_input_receiver_fn, assets_extra=assets_extra,
+        as_text=as_text, checkpoint_path=checkpoint_path,
+        experimental_mode=experimental_mode)
+
+  def _export_model_fns(self) -> Dict[str, Any]:
     if not self._export_to_cpu and not self._export_to_tpu:
       raise ValueError("One of export_to_cpu and export_to_tpu must be "
                        "true: there is nothing to export.")
-    if experimental_mode != ModeKeys.PREDICT:
-      raise NotImplementedError(
-          f"`experimental_mode` ({experimental_mode!r}): only PREDICT "
-          f"graphs are exported.")
-    checkpoint = checkpoint_path or self._require_checkpoint()
     api_version_1 = self._export_saved_model_api_version in (
         ExportSavedModelApiVersion.V1, 1)
 
@@ -459,15 +295,11 @@ class TPUEstimator:
         return self._call_model_fn(features, None, ModeKeys.PREDICT, params)
       return model_fn
 
-    return _export.export_saved_model(
-        export_dir_base=export_dir_base,
-        serving_input_receiver_fn=serving_input_receiver_fn,
-        model_fn=model_fn_for(False), checkpoint=checkpoint,
-        assets_extra=assets_extra, as_text=as_text,
-        export_to_cpu=self._export_to_cpu,
-        tpu_model_fn=(model_fn_for(not api_version_1)
-                      if self._export_to_tpu else None),
-        rewrite_for_tpu=api_version_1)
+    return dict(model_fn=model_fn_for(False),
+                export_to_cpu=self._export_to_cpu,
+                tpu_model_fn=(model_fn_for(not api_version_1)
+                              if self._export_to_tpu else None),
+                rewrite_for_tpu=api_version_1)
 
 
 def _check_batch_axis(batch_axis: Any) -> None:

@@ -262,13 +262,35 @@ class CpuEmulationLoop(LoopBuilder):
         metrics = EvalMetrics(*specs[0].eval_metrics)
         holder["eval_metrics"] = metrics
         values.update(metrics.outfeed([s.eval_metrics[1] for s in specs]))
-      return [], values
+      return self._step_metric_updates(specs[0], holder), values
 
     iterations, stacked = self._loop(infeed, step_fn)
-    metrics = eval_metrics_lib.HostMetrics(stacked,
-                                           holder.get("eval_metrics"))
+    metrics = eval_metrics_lib.HostMetrics(
+        stacked, holder.get("eval_metrics"),
+        step_metrics=holder.get("step_metrics"))
     return self._built(infeed, iterations, {"outfeed": stacked}, holder,
                        metrics=metrics)
+
+  def _step_metric_updates(self, spec: spec_lib.ModelSpec, holder: Dict
+                           ) -> List[Any]:
+    """The update ops of a base Estimator's `eval_metric_ops` (see
+    `spec.with_step_metrics`), run by the step; their values go in
+    `holder`. Only a step outside a while loop, on one replica, can
+    run them."""
+    metric_ops = spec_lib.step_metrics(spec)
+    if metric_ops is None:
+      return []
+    if self._iterations_per_loop != 1 or self._num_shards != 1 or self._hosts:
+      raise ValueError(
+          f"`eval_metric_ops` built in `model_fn` run only with one step "
+          f"per Session.run on one replica (iterations_per_loop=1, "
+          f"num_shards=1, as tpu_harness.estimator.Estimator runs), not "
+          f"with iterations_per_loop={self._iterations_per_loop}, "
+          f"num_shards={self._num_shards}; use eval_metrics=(metric_fn, "
+          f"tensors).")
+    holder["step_metrics"] = {name: pair[0]
+                              for name, pair in metric_ops.items()}
+    return [pair[1] for pair in metric_ops.values()]
 
   def build_predict(self, model_fn, input_fn, params):
     self._refuse_predict_on_pod("pod")

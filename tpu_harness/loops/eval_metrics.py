@@ -93,13 +93,16 @@ class HostMetrics(tf.compat.v1.train.SessionRunHook):
   """
 
   def __init__(self, stacked: Mapping[str, tf.Tensor],
-               eval_metrics: Optional[EvalMetrics]):
+               eval_metrics: Optional[EvalMetrics],
+               step_metrics: Optional[Mapping[str, tf.Tensor]] = None):
     """Builds the metrics on one step's values (placeholders).
 
     Args:
       stacked: the loop's outfeed, {name: [steps, ...]}, with the per-step
         loss under LOSS; one step's shape and dtype are taken from it.
       eval_metrics: the spec's, or None.
+      step_metrics: {name: value} of metrics the steps update themselves
+        (a base Estimator's `eval_metric_ops`), read with the others.
     """
     self._names = [LOSS] + (list(eval_metrics.names)
                             if eval_metrics is not None else [])
@@ -116,6 +119,12 @@ class HostMetrics(tf.compat.v1.train.SessionRunHook):
       values, more = eval_metrics.build(self._placeholders)
       self.values.update(values)
       updates += more
+    for name, value in (step_metrics or {}).items():
+      if name in self.values:
+        raise ValueError(f"Metric {name!r} is defined twice (in "
+                         f"eval_metric_ops and eval_metrics, or as the "
+                         f"Estimator's own 'loss').")
+      self.values[name] = value
     self._update = tf.group(updates)
     self._session = None
 
