@@ -78,6 +78,8 @@ def tpu_model_fn(features, labels, mode, params):
     return tf_estimator.tpu.TPUEstimatorSpec(
         mode, loss=loss, eval_metrics=(metric_fn, [labels, logits]))
   optimizer = tf.train.GradientDescentOptimizer(0.5)
+  if params["use_tpu"]:
+    optimizer = tf.tpu.CrossShardOptimizer(optimizer)
   train_op = optimizer.minimize(loss, tf.train.get_global_step())
   return tf_estimator.tpu.TPUEstimatorSpec(mode, loss=loss, train_op=train_op)
 
