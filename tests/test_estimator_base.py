@@ -169,3 +169,22 @@ def test_tpu_estimator_still_refuses_eval_metric_ops(tmp_path):
   with pytest.raises(ValueError, match=r"eval_metrics=\(metric_fn, "
                      r"tensors\).*tpu_harness.estimator.Estimator"):
     estimator.evaluate(program.eval_input_fn, steps=1)
+
+
+def test_as_estimator_spec_off_tpu(tmp_path):
+  """A TPU model's CPU branch (detection's): Estimator with a model_fn
+  returning TPUEstimatorSpec(...).as_estimator_spec(); its metric_fn
+  computes the metrics."""
+  def model_fn(features, labels, mode, params):
+    spec = program.tpu_model_fn(features, labels, mode,
+                                dict(params, use_tpu=False))
+    return spec.as_estimator_spec()
+
+  estimator = tf_estimator.Estimator(
+      model_fn, model_dir=str(tmp_path / "model"),
+      params={"batch_size": 16})
+  estimator.train(program.train_input_fn, max_steps=20)
+  metrics = estimator.evaluate(program.eval_input_fn, steps=4)
+  assert metrics["accuracy"] == pytest.approx(_eval_accuracy(estimator))
+  assert metrics["global_step"] == 20
+  assert len(list(estimator.predict(program.predict_input_fn))) == 10
