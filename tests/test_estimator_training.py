@@ -127,7 +127,7 @@ def test_listener_throttles_by_time():
     (lambda: tf_estimator.EvalSpec(program.eval_input_fn, steps=-1),
      ValueError, r"`steps` \(-1\) must be None or a positive integer"),
     (lambda: tf_estimator.EvalSpec(program.eval_input_fn, name=3),
-     ValueError, r"`name` \(3\) must be None or a string"),
+     TypeError, r"`name` \(3\) must be None or a string"),
     (lambda: tf_estimator.EvalSpec(program.eval_input_fn, throttle_secs=-1),
      ValueError, r"`throttle_secs` \(-1\) must be a number >= 0"),
     (lambda: tf_estimator.EvalSpec(program.eval_input_fn,

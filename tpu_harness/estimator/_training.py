@@ -71,10 +71,10 @@ class EvalSpec:
   is_the_final_export)`, names unique.
 
   Raises:
-    TypeError: `input_fn` not callable, a hook that is not a
-      SessionRunHook, an exporter without `name` and `export`.
-    ValueError: `steps` not None or a positive integer; `name` not None or
-      a string; a negative `start_delay_secs` or `throttle_secs`; two
+    TypeError: `input_fn` not callable, `name` not None or a string, a
+      hook that is not a SessionRunHook, an exporter without `name` and
+      `export`.
+    ValueError: `steps` not None or a positive integer; a negative `start_delay_secs` or `throttle_secs`; two
       exporters of one name.
   """
 
@@ -88,7 +88,7 @@ class EvalSpec:
       raise ValueError(f"`steps` ({steps!r}) must be None or a positive "
                        f"integer.")
     if name is not None and not isinstance(name, str):
-      raise ValueError(f"`name` ({name!r}) must be None or a string.")
+      raise TypeError(f"`name` ({name!r}) must be None or a string.")
     for arg, value in (("start_delay_secs", start_delay_secs),
                        ("throttle_secs", throttle_secs)):
       if not (isinstance(value, (int, float)) and not isinstance(value, bool)
@@ -231,8 +231,8 @@ def train_and_evaluate(estimator: Estimator, train_spec: TrainSpec,
       eval_spec.throttle_secs)
   estimator.train(train_spec.input_fn, hooks=list(train_spec.hooks),
                   max_steps=train_spec.max_steps,
-                  saving_listeners=[listener]
-                  + list(train_spec.saving_listeners))
+                  saving_listeners=list(train_spec.saving_listeners)
+                  + [listener])
   return listener.eval_result, listener.export_results
 
 
