@@ -114,8 +114,9 @@ def _ema_model_fn(features, labels, mode, params):
       ema = v1.train.ExponentialMovingAverage(DECAY)
       averaged = {ema.average_name(v): v for v in v1.trainable_variables()}
 
-      def scaffold_fn():
+      def averaged_scaffold():
         return v1.train.Scaffold(saver=v1.train.Saver(averaged))
+      scaffold_fn = averaged_scaffold
     probabilities = tf.nn.softmax(logits)
     return tf_estimator.tpu.TPUEstimatorSpec(
         mode, predictions={"probabilities": probabilities},
