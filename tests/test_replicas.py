@@ -173,3 +173,29 @@ def test_keras_layers_are_shared_across_replicas(tmp_path):
   for name in names:
     np.testing.assert_allclose(two.get_tensor(name), one.get_tensor(name),
                                rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+def _losses_model_fn(features, labels, mode, params):
+  """mobilenet style: the loss through tf.compat.v1.losses and
+  get_total_loss(), with an L2 term on a variable's regularizer."""
+  w = tf.compat.v1.get_variable(
+      "w", [NUM_FEATURES, 1], initializer=tf.zeros_initializer(),
+      regularizer=lambda v: 0.01 * tf.reduce_sum(tf.square(v - 1.0)))
+  tf.compat.v1.losses.mean_squared_error(labels, tf.matmul(features, w))
+  loss = tf.compat.v1.losses.get_total_loss()
+  optimizer = tf.compat.v1.train.GradientDescentOptimizer(0.05)
+  if params["use_tpu"]:
+    optimizer = tf.compat.v1.tpu.CrossShardOptimizer(optimizer)
+  train_op = optimizer.minimize(
+      loss, global_step=tf.compat.v1.train.get_global_step())
+  return th.ModelSpec(mode=mode, loss=loss, train_op=train_op)
+
+
+def test_each_replicas_total_loss_is_its_own(tmp_path):
+  """tf.compat.v1.losses.get_total_loss() in a replica sums that replica's
+  losses (and the shared regularization), not every replica's built before
+  it: the same weights as one replica on the same batch."""
+  one = _train(tmp_path / "one", shards=1, model_fn=_losses_model_fn)
+  two = _train(tmp_path / "two", shards=2, model_fn=_losses_model_fn)
+  np.testing.assert_allclose(two.get_tensor("w"), one.get_tensor("w"),
+                             rtol=1e-5, atol=1e-6)

@@ -5,6 +5,8 @@ import pytest
 import tensorflow as tf
 
 import tpu_harness as th
+from support.runner_fixtures import make_runner
+from support.runner_models import train_input_fn
 from tpu_harness.loops import step_input
 
 
@@ -136,3 +138,18 @@ def test_input_fn_returning_neither_a_dataset_nor_tensors(returned):
                        r"or features"):
       step_input.make_input(lambda params: returned, {"batch_size": 4},
                             th.ModeKeys.TRAIN)
+
+
+def test_a_one_shot_iterator_over_a_shuffle_trains(tmp_path):
+  """squeezenet style: `dataset.shuffle(...)` then
+  `make_one_shot_iterator().get_next()` in the training input_fn, whose
+  shuffle is made resumable (a one-shot iterator could not capture it)."""
+  def input_fn(params):
+    dataset = train_input_fn()(params).unbatch().shuffle(64, seed=3).batch(
+        params["batch_size"], drop_remainder=True)
+    return tf.compat.v1.data.make_one_shot_iterator(dataset).get_next()
+
+  runner = make_runner(tmp_path, ipl=5, save_steps=5)
+  runner.train(input_fn, max_steps=10)
+  assert tf.train.load_checkpoint(runner.latest_checkpoint()).get_tensor(
+      "global_step") == 10

@@ -237,7 +237,10 @@ def iterators_made() -> List[Tuple[tf.Tensor, tf.data.Dataset]]:
   """Within the block, records (iterator resource, dataset) of each
   tf.compat.v1 iterator made (`make_one_shot_iterator`,
   `make_initializable_iterator`, as methods or functions: both go through
-  DatasetV1's private makers, patched here for the block)."""
+  DatasetV1's private makers, patched here for the block). A one-shot
+  iterator is made initializable: the runner reads the dataset, never the
+  iterator, and a one-shot iterator cannot capture a dataset with state
+  (e.g. the resumable shuffle the training input_fn gets)."""
   made: List[Tuple[tf.Tensor, tf.data.Dataset]] = []
   cls = dataset_ops.DatasetV1
   saved = (cls._make_one_shot_iterator, cls._make_initializable_iterator)  # pylint: disable=protected-access
@@ -249,7 +252,7 @@ def iterators_made() -> List[Tuple[tf.Tensor, tf.data.Dataset]]:
       return iterator
     return make
 
-  cls._make_one_shot_iterator = recorded(saved[0])  # pylint: disable=protected-access
+  cls._make_one_shot_iterator = recorded(saved[1])  # pylint: disable=protected-access
   cls._make_initializable_iterator = recorded(saved[1])  # pylint: disable=protected-access
   try:
     yield made

@@ -17,8 +17,12 @@ means:
   variable from every replica in turn would compound the momentum: 0.9 acting
   like 0.81 with two replicas.) In EVAL and PREDICT every replica reads the
   real, restored variables.
-- `tf.compat.v1.GraphKeys.UPDATE_OPS` holds, while a replica's `model_fn`
-  runs, only that replica's update ops, so its train op depends on its own.
+- `tf.compat.v1.GraphKeys.UPDATE_OPS` and `LOSSES` hold, while a
+  replica's `model_fn` runs, only that replica's update ops and losses, so
+  its train op depends on its own updates and `tf.compat.v1.losses.
+  get_total_loss()` sums its own losses (not those of every replica built
+  before it). `REGULARIZATION_LOSSES` stay shared: they are added once,
+  when the shared variables are created, and belong to every replica.
 - Variables created directly (`tf.Variable`, graph-mode `tf.keras` layers,
   which create new ones on every call) are shared too: those the
   first-built replica creates are handed, in the same order, to the others.
@@ -38,7 +42,9 @@ from tpu_harness import spec as spec_lib
 from tpu_harness.loops import cross_shard
 from tpu_harness.spec import ModeKeys
 
-_UPDATE_OPS = tf.compat.v1.GraphKeys.UPDATE_OPS
+# Collections each replica sees only its own entries of, while it is built.
+_PER_REPLICA = (tf.compat.v1.GraphKeys.UPDATE_OPS,
+                tf.compat.v1.GraphKeys.LOSSES)
 
 
 class Group:
@@ -68,9 +74,10 @@ def building(group: Group, index: int, mode: str) -> Iterator[None]:
   reuse = None if first else tf.compat.v1.AUTO_REUSE
   own_state = index > 0 and mode == ModeKeys.TRAIN
   group.cursor = 0
-  updates = tf.compat.v1.get_collection_ref(_UPDATE_OPS)
-  before = list(updates)
-  del updates[:]
+  refs = [tf.compat.v1.get_collection_ref(key) for key in _PER_REPLICA]
+  before = [list(ref) for ref in refs]
+  for ref in refs:
+    del ref[:]
   try:
     # Outside the loop's name scope: names derived from it (e.g. an
     # ExponentialMovingAverage's) would otherwise differ from the same
@@ -89,8 +96,8 @@ def building(group: Group, index: int, mode: str) -> Iterator[None]:
           f"{len(group.created)}: `model_fn` must build the same variables "
           f"for every replica.")
   finally:
-    mine = list(updates)
-    updates[:] = before + mine
+    for ref, earlier in zip(refs, before):
+      ref[:] = earlier + list(ref)
 
 
 def _is_state(variable: tf.Variable, trainable: object) -> bool:
