@@ -36,6 +36,16 @@ def test_positional_tpu_config_and_per_host_mapping():
   assert not v2.per_host_input
   assert TPUConfig(per_host_input_for_training=False).per_host_input_for_training == (  # pylint: disable=line-too-long
       InputPipelineConfig.PER_SHARD_V1)
+  # By identity, as TF: PER_SHARD_V1 is 1, which equals True.
+  shard = TPUConfig(
+      per_host_input_for_training=InputPipelineConfig.PER_SHARD_V1)
+  assert shard.per_host_input_for_training == InputPipelineConfig.PER_SHARD_V1
+  assert not shard.per_host_input
+  # Evaluation and prediction: per host but under PER_HOST_V2.
+  assert [(c.per_host_input_in("train"), c.per_host_input_in("eval"),
+           c.per_host_input_in("infer")) for c in (config, v2, shard)] == [
+               (True, True, True), (False, False, False),
+               (False, True, True)]
 
 
 def test_replace_and_master():

@@ -433,3 +433,79 @@ def test_an_input_fn_returning_iterator_tensors_trains_and_evaluates(
   assert estimator.get_variable_value("global_step") == 4
   results = estimator.evaluate(tensors_input_fn, steps=2)
   assert results["global_step"] == 4 and "accuracy" in results
+
+
+_PIPELINES = tf_estimator.tpu.InputPipelineConfig
+
+
+@pytest.mark.parametrize("pipeline, sizes", [
+    # TPUEstimator's TPUContext.batch_size_for_input_fn: PER_HOST_V2 gives
+    # every mode's input_fn the per-core batch; PER_SHARD_V1 only training's
+    # (its evaluation and prediction input is per host, as PER_HOST_V1's).
+    (_PIPELINES.PER_HOST_V1, {"train": 16, "eval": 16, "infer": 4}),
+    (_PIPELINES.PER_HOST_V2, {"train": 8, "eval": 8, "infer": 2}),
+    (_PIPELINES.PER_SHARD_V1, {"train": 8, "eval": 16, "infer": 4}),
+])
+def test_input_fn_batch_size_per_mode_and_pipeline(tmp_path, pipeline, sizes):
+  seen = {}
+
+  def input_fn(params):
+    mode = params["context"].mode
+    seen[mode] = params["batch_size"]
+    if mode == tf_estimator.ModeKeys.PREDICT:
+      return programs.predict_input_fn(params)
+    return programs.input_fn(params, mode=mode)
+
+  base = programs.estimator(str(tmp_path), 2)
+  config = tf_estimator.tpu.RunConfig(
+      model_dir=str(tmp_path), tpu_config=tf_estimator.tpu.TPUConfig(
+          iterations_per_loop=2, num_shards=2,
+          per_host_input_for_training=pipeline))
+  estimator = tf_estimator.tpu.TPUEstimator(
+      model_fn=programs.conv_model_fn, config=config, use_tpu=True,
+      params=base.params, train_batch_size=16, eval_batch_size=16,
+      predict_batch_size=4)
+  estimator.train(input_fn, max_steps=2)
+  estimator.evaluate(input_fn, steps=2)
+  predictions = list(estimator.predict(input_fn))
+  assert seen == sizes
+  assert len(predictions) == 10  # The padding of the last batch dropped.
+
+
+def test_per_host_v2_evaluation_reads_each_cores_batch_in_its_layout(
+    tmp_path):
+  # resnet/mnasnet `transpose_input`: under PER_HOST_V2 the eval input_fn
+  # lays each core's batch out as [H, W, C, N] and model_fn transposes it
+  # back; TPUEstimator dequeued whole per-core batches, whatever their
+  # layout. The metrics are those of the same examples read as PER_HOST_V1.
+  def transposed_input_fn(params):
+    dataset = programs.input_fn(params, mode=params["context"].mode)
+    return dataset.map(lambda x, y: (tf.transpose(x, [1, 2, 3, 0]), y))
+
+  def model_fn(features, labels, mode, params):
+    if mode == tf_estimator.ModeKeys.EVAL:
+      features = tf.transpose(features, [3, 0, 1, 2])
+    return programs.conv_model_fn(features, labels, mode, params)
+
+  results = {}
+  for name, pipeline, fn, input_fn in (
+      ("v1", _PIPELINES.PER_HOST_V1, programs.conv_model_fn,
+       programs.input_fn),
+      ("v2", _PIPELINES.PER_HOST_V2, model_fn, transposed_input_fn)):
+    model_dir = str(tmp_path / name)
+    base = programs.estimator(model_dir, 2)
+    estimator = tf_estimator.tpu.TPUEstimator(
+        model_fn=fn, config=tf_estimator.tpu.RunConfig(
+            model_dir=model_dir, tpu_config=tf_estimator.tpu.TPUConfig(
+                iterations_per_loop=2, num_shards=2,
+                per_host_input_for_training=pipeline)),
+        use_tpu=True, params=base.params, train_batch_size=16,
+        eval_batch_size=16)
+    estimator.train(
+        lambda params: programs.input_fn(params, tf_estimator.ModeKeys.TRAIN),
+        max_steps=2)
+    results[name] = estimator.evaluate(input_fn, steps=4)
+  assert results["v1"]["global_step"] == results["v2"]["global_step"] == 2
+  assert results["v2"]["accuracy"] == pytest.approx(results["v1"]["accuracy"])
+  assert results["v2"]["loss"] == pytest.approx(results["v1"]["loss"],
+                                                rel=1e-5)

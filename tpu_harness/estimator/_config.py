@@ -60,8 +60,9 @@ class TPUConfig:
       (required).
     num_cores_per_replica: model parallelism; not supported (None or 1).
     per_host_input_for_training: True / PER_HOST_V1 (input_fn gets the
-      global batch, split among replicas), PER_HOST_V2 or False /
-      PER_SHARD_V1 (input_fn gets per-replica batches); BROADCAST and
+      global batch, split among replicas), PER_HOST_V2 (input_fn gets
+      per-replica batches, in evaluation and prediction too) or False /
+      PER_SHARD_V1 (per-replica batches in training only); BROADCAST and
       SLICED are not supported.
     tpu_job_name, initial_infeed_sleep_secs, input_partition_dims,
     experimental_allow_per_host_v2_parallel_get_next, experimental_feed_hook:
@@ -102,10 +103,12 @@ class TPUConfig:
       refuse("num_cores_per_replica", self.num_cores_per_replica, None,
              "model parallelism is not emulated (1, one core per replica, "
              "is accepted).")
-    mapped = {True: InputPipelineConfig.PER_HOST_V1,
-              False: InputPipelineConfig.PER_SHARD_V1}.get(
-                  self.per_host_input_for_training,
-                  self.per_host_input_for_training)
+    # By identity, as TF: PER_SHARD_V1 (1) == True.
+    mapped = self.per_host_input_for_training
+    if mapped is True:
+      mapped = InputPipelineConfig.PER_HOST_V1
+    elif mapped is False:
+      mapped = InputPipelineConfig.PER_SHARD_V1
     if mapped not in (InputPipelineConfig.PER_SHARD_V1,
                       InputPipelineConfig.PER_HOST_V1,
                       InputPipelineConfig.PER_HOST_V2):
@@ -142,6 +145,16 @@ class TPUConfig:
     """Whether training `input_fn` gets the global batch (PER_HOST_V1)."""
     return (self.per_host_input_for_training
             == InputPipelineConfig.PER_HOST_V1)
+
+  def per_host_input_in(self, mode: str) -> bool:
+    """Whether `input_fn` gets the global batch in `mode` (a ModeKeys
+    value), as TPUEstimator's `TPUContext.batch_size_for_input_fn` decided:
+    PER_HOST_V2 gives every mode's `input_fn` the per-core batch,
+    PER_SHARD_V1 only training's."""
+    if mode == "train":
+      return self.per_host_input
+    return (self.per_host_input_for_training
+            != InputPipelineConfig.PER_HOST_V2)
 
 
 class RunConfig:

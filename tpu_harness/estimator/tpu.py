@@ -21,8 +21,10 @@ names, defaults and meaning:
 - `model_fn` and `input_fn` are called with the arguments they name
   (features, labels, mode, params, config / params, mode, config), as TF's
   Estimator did. `params['batch_size']` is the per-replica batch for
-  `model_fn`; for `input_fn` the per-host (global) batch in evaluation,
-  prediction and PER_HOST_V1 training, per-replica otherwise.
+  `model_fn`; for `input_fn`, as TPUEstimator's `TPUContext` gave it, the
+  per-replica batch in every mode under PER_HOST_V2 (each replica reads
+  its own) and in PER_SHARD_V1 training, the per-host (global) batch
+  otherwise.
   `params['context']` is set where TPUEstimator set it (running on TPU
   cores, real or emulated).
 """
@@ -189,8 +191,7 @@ class TPUEstimator(_estimator.Estimator):
         num_shards=self._cores(mode),
         iterations_per_loop=tpu_config.iterations_per_loop,
         max_infeed_bytes=run_config.max_infeed_bytes,
-        per_host_input=(tpu_config.per_host_input
-                        if mode == ModeKeys.TRAIN else True),
+        per_host_input=tpu_config.per_host_input_in(mode),
         host_call_every_n_steps=(
             tpu_config.experimental_host_call_every_n_steps))
 

@@ -7,9 +7,10 @@ batch stacked on a first axis of length `num_shards`:
 
 * PER_HOST_V2 (the default): `input_fn` gets the per-replica batch size and
   each replica takes its own consecutive batch;
-* PER_HOST_V1 (`per_host_input`, and TPUEstimator's evaluation and
-  prediction input): `input_fn` gets the global batch size and each batch is
-  split among the replicas along its first axis;
+* PER_HOST_V1 (`per_host_input`; TPUEstimator's evaluation and
+  prediction input except under PER_HOST_V2): `input_fn` gets the global
+  batch size and each batch is split among the replicas along its first
+  axis;
 * prediction: each batch padded to its full size and paired with its count
   of real rows, so that the last, partial batch runs with the static shapes
   the loop was built for and its padding can be dropped on the host.
