@@ -267,11 +267,13 @@ class CheckpointSaverHook(tf.compat.v1.train.SessionRunHook):
     self._write_guard()
     if self._save_graph_def:
       # The graph is finalized now, after every hook's begin() had its chance
-      # to add ops, so this is the graph that runs. Its text is written while
-      # the first checkpoint is saved.
+      # to add ops, so this is the graph that runs. Its text is made and
+      # written while the first checkpoint is saved (TF's text formatting is
+      # Python, as long as the save on a small model; the save's
+      # Session.run lets it run).
       graph_path = paths.join(self._checkpoint_dir, "graph.pbtxt")
-      text = text_format.MessageToString(graph_def)
-      writing = _Background(lambda: paths.write_atomically(graph_path, text))
+      writing = _Background(lambda: paths.write_atomically(
+          graph_path, text_format.MessageToString(graph_def)))
     try:
       self._summary_writer.add_graph(None, graph_def=graph_def)
       self._summary_writer.add_meta_graph(meta_graph_def)

@@ -166,6 +166,19 @@ def test_a_position_that_cannot_be_used_falls_back_to_skipping(
                                 weights(str(tmp_path / "straight")))
 
 
+def test_a_run_resumed_by_skipping_saves_an_exact_position_at_its_start(
+    tmp_path, infeed_kind):
+  # The session's first save (at the start step) comes while the first
+  # loop's input is read: the state after the dropped steps is read first.
+  _runner(tmp_path, "skip", kind=infeed_kind).train(
+      _input_for(infeed_kind), max_steps=13)
+  assert not record.read_saved(str(tmp_path / "model.ckpt-13")).state
+  _runner(tmp_path, save_steps=1000, kind=infeed_kind).train(
+      _input_for(infeed_kind), max_steps=16)
+  saved = record.read_saved(str(tmp_path / "model.ckpt-13"))
+  assert saved.state and saved.taken + saved.skip == 13
+
+
 def test_an_input_that_cannot_be_saved_falls_back_to_skipping(tmp_path,
                                                               caplog):
   fn = input_fn_from(py_function=True)

@@ -2,6 +2,7 @@
 read beyond need."""
 
 import logging as std_logging
+import threading
 
 import numpy as np
 import pytest
@@ -213,6 +214,38 @@ def test_a_huge_iterations_per_loop_reads_only_the_steps_needed(tmp_path):
                                                          hooks=[hook])
   assert hook.steps == [10]
   assert sorted(read) == list(range(10))
+
+
+def test_the_first_loops_input_is_read_while_the_first_save_runs(tmp_path):
+  # Set-up speed: the first loop's input is asked for as the session
+  # starts, so the host reads it (e.g. filling a shuffle buffer) while the
+  # session's first checkpoint is saved, not after.
+  read = threading.Event()
+
+  def record(features, labels):
+    read.set()
+    return features, labels
+
+  def input_fn(params):
+    return train_input_fn()(params).map(lambda x, y: tuple(
+        tf.ensure_shape(t, s.shape) for t, s in zip(
+            tf.py_function(record, [x, y], [tf.float32, tf.float32]),
+            [x, y])))
+
+  class WaitForInput(tf.compat.v1.train.CheckpointSaverListener):
+    seen_at_first_save = None
+
+    def before_save(self, session, global_step_value):
+      if self.seen_at_first_save is None:
+        # Bounded: without the early request nothing reads until the
+        # first loop, after this save.
+        self.seen_at_first_save = read.wait(timeout=60)
+
+  listener = WaitForInput()
+  make_runner(tmp_path, ipl=5).train(input_fn, max_steps=10,
+                                     saving_listeners=[listener])
+  assert listener.seen_at_first_save is True
+  assert checkpoint_steps(str(tmp_path))[-1] == 10
 
 
 def test_infeed_memory_limit_names_iterations_per_loop_and_batch(tmp_path):

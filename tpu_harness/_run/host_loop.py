@@ -25,7 +25,8 @@ from tpu_harness.loops.device_loop import VALID
 
 def run_loops(loop: BuiltLoop, session, steps: Optional[int],
               iterations_per_loop: int, clock: Callable[[], float],
-              stop: Callable[[], bool] = lambda: False
+              stop: Callable[[], bool] = lambda: False,
+              first_requested: bool = False
               ) -> Iterator[Tuple[int, Dict[str, Any], float]]:
   """Runs loops until `steps` (or the input) is done, or `stop()`.
 
@@ -39,6 +40,8 @@ def run_loops(loop: BuiltLoop, session, steps: Optional[int],
     iterations_per_loop: the most steps per run.
     clock: seconds, to time each run.
     stop: checked before each run; True ends the loops.
+    first_requested: the first loop's steps, min(iterations_per_loop,
+      steps), were requested already (`InfeedHook(first_request=...)`).
 
   Yields:
     (steps run, the run's results, seconds the run took) per loop.
@@ -50,7 +53,8 @@ def run_loops(loop: BuiltLoop, session, steps: Optional[int],
              if loop.iterations.op.type == "PlaceholderWithDefault" else None)
   done = 0
   requested = ipl if steps is None else min(ipl, steps)
-  loop.infeed.request(requested)
+  if not first_requested:
+    loop.infeed.request(requested)
   while requested and not stop():
     count = loop.infeed.wait()
     if count == 0 or stop():

@@ -233,7 +233,8 @@ def _hooks(job: Job, loop: BuiltLoop,
   guards = ([NanLossHook(loop.fetches["outfeed"][LOSS], newest_checkpoint)]
             if config.stop_on_nan_loss else [])
   return [LeaseHook(request.lease)] + list(loop.hooks) + [
-      InfeedHook(loop.infeed)] + guards + [
+      InfeedHook(loop.infeed, first_request=_first_loop(job, request))
+  ] + guards + [
       hooks_lib.StopAtStepHook(last_step=request.last_step,
                                steps_per_run=ipl),
       hooks_lib.StepCounterHook(
@@ -253,6 +254,13 @@ def _input_position(mode: str, resume: restore_order.ResumePoint
                    "its first element at step %d.", resume.step)
     return None
   return input_position.InputPosition(mode, resume.checkpoint, resume.step)
+
+
+def _first_loop(job: Job, request: TrainRequest) -> int:
+  """The first loop's steps, requested from the infeed as the session
+  starts: its input is read while the first checkpoint is saved."""
+  return max(0, min(job.config.iterations_per_loop,
+                    request.last_step - request.resume.step))
 
 
 class _LongestLoop:
@@ -275,7 +283,7 @@ def _train_loops(job: Job, session, loop: BuiltLoop, request: TrainRequest,
 
   for count, results, elapsed in host_loop.run_loops(
       loop, session, last_step - step, job.config.iterations_per_loop,
-      job.clock, stop):
+      job.clock, stop, first_requested=_first_loop(job, request) > 0):
     loop_secs.add(elapsed)
     end_step = int(results["end_step"])
     if end_step - step != count:
