@@ -28,6 +28,11 @@ Public surface::
                          away
   TPUNotFoundError, TPUNotReadyError, TPUUnreachableError, NoTPUError
                          resolving or reaching a Cloud TPU failed
+  install()              makes `tf.compat.v1.estimator` (and `tf.estimator`,
+                         `tensorflow_estimator`) `tpu_harness.estimator` in
+                         this process, so TPUEstimator programs run
+                         unedited; `python -m tpu_harness PROGRAM.py
+                         [ARGS...]` runs a program after it
 
 Subpackages: `tpu_harness.estimator` (the TPUEstimator API),
 `tpu_harness.loops` (device loops), `tpu_harness.tpu` (Cloud TPU
@@ -48,6 +53,7 @@ import os as _os
 _os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
+from tpu_harness._install import install
 from tpu_harness.config import RunConfig
 from tpu_harness.config import TPUConfig
 from tpu_harness.errors import CheckpointMismatchError
@@ -108,4 +114,5 @@ __all__ = [
     "TPUNotReadyError",
     "TPUUnreachableError",
     "TpuLoop",
+    "install",
 ]
