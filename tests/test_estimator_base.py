@@ -188,3 +188,19 @@ def test_as_estimator_spec_off_tpu(tmp_path):
   assert metrics["accuracy"] == pytest.approx(_eval_accuracy(estimator))
   assert metrics["global_step"] == 20
   assert len(list(estimator.predict(program.predict_input_fn))) == 10
+
+
+def test_a_gpu_branchs_one_replica_strategy_trains(tmp_path):
+  # detection's executor off TPU: MirroredStrategy over the machine's GPUs
+  # as RunConfig's train_distribute; with no GPU, `devices=[]`, it mirrors
+  # onto the CPU alone: one replica, which is what the harness runs.
+  strategy = tf.distribute.MirroredStrategy(devices=[])
+  assert strategy.num_replicas_in_sync == 1
+  config = tf_estimator.RunConfig(model_dir=str(tmp_path / "model"),
+                                  train_distribute=strategy)
+  assert config.train_distribute is strategy
+  estimator = tf_estimator.Estimator(program.model_fn, config=config,
+                                     params={"batch_size": 8,
+                                             "learning_rate": 0.1})
+  estimator.train(program.train_input_fn, max_steps=3)
+  assert estimator.get_variable_value("global_step") == 3

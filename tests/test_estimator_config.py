@@ -224,9 +224,16 @@ def test_base_run_config_validates_as_tf(kwargs, message):
 
 
 def test_base_run_config_refuses_what_it_cannot_honour():
-  with pytest.raises(NotImplementedError, match=r"`train_distribute` .* "
-                     r"distribution strategies"):
+  with pytest.raises(NotImplementedError, match=r"`train_distribute` .*not "
+                     r"a tf.distribute strategy.* distribution strategies"):
     tf_estimator.RunConfig(train_distribute=object())
+
+  class TwoReplicas:  # What a MirroredStrategy over two GPUs reports.
+    num_replicas_in_sync = 2
+
+  with pytest.raises(NotImplementedError, match=r"`eval_distribute` .*2 "
+                     r"replicas\) is not supported"):
+    tf_estimator.RunConfig(eval_distribute=TwoReplicas())
   with pytest.raises(ValueError, match=r"\['tpu_config'\] cannot be "
                      r"replaced in a RunConfig"):
     tf_estimator.RunConfig().replace(tpu_config=TPUConfig())

@@ -12,6 +12,7 @@ import dataclasses
 import re
 from typing import Any, Callable, Optional
 
+from absl import logging
 import tensorflow as tf
 
 from hooks import validation
@@ -157,6 +158,27 @@ class TPUConfig:
             != InputPipelineConfig.PER_HOST_V2)
 
 
+def _check_one_replica_strategy(name: str, strategy: Any) -> None:
+  """Accepts None or a tf.distribute strategy of one replica (what a
+  program's GPU branch builds on a machine without GPUs:
+  `MirroredStrategy(devices=[])` mirrors onto the CPU alone), which runs
+  as the harness's one replica; refuses any other value."""
+  if strategy is None:
+    return
+  replicas = getattr(strategy, "num_replicas_in_sync", None)
+  if replicas == 1:
+    logging.info("RunConfig(%s=%r): a strategy of one replica; the harness "
+                 "runs the model as that one replica.", name, strategy)
+    return
+  raise NotImplementedError(
+      f"`{name}` ({strategy!r}, "
+      f"{'not a tf.distribute strategy' if replicas is None else f'{replicas} replicas'}) "  # pylint: disable=line-too-long
+      f"is not supported by tpu_harness: distribution strategies of more "
+      f"than one replica are not; the harness runs one replica (Estimator) "
+      f"or TPU replicas (TPUEstimator). None or a strategy of one replica "
+      f"(e.g. MirroredStrategy on a machine with one device) is accepted.")
+
+
 class RunConfig:
   """Where and how an Estimator runs, as `tf_estimator.RunConfig`.
 
@@ -165,8 +187,9 @@ class RunConfig:
   save_checkpoints_secs (neither given: every 600 seconds; both None: no
   periodic saves), session_config, keep_checkpoint_max (5),
   keep_checkpoint_every_n_hours (default only), log_step_count_steps
-  (100), train_distribute, device_fn, protocol (None or "grpc"),
-  eval_distribute, experimental_distribute,
+  (100), train_distribute and eval_distribute (None, or a tf.distribute
+  strategy of one replica, run as the harness's one replica), device_fn,
+  protocol (None or "grpc"), experimental_distribute,
   experimental_max_worker_delay_secs (None only),
   session_creation_timeout_secs (default only), checkpoint_save_graph_def.
   Validated as TF did (a value of the wrong type or range raises
@@ -235,8 +258,9 @@ class RunConfig:
       refuse("protocol", protocol, None, "the session target's protocol is "
              "grpc (\"grpc\", the default, is accepted).")
     for name, value in (("train_distribute", train_distribute),
-                        ("device_fn", device_fn),
-                        ("eval_distribute", eval_distribute),
+                        ("eval_distribute", eval_distribute)):
+      _check_one_replica_strategy(name, value)
+    for name, value in (("device_fn", device_fn),
                         ("experimental_distribute", experimental_distribute),
                         ("experimental_max_worker_delay_secs",
                          experimental_max_worker_delay_secs)):
@@ -254,6 +278,7 @@ class RunConfig:
         keep_checkpoint_max=keep_checkpoint_max,
         keep_checkpoint_every_n_hours=keep_checkpoint_every_n_hours,
         log_step_count_steps=log_step_count_steps,
+        train_distribute=train_distribute, eval_distribute=eval_distribute,
         checkpoint_save_graph_def=checkpoint_save_graph_def)
 
   def __getattr__(self, name: str) -> Any:
