@@ -332,19 +332,23 @@ def test_random_augmentation_keeps_an_exact_position(tmp_path, caplog):
 
 def _write_records(path, padding):
   """Examples 0..399 as records: the index's 8 bytes, then `padding`
-  bytes (another export of the same examples)."""
+  bytes (another export of the same examples; a callable: `padding(index)`
+  bytes)."""
   with tf.io.TFRecordWriter(str(path)) as writer:
     for index in range(400):
-      writer.write(np.int64(index).tobytes() + b"\0" * padding)
+      pad = padding(index) if callable(padding) else padding
+      writer.write(np.int64(index).tobytes() + b"\0" * pad)
 
 
-def _records_input_fn(path):
+def _records_input_fn(path, shuffle=True):
   def input_fn(params):
     dataset = tf.data.TFRecordDataset(str(path)).repeat().map(
         lambda record: tf.io.decode_raw(tf.strings.substr(record, 0, 8),
                                         tf.int64)[0])
-    return dataset.shuffle(64, seed=7).map(_examples).batch(
-        params["batch_size"], drop_remainder=True)
+    if shuffle:
+      dataset = dataset.shuffle(64, seed=7)
+    return dataset.map(_examples).batch(params["batch_size"],
+                                        drop_remainder=True)
   return input_fn
 
 
@@ -367,3 +371,38 @@ def test_a_position_saved_for_other_files_is_not_restored(tmp_path, caplog):
   assert (f"saved for another input pipeline ({records} has "
           f"{os.path.getsize(records)} bytes, {then} then)") in warnings[0]
   assert "resume_input='exact'" in warnings[0]
+
+
+@pytest.mark.parametrize("shuffle, failing", [
+    # The window shuffle re-reads on restore: the restore fails.
+    (True, "does not fit this input pipeline"),
+    # A plain reader seeks on restore: the first read after it fails.
+    (False, "right after restoring"),
+])
+def test_a_stale_offset_is_named_and_skipped_instead(tmp_path, caplog,
+                                                     shuffle, failing):
+  """Re-exported records of the same total size (the first record's
+  padding moved to the last): the fingerprint cannot tell, the restored
+  offset lands inside a record. The run says which position failed and
+  trains on, reading and dropping the pass's steps instead; the weights
+  are an uninterrupted run's on the new files (the same examples)."""
+  records = tmp_path / "train.tfrecord"
+  _write_records(records, padding=lambda index: 4 * (index == 399))
+  _runner(tmp_path / "straight").train(_records_input_fn(records, shuffle),
+                                       max_steps=30)
+  _write_records(records, padding=lambda index: 4 * (index == 0))
+  _runner(tmp_path / "model").train(_records_input_fn(records, shuffle), max_steps=13)
+  then = os.path.getsize(records)
+  _write_records(records, padding=lambda index: 4 * (index == 399))
+  assert os.path.getsize(records) == then
+  caplog.set_level(std_logging.WARNING)
+  _runner(tmp_path / "model").train(_records_input_fn(records, shuffle), max_steps=30)
+  warnings = [r.getMessage() for r in caplog.records
+              if failing in r.getMessage()]
+  assert len(warnings) == 1, [r.getMessage() for r in caplog.records]
+  assert "model.ckpt-13" in warnings[0]
+  assert "resume_input='exact'" in warnings[0]
+  assert "corrupted record at " in warnings[0]
+  assert "reading and dropping the" in warnings[0].lower()
+  np.testing.assert_array_equal(weights(str(tmp_path / "model")),
+                                weights(str(tmp_path / "straight")))

@@ -20,6 +20,7 @@ from hooks import paths
 from hooks import validation
 from tpu_harness import errors
 from tpu_harness import spec as spec_lib
+from tpu_harness._infeed.position import RestoredPositionError
 from tpu_harness._model_dir import contents
 from tpu_harness._model_dir import restore_order
 from tpu_harness._model_dir import storage
@@ -196,6 +197,7 @@ class Runner:
     contents.prepare_model_dir(model_dir)
     with ModelDirLease(model_dir) as lease:
       resume = restore_order.resume_point(model_dir)
+      restore_input_state = True
       while True:
         last_step = (max_steps if max_steps is not None
                      else resume.step + steps)
@@ -214,8 +216,21 @@ class Runner:
               training.TrainRequest(
                   input_fn=input_fn, resume=resume, last_step=last_step,
                   batch_size=batch_size, hooks=user_hooks,
-                  listeners=list(saving_listeners or []), lease=lease))
+                  listeners=list(saving_listeners or []), lease=lease,
+                  restore_input_state=restore_input_state))
           return self
+        except RestoredPositionError as error:
+          if not restore_input_state:
+            raise
+          # No checkpoint was saved since the restore's own: the same
+          # step again, its pass's steps read and dropped instead.
+          logging.warning(
+              "%s. Training again from %s, reading and dropping the steps "
+              "of its input pass already trained on instead of restoring "
+              "the position (as resume_input='skip' would).", error,
+              error.checkpoint)
+          restore_input_state = False
+          resume = restore_order.resume_point(model_dir, order=resume.order)
         except errors.CheckpointRestoreError as error:
           # Raised by the restore, before any step: resume from an older
           # checkpoint instead.

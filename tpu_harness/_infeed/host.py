@@ -48,6 +48,7 @@ the runner see of it, and of a pod's (`pod.PodInfeed`).
 
 from __future__ import annotations
 
+import contextlib
 import queue as queue_lib
 import threading
 from typing import Any, Callable, List, Optional, Protocol
@@ -208,6 +209,8 @@ class HostInfeed:
     # because the resumed one was used up.
     self._first_request: Optional[int] = None
     self._new_pass = False
+    # Whether nothing was read yet since a saved position was restored.
+    self._just_restored = False
 
   @property
   def element_spec(self) -> Any:
@@ -253,6 +256,7 @@ class HostInfeed:
 
   def _start(self, session, fresh: bool) -> None:
     skip, taken, state = self._initialize(session, fresh)
+    self._just_restored = state is not None
     # The most elements the take lets this start read.
     self._read_limit = skip + (self._max_steps or 0)
     self._session = session
@@ -322,7 +326,8 @@ class HostInfeed:
     the rest from the first chunk filled)."""
     if not count:
       return
-    self._reads += self._fill.drop(session, count)
+    with self._naming_a_restored_position():
+      self._reads += self._fill.drop(session, count)
     logging.info("Read and dropped %d steps of %s input already trained "
                  "on.", count, self._name)
 
@@ -347,7 +352,8 @@ class HostInfeed:
       position.fill_started(self._session, self._reads, asked)
     read = 0
     try:
-      read, queued = self._fill.run(self._session, asked)
+      with self._naming_a_restored_position():
+        read, queued = self._fill.run(self._session, asked)
       self._reads += read
     finally:
       if position is not None:
@@ -356,6 +362,25 @@ class HostInfeed:
                             input_ended=(read < asked
                                          and self._reads < self._read_limit))
     return read, queued
+
+  @contextlib.contextmanager
+  def _naming_a_restored_position(self):
+    """Around a read: the first since a saved position was restored raises
+    its TF error as a `RestoredPositionError` naming the position's
+    checkpoint (the fingerprint cannot foresee every stale position)."""
+    if not self._just_restored:
+      yield
+      return
+    try:
+      yield
+    except (tf.errors.OutOfRangeError, tf.errors.CancelledError):
+      raise  # The input's end, or the infeed stopping.
+    except tf.errors.OpError as error:
+      if self._stopping:
+        raise
+      raise position_lib.RestoredPositionError(
+          self._position.checkpoint, error) from error
+    self._just_restored = False
 
   def _stream(self, count: int) -> bool:
     """Host thread, streaming: enqueues `count` promised elements. If the
@@ -374,7 +399,8 @@ class HostInfeed:
     except Exception as error:  # pylint: disable=broad-except
       if self._stopping:
         return False
-      logging.error("%s infeed failed: %s", self._name, error)
+      if not isinstance(error, position_lib.RestoredPositionError):
+        logging.error("%s infeed failed: %s", self._name, error)
       self._failure = error
       if self._close is not None:  # A TPU's infeed cannot be closed.
         try:

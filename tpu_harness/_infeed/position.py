@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import re
 from typing import Callable, ContextManager, Dict, List, Optional, Tuple
 
 from absl import logging
@@ -76,20 +77,43 @@ class Start:
   skip: int
 
 
+class RestoredPositionError(Exception):
+  """Reading the input right after restoring the position saved in
+  `checkpoint` failed (e.g. a record offset that no longer fits a file
+  rewritten with the same size): the training runner restarts the session
+  reading and dropping the steps of the pass instead (`InputPosition(
+  restore_state=False)`)."""
+
+  def __init__(self, checkpoint: Optional[str], error: BaseException):
+    self.checkpoint = checkpoint
+    self.error = error
+    message = getattr(error, "message", None) or str(error)
+    super().__init__(
+        f"Reading the training input right after restoring the input "
+        f"position saved in {checkpoint} failed (resume_input='exact'): "
+        f"{type(error).__name__}: {_first_line(message)}")
+
+
 class InputPosition:
   """Saves the training input's position with each checkpoint and restores
   it on resume (`exact` and `skip` modes): one `HostPosition` per host's
   infeed."""
 
-  def __init__(self, mode: str, checkpoint: Optional[str], start_step: int):
+  def __init__(self, mode: str, checkpoint: Optional[str], start_step: int,
+               restore_state: bool = True):
     """Args:
       mode: `EXACT` or `SKIP`.
       checkpoint: the checkpoint training resumes from, or None.
       start_step: its global step (0 without one).
+      restore_state: whether the iterator state saved there is restored;
+        False after reading right after restoring it failed
+        (`RestoredPositionError`): the steps of its pass are read and
+        dropped instead, in the same order.
     """
     self._exact = mode == EXACT
     self._checkpoint = checkpoint
     self._start_step = start_step
+    self.restore_state = restore_state
     self._hosts: List[HostPosition] = []
     self._warned = set()
     self._expect: Callable[[int], bool] = lambda step: False
@@ -325,10 +349,11 @@ class HostPosition:
                             pass_start=saved.pass_start)
     self._seeds = list(saved.seeds)
     feed = self._rewrite.seed_feed(self._seeds) if self._rewrite else {}
-    if saved.state and self._saves_state:
+    if saved.state and self._saves_state and group.restore_state:
       return Start(feed=feed, state=saved.state, taken=saved.taken,
                    skip=saved.skip)
-    if group.exact and self._disabled is None and self.steps_of_pass:
+    if (group.exact and self._disabled is None and self.steps_of_pass
+        and group.restore_state):
       group.warn_once(
           "stateless", "Checkpoint %s holds no iterator state (its "
           "pipeline's position could not be saved, or it was saved with "
@@ -465,11 +490,20 @@ class HostPosition:
                                self._fingerprint_in: fingerprint})
 
 
+# Lines of a TF graph-execution error that are not its message: the
+# wrapper's first line, where the failing op was defined (a Python stack),
+# its node's name.
+_NOT_THE_MESSAGE = re.compile(
+    r"^(Graph execution error:|Detected at node |Node: |File \"|"
+    r"\[\[\{\{node )")
+
+
 def _first_line(message: str) -> str:
-  """The first line of a TF error message that says something (TF's
-  wrappers start some with 'Graph execution error:')."""
+  """The first line of a TF error message that says something: not the
+  wrapper's 'Graph execution error:', the stack where the op was defined,
+  or the node name lines around the message."""
   lines = [line.strip() for line in message.splitlines() if line.strip()]
-  useful = [line for line in lines if line != "Graph execution error:"]
+  useful = [line for line in lines if not _NOT_THE_MESSAGE.match(line)]
   return (useful or lines or [""])[0]
 
 

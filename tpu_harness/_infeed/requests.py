@@ -26,6 +26,8 @@ from typing import Callable, Optional, Tuple
 
 from absl import logging
 
+from tpu_harness._infeed import position as position_lib
+
 Fill = Callable[[int], Tuple[int, int]]
 
 
@@ -89,7 +91,10 @@ class BufferedRequests:
     try:
       available = self._make_available(steps)
     except Exception as error:  # pylint: disable=broad-except
-      if not stopping():
+      # A restored position that fails is the runner's to report: it
+      # trains again without it.
+      if not stopping() and not isinstance(
+          error, position_lib.RestoredPositionError):
         logging.error("%s infeed failed: %s", self._name, error)
       with self._lock:
         self._outstanding -= 1

@@ -72,6 +72,9 @@ class TrainRequest:
     hooks: the caller's SessionRunHooks.
     listeners: the caller's CheckpointSaverListeners.
     lease: the lease held on `model_dir`.
+    restore_input_state: whether the iterator state of the input position
+      saved in `resume.checkpoint` is restored (False after reading right
+      after restoring it failed: its steps are read and dropped instead).
   """
   input_fn: Callable[..., Any]
   resume: restore_order.ResumePoint
@@ -80,6 +83,7 @@ class TrainRequest:
   hooks: Sequence[tf.compat.v1.train.SessionRunHook]
   listeners: Sequence[Any]
   lease: ModelDirLease
+  restore_input_state: bool = True
 
 
 def train(job: Job, request: TrainRequest) -> bool:
@@ -155,7 +159,8 @@ def _build_graph(job: Job, request: TrainRequest) -> tuple:
     tf.compat.v1.set_random_seed(config.tf_random_seed)
   with tf.device(job.device.variable_device):
     spec_lib.create_global_step()
-  position = _input_position(config.resume_input, resume)
+  position = _input_position(config.resume_input, resume,
+                             request.restore_input_state)
   loop = job.device.build_train(job.model_fn, request.input_fn, job.params,
                                 skip_steps=0,
                                 max_steps=request.last_step - resume.step,
@@ -244,7 +249,8 @@ def _hooks(job: Job, loop: BuiltLoop,
   ] + list(loop.spec.training_hooks) + list(request.hooks) + [saver_hook]
 
 
-def _input_position(mode: str, resume: restore_order.ResumePoint
+def _input_position(mode: str, resume: restore_order.ResumePoint,
+                    restore_state: bool = True
                     ) -> Optional[input_position.InputPosition]:
   """The InputPosition to save and restore for `RunConfig.resume_input`
   `mode`; None for `restart`."""
@@ -253,7 +259,8 @@ def _input_position(mode: str, resume: restore_order.ResumePoint
       logging.info("resume_input='restart': the input starts again from "
                    "its first element at step %d.", resume.step)
     return None
-  return input_position.InputPosition(mode, resume.checkpoint, resume.step)
+  return input_position.InputPosition(mode, resume.checkpoint, resume.step,
+                                      restore_state=restore_state)
 
 
 def _first_loop(job: Job, request: TrainRequest) -> int:
