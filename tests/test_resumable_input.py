@@ -155,6 +155,9 @@ def test_inspect_reports_what_a_position_cannot_hold(tmp_path):
       lambda: iter(range(3)), output_signature=tf.TensorSpec([], tf.int64))
   python = tf.data.Dataset.range(3).map(
       lambda i: tf.py_function(lambda v: v, [i], tf.int64))
+  legacy_interleave = tf.data.Dataset.range(3).apply(
+      tf.data.experimental.parallel_interleave(
+          lambda i: tf.data.Dataset.from_tensors(i), cycle_length=2))
   augmented = tf.data.Dataset.range(3).map(
       lambda i: tf.random.uniform([]) + tf.cast(i, tf.float32))
   def kinds(dataset):
@@ -167,5 +170,6 @@ def test_inspect_reports_what_a_position_cannot_hold(tmp_path):
                           "recomputed)"]
   assert "from_generator" in kinds(generated)
   assert kinds(python) == ["py_function"]
+  assert kinds(legacy_interleave) == ["experimental parallel_interleave"]
   assert resumable_input.inspect(augmented) == resumable_input.Findings(
       unsaveable=[], random_ops=["RandomUniform"])
