@@ -197,6 +197,9 @@ class HostInfeed:
     self._session = None
     self._stopping = False
     self._take_feed = None
+    # The input's length at the last initialization (tf.data's
+    # cardinality; None where the fill does not stream).
+    self._length: Optional[int] = None
     self._failure: Optional[BaseException] = None
     # Host thread: elements the iterator has read since `start` (those
     # dropped included), take's count at start, and the most the take
@@ -272,17 +275,17 @@ class HostInfeed:
     self._drop(session, skip)
     if self._position is not None:
       self._position.fill_ended(self._reads)
-    self._answers = self._answerer(session, taken)
+    self._answers = self._answerer(taken)
     self._requests = queue_lib.Queue()
     self._thread = threading.Thread(target=self._serve, daemon=True,
                                     name=f"{self._name}_infeed")
     self._thread.start()
 
-  def _answerer(self, session, taken: int):
+  def _answerer(self, taken: int):
     """Streamed requests where the input's length is known (element fills
     only), else buffered."""
-    if self._fill.cardinality is not None:
-      length = int(session.run(self._fill.cardinality, self._take_feed))
+    length = self._length
+    if length is not None:
       if length >= 0 or length == int(tf.data.INFINITE_CARDINALITY):
         # Of the take's count, `taken` were given before this start.
         return requests_lib.StreamedRequests(
@@ -319,7 +322,13 @@ class HostInfeed:
     self._take_feed = dict(feed or {})
     if self._take is not None:
       self._take_feed[self._take] = before + self._max_steps
-    session.run(self._fill.iterator.initializer, self._take_feed or None)
+    # The input's length (see `_answerer`) in the same run: one executor
+    # fewer to make at start-up.
+    fetches = [self._fill.iterator.initializer]
+    if self._fill.cardinality is not None:
+      fetches.append(self._fill.cardinality)
+    values = session.run(fetches, self._take_feed or None)
+    self._length = int(values[1]) if len(values) > 1 else None
 
   def _drop(self, session, count: int) -> None:
     """Reads and drops `count` elements (in chunks, whole chunks now and
