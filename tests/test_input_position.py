@@ -39,8 +39,10 @@ def _at_least(index, first_allowed):
 
 
 def input_fn_from(first_allowed=0, shuffle=True, endless=True,
-                  py_function=False, extra_map=False):
-  """An input_fn; reading example i < first_allowed fails."""
+                  py_function=False, extra_map=False, features_alone=False):
+  """An input_fn; reading example i < first_allowed fails. With
+  `features_alone`, its elements are dicts, the labels among the features
+  (see `_labels_from_features`)."""
 
   def input_fn(params):
     dataset = tf.data.Dataset.range(10**9 if endless else 400)
@@ -53,14 +55,22 @@ def input_fn_from(first_allowed=0, shuffle=True, endless=True,
       dataset = dataset.shuffle(64, seed=7)
     if extra_map:  # Another pipeline than the one saved.
       dataset = dataset.map(lambda i: i + 0)
-    return dataset.map(_examples).batch(params["batch_size"],
-                                        drop_remainder=True)
+    dataset = dataset.map(_examples)
+    if features_alone:
+      dataset = dataset.map(lambda x, y: {"x": x, "y": y})
+    return dataset.batch(params["batch_size"], drop_remainder=True)
 
   return input_fn
 
 
+def _labels_from_features(features, labels, mode, params):
+  """linear_model_fn for an input of features alone."""
+  assert labels is None, labels
+  return linear_model_fn(features["x"], features["y"], mode, params)
+
+
 def _runner(model_dir, mode="exact", ipl=5, save_steps=10, kind="chunks",
-            **config):
+            model_fn=linear_model_fn, **config):
   config = th.RunConfig(str(model_dir), iterations_per_loop=ipl,
                         save_checkpoints_steps=save_steps, resume_input=mode,
                         tf_random_seed=3, **config)
@@ -70,7 +80,7 @@ def _runner(model_dir, mode="exact", ipl=5, save_steps=10, kind="chunks",
         num_shards=1, iterations_per_loop=ipl,
         max_infeed_bytes=config.max_infeed_bytes,
         infeed_layout=InfeedLayout(per_element_bytes=1))
-  return th.Runner(linear_model_fn, config, train_batch_size=BATCH,
+  return th.Runner(model_fn, config, train_batch_size=BATCH,
                    device_loop=device)
 
 
@@ -111,14 +121,20 @@ def test_restart_starts_the_input_again(tmp_path):
                                        max_steps=30)
 
 
-def test_exact_resume_does_not_read_what_was_trained_on(tmp_path, caplog):
-  _runner(tmp_path).train(input_fn_from(), max_steps=50)
+@pytest.mark.parametrize("features_alone", [False, True],
+                         ids=["(features, labels)", "features alone"])
+def test_exact_resume_does_not_read_what_was_trained_on(tmp_path, caplog,
+                                                        features_alone):
+  model_fn = _labels_from_features if features_alone else linear_model_fn
+  _runner(tmp_path, model_fn=model_fn).train(
+      input_fn_from(features_alone=features_alone), max_steps=50)
   caplog.set_level(std_logging.INFO)
   # 50 steps of 8 examples went by; the shuffle buffer holds the next 64.
   # Resuming reads from the snapshot before the last chunk filled (chunks
   # of 32 steps: elements 32 to 50 again, i.e. examples from 32 * 8 - 64).
-  _runner(tmp_path).train(input_fn_from(first_allowed=32 * BATCH - 64),
-                          max_steps=60)
+  _runner(tmp_path, model_fn=model_fn).train(
+      input_fn_from(first_allowed=32 * BATCH - 64,
+                    features_alone=features_alone), max_steps=60)
   assert weights(str(tmp_path)) is not None
   dropped = [r.getMessage() for r in caplog.records
              if "Read and dropped" in r.getMessage()]
@@ -127,8 +143,22 @@ def test_exact_resume_does_not_read_what_was_trained_on(tmp_path, caplog):
   # Skip mode reads them all.
   with pytest.raises(tf.errors.InvalidArgumentError,
                      match="already trained on"):
-    _runner(tmp_path, "skip").train(input_fn_from(first_allowed=64),
-                                    max_steps=70)
+    _runner(tmp_path, "skip", model_fn=model_fn).train(
+        input_fn_from(first_allowed=64, features_alone=features_alone),
+        max_steps=70)
+
+
+def test_features_alone_resume_with_the_weights_of_an_uninterrupted_run(
+    tmp_path):
+  def runner(name):
+    return _runner(tmp_path / name, model_fn=_labels_from_features)
+
+  runner("straight").train(input_fn_from(features_alone=True), max_steps=40)
+  for stop in (7, 23, 40):  # Mid-loop, between saves.
+    runner("resumed").train(input_fn_from(features_alone=True),
+                            max_steps=stop)
+  np.testing.assert_array_equal(weights(str(tmp_path / "resumed")),
+                                weights(str(tmp_path / "straight")))
 
 
 def test_checkpoints_hold_the_position_beside_the_model(tmp_path):

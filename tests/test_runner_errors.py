@@ -79,8 +79,11 @@ def test_missing_batch_size_for_a_mode(tmp_path):
 @pytest.mark.parametrize("input_fn,error,message", [
     (lambda params: [1, 2], TypeError,
      "`input_fn` must return a tf.data.Dataset, or tensors: (features, labels) or features (a tensor or a dict of them); got list"),
-    (lambda params: tf.data.Dataset.from_tensor_slices(np.zeros((8, 4))),
-     TypeError, "must return a Dataset of (features, labels) pairs"),
+    (lambda params: tf.data.Dataset.from_tensor_slices(
+        (np.zeros((8, 4)), np.zeros(8), np.zeros(8))),
+     TypeError, "`input_fn` must return (features, labels) as a tuple of "
+     "two, or features alone (a tensor or a dict of them), as TPUEstimator "
+     "took; its elements are a tuple of 3"),
     (lambda params: tf.data.Dataset.from_tensor_slices(
         (np.zeros((8, 4), np.float32), np.zeros((8, 1), np.float32))).batch(
             params["batch_size"]), th.InputShapeError,

@@ -153,3 +153,76 @@ def test_a_one_shot_iterator_over_a_shuffle_trains(tmp_path):
   runner.train(input_fn, max_steps=10)
   assert tf.train.load_checkpoint(runner.latest_checkpoint()).get_tensor(
       "global_step") == 10
+
+
+def _features_only(params):
+  """bert's input: a dict Dataset, the label among the features."""
+  x = np.arange(24, dtype=np.float32).reshape(12, 2)
+  return tf.data.Dataset.from_tensor_slices(
+      {"x": x, "label_ids": np.arange(12, dtype=np.int32)}).batch(
+          params["batch_size"], drop_remainder=True)
+
+
+def _iterator_tensors(dataset):
+  return tf.compat.v1.data.make_one_shot_iterator(dataset).get_next()
+
+
+# What TPUEstimator read as features alone (model_fn's labels None), in
+# every mode: a dict or a tensor, from a Dataset or from tensors, and
+# (features, None).
+_FEATURES_ALONE = {
+    "dict dataset": _features_only,
+    "tensor dataset": lambda params: _features_only(params).map(
+        lambda features: features["x"]),
+    "(features, None) dataset": lambda params: _features_only(params).map(
+        lambda features: (features, None)),
+    "dict iterator tensors": lambda params: _iterator_tensors(
+        _features_only(params)),
+    "tensor iterator tensors": lambda params: _iterator_tensors(
+        _features_only(params))["x"],
+    "(features, None) tensors": lambda params: (
+        _iterator_tensors(_features_only(params)), None),
+    "fake data (features, None)": lambda params: (
+        {"x": tf.zeros([params["batch_size"], 2]),
+         "label_ids": tf.zeros([params["batch_size"]], tf.int32)}, None),
+}
+
+
+@pytest.mark.parametrize("mode", [th.ModeKeys.TRAIN, th.ModeKeys.EVAL,
+                                  th.ModeKeys.PREDICT])
+@pytest.mark.parametrize("name", sorted(_FEATURES_ALONE))
+def test_input_fn_may_return_features_alone_in_every_mode(name, mode):
+  with tf.Graph().as_default():
+    dataset = step_input.make_input(_FEATURES_ALONE[name],
+                                    {"batch_size": 4}, mode)
+    spec = dataset.element_spec
+    features, labels = step_input.features_and_labels(spec)
+    assert labels is None
+    x = features["x"] if isinstance(features, dict) else features
+    assert x.shape.as_list() == [4, 2]
+    if "fake" not in name:
+      first = _first(dataset, 1)[0]
+      np.testing.assert_array_equal(
+          first["x"] if isinstance(first, dict) else first,
+          np.arange(8).reshape(4, 2))
+    expected = (["features['label_ids']", "features['x']"]
+                if isinstance(features, dict) else ["features"])
+    assert step_input.element_names(spec) == expected
+
+
+@pytest.mark.parametrize("returned", [
+    lambda params: tf.data.Dataset.from_tensors((tf.zeros([4, 2]),)),
+    lambda params: tf.data.Dataset.from_tensors(
+        (tf.zeros([4, 2]), tf.zeros([4]), tf.zeros([4]))),
+    lambda params: [tf.zeros([4, 2]), tf.zeros([4]), tf.zeros([4])],
+], ids=["1-tuple", "3-tuple", "list of 3 tensors"])
+@pytest.mark.parametrize("mode", [th.ModeKeys.TRAIN, th.ModeKeys.PREDICT])
+def test_tuples_of_other_than_two_are_refused(returned, mode):
+  # TPUEstimator unpacked a tuple as (features, labels); Estimator refused
+  # a tuple or list of another length.
+  with tf.Graph().as_default():
+    with pytest.raises(TypeError, match=r"\(features, labels\) as a tuple "
+                       r"of two, or features alone .* its elements are a "
+                       r"tuple of [13]"):
+      step_input.make_input(returned, {"batch_size": 4}, mode)
+

@@ -91,6 +91,19 @@ def test_input_the_infeed_cannot_carry(tmp_path):
   assert "is string; a TPU's infeed carries numbers" in problems[0].detail
 
 
+def test_features_alone_are_checked_with_labels_none(tmp_path):
+  def model_fn(features, labels, mode, params):
+    assert labels is None, labels  # The labels are among the features.
+    return models.model_fn("ok")(features["x"], features["y"], mode, params)
+
+  def input_fn(params):
+    return models.input_fn(params).map(lambda x, y: {"x": x, "y": y})
+
+  assert _runner(model_fn, tmp_path, shards=2).check_tpu_compatibility(
+      train_input_fn=input_fn, eval_input_fn=input_fn,
+      predict_input_fn=input_fn) == []
+
+
 def test_the_digits_model_passes_on_two_replicas(tmp_path):
   runner = th.Runner(
       digits.model_fn,

@@ -150,6 +150,37 @@ def test_eval_graph_sends_loss_and_metric_tensors_per_core(per_host_input):
     assert "_tpu_replicate" not in metric.op.node_def.attr
 
 
+def _labels_from_features(features, labels, mode, params):
+  assert labels is None, labels  # Features alone, as TPUEstimator gave.
+  return linear_model_fn(features["x"], features["y"], mode, params)
+
+
+def _features_alone_input(params):
+  x, y = runner_models.data(64)
+  return tf.data.Dataset.from_tensor_slices({"x": x, "y": y}).repeat().batch(
+      params["batch_size"], drop_remainder=True)
+
+
+@pytest.mark.parametrize("mode, per_host_input", [
+    ("train", False), ("eval", False), ("eval", True)])
+def test_features_alone_build_with_labels_none(mode, per_host_input):
+  tf.compat.v1.train.get_or_create_global_step()
+  loop = th.TpuLoop(num_shards=2, iterations_per_loop=4,
+                    per_host_input=per_host_input)
+  build = loop.build_train if mode == "train" else loop.build_eval
+  kwargs = {"skip_steps": 0} if mode == "train" else {}
+  built = build(_labels_from_features, _features_alone_input,
+                {"batch_size": 4}, **kwargs)
+  by_type = _by_type(_ops(tf.compat.v1.get_default_graph().as_graph_def()))
+  # Each core's features, in tf.nest order: 'x' [4, 4], 'y' [4, 1].
+  for node in by_type["InfeedEnqueueTuple"] + by_type["InfeedDequeueTuple"]:
+    assert _shapes(node) == [[4, 4], [4, 1]]
+  assert built.fetches["outfeed"]["loss"].shape.as_list() == [None]
+  if mode == "eval":  # metric_fn's tensors: 'y' of the features.
+    assert built.fetches["outfeed"]["metric/labels"].shape.as_list() == [
+        None, 8, 1]
+
+
 @pytest.mark.parametrize("per_host_input", [False, True])
 def test_predict_graph_pads_batches_and_sends_real_row_counts(
     per_host_input):

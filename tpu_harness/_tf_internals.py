@@ -47,6 +47,9 @@ signature.
   loops need the dataset behind them, so while `input_fn` runs the makers
   of such iterators (private methods of `DatasetV1`, which both the
   methods and `tf.compat.v1.data.make_*_iterator` call) record it.
+- An `input_fn` may give `(features, None)`, which TPUEstimator read as
+  features alone; in a Dataset's element spec the None is a
+  `NoneTensorSpec`, a class with no public name (`is_none_spec`).
 - `export_saved_model(export_to_tpu=True)` writes the `['serve', 'tpu']`
   metagraph as TPUEstimator built it, with the same TF pieces it used and
   that have no public name: api version 1 calls `model_fn` inside
@@ -66,6 +69,7 @@ from tensorflow.python.data.experimental.ops import shuffle_ops  # pylint: disab
 from tensorflow.python.data.ops import dataset_ops  # pylint: disable=g-direct-tensorflow-import
 from tensorflow.python.framework import function  # pylint: disable=g-direct-tensorflow-import
 from tensorflow.python.framework import kernels  # pylint: disable=g-direct-tensorflow-import
+from tensorflow.python.framework import none_tensor  # pylint: disable=g-direct-tensorflow-import
 from tensorflow.python.ops import summary_ops_v2  # pylint: disable=g-direct-tensorflow-import
 from tensorflow.python.tpu import functional as tpu_functional  # pylint: disable=g-direct-tensorflow-import
 from tensorflow.python.tpu import tpu as tpu_lib  # pylint: disable=g-direct-tensorflow-import
@@ -223,6 +227,11 @@ def has_xla_kernel(op_type: str) -> bool:
   registered = kernels.get_registered_kernels_for_op(op_type)
   return any(kernel.device_type == _XLA_CPU_JIT
              for kernel in registered.kernel)
+
+
+def is_none_spec(spec) -> bool:
+  """Whether `spec` (a Dataset's element spec or part of one) is a None."""
+  return isinstance(spec, none_tensor.NoneTensorSpec)
 
 
 def iterator_resource(iterator) -> tf.Tensor:

@@ -146,7 +146,8 @@ class Runner:
     is finished first.
 
     Args:
-      input_fn: `input_fn(params) -> Dataset` of (features, labels) with
+      input_fn: `input_fn(params) -> Dataset` of (features, labels), or of
+        features alone (`model_fn` gets `labels=None`), with
         fixed-shape batches of `params['batch_size']`; called once per
         host, `params['input_context']` (a `tf.distribute.InputContext`)
         says which of how many hosts' input it makes.
@@ -249,7 +250,8 @@ class Runner:
     """Evaluates a checkpoint; returns its metrics, `loss` and `global_step`.
 
     Args:
-      input_fn: `input_fn(params) -> Dataset` of (features, labels).
+      input_fn: `input_fn(params) -> Dataset` of (features, labels), or of
+        features alone (`model_fn` gets `labels=None`).
       steps: eval steps; None runs until the input ends.
       checkpoint_path: the checkpoint; default: the latest in `model_dir`.
       name: eval name: events go to `model_dir/eval_<name>` (or `/eval`).

@@ -40,6 +40,7 @@ import tensorflow as tf
 from tpu_harness import _tf_internals
 from tpu_harness import spec as spec_lib
 from tpu_harness.loops import cross_shard
+from tpu_harness.loops import step_input
 from tpu_harness.spec import ModeKeys
 
 # Collections each replica sees only its own entries of, while it is built.
@@ -216,7 +217,9 @@ def call_replicas(model_fn: Callable, element: Any, mode: str,
                   ) -> List[spec_lib.ModelSpec]:
   """Calls `model_fn` once per replica on its slice of `element` (or on
   `element` itself when it is not `stacked` by replica), each in the
-  emulation's replica context; returns the replicas' specs.
+  emulation's replica context; returns the replicas' specs. `element` is
+  (features, labels) or features alone (`labels=None`; see
+  `step_input.features_and_labels`).
 
   On a pod (`cores_per_host`), `element` holds one stacked element per
   host and replica i takes its part of host i // cores_per_host's; each
@@ -241,7 +244,7 @@ def call_replicas(model_fn: Callable, element: Any, mode: str,
         features, labels = (
             part if part is None or not stacked else
             tf.nest.map_structure(lambda t, i=position: t[i], part)
-            for part in source)
+            for part in step_input.features_and_labels(source))
         specs[index] = spec_lib.check_spec(
             model_fn(features, labels, mode, params), mode)
     cross_shard.require_used(context.used, mode == spec_lib.ModeKeys.TRAIN,

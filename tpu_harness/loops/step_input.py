@@ -14,12 +14,18 @@ batch stacked on a first axis of length `num_shards`:
 * prediction: each batch padded to its full size and paired with its count
   of real rows, so that the last, partial batch runs with the static shapes
   the loop was built for and its padding can be dropped on the host.
+
+An element is what `input_fn`'s Dataset yields, as TPUEstimator read it: a
+tuple of two is (features, labels); anything else (a tensor, a dict) is
+features alone, for which `model_fn` gets `labels=None`, in every mode
+(`features_and_labels`). Tuples of another length are refused, as
+TPUEstimator and Estimator refused them.
 """
 
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Tuple
 
 from absl import logging
 import tensorflow as tf
@@ -34,16 +40,33 @@ from tpu_harness.errors import InputShapeError
 def make_input(input_fn: Callable, params: Dict[str, Any], mode: str,
                check_shapes: bool = True,
                position: Optional[HostPosition] = None) -> tf.data.Dataset:
-  """Calls `input_fn` and checks its Dataset against the contract (fixed
-  batch shapes in TRAIN and EVAL only with `check_shapes`). With the
-  training input's `position`, `input_fn` runs within its `rewriting()`.
+  """Calls `input_fn` and checks its Dataset against the contract.
 
-  `input_fn` may return tensors instead, as TPUEstimator and Estimator
-  allowed: `(features, labels)` or features (a tensor or a dict). Read from
-  a tf.compat.v1 iterator (`make_one_shot_iterator().get_next()`), they
-  stand for the dataset behind it; otherwise (e.g. random fake data)
-  `input_fn` is called again inside a Dataset that repeats it, so that its
-  ops run once per batch, as TPUEstimator ran them each step.
+  The Dataset's elements are `(features, labels)` (a tuple of two) or
+  features alone (a tensor or a dict of them; `model_fn` then gets
+  `labels=None`), in every mode, as TPUEstimator took them (see
+  `features_and_labels`). `input_fn` may return tensors instead, as
+  TPUEstimator and Estimator allowed, in the same two forms. Read from a
+  tf.compat.v1 iterator (`make_one_shot_iterator().get_next()`), they stand
+  for the dataset behind it; otherwise (e.g. random fake data) `input_fn`
+  is called again inside a Dataset that repeats it, so that its ops run
+  once per batch, as TPUEstimator ran them each step.
+
+  Args:
+    input_fn: `input_fn(params)`.
+    params: its params.
+    mode: a ModeKeys value.
+    check_shapes: require fixed batch shapes (in TRAIN and EVAL only).
+    position: the training input's position: `input_fn` runs within its
+      `rewriting()`.
+
+  Returns:
+    The Dataset.
+
+  Raises:
+    TypeError: neither a Dataset nor tensors; elements that are a tuple of
+      other than two, or hold something other than dense tensors.
+    InputShapeError: with `check_shapes`, batches of no fixed shape.
   """
   with position.rewriting() if position is not None else (
       contextlib.nullcontext()):
@@ -51,11 +74,16 @@ def make_input(input_fn: Callable, params: Dict[str, Any], mode: str,
       returned = input_fn(params)
   dataset = _as_dataset(returned, made, lambda: input_fn(params))
   spec = dataset.element_spec
-  if mode != spec_lib.ModeKeys.PREDICT and not (
-      isinstance(spec, tuple) and len(spec) == 2):
-    raise TypeError(f"`input_fn` must return a Dataset of (features, "
-                    f"labels) pairs in mode {mode!r}; its elements are "
-                    f"{spec}.")
+  if (isinstance(spec, tuple) and len(spec) == 2
+      and _tf_internals.is_none_spec(spec[1])):
+    # (features, None): features alone, as TPUEstimator read it.
+    dataset = dataset.map(lambda features, labels: features)
+    spec = dataset.element_spec
+  if isinstance(spec, tuple) and len(spec) != 2:
+    raise TypeError(
+        f"`input_fn` must return (features, labels) as a tuple of two, or "
+        f"features alone (a tensor or a dict of them), as TPUEstimator "
+        f"took; its elements are a tuple of {len(spec)}: {spec}.")
   for name, leaf in zip(element_names(spec), tf.nest.flatten(spec)):
     if not isinstance(leaf, tf.TensorSpec):
       raise TypeError(f"`input_fn` must return a Dataset of dense tensors; "
@@ -76,6 +104,11 @@ def _as_dataset(returned: Any, made, call_again: Callable[[], Any]
   (see `make_input`)."""
   if isinstance(returned, tf.data.Dataset):
     return returned
+  if isinstance(returned, (list, tuple)) and len(returned) == 2 and (
+      returned[1] is None):
+    # (features, None): features alone, as TPUEstimator read it (a Dataset
+    # made by `call_again` yields the None too; `make_input` drops it).
+    returned = returned[0]
   flat = tf.nest.flatten(returned)
   if not flat or not all(isinstance(t, tf.Tensor) for t in flat):
     raise TypeError(
@@ -95,11 +128,22 @@ def _as_dataset(returned: Any, made, call_again: Callable[[], Any]
       lambda _: call_again())
 
 
+def features_and_labels(element: Any) -> Tuple[Any, Any]:
+  """An input element as `model_fn`'s (features, labels): a tuple of two is
+  the pair; anything else is features alone, with labels None (as
+  TPUEstimator's `_Inputs` parsed `input_fn`'s output)."""
+  if isinstance(element, tuple) and len(element) == 2:
+    return element[0], element[1]
+  return element, None
+
+
 def element_names(spec: Any) -> list:
   """Names of an input element's leaves: features..., labels..."""
-  if isinstance(spec, tuple) and len(spec) == 2:
-    return leaf_paths(spec[0], "features") + leaf_paths(spec[1], "labels")
-  return leaf_paths(spec, "features")
+  features, labels = features_and_labels(spec)
+  names = leaf_paths(features, "features")
+  if labels is not None:
+    names += leaf_paths(labels, "labels")
+  return names
 
 
 def per_step(dataset: tf.data.Dataset, num_shards: int, per_host: bool,
@@ -157,8 +201,7 @@ def padded_predict_input(dataset: tf.data.Dataset, batch_size: int,
   (features [num_shards, batch_size, ...], rows [num_shards]). With
   `per_host`, each input batch (up to `batch_size * num_shards` rows) is
   padded and then split among the replicas."""
-  element = dataset.element_spec
-  if isinstance(element, tuple) and len(element) == 2:
+  if features_and_labels(dataset.element_spec)[1] is not None:
     dataset = dataset.map(lambda features, labels: features)
   for path, spec in zip(leaf_paths(dataset.element_spec, "features"),
                         tf.nest.flatten(dataset.element_spec)):

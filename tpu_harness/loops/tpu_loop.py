@@ -223,9 +223,10 @@ class TpuLoop(LoopBuilder):
     return datasets
 
   def _step(self, model_fn, element, mode, params, holder) -> tuple:
-    """`model_fn` on one core's (features, labels); returns its spec and
-    the values it sends out: the loss, and the host_call's tensors."""
-    features, labels = element
+    """`model_fn` on one core's (features, labels) or features alone;
+    returns its spec and the values it sends out: the loss, and the
+    host_call's tensors."""
+    features, labels = step_input.features_and_labels(element)
     spec = spec_lib.check_spec(model_fn(features, labels, mode, params),
                                mode)
     holder["spec"] = spec

@@ -189,9 +189,8 @@ def _input(input_fn, input_params, params, mode, num_shards, per_host
   dataset = step_input.make_input(input_fn, input_params, mode,
                                   check_shapes=False)
   spec = dataset.element_spec
-  if mode == spec_lib.ModeKeys.PREDICT and isinstance(spec, tuple) and len(
-      spec) == 2:
-    spec = spec[0]  # Labels are dropped for predict.
+  if mode == spec_lib.ModeKeys.PREDICT:
+    spec = step_input.features_and_labels(spec)[0]  # Labels are dropped.
   batch_ops = [op for op in graph.get_operations()[first:]
                if op.type in _BATCH_OPS]
   batch_where = _where(batch_ops[-1]) if batch_ops else ""
@@ -241,10 +240,7 @@ def _input(input_fn, input_params, params, mode, num_shards, per_host
 def _step(model_fn, flat, structure, mode, params) -> List[tf.Tensor]:
   """One replica's step on `flat` inputs; the tensors it sends out."""
   element = tf.nest.pack_sequence_as(structure, list(flat))
-  if mode == spec_lib.ModeKeys.PREDICT:
-    features, labels = element, None
-  else:
-    features, labels = element
+  features, labels = step_input.features_and_labels(element)
   (spec,) = call_replicas(model_fn, (features, labels), mode, params,
                           num_shards=1, stacked=False)
   if mode == spec_lib.ModeKeys.PREDICT:
