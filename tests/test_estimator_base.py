@@ -204,3 +204,43 @@ def test_a_gpu_branchs_one_replica_strategy_trains(tmp_path):
                                              "learning_rate": 0.1})
   estimator.train(program.train_input_fn, max_steps=3)
   assert estimator.get_variable_value("global_step") == 3
+
+
+def _features_alone(input_fn, as_tensors):
+  """`input_fn`'s labels moved into its features ('y'), as BERT's input
+  returns them; as a Dataset or its iterator's tensors."""
+  def features_input_fn(params):
+    dataset = input_fn(params).map(lambda features, labels: dict(
+        features, y=labels))
+    if as_tensors:
+      return tf.compat.v1.data.make_one_shot_iterator(dataset).get_next()
+    return dataset
+  return features_input_fn
+
+
+def _labels_from_features(features, labels, mode, params, config):
+  assert labels is None, labels  # Estimator's labels for features alone.
+  return program.model_fn(features, features.get("y"), mode, params, config)
+
+
+def _no_labels_argument(features, mode, params, config):
+  return program.model_fn(features, features.get("y"), mode, params, config)
+
+
+@pytest.mark.parametrize("model_fn", [_labels_from_features,
+                                      _no_labels_argument])
+@pytest.mark.parametrize("as_tensors", [False, True],
+                         ids=["dataset", "iterator tensors"])
+def test_features_alone_train_and_evaluate(tmp_path, model_fn, as_tensors):
+  estimator = tf_estimator.Estimator(
+      model_fn, config=tf_estimator.RunConfig(
+          model_dir=str(tmp_path / "model"), tf_random_seed=1),
+      params={"batch_size": 16, "learning_rate": 0.1})
+  estimator.train(_features_alone(program.train_input_fn, as_tensors),
+                  max_steps=20)
+  assert estimator.get_variable_value("global_step") == 20
+  metrics = estimator.evaluate(
+      _features_alone(program.eval_input_fn, as_tensors))
+  assert metrics["global_step"] == 20
+  assert metrics["accuracy"] == pytest.approx(_eval_accuracy(estimator))
+  assert len(list(estimator.predict(program.predict_input_fn))) == 10

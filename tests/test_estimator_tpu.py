@@ -509,3 +509,114 @@ def test_per_host_v2_evaluation_reads_each_cores_batch_in_its_layout(
   assert results["v2"]["accuracy"] == pytest.approx(results["v1"]["accuracy"])
   assert results["v2"]["loss"] == pytest.approx(results["v1"]["loss"],
                                                 rel=1e-5)
+
+
+# A BERT-style program (google-research/bert's run_classifier shape):
+# `input_fn` returns a Dataset of feature dicts with the label among them,
+# so TPUEstimator called `model_fn` with `labels=None`.
+_BERT_VOCAB, _BERT_LENGTH = 16, 8
+
+
+def _bert_examples(count, seed):
+  rng = np.random.RandomState(seed)
+  ids = rng.randint(2, _BERT_VOCAB, size=(count, _BERT_LENGTH))
+  labels = (rng.rand(count) < 0.5).astype(np.int32)
+  ids[labels == 1, 0] = 1
+  return ids.astype(np.int32), labels
+
+
+def _bert_input_fn_builder(is_training, as_tensors=False):
+  ids, labels = _bert_examples(64, seed=0 if is_training else 1)
+
+  def input_fn(params):
+    d = tf.data.Dataset.from_tensor_slices(
+        {"input_ids": ids, "label_ids": labels})
+    if is_training:
+      d = d.repeat().shuffle(buffer_size=64, seed=1)
+    d = d.batch(params["batch_size"], drop_remainder=True)
+    if as_tensors:  # `features = make_one_shot_iterator(d).get_next()`
+      return tf.compat.v1.data.make_one_shot_iterator(d).get_next()
+    return d
+
+  return input_fn
+
+
+class _FeatureRowsHook(tf.compat.v1.train.SessionRunHook):
+  """A model_fn's hook on a features tensor: the rows it saw each run."""
+
+  def __init__(self, tensor, seen):
+    self._tensor, self._seen = tensor, seen
+
+  def before_run(self, run_context):
+    return tf.compat.v1.train.SessionRunArgs(self._tensor)
+
+  def after_run(self, run_context, run_values):
+    self._seen.append(np.shape(run_values.results))
+
+
+def _bert_model_fn(features, labels, mode, params, seen):
+  assert labels is None, labels  # The labels are in the features.
+  input_ids, label_ids = features["input_ids"], features["label_ids"]
+  embeddings = tf.compat.v1.get_variable(
+      "word_embeddings", [_BERT_VOCAB, 8],
+      initializer=tf.compat.v1.truncated_normal_initializer(stddev=0.02))
+  pooled = tf.reduce_mean(tf.nn.embedding_lookup(embeddings, input_ids), 1)
+  logits = tf.compat.v1.layers.dense(pooled, 2, name="classifier")
+  loss = tf.compat.v1.losses.sparse_softmax_cross_entropy(label_ids, logits)
+  if mode == tf_estimator.ModeKeys.TRAIN:
+    optimizer = tf.compat.v1.train.AdamOptimizer(0.1)
+    if params["use_tpu"]:
+      optimizer = tf.compat.v1.tpu.CrossShardOptimizer(optimizer)
+    train_op = optimizer.minimize(
+        loss, global_step=tf.compat.v1.train.get_or_create_global_step())
+    return tf_estimator.tpu.TPUEstimatorSpec(
+        mode=mode, loss=loss, train_op=train_op, training_hooks=[
+            _FeatureRowsHook(label_ids, seen)])
+
+  def metric_fn(label_ids, logits):  # A features tensor and the logits.
+    predictions = tf.argmax(logits, axis=-1, output_type=tf.int32)
+    return {"eval_accuracy": tf.compat.v1.metrics.accuracy(label_ids,
+                                                           predictions)}
+
+  return tf_estimator.tpu.TPUEstimatorSpec(
+      mode=mode, loss=loss, eval_metrics=(metric_fn, [label_ids, logits]))
+
+
+@pytest.mark.parametrize("cores, pipeline, as_tensors", [
+    (0, None, False),
+    (0, None, True),
+    (2, _PIPELINES.PER_HOST_V1, False),  # Eval batches split in two.
+    (2, _PIPELINES.PER_HOST_V2, False),
+    (2, _PIPELINES.PER_HOST_V2, True),
+], ids=["cpu", "cpu, iterator tensors", "2 cores PER_HOST_V1",
+        "2 cores PER_HOST_V2", "2 cores, iterator tensors"])
+def test_bert_style_features_alone_train_and_evaluate(tmp_path, cores,
+                                                      pipeline, as_tensors):
+  seen = []
+  tpu_config = tf_estimator.tpu.TPUConfig(iterations_per_loop=3,
+                                          num_shards=cores or None)
+  if pipeline is not None:
+    tpu_config = tf_estimator.tpu.TPUConfig(
+        iterations_per_loop=3, num_shards=cores,
+        per_host_input_for_training=pipeline)
+  estimator = tf_estimator.tpu.TPUEstimator(
+      model_fn=lambda features, labels, mode, params: _bert_model_fn(
+          features, labels, mode, params, seen), use_tpu=bool(cores),
+      config=tf_estimator.tpu.RunConfig(
+          model_dir=str(tmp_path), save_checkpoints_steps=3,
+          tpu_config=tpu_config),
+      train_batch_size=8, eval_batch_size=8)
+  estimator.train(_bert_input_fn_builder(True, as_tensors), max_steps=12)
+  assert estimator.get_variable_value("global_step") == 12
+  # The hook on a features tensor saw replica 0's rows, each step.
+  assert seen[-1][-1] == 8 // (cores or 1)
+  results = estimator.evaluate(_bert_input_fn_builder(False, as_tensors))
+  assert results["global_step"] == 12
+  # Over all 64 examples, from label_ids in the features, as the weights
+  # give it.
+  ids, labels = _bert_examples(64, seed=1)
+  pooled = estimator.get_variable_value("word_embeddings")[ids].mean(1)
+  logits = (pooled @ estimator.get_variable_value("classifier/kernel")
+            + estimator.get_variable_value("classifier/bias"))
+  assert results["eval_accuracy"] == pytest.approx(
+      np.mean(np.argmax(logits, 1) == labels))

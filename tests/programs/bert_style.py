@@ -75,7 +75,7 @@ def model_fn_builder(num_labels, learning_rate, use_tpu):
   """The `model_fn` closure, as BERT's run_classifier builds it."""
 
   def model_fn(features, labels, mode, params):
-    del labels, params  # In `features`; unused.
+    del labels, params  # None: input_fn gives features alone; unused.
     input_ids = features["input_ids"]
     label_ids = features["label_ids"]
     is_training = mode == tf.estimator.ModeKeys.TRAIN
@@ -110,11 +110,10 @@ def input_fn_builder(ids, labels, is_training, drop_remainder):
   """The `input_fn` closure over in-memory examples."""
 
   def input_fn(params):
-    # (features, labels) pairs, though model_fn reads the labels from the
-    # features: the harness does not yet take features alone in training
-    # and evaluation, as TPUEstimator did (MIGRATING.md).
+    # Features alone, the labels among them, as BERT's input_fn returns
+    # them: model_fn gets labels=None in every mode, as from TPUEstimator.
     d = tf.data.Dataset.from_tensor_slices(
-        ({"input_ids": ids, "label_ids": labels}, labels))
+        {"input_ids": ids, "label_ids": labels})
     if is_training:
       d = d.repeat().shuffle(buffer_size=100)
     return d.batch(params["batch_size"], drop_remainder=drop_remainder)
