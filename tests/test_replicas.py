@@ -57,9 +57,11 @@ _keras_model_fn = _model_fn_with(tf.keras.layers.Dense,
                                  tf.keras.initializers.GlorotUniform)
 
 
-def _train(model_dir, shards, batch=16, steps=6, model_fn=_bn_model_fn):
+def _train(model_dir, shards, batch=16, steps=6, model_fn=_bn_model_fn,
+           iterations_per_loop=3):
   runner = th.Runner(
-      model_fn, th.RunConfig(str(model_dir), iterations_per_loop=3,
+      model_fn, th.RunConfig(str(model_dir),
+                             iterations_per_loop=iterations_per_loop,
                              tpu=th.TPUConfig(num_shards=shards)),
       params={"use_tpu": shards > 1}, train_batch_size=batch * shards)
   runner.train(_same_batch_input(batch), max_steps=steps)
@@ -199,3 +201,116 @@ def test_each_replicas_total_loss_is_its_own(tmp_path):
   two = _train(tmp_path / "two", shards=2, model_fn=_losses_model_fn)
   np.testing.assert_allclose(two.get_tensor("w"), one.get_tensor("w"),
                              rtol=1e-5, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------
+# The optimizers TPUEstimator programs train with (issue 21): their slots,
+# and Adam's beta1_power and beta2_power (tf.compat.v1.Variable, made when
+# it first applies gradients), are created once and updated once per step
+# with the averaged gradients, as on a TPU.
+
+_OPTIMIZERS = {
+    "adam": lambda rate: tf.compat.v1.train.AdamOptimizer(rate),
+    "momentum": lambda rate: tf.compat.v1.train.MomentumOptimizer(
+        rate, 0.9, use_nesterov=True),
+    "rmsprop": lambda rate: tf.compat.v1.train.RMSPropOptimizer(
+        rate, momentum=0.9),
+    "adagrad": lambda rate: tf.compat.v1.train.AdagradOptimizer(rate),
+}
+
+
+def _optimizer_model_fn(name, shared=None):
+  """A tf.compat.v1.layers layer then a tf.keras one, in a variable scope
+  with AUTO_REUSE; the optimizer `name` on a learning-rate schedule, made
+  in `model_fn`, or `shared` (made once, outside it)."""
+
+  def model_fn(features, labels, mode, params):
+    with tf.compat.v1.variable_scope("net", reuse=tf.compat.v1.AUTO_REUSE):
+      hidden = tf.compat.v1.layers.dense(
+          features, 8, activation=tf.nn.relu, name="hidden",
+          kernel_initializer=tf.compat.v1.glorot_uniform_initializer(seed=1))
+      output = tf.keras.layers.Dense(
+          1, name="out",
+          kernel_initializer=tf.keras.initializers.GlorotUniform(seed=2))(
+              hidden)
+      loss = tf.reduce_mean(tf.square(output - labels))
+      optimizer = shared
+      if optimizer is None:
+        rate = tf.compat.v1.train.exponential_decay(
+            0.05, tf.compat.v1.train.get_global_step(), decay_steps=2,
+            decay_rate=0.5)
+        optimizer = _OPTIMIZERS[name](rate)
+        if params["use_tpu"]:
+          optimizer = tf.compat.v1.tpu.CrossShardOptimizer(optimizer)
+      train_op = optimizer.minimize(
+          loss, global_step=tf.compat.v1.train.get_global_step())
+    return th.ModelSpec(mode=mode, loss=loss, train_op=train_op)
+
+  return model_fn
+
+
+@pytest.fixture(params=["no loop", "v1 loop", "v2 loop"])
+def step_graph(request):
+  """How the steps are built: in the graph itself (iterations_per_loop=1),
+  in a v1 tf.while_loop (as after tf.compat.v1.disable_v2_behavior()), or
+  in a v2 one; returns iterations_per_loop. In the first two, an
+  optimizer's variables are made inside the replica that applies the
+  gradients; in a v2 loop, outside the loop."""
+  if request.param != "v1 loop":
+    yield 1 if request.param == "no loop" else 3
+    return
+  was_v2 = tf.compat.v1.control_flow_v2_enabled()
+  tf.compat.v1.disable_control_flow_v2()
+  try:
+    yield 3
+  finally:
+    if was_v2:
+      tf.compat.v1.enable_control_flow_v2()
+
+
+def _all_variables(reader):
+  """Every variable a checkpoint holds but the input's position."""
+  return {name: reader.get_tensor(name)
+          for name in reader.get_variable_to_shape_map()
+          if not name.startswith("tpu_harness_input/")}
+
+
+def _assert_same_training(one, two):
+  assert sorted(two) == sorted(one)
+  for name, value in one.items():
+    np.testing.assert_allclose(two[name], value, rtol=1e-5, atol=1e-6,
+                               err_msg=name)
+
+
+@pytest.mark.parametrize("name", sorted(_OPTIMIZERS))
+def test_optimizer_variables_are_made_once_and_shared(tmp_path, name,
+                                                       step_graph):
+  one = _all_variables(_train(
+      tmp_path / "one", shards=1, steps=3, model_fn=_optimizer_model_fn(name),
+      iterations_per_loop=step_graph))
+  two = _all_variables(_train(
+      tmp_path / "two", shards=2, steps=3, model_fn=_optimizer_model_fn(name),
+      iterations_per_loop=step_graph))
+  # The same variables (one set of slots, one beta1_power), trained alike.
+  _assert_same_training(one, two)
+  assert any("/out/kernel/" in n for n in two), sorted(two)  # Slots.
+  if name == "adam":
+    # Named in model_fn's scope as with one replica (not "net_1/...").
+    assert {"net/beta1_power", "net/beta2_power"} <= set(two)
+    # 0.9 at first, times 0.9 once per step: updated once, not per replica.
+    np.testing.assert_allclose(two["net/beta1_power"], 0.9 ** 4, rtol=1e-6)
+
+
+def test_an_optimizer_made_once_outside_model_fn_is_shared(tmp_path,
+                                                           step_graph):
+  def train(model_dir, shards):
+    optimizer = tf.compat.v1.train.AdamOptimizer(0.05, name="Adam")
+    if shards > 1:
+      optimizer = tf.compat.v1.tpu.CrossShardOptimizer(optimizer)
+    return _all_variables(_train(
+        model_dir, shards=shards, steps=3,
+        model_fn=_optimizer_model_fn("adam", shared=optimizer),
+        iterations_per_loop=step_graph))
+
+  _assert_same_training(train(tmp_path / "one", 1), train(tmp_path / "two", 2))
+

@@ -7,7 +7,10 @@ virtual CPU device, inside one loop body. `CrossShardOptimizer` then collects
 the gradients of every replica and applies their mean once, in the
 `apply_gradients` of the replica built last; the others' are no-ops. The
 CPU emulation builds replica 0 last, so that, as on a TPU, replica 0 reads
-the global step after the update once its own train op is built.
+the global step after the update once its own train op is built. What the
+wrapped optimizer creates as it applies them (slots, Adam's `beta1_power`
+and `beta2_power`) is created there once (`applying`), named as with one
+replica, and updated once per step: the copy every TPU core holds.
 One step of N replicas thus equals one step of one replica on the whole batch
 (for a loss that is a mean over the batch), and the global step advances once.
 
@@ -41,11 +44,25 @@ class _ReplicaContext:
   used: bool = False
   tpu: bool = False
   applies: int = 0  # apply_gradients calls so far in this step.
+  # Whether the wrapped optimizer is applying the combined gradients now.
+  applying: bool = False
+  # The name scope of this step's first apply_gradients call (the replica
+  # built first, whose names are those of a single replica).
+  scope: str = ""
 
 
 def current_replica() -> Optional[_ReplicaContext]:
   """The replica being built, or None outside the runner's loop."""
   return getattr(_LOCAL, "context", None)
+
+
+def applying() -> bool:
+  """Whether the replica being built is applying the replicas' combined
+  gradients with the wrapped optimizer: the variables it creates then
+  (its slots, Adam's `beta1_power` and `beta2_power`) are created once, in
+  this replica only, and updated once per step."""
+  context = current_replica()
+  return context is not None and context.applying
 
 
 @contextlib.contextmanager
@@ -170,6 +187,8 @@ class CrossShardOptimizer(tf.compat.v1.train.Optimizer):
       key = var.ref()
       context.grads.setdefault(key, []).append(grad)
       context.variables[key] = var
+    if not context.applies:
+      context.scope = tf.compat.v1.get_default_graph().get_name_scope()
     context.applies += 1
     if context.applies < context.count:
       return tf.no_op(name="collect_replica_gradients")
@@ -186,7 +205,17 @@ class CrossShardOptimizer(tf.compat.v1.train.Optimizer):
           total if self._reduction == tf.compat.v1.losses.Reduction.SUM
           else total / float(context.count), context.variables[key]))
     context.grads.clear()
-    return self._optimizer.apply_gradients(averaged, global_step, name)
+    context.applying = True
+    try:
+      # In the first-built replica's name scope, not this one's (e.g.
+      # "model_1/" for "model/"): variables the optimizer names from the
+      # scope (Adam's "model/beta1_power") are named as with one replica,
+      # whatever the number of replicas, so checkpoints restore across them.
+      with tf.compat.v1.name_scope(context.scope + "/" if context.scope
+                                   else None):
+        return self._optimizer.apply_gradients(averaged, global_step, name)
+    finally:
+      context.applying = False
 
   def get_slot(self, *args, **kwargs):
     return self._optimizer.get_slot(*args, **kwargs)

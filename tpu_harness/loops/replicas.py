@@ -26,6 +26,13 @@ means:
 - Variables created directly (`tf.Variable`, graph-mode `tf.keras` layers,
   which create new ones on every call) are shared too: those the
   first-built replica creates are handed, in the same order, to the others.
+- The optimizer's own variables (slots; Adam's `beta1_power` and
+  `beta2_power`, which it creates directly) are created once, by the
+  replica that applies the averaged gradients (`cross_shard.applying`),
+  and are shared like the variables they belong to: on a TPU every core
+  holds the same copy, updated with the same all-reduced gradients. They
+  are not matched against the other replicas' variables, and no replica
+  has its own copy of them.
 - A `tf.Variable` whose initial value is computed inside the loop cannot be
   created there; the error says so in the user's terms.
 """
@@ -127,8 +134,8 @@ def _getter(group: Group, index: int, own_state: bool):
     try:
       with _on(group.variable_device):
         variable = getter(name, *args, **kwargs)
-      if not own_state or not _is_state(variable, kwargs.get("trainable",
-                                                             True)):
+      if (not own_state or cross_shard.applying()
+          or not _is_state(variable, kwargs.get("trainable", True))):
         return variable
 
       def create(copy_name, copy_kwargs):
@@ -148,12 +155,20 @@ def _getter(group: Group, index: int, own_state: bool):
 
 def _creator(group: Group, index: int, first: bool, own_state: bool):
   """A variable creator: variables created directly (not by get_variable)
-  by the first-built replica are handed to the others in the same order;
-  errors of variables made inside the loop are explained."""
+  by the first-built replica are handed to the others in the same order,
+  but for the optimizer's, created once as it applies the gradients; errors
+  of variables made inside the loop are explained."""
 
   def creator(next_creator, **kwargs):
     if group.in_get_variable or group.count == 1:
       return _explained(next_creator, kwargs)
+    if cross_shard.applying():
+      # Adam's beta powers (tf.compat.v1.Variable): made in this replica
+      # only, once. Seen here when the step is built in the graph itself
+      # (no loop, or a v1 tf.while_loop); in a v2 loop tf.init_scope lifts
+      # them out of the loop's graph, and of this creator.
+      with _on(group.variable_device):
+        return _explained(next_creator, kwargs)
     if first:
       with _on(group.variable_device):
         variable = _explained(next_creator, kwargs)
