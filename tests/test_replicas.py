@@ -314,3 +314,20 @@ def test_an_optimizer_made_once_outside_model_fn_is_shared(tmp_path,
 
   _assert_same_training(train(tmp_path / "one", 1), train(tmp_path / "two", 2))
 
+
+def test_a_variable_only_one_replica_makes_is_still_refused(tmp_path):
+  """Not the optimizer's: `model_fn` itself builds a different model."""
+  calls = []
+  adam = _optimizer_model_fn("adam")
+
+  def model_fn(features, labels, mode, params):
+    calls.append(mode)
+    if len(calls) == 2:  # Replica 0, built after replica 1.
+      tf.Variable(lambda: tf.zeros([1]), name="extra")
+    return adam(features, labels, mode, params)
+
+  with pytest.raises(ValueError, match=r"Replica 0 creates more variables "
+                     r"directly .*: `model_fn` must build the same variables "
+                     r"for every replica"):
+    _train(tmp_path, shards=2, steps=1, model_fn=model_fn,
+           iterations_per_loop=1)
