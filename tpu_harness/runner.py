@@ -31,6 +31,7 @@ from tpu_harness._run import restore
 from tpu_harness._run import training
 from tpu_harness.config import RunConfig
 from tpu_harness.loops import cpu_loop
+from tpu_harness.loops import device_loop as device_loop_lib
 from tpu_harness.loops.device_loop import BuiltLoop
 from tpu_harness.loops.device_loop import DeviceLoop
 from tpu_harness.tpu import check as tpu_check
@@ -251,7 +252,10 @@ class Runner:
 
     Args:
       input_fn: `input_fn(params) -> Dataset` of (features, labels), or of
-        features alone (`model_fn` gets `labels=None`).
+        features alone (`model_fn` gets `labels=None`), in batches of
+        fixed shape; where the device loop takes them
+        (`CpuEmulationLoop(dynamic_eval_batch=True)`), batches of up to
+        `params['batch_size']` rows, e.g. a partial last one.
       steps: eval steps; None runs until the input ends.
       checkpoint_path: the checkpoint; default: the latest in `model_dir`.
       name: eval name: events go to `model_dir/eval_<name>` (or `/eval`).
@@ -265,6 +269,10 @@ class Runner:
       NoRestorableCheckpointError: checkpoints of the run exist, none
         restores.
       CheckpointRestoreError: `checkpoint_path` does not read back.
+      InputShapeError: batches of no fixed shape (with a device loop that
+        takes batches of no fixed size, `CpuEmulationLoop(
+        dynamic_eval_batch=True)`: of no fixed shape after the first
+        dimension).
     """
     if steps is not None:
       validation.positive_int("steps", steps)
@@ -288,8 +296,12 @@ class Runner:
       ran = 0
       try:
         for count, results, _ in self._run_loops(loop, session, steps):
+          # Values of batches of no fixed size come back padded: trimmed.
+          outfeed = device_loop_lib.trimmed(results["outfeed"], count)
+          if outfeed is not results["outfeed"]:
+            results = dict(results, outfeed=outfeed)
           host_loop.run_host_call(loop, results, count)
-          loop.metrics.update(results["outfeed"], count)
+          loop.metrics.update(outfeed, count)
           ran += count
       finally:
         loop.infeed.stop()

@@ -16,9 +16,11 @@ config / params, mode, config), `params` as given (no `batch_size`).
 
 What the runner adds, and asks: one trainer per model_dir, resuming from the
 newest checkpoint that reads back, SIGTERM/SIGINT save and stop; training
-and evaluation batches of fixed shape (`batch(..., drop_remainder=True)`),
-found from `input_fn`'s output before each run; prediction batches of any
-size up to the first one's.
+batches of fixed shape (`batch(..., drop_remainder=True)`), found from
+`input_fn`'s output before each run; evaluation and prediction batches of
+any size up to the first one's (`model_fn` gets each evaluation batch's
+rows, of a first dimension of unknown size where the input's is, as TF's
+Estimator gave them; the other dimensions must be fixed).
 """
 
 from __future__ import annotations
@@ -142,10 +144,10 @@ class Estimator:
 
   def _device_loop(self, mode: str, run_config: config_lib.RunConfig):
     """The loop builder of `mode`'s runner."""
-    del mode  # The same for each.
     return cpu_loop.CpuEmulationLoop(
         num_shards=1, iterations_per_loop=1,
-        max_infeed_bytes=run_config.max_infeed_bytes, per_host_input=True)
+        max_infeed_bytes=run_config.max_infeed_bytes, per_host_input=True,
+        dynamic_eval_batch=mode == ModeKeys.EVAL)
 
   def _runner_params(self) -> Dict[str, Any]:
     """The runner's params (which it checks and adds `batch_size` to);
@@ -286,7 +288,11 @@ class Estimator:
                hooks: Optional[Iterable] = None,
                checkpoint_path: Optional[str] = None,
                name: Optional[str] = None) -> Dict[str, Any]:
-    """Evaluates; returns the metrics with `loss` and `global_step`."""
+    """Evaluates; returns the metrics with `loss` and `global_step`.
+
+    Batches may be of any size up to the first one's (a partial last
+    batch), as TF's Estimator took them; see the module docstring.
+    """
     mode = ModeKeys.EVAL
     return self._runner(mode, self._batch_size(mode, input_fn)).evaluate(
         self._wrapped_input_fn(input_fn, mode), steps=steps,
@@ -383,10 +389,11 @@ class Estimator:
 def _input_batch_size(input_fn: Callable, mode: str) -> int:
   """The batch size of `input_fn`'s output (called with no runner params),
   read in a scratch graph: the static first dimension of its first tensor;
-  for prediction without one, the rows of its first batch.
+  for evaluation and prediction without one, the rows of its first batch
+  (the most rows a batch may have).
 
   Raises:
-    InputShapeError: training or evaluation batches without a fixed size.
+    InputShapeError: training batches without a fixed size.
   """
   with tf.Graph().as_default():
     dataset = step_input.make_input(lambda params: input_fn(params), {},
@@ -396,7 +403,7 @@ def _input_batch_size(input_fn: Callable, mode: str) -> int:
     rows = leaves[0].shape[0] if leaves[0].shape.rank else None
     if rows is not None:
       return int(rows)
-    if mode != ModeKeys.PREDICT:
+    if mode == ModeKeys.TRAIN:
       raise errors.InputShapeError(
           f"`input_fn` must return batches of a fixed size in mode "
           f"{mode!r} (batch with drop_remainder=True): tpu_harness runs "
@@ -406,6 +413,7 @@ def _input_batch_size(input_fn: Callable, mode: str) -> int:
     first = tf.nest.flatten(element)[0]
     with tf.compat.v1.Session() as session:
       rows = int(session.run(tf.shape(first)[0]))
-    logging.info("Predicting in batches of up to %d rows, the first batch "
-                 "of `input_fn`.", rows)
+    logging.info("%s in batches of up to %d rows, the first batch of "
+                 "`input_fn`.", "Predicting" if mode == ModeKeys.PREDICT
+                 else "Evaluating", rows)
     return rows

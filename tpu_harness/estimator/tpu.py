@@ -9,7 +9,9 @@ A thin mapping onto `tpu_harness.Runner`, with TPUEstimator's argument
 names, defaults and meaning:
 
 - `use_tpu=False`: one replica on the whole batch, as TPUEstimator on CPU;
-  `params['use_tpu']` is False.
+  `params['use_tpu']` is False. Evaluation off TPU cores (also with
+  `eval_on_tpu=False`) takes batches of no fixed size (a partial last one)
+  as TF's Estimator, which TPUEstimator ran there, took them.
 - `use_tpu=True` with a TPU (`RunConfig(cluster=...)` or `master=`): the
   loops are built with TPU ops, after a check on CPU that each step
   compiles for a TPU (`check_tpu_compatibility`). Without one,
@@ -184,16 +186,20 @@ class TPUEstimator(_estimator.Estimator):
 
   def _device_loop(self, mode: str, run_config: config_lib.RunConfig):
     tpu_config = self._config.tpu_config
-    loop_class = (tpu_loop.TpuLoop
-                  if self._on_tpu(mode) and self._on_tpu_hardware
-                  else cpu_loop.CpuEmulationLoop)
-    return loop_class(
+    kwargs = dict(
         num_shards=self._cores(mode),
         iterations_per_loop=tpu_config.iterations_per_loop,
         max_infeed_bytes=run_config.max_infeed_bytes,
         per_host_input=tpu_config.per_host_input_in(mode),
         host_call_every_n_steps=(
             tpu_config.experimental_host_call_every_n_steps))
+    if not self._on_tpu(mode):
+      # Off TPU cores TPUEstimator ran TF's Estimator, whose evaluation
+      # took batches of any size (a partial last one).
+      return cpu_loop.CpuEmulationLoop(
+          dynamic_eval_batch=mode == ModeKeys.EVAL, **kwargs)
+    return (tpu_loop.TpuLoop if self._on_tpu_hardware
+            else cpu_loop.CpuEmulationLoop)(**kwargs)
 
   def _runner_params(self) -> Dict[str, Any]:
     return self._params

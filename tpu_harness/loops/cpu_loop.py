@@ -12,7 +12,11 @@ Input: by default `input_fn` gets the per-replica batch size and each
 replica takes its own consecutive batch (TPUEstimator's PER_HOST_V2); with
 `per_host_input`, `input_fn` gets the global batch size and each batch is
 split among the replicas along its first axis (PER_HOST_V1, and
-TPUEstimator's evaluation and prediction input).
+TPUEstimator's evaluation and prediction input). With `dynamic_eval_batch`
+(one replica), evaluation batches of no fixed size are padded in the
+infeed and cut back to their real rows before `model_fn`; values of no
+static shape leave through a padding outfeed with their shapes
+(`device_loop.with_shapes`), and the host trims them.
 
 With iterations_per_loop=1 the run is a single step with no while loop and
 no outfeed queue: their fixed cost per run (about 110 us in a trace on a
@@ -35,6 +39,7 @@ from tpu_harness._infeed.host import Infeed
 from tpu_harness._infeed.layout import DEFAULT_LAYOUT
 from tpu_harness._infeed.layout import InfeedLayout
 from tpu_harness._infeed.position import InputPosition
+from tpu_harness.loops import device_loop
 from tpu_harness.loops import eval_metrics as eval_metrics_lib
 from tpu_harness.loops import replicas as replicas_lib
 from tpu_harness.loops import step_input
@@ -56,7 +61,8 @@ class CpuEmulationLoop(LoopBuilder):
                per_host_input: bool = False,
                host_call_every_n_steps: int = 1,
                hosts: Sequence[str] = (),
-               infeed_layout: InfeedLayout = DEFAULT_LAYOUT):
+               infeed_layout: InfeedLayout = DEFAULT_LAYOUT,
+               dynamic_eval_batch: bool = False):
     """Initializes the loop builder.
 
     Args:
@@ -74,10 +80,21 @@ class CpuEmulationLoop(LoopBuilder):
         infeed; the variables live on host 0. Empty: this process, or one
         session target, with `num_shards` virtual CPUs.
       infeed_layout: how the infeeds size their reads.
+      dynamic_eval_batch: evaluation batches may be of any size up to the
+        batch size, as TF's Estimator (and TPUEstimator with use_tpu=False)
+        took them, e.g. a partial last batch: `model_fn` gets each batch's
+        real rows, with a first dimension of unknown size (one replica on
+        one host only).
 
     Raises:
-      ValueError: `num_shards` is not a multiple of the number of hosts.
+      ValueError: `num_shards` is not a multiple of the number of hosts;
+        `dynamic_eval_batch` with several replicas or hosts.
     """
+    if dynamic_eval_batch and (num_shards != 1 or hosts):
+      raise ValueError(
+          f"`dynamic_eval_batch` needs one replica on one host, not "
+          f"num_shards={num_shards} on {max(1, len(hosts))} host(s): "
+          f"replicas run batches of fixed shape.")
     super().__init__(
         num_shards=num_shards, num_hosts=max(1, len(hosts)),
         iterations_per_loop=iterations_per_loop,
@@ -85,6 +102,7 @@ class CpuEmulationLoop(LoopBuilder):
         host_call_every_n_steps=host_call_every_n_steps,
         infeed_layout=infeed_layout, hosts_name="the number of `hosts`")
     self._hosts = tuple(hosts)
+    self._dynamic_eval_batch = dynamic_eval_batch
 
   @property
   def variable_device(self) -> str:
@@ -104,17 +122,32 @@ class CpuEmulationLoop(LoopBuilder):
   def _input(self, input_fn: Callable, params: Dict[str, Any], mode: str,
              name: str, skip_steps: int = 0,
              max_steps: Optional[int] = None,
-             position: Optional[InputPosition] = None):
+             position: Optional[InputPosition] = None,
+             cut: Optional[List[Callable]] = None):
     """The infeed of `input_fn`'s input: a HostInfeed, or on a pod a
     PodInfeed of one per host, each calling `input_fn` with its host's
-    `input_context` and reading its input on its host."""
+    `input_context` and reading its input on its host.
+
+    Given a list `cut` (one replica on one host), batches of no fixed size
+    are accepted: padded (`step_input.padded_batches`), with the function
+    that cuts a step's element back to its real rows appended to `cut`."""
     devices = ([pod.host_device(host) for host in range(self.num_hosts)]
                if self._hosts else [None])
-    return pod_infeed.per_host(name, devices, lambda host, infeed_name: self._infeed(
-        make_input(input_fn, self.input_params(params, host), mode,
-                   position=position.host(host) if position else None),
-        infeed_name, params, skip_steps, max_steps, position=position,
-        host=host), as_pod=bool(self._hosts))
+
+    def build(host, infeed_name):
+      dataset = make_input(
+          input_fn, self.input_params(params, host), mode,
+          position=position.host(host) if position else None,
+          dynamic_batch=cut is not None)
+      if cut is not None and step_input.has_dynamic_batch(
+          dataset.element_spec):
+        dataset, cut_fn = step_input.padded_batches(dataset,
+                                                    params["batch_size"])
+        cut.append(cut_fn)
+      return self._infeed(dataset, infeed_name, params, skip_steps,
+                          max_steps, position=position, host=host)
+
+    return pod_infeed.per_host(name, devices, build, as_pod=bool(self._hosts))
 
   def _infeed(self, dataset: tf.data.Dataset, name: str,
               params: Dict[str, Any], skip_steps: int = 0,
@@ -184,14 +217,17 @@ class CpuEmulationLoop(LoopBuilder):
   def _while_loop(self, infeed: Infeed, step_fn: Callable[[Any], tuple],
                   iterations: tf.Tensor) -> Dict[str, tf.Tensor]:
     """`iterations` steps; their values through an outfeed queue that the
-    host dequeues after the loop."""
+    host dequeues after the loop (a padding one if some value's shape is
+    not fully defined: see `device_loop.with_shapes`)."""
     holder = {}
 
     def body(i):
       ops, values = _step(infeed, step_fn)
       names = sorted(values)
+      fixed = all(values[n].shape.is_fully_defined() for n in names)
       with tf.init_scope():  # The outfeed lives outside the loop.
-        holder["outfeed"] = tf.queue.FIFOQueue(
+        holder["outfeed"] = (tf.queue.FIFOQueue if fixed
+                             else tf.queue.PaddingFIFOQueue)(
             self._iterations_per_loop, [values[n].dtype for n in names],
             shapes=[values[n].shape for n in names], names=names,
             name="outfeed")
@@ -214,17 +250,19 @@ class CpuEmulationLoop(LoopBuilder):
       return self._build_train(model_fn, input_fn, params, skip_steps,
                                max_steps, position)
 
-  def _replica_step(self, model_fn, element, mode, params, holder) -> tuple:
+  def _replica_step(self, model_fn, element, mode, params, holder,
+                    dynamic: bool = False) -> tuple:
     """The replicas' `model_fn` on a step's element; returns their specs
     and what every mode sends out: the mean loss, the host_call's and the
     hooks' tensors (the host_call, hook tensors and replica 0's spec go in
-    `holder`)."""
+    `holder`). `dynamic`: the batch has no fixed size; hook tensors of no
+    static shape are sent too."""
     specs = self._replicas(model_fn, element, mode, params,
                            stacked=self._cores > 1)
     holder["spec"] = specs[0]
     values = {LOSS: self._mean_loss(specs)}
     values.update(self._host_call(specs, holder))
-    values.update(_hook_tensors(specs[0], holder))
+    values.update(_hook_tensors(specs[0], holder, dynamic))
     return specs, values
 
   def _build_train(self, model_fn, input_fn, params, skip_steps, max_steps,
@@ -252,16 +290,23 @@ class CpuEmulationLoop(LoopBuilder):
 
   def _build_eval(self, model_fn, input_fn, params, steps):
     mode = spec_lib.ModeKeys.EVAL
-    infeed = self._input(input_fn, params, mode, "eval", max_steps=steps)
+    cut = [] if self._dynamic_eval_batch else None
+    infeed = self._input(input_fn, params, mode, "eval", max_steps=steps,
+                         cut=cut)
     holder = {}
 
     def step_fn(element):
+      if cut:
+        # A batch of no fixed size: its real rows, as Estimator gave them.
+        element = cut[0](element)
       specs, values = self._replica_step(model_fn, element, mode, params,
-                                         holder)
+                                         holder, dynamic=bool(cut))
       if _all_or_none(specs, "eval_metrics"):
         metrics = EvalMetrics(*specs[0].eval_metrics)
         holder["eval_metrics"] = metrics
         values.update(metrics.outfeed([s.eval_metrics[1] for s in specs]))
+      if cut:
+        values = device_loop.with_shapes(values)
       return self._step_metric_updates(specs[0], holder), values
 
     iterations, stacked = self._loop(infeed, step_fn)
@@ -333,9 +378,11 @@ def _all_or_none(specs: List[spec_lib.ModelSpec], field: str) -> bool:
   return all(given)
 
 
-def _hook_tensors(spec, holder) -> Dict[str, tf.Tensor]:
-  """The outfeed values of the tensors replica 0's hooks hold; the
-  HookTensors go in `holder`."""
-  found = HookTensors(spec.hooks_for_mode)
+def _hook_tensors(spec, holder, dynamic: bool = False
+                  ) -> Dict[str, tf.Tensor]:
+  """The outfeed values of the tensors replica 0's hooks hold (with
+  `dynamic`, those of no static shape too); the HookTensors go in
+  `holder`."""
+  found = HookTensors(spec.hooks_for_mode, dynamic=dynamic)
   holder["hook_tensors"] = found
   return found.outfeed()

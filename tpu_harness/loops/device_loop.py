@@ -16,7 +16,8 @@ from __future__ import annotations
 import abc
 import contextlib
 import dataclasses
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import (Any, Callable, Dict, List, Mapping, Optional,
+                    Sequence, Tuple)
 
 import tensorflow as tf
 
@@ -31,6 +32,10 @@ from tpu_harness._infeed.position import InputPosition
 LOSS = "loss"
 VALID = "__valid__"
 SINGLE_PREDICTION = "__single__"
+# The outfeed name of the shape of each step's value of another outfeed
+# value whose static shape is not fully defined (an evaluation batch of no
+# fixed size; see `with_shapes`).
+SHAPE_PREFIX = "__shape__/"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -231,3 +236,56 @@ def prediction_outfeed(per_replica: List[Any], valid: tf.Tensor
     values[name] = tf.stack([predictions[name]
                              for predictions in per_replica])
   return values
+
+
+def with_shapes(values: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
+  """One step's outfeed `values` with, for each whose static shape is not
+  fully defined, its shape under `SHAPE_PREFIX + name`: the outfeed pads
+  such values, and the host trims them back (`trimmed`, `trimmed_tensor`).
+
+  Raises:
+    ValueError: a value of unknown rank.
+  """
+  shapes = {}
+  for name, value in values.items():
+    if value.shape.is_fully_defined():
+      continue
+    if value.shape.rank is None:
+      raise ValueError(
+          f"A step's value {name!r} ({value.name}) has no known rank: it "
+          f"cannot leave the device loop. Give it a static rank "
+          f"(tf.ensure_shape).")
+    shapes[SHAPE_PREFIX + name] = tf.shape(value, out_type=tf.int32)
+  return dict(values, **shapes)
+
+
+def trimmed(outfeed: Mapping[str, Any], count: int) -> Mapping[str, Any]:
+  """A loop's outfeed ({name: [steps, ...]} as numpy arrays) with each
+  padded value (see `with_shapes`) a list of its `count` steps' values,
+  each trimmed to its real shape; `outfeed` itself if none is padded.
+  Either way `result[name][step]` is that step's value."""
+  if not any(name.startswith(SHAPE_PREFIX) for name in outfeed):
+    return outfeed
+  result = {}
+  for name, value in outfeed.items():
+    if name.startswith(SHAPE_PREFIX):
+      continue
+    shapes = outfeed.get(SHAPE_PREFIX + name)
+    if shapes is None:
+      result[name] = value
+      continue
+    result[name] = [
+        value[step][tuple(slice(0, int(size)) for size in shapes[step])]
+        for step in range(count)]
+  return result
+
+
+def trimmed_tensor(stacked: Mapping[str, tf.Tensor], name: str,
+                   step: int) -> tf.Tensor:
+  """Step `step` of the loop's outfeed value `name` (a graph tensor),
+  trimmed to its real shape if the outfeed padded it (see `with_shapes`)."""
+  value = stacked[name][step]
+  shape = stacked.get(SHAPE_PREFIX + name)
+  if shape is None:
+    return value
+  return tf.slice(value, tf.zeros_like(shape[step]), shape[step])

@@ -136,7 +136,9 @@ class HostMetrics(tf.compat.v1.train.SessionRunHook):
     """Updates the metrics with each of a loop's `count` steps.
 
     Args:
-      outfeed: the loop's outfeed, {name: [steps, ...]} as numpy arrays.
+      outfeed: the loop's outfeed, {name: [steps, ...]} as numpy arrays,
+        or per step (`device_loop.trimmed`: each step's value trimmed of
+        its padding).
       count: the steps the loop ran.
     """
     for step in range(count):

@@ -130,7 +130,8 @@ class HostCall(tf.compat.v1.train.SessionRunHook):
     values.
 
     Args:
-      values: the loop's outfeed, {name: [steps, ...]} as numpy arrays.
+      values: the loop's outfeed, {name: [steps, ...]} as numpy arrays,
+        or per step (`device_loop.trimmed`).
       count: the steps the loop ran.
     """
     if not self._ops:

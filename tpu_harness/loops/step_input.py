@@ -13,7 +13,11 @@ batch stacked on a first axis of length `num_shards`:
   axis;
 * prediction: each batch padded to its full size and paired with its count
   of real rows, so that the last, partial batch runs with the static shapes
-  the loop was built for and its padding can be dropped on the host.
+  the loop was built for and its padding can be dropped on the host;
+* evaluation off TPU cores (one replica, `padded_batches`): batches of no
+  fixed size (a partial last one) padded to the batch size and paired
+  with their count of real rows, which the step cuts them back to, so
+  that `model_fn` gets each batch's real rows as TF's Estimator gave them.
 
 An element is what `input_fn`'s Dataset yields, as TPUEstimator read it: a
 tuple of two is (features, labels); anything else (a tensor, a dict) is
@@ -39,7 +43,8 @@ from tpu_harness.errors import InputShapeError
 
 def make_input(input_fn: Callable, params: Dict[str, Any], mode: str,
                check_shapes: bool = True,
-               position: Optional[HostPosition] = None) -> tf.data.Dataset:
+               position: Optional[HostPosition] = None,
+               dynamic_batch: bool = False) -> tf.data.Dataset:
   """Calls `input_fn` and checks its Dataset against the contract.
 
   The Dataset's elements are `(features, labels)` (a tuple of two) or
@@ -59,6 +64,8 @@ def make_input(input_fn: Callable, params: Dict[str, Any], mode: str,
     check_shapes: require fixed batch shapes (in TRAIN and EVAL only).
     position: the training input's position: `input_fn` runs within its
       `rewriting()`.
+    dynamic_batch: with `check_shapes`, the first (batch) dimension need
+      not be fixed, only the others (see `padded_batches`).
 
   Returns:
     The Dataset.
@@ -66,7 +73,8 @@ def make_input(input_fn: Callable, params: Dict[str, Any], mode: str,
   Raises:
     TypeError: neither a Dataset nor tensors; elements that are a tuple of
       other than two, or hold something other than dense tensors.
-    InputShapeError: with `check_shapes`, batches of no fixed shape.
+    InputShapeError: with `check_shapes`, batches of no fixed shape (with
+      `dynamic_batch`: of no fixed shape after the first dimension).
   """
   with position.rewriting() if position is not None else (
       contextlib.nullcontext()):
@@ -90,10 +98,16 @@ def make_input(input_fn: Callable, params: Dict[str, Any], mode: str,
                       f"{name} is a {type(leaf).__name__}.")
   if check_shapes and mode != spec_lib.ModeKeys.PREDICT:
     for name, leaf in zip(element_names(spec), tf.nest.flatten(spec)):
+      if dynamic_batch and leaf.shape.rank is not None and (
+          leaf.shape[1:].is_fully_defined()):
+        continue
       if not leaf.shape.is_fully_defined():
         raise InputShapeError(
             f"`input_fn` must return batches of fixed shape in mode "
             f"{mode!r} (batch with drop_remainder=True); {name} has shape "
+            f"{leaf.shape}." if not dynamic_batch else
+            f"`input_fn` must return batches whose dimensions after the "
+            f"first are fixed in mode {mode!r}; {name} has shape "
             f"{leaf.shape}.")
   return dataset
 
@@ -191,6 +205,59 @@ def _pad_to(tensor: tf.Tensor, rows: int) -> tf.Tensor:
   """`tensor` with zero rows appended up to `rows` along its first axis."""
   return tf.pad(tensor, [[0, rows - tf.shape(tensor)[0]]]
                 + [[0, 0]] * (tensor.shape.rank - 1))
+
+
+def has_dynamic_batch(spec: Any) -> bool:
+  """Whether some tensor of an input element has no fixed first dimension
+  (a batch of no fixed size)."""
+  return any(not leaf.shape.is_fully_defined()
+             for leaf in tf.nest.flatten(spec))
+
+
+def padded_batches(dataset: tf.data.Dataset, batch_size: int
+                   ) -> Tuple[tf.data.Dataset, Callable[[Any], Any]]:
+  """Batches of up to `batch_size` rows, of no fixed size, padded to
+  `batch_size` and paired with their count of real rows, so that the
+  infeed holds them as it holds fixed batches. Tensors of fixed shape are
+  left as they are; the others must agree on their rows.
+
+  Args:
+    dataset: `make_input(..., dynamic_batch=True)`'s Dataset.
+    batch_size: the most rows of a batch.
+
+  Returns:
+    (the Dataset of (element, rows), every tensor of fixed shape; a
+    function of such an element on the device that cuts each padded tensor
+    back to its real rows, its first dimension then unknown, as the
+    input's was).
+  """
+  dynamic = [not leaf.shape.is_fully_defined()
+             for leaf in tf.nest.flatten(dataset.element_spec)]
+
+  def pad(*element):
+    element = element if len(element) > 1 else element[0]
+    flat = tf.nest.flatten(element)
+    counts = [tf.shape(t)[0] for t, d in zip(flat, dynamic) if d]
+    rows = counts[0]
+    checks = [tf.debugging.assert_less_equal(
+        rows, batch_size, message=f"an input batch has more rows than the "
+        f"batch size ({batch_size})")]
+    checks += [tf.debugging.assert_equal(
+        count, rows, message="an input batch's tensors have different "
+        "numbers of rows") for count in counts[1:]]
+    with tf.control_dependencies(checks):
+      padded = [tf.ensure_shape(_pad_to(t, batch_size),
+                                [batch_size] + t.shape[1:].as_list())
+                if d else t for t, d in zip(flat, dynamic)]
+    return tf.nest.pack_sequence_as(element, padded), rows
+
+  def cut(padded_element):
+    element, rows = padded_element
+    flat = [t[:rows] if d else t
+            for t, d in zip(tf.nest.flatten(element), dynamic)]
+    return tf.nest.pack_sequence_as(element, flat)
+
+  return dataset.map(pad), cut
 
 
 def padded_predict_input(dataset: tf.data.Dataset, batch_size: int,
