@@ -244,3 +244,44 @@ def test_features_alone_train_and_evaluate(tmp_path, model_fn, as_tensors):
   assert metrics["global_step"] == 20
   assert metrics["accuracy"] == pytest.approx(_eval_accuracy(estimator))
   assert len(list(estimator.predict(program.predict_input_fn))) == 10
+
+
+def _partial_eval_input_fn():
+  """10 examples in batches of 4 (4, 4, 2), as an input_fn that batches
+  with drop_remainder=False gives them."""
+  x, y = program.data(10, seed=3)
+  return tf.data.Dataset.from_tensor_slices(({"x": x}, y)).batch(4)
+
+
+def _batch_metrics(estimator, batches):
+  """(accuracy, mean probability over the examples of the first `batches`
+  batches of 4, the unweighted mean of their batch losses, as TF's
+  Estimator's `loss`), from the checkpoint's weights."""
+  x, y = program.data(10, seed=3)
+  logits = (x @ estimator.get_variable_value("logits/kernel")
+            + estimator.get_variable_value("logits/bias")).astype(np.float64)
+  shifted = logits - logits.max(1, keepdims=True)
+  probabilities = np.exp(shifted) / np.exp(shifted).sum(1, keepdims=True)
+  losses = -np.log(probabilities[np.arange(len(y)), y])
+  rows = min(10, 4 * batches)
+  return (np.mean(np.argmax(logits, 1)[:rows] == y[:rows]),
+          np.mean(probabilities.max(1)[:rows]),
+          np.mean([losses[start:start + 4].mean()
+                   for start in range(0, rows, 4)]))
+
+
+def test_eval_metric_ops_over_a_partial_last_batch_as_estimator(tmp_path):
+  estimator = program.estimator(str(tmp_path / "model"))
+  estimator.train(program.train_input_fn, max_steps=5)
+  metrics = estimator.evaluate(_partial_eval_input_fn)
+  accuracy, probability, loss = _batch_metrics(estimator, 3)
+  assert metrics["global_step"] == 5
+  # eval_metric_ops saw each batch's real rows: all 10 examples.
+  assert metrics["accuracy"] == pytest.approx(accuracy)
+  assert metrics["mean_probability"] == pytest.approx(probability)
+  assert metrics["loss"] == pytest.approx(loss, rel=1e-5)
+  metrics = estimator.evaluate(_partial_eval_input_fn, steps=2)
+  accuracy, probability, loss = _batch_metrics(estimator, 2)
+  assert metrics["accuracy"] == pytest.approx(accuracy)
+  assert metrics["mean_probability"] == pytest.approx(probability)
+  assert metrics["loss"] == pytest.approx(loss, rel=1e-5)

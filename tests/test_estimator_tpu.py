@@ -15,6 +15,7 @@ import tensorflow as tf
 
 from support import estimator_programs as programs
 from support.tf_fixtures import event_records
+from tpu_harness import errors
 from tpu_harness import estimator as tf_estimator
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
@@ -554,7 +555,7 @@ class _FeatureRowsHook(tf.compat.v1.train.SessionRunHook):
     self._seen.append(np.shape(run_values.results))
 
 
-def _bert_model_fn(features, labels, mode, params, seen):
+def _bert_model_fn(features, labels, mode, params, seen, eval_seen=None):
   assert labels is None, labels  # The labels are in the features.
   input_ids, label_ids = features["input_ids"], features["label_ids"]
   embeddings = tf.compat.v1.get_variable(
@@ -579,7 +580,9 @@ def _bert_model_fn(features, labels, mode, params, seen):
                                                            predictions)}
 
   return tf_estimator.tpu.TPUEstimatorSpec(
-      mode=mode, loss=loss, eval_metrics=(metric_fn, [label_ids, logits]))
+      mode=mode, loss=loss, eval_metrics=(metric_fn, [label_ids, logits]),
+      evaluation_hooks=([_FeatureRowsHook(label_ids, eval_seen)]
+                        if eval_seen is not None else None))
 
 
 @pytest.mark.parametrize("cores, pipeline, as_tensors", [
@@ -620,3 +623,81 @@ def test_bert_style_features_alone_train_and_evaluate(tmp_path, cores,
             + estimator.get_variable_value("classifier/bias"))
   assert results["eval_accuracy"] == pytest.approx(
       np.mean(np.argmax(logits, 1) == labels))
+
+
+# ----------------------------------------------------------------------------
+# Evaluation batches of no fixed size off TPU cores (issue 21): BERT's
+# run_classifier batches its eval input with drop_remainder=use_tpu.
+
+
+def _partial_eval_input_fn(params):
+  """10 examples in batches of params['batch_size'] (4: 4, 4, 2)."""
+  ids, labels = _bert_examples(10, seed=1)
+  return tf.data.Dataset.from_tensor_slices(
+      {"input_ids": ids, "label_ids": labels}).batch(
+          params["batch_size"], drop_remainder=False)
+
+
+def _bert_batch_metrics(estimator, batches):
+  """(accuracy over the examples of the first `batches` batches of 4, the
+  unweighted mean of their batch losses, as Estimator's `loss`), from the
+  checkpoint's weights."""
+  ids, labels = _bert_examples(10, seed=1)
+  pooled = estimator.get_variable_value("word_embeddings")[ids].mean(1)
+  logits = (pooled @ estimator.get_variable_value("classifier/kernel")
+            + estimator.get_variable_value("classifier/bias"))
+  logits = logits.astype(np.float64)
+  shifted = logits - logits.max(1, keepdims=True)
+  losses = (np.log(np.exp(shifted).sum(1))
+            - shifted[np.arange(len(labels)), labels])
+  rows = min(10, 4 * batches)
+  accuracy = np.mean(np.argmax(logits, 1)[:rows] == labels[:rows])
+  loss = np.mean([losses[start:start + 4].mean()
+                  for start in range(0, rows, 4)])
+  return accuracy, loss
+
+
+@pytest.mark.parametrize("iterations", [2, 1])
+def test_use_tpu_false_evaluates_a_partial_last_batch_as_estimator(
+    tmp_path, iterations):
+  seen, eval_seen = [], []
+  estimator = tf_estimator.tpu.TPUEstimator(
+      model_fn=lambda features, labels, mode, params: _bert_model_fn(
+          features, labels, mode, params, seen, eval_seen),
+      use_tpu=False,
+      config=tf_estimator.tpu.RunConfig(
+          model_dir=str(tmp_path), tpu_config=tf_estimator.tpu.TPUConfig(
+              iterations_per_loop=iterations)),
+      train_batch_size=8, eval_batch_size=4)
+  estimator.train(_bert_input_fn_builder(True), max_steps=6)
+  results = estimator.evaluate(_partial_eval_input_fn)
+  accuracy, loss = _bert_batch_metrics(estimator, 3)
+  assert results["global_step"] == 6
+  # Every example, each batch's real rows: metric_fn and the loss as
+  # Estimator gave them (the mean of the 3 batches' losses).
+  assert results["eval_accuracy"] == pytest.approx(accuracy)
+  assert results["loss"] == pytest.approx(loss, rel=1e-5)
+  # The hook on a features tensor saw the last step of each loop, its
+  # real rows.
+  assert eval_seen == ([(4,), (2,)] if iterations == 2
+                       else [(4,), (4,), (2,)])
+  results = estimator.evaluate(_partial_eval_input_fn, steps=2)
+  accuracy, loss = _bert_batch_metrics(estimator, 2)
+  assert results["eval_accuracy"] == pytest.approx(accuracy)
+  assert results["loss"] == pytest.approx(loss, rel=1e-5)
+
+
+def test_emulated_cores_still_need_fixed_eval_batches(tmp_path):
+  estimator = tf_estimator.tpu.TPUEstimator(
+      model_fn=lambda features, labels, mode, params: _bert_model_fn(
+          features, labels, mode, params, []),
+      use_tpu=True,
+      config=tf_estimator.tpu.RunConfig(
+          model_dir=str(tmp_path), tpu_config=tf_estimator.tpu.TPUConfig(
+              iterations_per_loop=2, num_shards=2)),
+      train_batch_size=8, eval_batch_size=4)
+  estimator.train(_bert_input_fn_builder(True), max_steps=2)
+  with pytest.raises(errors.InputShapeError,
+                     match=r"fixed shape in mode 'eval' \(batch with "
+                     r"drop_remainder=True\)"):
+    estimator.evaluate(_partial_eval_input_fn)
