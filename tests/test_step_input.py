@@ -7,6 +7,7 @@ import tensorflow as tf
 import tpu_harness as th
 from support.runner_fixtures import make_runner
 from support.runner_models import train_input_fn
+from tpu_harness import _tf_internals
 from tpu_harness.loops import step_input
 
 
@@ -113,6 +114,65 @@ def test_input_fn_may_return_tensors_read_from_an_iterator(returns):
       np.testing.assert_array_equal(element[1], labels)
     else:
       np.testing.assert_array_equal(element["x"], features)
+
+
+def test_input_fn_may_return_tensors_computed_from_an_iterator(tmp_path):
+  """mobilenet's `images, labels = make_one_shot_iterator().get_next();
+  images = tf.reshape(images, ...)` over a list_files pipeline (a stateful
+  seed generator): the ops between the iterator and the tensors run on
+  each element of its dataset, as TPUEstimator ran them each step."""
+  for part in range(2):
+    with tf.io.TFRecordWriter(str(tmp_path / f"part-{part}")) as writer:
+      for index in range(6):
+        writer.write(np.float32([part * 6 + index] * 4).tobytes())
+
+  def input_fn(params):
+    files = tf.data.Dataset.list_files(str(tmp_path / "part-*"),
+                                       shuffle=False)
+    dataset = files.flat_map(tf.data.TFRecordDataset).map(
+        lambda record: tf.io.decode_raw(record, tf.float32)).batch(
+            params["batch_size"], drop_remainder=True)
+    rows = tf.compat.v1.data.make_one_shot_iterator(dataset).get_next()
+    images = tf.reshape(rows, [params["batch_size"], 2, 2, 1]) / 2.0
+    return {"image": images}, tf.cast(rows[:, 0], tf.int32) % 3
+
+  with tf.Graph().as_default():
+    dataset = step_input.make_input(input_fn, {"batch_size": 4},
+                                    th.ModeKeys.TRAIN)
+    assert dataset.element_spec[0]["image"].shape.as_list() == [4, 2, 2, 1]
+    got = _first(dataset, 3)
+  for batch, (features, labels) in enumerate(got):
+    first = np.arange(batch * 4, batch * 4 + 4, dtype=np.float32)
+    np.testing.assert_array_equal(features["image"][:, 0, 0, 0], first / 2)
+    np.testing.assert_array_equal(labels, first.astype(np.int32) % 3)
+
+
+def test_tensors_computed_from_an_iterator_and_a_variable_are_refused_a_copy(
+    ):
+  """A computation that reads the graph's state (here a variable) cannot
+  move into the dataset: `input_fn` is called again per batch instead
+  (the fake-data path), as before."""
+  def input_fn(params):
+    scale = tf.compat.v1.get_variable("scale", initializer=2.0,
+                                      use_resource=True)
+    features, labels = tf.compat.v1.data.make_one_shot_iterator(
+        _pairs(params)).get_next()
+    return features * scale, labels
+
+  with tf.Graph().as_default():
+    with _tf_internals.iterators_made() as made:
+      returned = input_fn({"batch_size": 4})
+    assert len(made) == 1
+    assert step_input._lifted(  # pylint: disable=protected-access
+        returned, list(returned), made) is None
+    # Without the variable the same computation is lifted.
+    features, labels = tf.compat.v1.data.make_one_shot_iterator(
+        _pairs({"batch_size": 4})).get_next()
+    with _tf_internals.iterators_made() as made:
+      features, labels = tf.compat.v1.data.make_one_shot_iterator(
+          _pairs({"batch_size": 4})).get_next()
+    assert step_input._lifted(  # pylint: disable=protected-access
+        (features * 2.0, labels), [features * 2.0, labels], made) is not None
 
 
 def test_input_fn_may_return_fake_data_tensors_made_anew_each_batch():

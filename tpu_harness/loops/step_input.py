@@ -135,11 +135,86 @@ def _as_dataset(returned: Any, made, call_again: Callable[[], Any]
       indices = [t.value_index for t in flat]
       return dataset.map(lambda *element: tf.nest.pack_sequence_as(
           returned, [tf.nest.flatten(element)[i] for i in indices]))
+  lifted = _lifted(returned, flat, made)
+  if lifted is not None:
+    return lifted
   logging.info("`input_fn` returned tensors that are not read from a "
                "tf.data iterator: it is called again inside a Dataset that "
                "repeats it, so that its ops run once per batch.")
   return tf.data.Dataset.from_tensors(0).repeat().map(
       lambda _: call_again())
+
+
+# Ops a computation on an iterator's output cannot be moved into a
+# Dataset.map with: state of the session's graph (variables, feeds,
+# queues, other iterators).
+_NOT_LIFTED = ("Placeholder", "PlaceholderWithDefault", "VarHandleOp",
+               "VariableV2", "Variable", "ReadVariableOp", "Iterator",
+               "IteratorV2", "AnonymousIteratorV3", "MakeIterator",
+               "OneShotIterator", "QueueDequeueV2", "QueueDequeueManyV2")
+
+
+def _lifted(returned: Any, flat: list, made) -> Optional[tf.data.Dataset]:
+  """The Dataset that tensors computed from one tf.compat.v1 iterator's
+  output stand for (e.g. `images, labels = iterator.get_next(); return
+  tf.reshape(images, shape), labels`): the iterator's dataset mapped with
+  a copy of the ops between its output and the tensors, which
+  TPUEstimator ran once per step. None if they read anything else of the
+  session's graph (a variable, a feed, another iterator)."""
+  resources = {resource.name for resource, _ in made}
+  datasets = {resource.name: dataset for resource, dataset in made}
+  source, ops, pending = None, {}, [t.op for t in flat]
+  while pending:
+    op = pending.pop()
+    if op.name in ops or (source is not None and op is source):
+      continue
+    if op.type == "IteratorGetNext" and op.inputs[0].name in resources:
+      if source is not None and op is not source:
+        return None  # Two iterators, or two reads of one.
+      source = op
+      continue
+    if op.type in _NOT_LIFTED:
+      return None
+    ops[op.name] = op
+    pending.extend(t.op for t in op.inputs)
+    pending.extend(op.control_inputs)
+  if source is None:
+    return None
+  graph_def = source.graph.as_graph_def()
+  part = type(graph_def)()
+  part.versions.CopyFrom(graph_def.versions)
+  part.library.CopyFrom(graph_def.library)
+  for node in graph_def.node:
+    if node.name in ops:
+      copied = part.node.add()
+      copied.CopyFrom(node)
+      copied.device = ""
+      if "_class" in copied.attr:  # Colocation with ops left behind.
+        del copied.attr["_class"]
+      if any(name.lstrip("^").split(":")[0] == source.name
+             for name in copied.input if name.startswith("^")):
+        return None  # A control dependency on the read itself.
+  # The read's outputs the copied ops take (import_graph_def refuses
+  # mapping others).
+  used = sorted({t.value_index for op in ops.values() for t in op.inputs
+                 if t.op is source})
+  logging.info("`input_fn` returned tensors computed from a tf.data "
+               "iterator's output: the same ops run on each element of the "
+               "iterator's dataset (%d ops).", len(ops))
+
+  def compute(*element):
+    values = tf.nest.flatten(element)
+    computed = [t for t in flat if t.op is not source]
+    outputs = iter(tf.graph_util.import_graph_def(
+        part, input_map={f"{source.name}:{index}": values[index]
+                         for index in used},
+        return_elements=[t.name for t in computed], name="input_fn")
+                   if computed else [])
+    return tf.nest.pack_sequence_as(returned, [
+        values[t.value_index] if t.op is source else next(outputs)
+        for t in flat])
+
+  return datasets[source.inputs[0].name].map(compute)
 
 
 def features_and_labels(element: Any) -> Tuple[Any, Any]:
