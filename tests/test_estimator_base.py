@@ -285,3 +285,15 @@ def test_eval_metric_ops_over_a_partial_last_batch_as_estimator(tmp_path):
   assert metrics["accuracy"] == pytest.approx(accuracy)
   assert metrics["mean_probability"] == pytest.approx(probability)
   assert metrics["loss"] == pytest.approx(loss, rel=1e-5)
+
+
+def test_the_private_global_step_loader_tpu_programs_call(tmp_path):
+  # efficientnet's main.py: `estimator._load_global_step_from_checkpoint_dir(
+  # FLAGS.model_dir)` before its train/evaluate loop (install() provides it
+  # at TF's private path).
+  from tpu_harness.estimator import _estimator  # pylint: disable=g-import-not-at-top
+  model_dir = str(tmp_path / "model")
+  assert _estimator._load_global_step_from_checkpoint_dir(model_dir) == 0  # pylint: disable=protected-access
+  estimator = program.estimator(model_dir)
+  estimator.train(program.train_input_fn, max_steps=3)
+  assert _estimator._load_global_step_from_checkpoint_dir(model_dir) == 3  # pylint: disable=protected-access

@@ -156,6 +156,10 @@ def test_every_import_form_gives_tpu_harness_estimator_after_install():
               is ours.tpu.InputPipelineConfig.PER_HOST_V2)
       import tensorflow_estimator.python.estimator.tpu.tpu_estimator as t
       assert t is tpu_estimator
+      # TF 1's private path, for one private function (efficientnet).
+      from tensorflow.python.estimator import estimator as private
+      assert private.Estimator is ours.Estimator
+      assert private._load_global_step_from_checkpoint_dir("/nonexistent") == 0
 
       # What is not provided stays an error that says so.
       try:

@@ -28,10 +28,15 @@ with `setattr` (`tf.compat.v1` is a lazy-loading wrapper whose `__setattr__`
 also sets the attribute on the module it wraps), and the import system
 finds registered `sys.modules` entries before looking anywhere else.
 
+TF 1's private `tensorflow.python.estimator.estimator` holds `Estimator`
+and `_load_global_step_from_checkpoint_dir`, the one private function TPU
+programs (efficientnet's `main.py`) import from it.
+
 Not covered: `tf.contrib` (TF 1's `tf.contrib.tpu.TPUEstimator`), the
-private `tensorflow.python.estimator` path, `tensorflow_estimator.compat`,
-and the estimator modules we do not implement (canned estimators, heads,
-`early_stopping`, `keras_lib`, ...): importing those stays an error.
+rest of the private `tensorflow.python.estimator` path,
+`tensorflow_estimator.compat`, and the estimator modules we do not
+implement (canned estimators, heads, `early_stopping`, `keras_lib`, ...):
+importing those stays an error.
 """
 
 from __future__ import annotations
@@ -85,6 +90,13 @@ ALIAS_MODULES: Dict[str, Tuple[str, Tuple[str, ...]]] = {
     "tensorflow_estimator.python.estimator.tpu.tpu_config": (
         _ESTIMATOR + ".tpu", ("InputPipelineConfig", "RunConfig",
                               "TPUConfig")),
+    # TF 1's path of the estimator package, private, which Google's TPU
+    # programs (efficientnet, dcgan, deeplab) import for one private
+    # function: `estimator._load_global_step_from_checkpoint_dir`.
+    "tensorflow.python.estimator": ("", ()),
+    "tensorflow.python.estimator.estimator": (
+        _ESTIMATOR + "._estimator",
+        ("Estimator", "_load_global_step_from_checkpoint_dir")),
 }
 
 _installed = False
@@ -213,5 +225,5 @@ def _install_alias_package() -> None:
     sys.modules[name] = module
   for name, module in modules.items():
     parent, _, child = name.rpartition(".")
-    if parent and isinstance(modules[parent], _AliasModule):
+    if parent and isinstance(modules.get(parent), _AliasModule):
       setattr(modules[parent], child, module)

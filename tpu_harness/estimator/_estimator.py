@@ -417,3 +417,16 @@ def _input_batch_size(input_fn: Callable, mode: str) -> int:
                  "`input_fn`.", "Predicting" if mode == ModeKeys.PREDICT
                  else "Evaluating", rows)
     return rows
+
+
+def _load_global_step_from_checkpoint_dir(checkpoint_dir: str) -> int:
+  """The global step of the newest checkpoint in `checkpoint_dir`, 0 if
+  there is none or it does not read: TF's estimator module had this
+  private function, which TPU programs call before their train/evaluate
+  loop (`install()` provides it at TF's path)."""
+  try:
+    checkpoint = tf.train.latest_checkpoint(checkpoint_dir)
+    return int(tf.train.load_checkpoint(checkpoint).get_tensor(
+        tf.compat.v1.GraphKeys.GLOBAL_STEP))
+  except Exception:  # pylint: disable=broad-except
+    return 0  # As TF: any failure means "no step yet".
