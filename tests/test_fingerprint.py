@@ -88,3 +88,23 @@ def test_an_unreadable_saved_fingerprint_is_none(text):
 def test_json_round_trip():
   value = fingerprint.Fingerprint(graph="abc", files={"/d/a": 3})
   assert fingerprint.Fingerprint.from_json(value.to_json()) == value
+
+
+def test_functions_are_found_in_an_order_of_their_own():
+  """An op with two functions (the `If` of a `tf.cond` in a `map`: the
+  materialized cache's, tf.image's random flips): its NodeDef's attribute
+  map iterates in no fixed order, which differed between two builds of one
+  pipeline in a long process (seen in scripts/bench/estimator under load):
+  the function bodies then came in another order, the fingerprint
+  differed, and exact resume fell back to skipping. Here the two orders
+  are two dicts."""
+  from tpu_harness import _tf_internals  # pylint: disable=g-import-not-at-top
+
+  def attrs(order):
+    return {key: tf.compat.v1.AttrValue(
+        func=tf.compat.v1.NameAttrList(name=key + "_fn")) for key in order}
+
+  found = [_tf_internals._function_names(attrs(order))  # pylint: disable=protected-access
+           for order in (["then_branch", "else_branch"],
+                         ["else_branch", "then_branch"])]
+  assert found[0] == found[1] == ["else_branch_fn", "then_branch_fn"]

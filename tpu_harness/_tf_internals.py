@@ -351,9 +351,14 @@ def dataset_nodes(dataset: tf.data.Dataset
 
 
 def _function_names(attrs) -> List[str]:
-  """The function names an op's attributes (a map of AttrValue) refer to."""
+  """The function names an op's attributes (a map of AttrValue) refer to,
+  in the order of the attributes' names: a NodeDef's map iterates in no
+  fixed order, and two builds of one pipeline in a process gave an `If`'s
+  `then_branch` and `else_branch` either way round (so its fingerprint
+  differed, and exact resume fell back to skipping)."""
   names = []
-  for value in attrs.values():
+  for key in sorted(attrs):
+    value = attrs[key]
     if value.HasField("func"):
       names.append(value.func.name)
     elif value.HasField("list"):
