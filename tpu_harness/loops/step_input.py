@@ -129,12 +129,6 @@ def _as_dataset(returned: Any, made, call_again: Callable[[], Any]
         f"`input_fn` must return a tf.data.Dataset, or tensors: (features, "
         f"labels) or features (a tensor or a dict of them); got "
         f"{type(returned).__name__} ({returned!r}).")
-  for resource, dataset in made:
-    if all(t.op.type == "IteratorGetNext"
-           and t.op.inputs[0].name == resource.name for t in flat):
-      indices = [t.value_index for t in flat]
-      return dataset.map(lambda *element: tf.nest.pack_sequence_as(
-          returned, [tf.nest.flatten(element)[i] for i in indices]))
   lifted = _lifted(returned, flat, made)
   if lifted is not None:
     return lifted
@@ -155,21 +149,21 @@ _NOT_LIFTED = ("Placeholder", "PlaceholderWithDefault", "VarHandleOp",
 
 
 def _lifted(returned: Any, flat: list, made) -> Optional[tf.data.Dataset]:
-  """The Dataset that tensors computed from one tf.compat.v1 iterator's
-  output stand for (e.g. `images, labels = iterator.get_next(); return
-  tf.reshape(images, shape), labels`): the iterator's dataset mapped with
-  a copy of the ops between its output and the tensors, which
-  TPUEstimator ran once per step. None if they read anything else of the
-  session's graph (a variable, a feed, another iterator)."""
-  resources = {resource.name for resource, _ in made}
+  """The Dataset that tensors read from one tf.compat.v1 iterator, or
+  computed from its output, stand for (e.g. `images, labels =
+  iterator.get_next(); return tf.reshape(images, shape), labels`): the
+  iterator's dataset, mapped with a copy of the ops between its output and
+  the tensors, if any, which TPUEstimator ran once per step. None if they
+  read anything else of the session's graph (a variable, a feed, another
+  iterator)."""
   datasets = {resource.name: dataset for resource, dataset in made}
   source, ops, pending = None, {}, [t.op for t in flat]
   while pending:
     op = pending.pop()
-    if op.name in ops or (source is not None and op is source):
+    if op.name in ops or op is source:
       continue
-    if op.type == "IteratorGetNext" and op.inputs[0].name in resources:
-      if source is not None and op is not source:
+    if op.type == "IteratorGetNext" and op.inputs[0].name in datasets:
+      if source is not None:
         return None  # Two iterators, or two reads of one.
       source = op
       continue
@@ -180,6 +174,10 @@ def _lifted(returned: Any, flat: list, made) -> Optional[tf.data.Dataset]:
     pending.extend(op.control_inputs)
   if source is None:
     return None
+  dataset = datasets[source.inputs[0].name]
+  if not ops:  # The read's own outputs.
+    return dataset.map(lambda *element: tf.nest.pack_sequence_as(
+        returned, [tf.nest.flatten(element)[t.value_index] for t in flat]))
   graph_def = source.graph.as_graph_def()
   part = type(graph_def)()
   part.versions.CopyFrom(graph_def.versions)
@@ -202,19 +200,19 @@ def _lifted(returned: Any, flat: list, made) -> Optional[tf.data.Dataset]:
                "iterator's output: the same ops run on each element of the "
                "iterator's dataset (%d ops).", len(ops))
 
+  computed = [t.name for t in flat if t.op is not source]
+
   def compute(*element):
     values = tf.nest.flatten(element)
-    computed = [t for t in flat if t.op is not source]
     outputs = iter(tf.graph_util.import_graph_def(
         part, input_map={f"{source.name}:{index}": values[index]
                          for index in used},
-        return_elements=[t.name for t in computed], name="input_fn")
-                   if computed else [])
+        return_elements=computed, name="input_fn"))
     return tf.nest.pack_sequence_as(returned, [
         values[t.value_index] if t.op is source else next(outputs)
         for t in flat])
 
-  return datasets[source.inputs[0].name].map(compute)
+  return dataset.map(compute)
 
 
 def features_and_labels(element: Any) -> Tuple[Any, Any]:
