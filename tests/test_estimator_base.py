@@ -6,7 +6,6 @@ import pytest
 import tensorflow as tf
 
 from support import estimator_base_program as program
-from tpu_harness import errors
 from tpu_harness import estimator as tf_estimator
 
 
@@ -117,14 +116,19 @@ def test_bad_arguments(tmp_path):
                      "`max_steps`"):
     estimator.train(program.train_input_fn, steps=1, max_steps=1)
 
-  def ragged_input_fn(params):
+
+def test_a_partial_last_batch_trains_as_on_estimator(tmp_path):
+  def one_pass_input_fn(params):
     x, y = program.data(20, seed=0)
     return tf.data.Dataset.from_tensor_slices(({"x": x}, y)).batch(
         params["batch_size"])
 
-  with pytest.raises(errors.InputShapeError, match=r"fixed size in mode "
-                     r"'train' \(batch with drop_remainder=True\)"):
-    estimator.train(ragged_input_fn, steps=1)
+  estimator = program.estimator(str(tmp_path / "model"))
+  # One pass of 20 examples in batches of 16: 2 steps, the second of 4.
+  estimator.train(one_pass_input_fn)
+  assert estimator.get_variable_value("global_step") == 2
+  estimator.train(one_pass_input_fn)
+  assert estimator.get_variable_value("global_step") == 4
 
 
 def test_eval_metric_ops_named_loss_or_not_pairs_are_refused(tmp_path):

@@ -701,3 +701,89 @@ def test_emulated_cores_still_need_fixed_eval_batches(tmp_path):
                      match=r"fixed shape in mode 'eval' \(batch with "
                      r"drop_remainder=True\)"):
     estimator.evaluate(_partial_eval_input_fn)
+
+
+# Training batches of no fixed size off TPU cores (issue 21): TF's Estimator
+# (and TPUEstimator with use_tpu=False) trained on a finite input's partial
+# last batch.
+
+_LINEAR_X = np.random.RandomState(3).rand(10, 3).astype(np.float32)
+_LINEAR_Y = np.random.RandomState(4).rand(10).astype(np.float32)
+
+
+def _one_epoch_input_fn(params):
+  """One pass of 10 examples in batches of 4: 4, 4, 2."""
+  return tf.data.Dataset.from_tensor_slices((_LINEAR_X, _LINEAR_Y)).batch(
+      params["batch_size"])
+
+
+def _linear_model_fn(seen):
+  def model_fn(features, labels, mode, params):
+    del params  # Unused.
+    w = tf.compat.v1.get_variable("w", [3, 1],
+                                  initializer=tf.compat.v1.ones_initializer())
+    loss = tf.reduce_mean(tf.square(tf.squeeze(features @ w, 1) - labels))
+    train_op = tf.compat.v1.train.GradientDescentOptimizer(0.1).minimize(
+        loss, tf.compat.v1.train.get_global_step())
+    return tf_estimator.tpu.TPUEstimatorSpec(
+        mode, loss=loss, train_op=train_op,
+        training_hooks=[_FeatureRowsHook(labels, seen)])
+  return model_fn
+
+
+def _linear_weights_after(batches):
+  """Gradient descent's weights after `batches` [start, end) of the data,
+  each step on its batch's rows only."""
+  w = np.ones([3], np.float64)
+  for start, end in batches:
+    x, y = _LINEAR_X[start:end], _LINEAR_Y[start:end]
+    w -= 0.1 * 2 * x.T @ (x @ w - y) / len(y)
+  return w
+
+
+def test_use_tpu_false_trains_on_a_partial_last_batch_as_estimator(tmp_path):
+  seen = []
+
+  def estimator(name):
+    return tf_estimator.tpu.TPUEstimator(
+        model_fn=_linear_model_fn(seen), use_tpu=False,
+        config=tf_estimator.tpu.RunConfig(
+            model_dir=str(tmp_path / name),
+            tpu_config=tf_estimator.tpu.TPUConfig(iterations_per_loop=2)),
+        train_batch_size=4, eval_batch_size=4)
+
+  epochs = estimator("epochs")
+  steps = []
+  for _ in range(2):
+    epochs.train(_one_epoch_input_fn)
+    steps.append(epochs.get_variable_value("global_step"))
+  assert steps == [3, 6]
+  # The hook saw the last step of each loop: its real rows.
+  assert seen == [(4,), (2,)] * 2
+  expected = _linear_weights_after([(0, 4), (4, 8), (8, 10)] * 2)
+  np.testing.assert_allclose(epochs.get_variable_value("w")[:, 0], expected,
+                             rtol=1e-5)
+  # Stopped within the pass, resumed from its saved position (through the
+  # padding), then a new pass: the same weights.
+  stopped = estimator("stopped")
+  stopped.train(_one_epoch_input_fn, steps=1)
+  stopped = estimator("stopped")
+  stopped.train(_one_epoch_input_fn)
+  assert stopped.get_variable_value("global_step") == 3
+  stopped.train(_one_epoch_input_fn)
+  assert stopped.get_variable_value("global_step") == 6
+  np.testing.assert_allclose(stopped.get_variable_value("w"),
+                             epochs.get_variable_value("w"), rtol=1e-6)
+
+
+def test_emulated_cores_still_need_fixed_train_batches(tmp_path):
+  estimator = tf_estimator.tpu.TPUEstimator(
+      model_fn=_linear_model_fn([]), use_tpu=True,
+      config=tf_estimator.tpu.RunConfig(
+          model_dir=str(tmp_path), tpu_config=tf_estimator.tpu.TPUConfig(
+              iterations_per_loop=2, num_shards=1)),
+      train_batch_size=4)
+  with pytest.raises(errors.InputShapeError,
+                     match=r"fixed shape in mode 'train' \(batch with "
+                     r"drop_remainder=True\)"):
+    estimator.train(_one_epoch_input_fn)

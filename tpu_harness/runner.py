@@ -149,7 +149,9 @@ class Runner:
     Args:
       input_fn: `input_fn(params) -> Dataset` of (features, labels), or of
         features alone (`model_fn` gets `labels=None`), with
-        fixed-shape batches of `params['batch_size']`; called once per
+        fixed-shape batches of `params['batch_size']` (where the device loop
+        takes them, `CpuEmulationLoop(dynamic_batch=True)`, batches of up
+        to that many rows, e.g. a partial last one); called once per
         host, `params['input_context']` (a `tf.distribute.InputContext`)
         says which of how many hosts' input it makes.
       max_steps: the global step to stop at.
@@ -254,7 +256,7 @@ class Runner:
       input_fn: `input_fn(params) -> Dataset` of (features, labels), or of
         features alone (`model_fn` gets `labels=None`), in batches of
         fixed shape; where the device loop takes them
-        (`CpuEmulationLoop(dynamic_eval_batch=True)`), batches of up to
+        (`CpuEmulationLoop(dynamic_batch=True)`), batches of up to
         `params['batch_size']` rows, e.g. a partial last one.
       steps: eval steps; None runs until the input ends.
       checkpoint_path: the checkpoint; default: the latest in `model_dir`.
@@ -271,7 +273,7 @@ class Runner:
       CheckpointRestoreError: `checkpoint_path` does not read back.
       InputShapeError: batches of no fixed shape (with a device loop that
         takes batches of no fixed size, `CpuEmulationLoop(
-        dynamic_eval_batch=True)`: of no fixed shape after the first
+        dynamic_batch=True)`: of no fixed shape after the first
         dimension).
     """
     if steps is not None:

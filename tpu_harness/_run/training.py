@@ -40,6 +40,7 @@ from tpu_harness._run import restore
 from tpu_harness._run.nan_loss import NanLossHook
 from tpu_harness._run.preemption import PreemptionWatcher
 from tpu_harness.config import RunConfig
+from tpu_harness.loops import device_loop
 from tpu_harness.loops.device_loop import BuiltLoop
 from tpu_harness.loops.device_loop import DeviceLoop
 from tpu_harness.loops.device_loop import LOSS
@@ -301,7 +302,9 @@ def _train_loops(job: Job, session, loop: BuiltLoop, request: TrainRequest,
           f"get_global_step() to the optimizer's minimize).")
     _report(job.config, results["outfeed"], step, end_step, elapsed,
             batch_size, last_step, writer)
-    host_loop.run_host_call(loop, results, count)
+    # Values of batches of no fixed size come back padded: trimmed.
+    outfeed = device_loop.trimmed(results["outfeed"], count)
+    host_loop.run_host_call(loop, dict(results, outfeed=outfeed), count)
     step = end_step
   lease.confirm()
   if step < last_step and not stop():

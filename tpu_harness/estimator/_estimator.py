@@ -34,7 +34,6 @@ from absl import logging
 import tensorflow as tf
 
 from tpu_harness import config as config_lib
-from tpu_harness import errors
 from tpu_harness import runner as runner_lib
 from tpu_harness import spec as spec_lib
 from tpu_harness._model_dir import restore_order
@@ -147,7 +146,7 @@ class Estimator:
     return cpu_loop.CpuEmulationLoop(
         num_shards=1, iterations_per_loop=1,
         max_infeed_bytes=run_config.max_infeed_bytes, per_host_input=True,
-        dynamic_eval_batch=mode == ModeKeys.EVAL)
+        dynamic_batch=mode != ModeKeys.PREDICT)
 
   def _runner_params(self) -> Dict[str, Any]:
     """The runner's params (which it checks and adds `batch_size` to);
@@ -389,11 +388,8 @@ class Estimator:
 def _input_batch_size(input_fn: Callable, mode: str) -> int:
   """The batch size of `input_fn`'s output (called with no runner params),
   read in a scratch graph: the static first dimension of its first tensor;
-  for evaluation and prediction without one, the rows of its first batch
-  (the most rows a batch may have).
-
-  Raises:
-    InputShapeError: training batches without a fixed size.
+  without one, the rows of its first batch (the most rows a batch may
+  have: TF's Estimator took a partial last batch in every mode).
   """
   with tf.Graph().as_default():
     dataset = step_input.make_input(lambda params: input_fn(params), {},
@@ -403,19 +399,14 @@ def _input_batch_size(input_fn: Callable, mode: str) -> int:
     rows = leaves[0].shape[0] if leaves[0].shape.rank else None
     if rows is not None:
       return int(rows)
-    if mode == ModeKeys.TRAIN:
-      raise errors.InputShapeError(
-          f"`input_fn` must return batches of a fixed size in mode "
-          f"{mode!r} (batch with drop_remainder=True): tpu_harness runs "
-          f"steps of static shapes; its first tensor has shape "
-          f"{leaves[0].shape}.")
     element = tf.compat.v1.data.make_one_shot_iterator(dataset).get_next()
     first = tf.nest.flatten(element)[0]
     with tf.compat.v1.Session() as session:
       rows = int(session.run(tf.shape(first)[0]))
     logging.info("%s in batches of up to %d rows, the first batch of "
-                 "`input_fn`.", "Predicting" if mode == ModeKeys.PREDICT
-                 else "Evaluating", rows)
+                 "`input_fn`.", {ModeKeys.TRAIN: "Training",
+                                 ModeKeys.EVAL: "Evaluating"}.get(
+                                     mode, "Predicting"), rows)
     return rows
 
 

@@ -194,10 +194,10 @@ class TPUEstimator(_estimator.Estimator):
         host_call_every_n_steps=(
             tpu_config.experimental_host_call_every_n_steps))
     if not self._on_tpu(mode):
-      # Off TPU cores TPUEstimator ran TF's Estimator, whose evaluation
-      # took batches of any size (a partial last one).
+      # Off TPU cores TPUEstimator ran TF's Estimator, whose training and
+      # evaluation took batches of any size (a partial last one).
       return cpu_loop.CpuEmulationLoop(
-          dynamic_eval_batch=mode == ModeKeys.EVAL, **kwargs)
+          dynamic_batch=mode != ModeKeys.PREDICT, **kwargs)
     return (tpu_loop.TpuLoop if self._on_tpu_hardware
             else cpu_loop.CpuEmulationLoop)(**kwargs)
 

@@ -12,9 +12,9 @@ Input: by default `input_fn` gets the per-replica batch size and each
 replica takes its own consecutive batch (TPUEstimator's PER_HOST_V2); with
 `per_host_input`, `input_fn` gets the global batch size and each batch is
 split among the replicas along its first axis (PER_HOST_V1, and
-TPUEstimator's evaluation and prediction input). With `dynamic_eval_batch`
-(one replica), evaluation batches of no fixed size are padded in the
-infeed and cut back to their real rows before `model_fn`; values of no
+TPUEstimator's evaluation and prediction input). With `dynamic_batch`
+(one replica), training and evaluation batches of no fixed size are padded
+in the infeed and cut back to their real rows before `model_fn`; values of no
 static shape leave through a padding outfeed with their shapes
 (`device_loop.with_shapes`), and the host trims them.
 
@@ -62,7 +62,7 @@ class CpuEmulationLoop(LoopBuilder):
                host_call_every_n_steps: int = 1,
                hosts: Sequence[str] = (),
                infeed_layout: InfeedLayout = DEFAULT_LAYOUT,
-               dynamic_eval_batch: bool = False):
+               dynamic_batch: bool = False):
     """Initializes the loop builder.
 
     Args:
@@ -80,19 +80,19 @@ class CpuEmulationLoop(LoopBuilder):
         infeed; the variables live on host 0. Empty: this process, or one
         session target, with `num_shards` virtual CPUs.
       infeed_layout: how the infeeds size their reads.
-      dynamic_eval_batch: evaluation batches may be of any size up to the
-        batch size, as TF's Estimator (and TPUEstimator with use_tpu=False)
-        took them, e.g. a partial last batch: `model_fn` gets each batch's
-        real rows, with a first dimension of unknown size (one replica on
-        one host only).
+      dynamic_batch: training and evaluation batches may be of any size up
+        to the batch size, as TF's Estimator (and TPUEstimator with
+        use_tpu=False) took them, e.g. a partial last batch: `model_fn` gets
+        each batch's real rows, with a first dimension of unknown size (one
+        replica on one host only).
 
     Raises:
       ValueError: `num_shards` is not a multiple of the number of hosts;
-        `dynamic_eval_batch` with several replicas or hosts.
+        `dynamic_batch` with several replicas or hosts.
     """
-    if dynamic_eval_batch and (num_shards != 1 or hosts):
+    if dynamic_batch and (num_shards != 1 or hosts):
       raise ValueError(
-          f"`dynamic_eval_batch` needs one replica on one host, not "
+          f"`dynamic_batch` needs one replica on one host, not "
           f"num_shards={num_shards} on {max(1, len(hosts))} host(s): "
           f"replicas run batches of fixed shape.")
     super().__init__(
@@ -102,7 +102,7 @@ class CpuEmulationLoop(LoopBuilder):
         host_call_every_n_steps=host_call_every_n_steps,
         infeed_layout=infeed_layout, hosts_name="the number of `hosts`")
     self._hosts = tuple(hosts)
-    self._dynamic_eval_batch = dynamic_eval_batch
+    self._dynamic_batch = dynamic_batch
 
   @property
   def variable_device(self) -> str:
@@ -268,14 +268,20 @@ class CpuEmulationLoop(LoopBuilder):
   def _build_train(self, model_fn, input_fn, params, skip_steps, max_steps,
                    position):
     mode = spec_lib.ModeKeys.TRAIN
+    cut = [] if self._dynamic_batch else None
     infeed = self._input(input_fn, params, mode, "train", skip_steps,
-                         max_steps, position)
+                         max_steps, position, cut=cut)
     global_step = tf.compat.v1.train.get_global_step()
     holder = {}
 
     def step_fn(element):
+      if cut:
+        # A batch of no fixed size: its real rows, as Estimator gave them.
+        element = cut[0](element)
       specs, values = self._replica_step(model_fn, element, mode, params,
-                                         holder)
+                                         holder, dynamic=bool(cut))
+      if cut:
+        values = device_loop.with_shapes(values)
       return [s.train_op for s in specs], values
 
     iterations, stacked = self._loop(infeed, step_fn)
@@ -290,7 +296,7 @@ class CpuEmulationLoop(LoopBuilder):
 
   def _build_eval(self, model_fn, input_fn, params, steps):
     mode = spec_lib.ModeKeys.EVAL
-    cut = [] if self._dynamic_eval_batch else None
+    cut = [] if self._dynamic_batch else None
     infeed = self._input(input_fn, params, mode, "eval", max_steps=steps,
                          cut=cut)
     holder = {}
