@@ -50,6 +50,55 @@ def test_mean_of_replica_gradients_equals_full_batch_gradient(replicas):
   assert not np.allclose(w_one, np.ones([3, 1]))
 
 
+def _two_optimizer_step(replicas):
+  """One step of two optimizers on two variables (w by SGD, advancing the
+  global step; b by Adam), X, Y split across `replicas`; returns (w, b,
+  step, the names of the variables)."""
+  global_step = tf.compat.v1.train.get_or_create_global_step()
+  ops = []
+  with cross_shard.replica_group(replicas) as replica:
+    # The last replica built is the one that applies (as the runner does).
+    for index, (x, y) in reversed(list(enumerate(zip(
+        np.split(X, replicas), np.split(Y, replicas))))):
+      with replica(index), tf.compat.v1.variable_scope(
+          "m", reuse=tf.compat.v1.AUTO_REUSE):
+        b = tf.compat.v1.get_variable("b", [1],
+                                      initializer=tf.zeros_initializer())
+        loss = _loss(x, y - b)
+        w = tf.compat.v1.get_variable("w")
+        first = CrossShardOptimizer(
+            tf.compat.v1.train.GradientDescentOptimizer(0.5))
+        second = CrossShardOptimizer(tf.compat.v1.train.AdamOptimizer(0.1))
+        ops.append(tf.group(
+            first.minimize(loss, global_step=global_step, var_list=[w]),
+            second.minimize(loss, var_list=[b])))
+  with tf.compat.v1.Session() as session:
+    session.run(tf.compat.v1.global_variables_initializer())
+    session.run(ops)
+    with tf.compat.v1.variable_scope("m", reuse=True):
+      values = session.run([tf.compat.v1.get_variable("w"),
+                            tf.compat.v1.get_variable("b"), global_step])
+  return values + [sorted(v.op.name
+                          for v in tf.compat.v1.global_variables())]
+
+
+@pytest.mark.parametrize("replicas", [2, 4])
+def test_two_optimizers_in_one_step_each_average_their_gradients(replicas):
+  # A GAN's discriminator and generator, or an embedding's optimizer apart
+  # from the rest's: each replica's k-th apply_gradients is the same
+  # optimizer's.
+  with tf.Graph().as_default():
+    w_one, b_one, step_one, names_one = _two_optimizer_step(1)
+  with tf.Graph().as_default():
+    w_many, b_many, step_many, names_many = _two_optimizer_step(replicas)
+  np.testing.assert_allclose(w_many, w_one, rtol=1e-5)
+  np.testing.assert_allclose(b_many, b_one, rtol=1e-5)
+  assert step_one == step_many == 1
+  assert not np.allclose(b_one, 0)
+  # Adam's variables made once, named as with one replica.
+  assert names_many == names_one
+
+
 def test_outside_a_replica_group_it_is_the_wrapped_optimizer():
   loss = _loss(X, Y)
   op = CrossShardOptimizer(

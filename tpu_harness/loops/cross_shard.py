@@ -13,6 +13,9 @@ and `beta2_power`) is created there once (`applying`), named as with one
 replica, and updated once per step: the copy every TPU core holds.
 One step of N replicas thus equals one step of one replica on the whole batch
 (for a loss that is a mean over the batch), and the global step advances once.
+A step that applies several optimizers (a GAN's two) makes the same calls in
+every replica: each replica's k-th `apply_gradients` call is combined with
+the others' k-th.
 
 Outside the runner's replica context (num_shards == 1, or plain use) it is
 the wrapped optimizer. Inside a TPU computation (`tpu_replicas`) it is TF's
@@ -34,21 +37,30 @@ _TPU_CROSS_SHARD_OPTIMIZER = tf.compat.v1.tpu.CrossShardOptimizer
 
 
 @dataclasses.dataclass
-class _ReplicaContext:
-  index: int
-  count: int
+class _Apply:
+  """One `apply_gradients` call of the step (the k-th of each replica: a
+  GAN's discriminator's, then its generator's), collected over replicas."""
   # Per variable (by ref), the gradients of replicas so far.
   grads: Dict[object, List[tf.Tensor]] = dataclasses.field(default_factory=dict)
   variables: Dict[object, tf.Variable] = dataclasses.field(
       default_factory=dict)
+  replicas: int = 0  # Replicas that made this call so far.
+  # The call's name scope in the replica built first, whose names are
+  # those of a single replica.
+  scope: str = ""
+
+
+@dataclasses.dataclass
+class _ReplicaContext:
+  index: int
+  count: int
   used: bool = False
   tpu: bool = False
-  applies: int = 0  # apply_gradients calls so far in this step.
+  # The step's apply_gradients calls, in the order each replica makes them.
+  applies: List[_Apply] = dataclasses.field(default_factory=list)
+  calls: int = 0  # apply_gradients calls so far in the replica being built.
   # Whether the wrapped optimizer is applying the combined gradients now.
   applying: bool = False
-  # The name scope of this step's first apply_gradients call (the replica
-  # built first, whose names are those of a single replica).
-  scope: str = ""
 
 
 def current_replica() -> Optional[_ReplicaContext]:
@@ -81,6 +93,7 @@ def replica_group(count: int):
   @contextlib.contextmanager
   def replica(index: int):
     shared.index = index
+    shared.calls = 0
     _LOCAL.context = shared
     try:
       yield shared
@@ -181,37 +194,41 @@ class CrossShardOptimizer(tf.compat.v1.train.Optimizer):
       return self._optimizer.apply_gradients(grads_and_vars, global_step,
                                              name)
     context.used = True
+    # The k-th call of each replica is the same optimizer's (every replica
+    # runs the same model_fn): their gradients are combined.
+    if context.calls == len(context.applies):
+      context.applies.append(_Apply(
+          scope=tf.compat.v1.get_default_graph().get_name_scope()))
+    collected = context.applies[context.calls]
+    context.calls += 1
     for grad, var in grads_and_vars:
       if grad is None:
         continue
       key = var.ref()
-      context.grads.setdefault(key, []).append(grad)
-      context.variables[key] = var
-    if not context.applies:
-      context.scope = tf.compat.v1.get_default_graph().get_name_scope()
-    context.applies += 1
-    if context.applies < context.count:
+      collected.grads.setdefault(key, []).append(grad)
+      collected.variables[key] = var
+    collected.replicas += 1
+    if collected.replicas < context.count:
       return tf.no_op(name="collect_replica_gradients")
-    context.applies = 0
     averaged = []
-    for key, grads in context.grads.items():
+    for key, grads in collected.grads.items():
       if len(grads) != context.count:
         raise ValueError(
-            f"Variable {context.variables[key].name} got gradients from "
+            f"Variable {collected.variables[key].name} got gradients from "
             f"{len(grads)} of {context.count} replicas; every replica must "
             f"compute the same gradients.")
       total = tf.add_n(grads)
       averaged.append((
           total if self._reduction == tf.compat.v1.losses.Reduction.SUM
-          else total / float(context.count), context.variables[key]))
-    context.grads.clear()
+          else total / float(context.count), collected.variables[key]))
+    collected.grads.clear()
     context.applying = True
     try:
       # In the first-built replica's name scope, not this one's (e.g.
       # "model_1/" for "model/"): variables the optimizer names from the
       # scope (Adam's "model/beta1_power") are named as with one replica,
       # whatever the number of replicas, so checkpoints restore across them.
-      with tf.compat.v1.name_scope(context.scope + "/" if context.scope
+      with tf.compat.v1.name_scope(collected.scope + "/" if collected.scope
                                    else None):
         return self._optimizer.apply_gradients(averaged, global_step, name)
     finally:
