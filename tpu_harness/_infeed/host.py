@@ -359,17 +359,18 @@ class HostInfeed:
     position = self._position
     if position is not None:
       position.fill_started(self._session, self._reads, asked)
-    read = 0
+    read, ended = 0, False
     try:
       with self._naming_a_restored_position():
         read, queued = self._fill.run(self._session, asked)
       self._reads += read
+      # Short of the take's end too: the input itself ended. (A fill that
+      # raised did not: a save must not record a failed read as the end.)
+      ended = read < asked and self._reads < self._read_limit
     finally:
       if position is not None:
-        # Short of the take's end too: the input itself ended.
         position.fill_ended(self._reads, complete=read == asked,
-                            input_ended=(read < asked
-                                         and self._reads < self._read_limit))
+                            input_ended=ended)
     return read, queued
 
   @contextlib.contextmanager
