@@ -75,7 +75,10 @@ class StateLog:
       self._changed.wait_for(lambda: not self._caller_reading)
       self._reads = reads
       self._filling_to = reads + asked
-      reading = asked > 0 and expected(reads, reads + asked - 1)
+      # A state held at `reads` already (the one restored at the start)
+      # needs no second read.
+      reading = (asked > 0 and expected(reads, reads + asked - 1)
+                 and all(held != reads for held, _, _ in self._states))
       if reading:
         self._reading_at = reads
     if reading:
