@@ -57,6 +57,7 @@ from absl import logging
 import tensorflow as tf
 
 from tpu_harness._infeed import fill as fill_lib
+from tpu_harness._infeed import host_position
 from tpu_harness._infeed import layout as layout_lib
 from tpu_harness._infeed import position as position_lib
 from tpu_harness._infeed import requests as requests_lib
@@ -107,7 +108,7 @@ class HostInfeed:
                max_bytes: Optional[int] = None,
                layout: str = "",
                skip_steps: int = 0,
-               position: Optional[position_lib.HostPosition] = None,
+               position: Optional[host_position.HostPosition] = None,
                sizes: layout_lib.InfeedLayout = layout_lib.DEFAULT_LAYOUT):
     """Builds the host-side ops in the default graph.
 

@@ -37,7 +37,7 @@ import tensorflow as tf
 from tpu_harness import _tf_internals
 from tpu_harness import spec as spec_lib
 from tpu_harness._infeed.layout import leaf_paths
-from tpu_harness._infeed.position import HostPosition
+from tpu_harness._infeed.host_position import HostPosition
 from tpu_harness.errors import InputShapeError
 
 

@@ -1,0 +1,357 @@
+"""One host infeed's input position: the rewrite of its input, the iterator
+states read for saves, the variables a save writes them to, and the start
+from a checkpoint's position.
+
+`position.InputPosition` holds one per host's infeed and says how the run
+saves and restores them (`RunConfig.resume_input`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from typing import (TYPE_CHECKING, ContextManager, Dict, List, Optional,
+                    Tuple)
+
+from absl import logging
+import numpy as np
+import tensorflow as tf
+
+from tpu_harness import _tf_internals
+from tpu_harness._infeed import fingerprint as fingerprint_lib
+from tpu_harness._infeed import record
+from tpu_harness._infeed import rewrite as resumable_input
+from tpu_harness._infeed import states as states_lib
+from tpu_harness._infeed import tf_message
+
+if TYPE_CHECKING:
+  from tpu_harness._infeed.position import InputPosition
+
+
+@dataclasses.dataclass(frozen=True)
+class Start:
+  """How a host's infeed starts: the feed for its iterator's initializer
+  (besides the take's count), the saved state to restore (None: none),
+  the elements the take gave before it, and the elements to read and drop
+  after it."""
+  feed: Dict[tf.Tensor, int]
+  state: Optional[bytes]
+  taken: int
+  skip: int
+
+
+class HostPosition:
+  """One host infeed's position: its input's rewrite, the iterator states
+  read for saves, the variables a save writes them to, and the restore at
+  start."""
+
+  def __init__(self, group: InputPosition, host: int):
+    """Builds the position's variables in the default graph."""
+    self._group = group
+    self._host = host
+    state_key, counts_key, seeds_key = record.keys(host)
+    with tf.compat.v1.get_default_graph().name_scope(None):
+      self._state_var = tf.compat.v1.Variable(
+          b"", name=state_key, trainable=False, collections=[],
+          use_resource=True)
+      self._counts_var = tf.compat.v1.Variable(
+          tf.zeros([record.COUNTS], tf.int64), name=counts_key,
+          trainable=False,
+          collections=[], use_resource=True)
+      self._seeds_var = tf.compat.v1.Variable(
+          tf.zeros([0], tf.int64), shape=tf.TensorShape([None]),
+          name=seeds_key, trainable=False, collections=[], use_resource=True)
+      self._state_in = tf.compat.v1.placeholder(tf.string, [])
+      self._counts_in = tf.compat.v1.placeholder(tf.int64, [record.COUNTS])
+      self._seeds_in = tf.compat.v1.placeholder(tf.int64, [None])
+      self._fingerprint_var = tf.compat.v1.Variable(
+          b"", name=record.fingerprint_key(host), trainable=False,
+          collections=[], use_resource=True)
+      self._fingerprint_in = tf.compat.v1.placeholder(tf.string, [])
+      self._assign = tf.group(
+          self._state_var.assign(self._state_in),
+          self._counts_var.assign(self._counts_in),
+          self._seeds_var.assign(self._seeds_in),
+          self._fingerprint_var.assign(self._fingerprint_in))
+    self._fingerprint: Optional[fingerprint_lib.Fingerprint] = None
+    self._rewrite: Optional[resumable_input.Rewrite] = None
+    self._serialize = None
+    self._restore = None
+    self._restore_in = None
+    self._disabled: Optional[str] = None
+    # This start's: the pass's first global step, its seeds, the elements
+    # dropped after the start's state, and the states read for saves.
+    self._pass_start = group.start_step
+    self._seeds: List[int] = []
+    self._skip = 0
+    self._states = states_lib.StateLog(self._read_state)
+    self._resumed = False
+
+  @property
+  def variables(self) -> List[tf.Variable]:
+    return [self._state_var, self._counts_var, self._seeds_var,
+            self._fingerprint_var]
+
+  def disable(self, why: str) -> None:
+    """Saves no iterator state from now on (only counts and seeds)."""
+    if self._group.exact:
+      self._group.warn_once(
+          "disabled", "The training input's position is not saved with "
+          "checkpoints (%s); a resumed run will read and drop the steps of "
+          "input already trained on (resume_input='skip').", why)
+    self._disabled = why
+
+  @property
+  def _saves_state(self) -> bool:
+    return self._group.exact and self._disabled is None
+
+  # Building.
+
+  def rewriting(self) -> ContextManager:
+    """Around the training `input_fn`'s call: its shuffles and caches are
+    made resumable (`tpu_harness._infeed.rewrite`), in `skip` mode too, so
+    that both modes feed the same elements in the same order."""
+    return self._recording(resumable_input.rewriting(
+        tf.compat.v1.get_default_graph()))
+
+  @contextlib.contextmanager
+  def _recording(self, context):
+    with context as rewrite:
+      self._rewrite = rewrite
+      yield rewrite
+
+  def prepare(self, dataset: tf.data.Dataset) -> tf.data.Dataset:
+    """The host's training dataset, set up to save its position (or, if it
+    holds what a position cannot, left as it is and the position
+    disabled, saying why)."""
+    if not self._group.exact:
+      return dataset
+    findings = resumable_input.inspect(dataset)
+    kept = self._rewrite.kept if self._rewrite is not None else []
+    if findings.unsaveable:
+      self.disable(
+          f"the input pipeline has {', '.join(findings.unsaveable)}, whose "
+          f"state a position cannot hold"
+          + (f"; left as they were: {'; '.join(kept)}" if kept else ""))
+      return dataset
+    if findings.random_ops:
+      self._group.warn_once(
+          "random", "The training input uses stateful random ops (%s): a "
+          "resumed run restarts their random stream from its seed, so its "
+          "random augmentations differ from an uninterrupted run's (which "
+          "elements it feeds, and in which order, do not). Stateless ops "
+          "(tf.image.stateless_random_*) seeded from the element resume "
+          "exactly.", ", ".join(findings.random_ops), per_process=True)
+    self._fingerprint = fingerprint_lib.of(dataset)
+    return resumable_input.symbolic(dataset)
+
+  def attach(self, iterator) -> None:
+    """Builds the ops that serialize and restore `iterator` (the infeed's,
+    over the dataset after its `take`)."""
+    if not self._group.exact:
+      return
+    resource = _tf_internals.iterator_resource(iterator)
+    # Symbolic checkpointing ignores state outside tf.data; `prepare`
+    # refused pipelines with any but random ops.
+    self._serialize = tf.io.serialize_tensor(tf.raw_ops.SerializeIterator(
+        resource_handle=resource, external_state_policy=1))
+    self._restore_in = tf.compat.v1.placeholder(tf.string, [])
+    self._restore = tf.raw_ops.DeserializeIterator(
+        resource_handle=resource,
+        serialized=tf.io.parse_tensor(self._restore_in, tf.variant))
+
+  # Starting.
+
+  def initializer(self) -> Optional[tf.Operation]:
+    """Run before each initialization of the iterator, or None."""
+    return self._rewrite.initializer() if self._rewrite else None
+
+  def start(self, fresh: bool = False) -> Start:
+    """How the infeed starts: restoring the checkpoint's position, or
+    skipping the steps of its pass already trained on, or (`fresh`, or no
+    checkpoint) a new pass."""
+    group = self._group
+    seeds_needed = len(self._rewrite.seeds) if self._rewrite else 0
+    saved = (None if fresh or group.checkpoint is None
+             else record.read_saved(group.checkpoint, self._host))
+    self._resumed = not fresh and group.checkpoint is not None
+    if fresh or group.checkpoint is None:
+      return self._new_pass(skip=0)
+    if saved is None:
+      group.warn_once(
+          "none", "Checkpoint %s holds no input position (saved by an "
+          "earlier version, with resume_input='restart', or by a user's "
+          "Saver): reading and dropping the %d steps of input already "
+          "trained on.", group.checkpoint, group.start_step)
+      return self._new_pass(skip=group.start_step)
+    if saved.used_up:
+      logging.info("The training input's pass that started at step %d was "
+                   "used up at step %d (%s): a new pass starts from its "
+                   "first element.", saved.pass_start, group.start_step,
+                   group.checkpoint)
+      self._resumed = False
+      return self._new_pass(skip=0)
+    self._pass_start = saved.pass_start
+    changed = self._changed(saved)
+    if changed:
+      group.warn_once(
+          "fingerprint", "The input position saved in %s is not restored: "
+          "it was saved for another input pipeline (%s), and restoring it "
+          "would feed examples of the old one or fail reading "
+          "(resume_input='exact'). Reading and dropping the %d steps of its "
+          "pass instead, in a new order.", group.checkpoint,
+          "; ".join(changed), group.start_step - saved.pass_start)
+      return self._new_pass(skip=group.start_step - saved.pass_start,
+                            pass_start=saved.pass_start)
+    if len(saved.seeds) != seeds_needed:
+      if group.exact:
+        group.warn_once(
+            "seeds", "The input position saved in %s does not fit this "
+            "input pipeline (%d shuffles, %d saved; was `input_fn` "
+            "changed?): reading and dropping the %d steps of its pass "
+            "instead, in a new order.", group.checkpoint, seeds_needed,
+            len(saved.seeds), group.start_step - saved.pass_start)
+      return self._new_pass(skip=group.start_step - saved.pass_start,
+                            pass_start=saved.pass_start)
+    self._seeds = list(saved.seeds)
+    feed = self._rewrite.seed_feed(self._seeds) if self._rewrite else {}
+    if saved.state and self._saves_state and group.restore_state:
+      return Start(feed=feed, state=saved.state, taken=saved.taken,
+                   skip=saved.skip)
+    if (group.exact and self._disabled is None and self.steps_of_pass
+        and group.restore_state):
+      group.warn_once(
+          "stateless", "Checkpoint %s holds no iterator state (its "
+          "pipeline's position could not be saved, or it was saved with "
+          "resume_input='skip'): reading and dropping the %d steps of input "
+          "already trained on.", group.checkpoint,
+          group.start_step - saved.pass_start)
+    return Start(feed=feed, state=None, taken=0,
+                 skip=group.start_step - saved.pass_start)
+
+  def _changed(self, saved: record.Saved) -> List[str]:
+    """What differs between this pipeline and the one `saved` was saved
+    for; empty when nothing does or either is unknown."""
+    if not self._saves_state or self._fingerprint is None:
+      return []
+    then = fingerprint_lib.Fingerprint.from_json(saved.fingerprint)
+    return [] if then is None else self._fingerprint.differences(then)
+
+  def _new_pass(self, skip: int, pass_start: Optional[int] = None) -> Start:
+    self._pass_start = (self._group.start_step if pass_start is None
+                        else pass_start)
+    self._seeds = self._rewrite.fresh_seeds() if self._rewrite else []
+    feed = self._rewrite.seed_feed(self._seeds) if self._rewrite else {}
+    return Start(feed=feed, state=None, taken=0, skip=skip)
+
+  def restore(self, session, state: bytes) -> bool:
+    """Restores the initialized iterator to `state`; False (with a
+    warning) if it does not fit the input pipeline."""
+    try:
+      session.run(self._restore, {self._restore_in: state})
+      logging.info("Restored the training input's position from %s.",
+                   self._group.checkpoint)
+      return True
+    except tf.errors.OpError as error:
+      self._group.warn_once(
+          "fit", "The input position saved in %s does not fit this input "
+          "pipeline (resume_input='exact'; was `input_fn` changed?): %s. "
+          "Reading and dropping the %d steps of input already trained on "
+          "instead.", self._group.checkpoint,
+          tf_message.first_line(error.message),
+          self._group.start_step - self._pass_start)
+      return False
+
+  @property
+  def resumed(self) -> bool:
+    """Whether this start continued a pass (restored or skipped)."""
+    return self._resumed
+
+  @property
+  def steps_of_pass(self) -> int:
+    """Steps of the current pass trained on before this start."""
+    return self._group.start_step - self._pass_start
+
+  @property
+  def checkpoint(self) -> Optional[str]:
+    return self._group.checkpoint
+
+  def begin(self, skip: int, taken: int, state: Optional[bytes]) -> None:
+    """After the iterator is initialized (and restored to `state`, unless
+    None): `skip` elements are read and dropped next; the take had given
+    `taken` before."""
+    self._skip = skip
+    self._states.begin(taken, state)
+
+  # The host thread's side.
+
+  def fill_started(self, session, reads: int, asked: int) -> None:
+    """Host thread: a fill of up to `asked` elements starts, `reads`
+    elements read since `begin`. Reads the iterator's state first if a
+    save is expected at a step the fill's elements end."""
+    self._states.fill_started(
+        session, reads, asked, lambda first, last: self._saves_state and (
+            self._group.expected(max(self._step_of(first),
+                                     self._step_of(last)))))
+
+  def fill_ended(self, reads: int, complete: bool = True,
+                 input_ended: bool = False) -> None:
+    """Host thread: the fill ended (see `states.StateLog.fill_ended`)."""
+    self._states.fill_ended(reads, complete, input_ended)
+
+  def consumed(self, steps: int) -> None:
+    """At least `steps` elements past the dropped ones were trained on."""
+    self._states.consumed(self._skip + steps)
+
+  def _step_of(self, reads: int) -> int:
+    """The global step once `reads` elements (since `begin`) were trained
+    on."""
+    return self._group.start_step + reads - self._skip
+
+  def _read_state(self, session) -> Optional[bytes]:
+    """The iterator's state now, or None (with the position disabled) if
+    it cannot be saved."""
+    if not self._saves_state:
+      return None
+    try:
+      state = session.run(self._serialize)
+    except tf.errors.OpError as error:
+      self.disable(f"the input pipeline's state cannot be saved: "
+                   f"{tf_message.first_line(error.message)}")
+      return None
+    if len(state) > record.MAX_STATE_BYTES:
+      self.disable(f"its state is {len(state):,} bytes, over the "
+                   f"{record.MAX_STATE_BYTES:,} a checkpoint may hold per "
+                   f"host")
+      return None
+    return state
+
+  # The save's side.
+
+  def at_step(self, session, global_step: int
+              ) -> Tuple[bytes, List[int], List[int]]:
+    """(state, [skip, taken, pass_start, used_up], seeds) to save with the
+    checkpoint of `global_step`; the state is empty when none is saved
+    (the counts and seeds then restart the pass and skip to the step)."""
+    needed = self._skip + global_step - self._group.start_step
+    if self._states.used_up_at(needed):
+      return b"", [0, 0, self._pass_start, 1], list(self._seeds)
+    found = None
+    if self._saves_state and self._serialize is not None:
+      found = self._states.state_at(
+          session, needed, fresh=(needed == 0 and self._group.start_step
+                                  == self._pass_start))
+    if found is None:
+      return b"", [0, 0, self._pass_start, 0], list(self._seeds)
+    reads, state, taken = found
+    return (state, [needed - reads, taken, self._pass_start, 0],
+            list(self._seeds))
+
+  def assign(self, session, global_step: int) -> None:
+    state, counts, seeds = self.at_step(session, global_step)
+    fingerprint = (self._fingerprint.to_json()
+                   if self._fingerprint is not None else "")
+    session.run(self._assign, {self._state_in: state,
+                               self._counts_in: counts,
+                               self._seeds_in: np.asarray(seeds, np.int64),
+                               self._fingerprint_in: fingerprint})
