@@ -1,6 +1,7 @@
 """One host infeed's input position: the rewrite of its input, the iterator
 states read for saves, the variables a save writes them to, and the start
-from a checkpoint's position.
+from a checkpoint's position (what `resume_policy` decides, done here: the
+checkpoint read, the seeds fed, the restore run in the session).
 
 `position.InputPosition` holds one per host's infeed and says how the run
 saves and restores them (`RunConfig.resume_input`).
@@ -20,6 +21,7 @@ import tensorflow as tf
 from tpu_harness import _tf_internals
 from tpu_harness._infeed import fingerprint as fingerprint_lib
 from tpu_harness._infeed import record
+from tpu_harness._infeed import resume_policy
 from tpu_harness._infeed import rewrite as resumable_input
 from tpu_harness._infeed import states as states_lib
 from tpu_harness._infeed import tf_message
@@ -169,80 +171,36 @@ class HostPosition:
   def start(self, fresh: bool = False) -> Start:
     """How the infeed starts: restoring the checkpoint's position, or
     skipping the steps of its pass already trained on, or (`fresh`, or no
-    checkpoint) a new pass."""
+    checkpoint) a new pass. Which applies, `resume_policy` decides; this
+    reads the checkpoint's position, logs what the decision says, and
+    makes the shuffles' seeds.
+
+    Raises:
+      StorageError: reading the checkpoint's position kept failing.
+    """
     group = self._group
-    seeds_needed = len(self._rewrite.seeds) if self._rewrite else 0
     saved = (None if fresh or group.checkpoint is None
              else record.read_saved(group.checkpoint, self._host))
-    self._resumed = not fresh and group.checkpoint is not None
-    if fresh or group.checkpoint is None:
-      return self._new_pass(skip=0)
-    if saved is None:
-      group.warn_once(
-          "none", "Checkpoint %s holds no input position (saved by an "
-          "earlier version, with resume_input='restart', or by a user's "
-          "Saver): reading and dropping the %d steps of input already "
-          "trained on.", group.checkpoint, group.start_step)
-      return self._new_pass(skip=group.start_step)
-    if saved.used_up:
-      logging.info("The training input's pass that started at step %d was "
-                   "used up at step %d (%s): a new pass starts from its "
-                   "first element.", saved.pass_start, group.start_step,
-                   group.checkpoint)
-      self._resumed = False
-      return self._new_pass(skip=0)
-    self._pass_start = saved.pass_start
-    changed = self._changed(saved)
-    if changed:
-      group.warn_once(
-          "fingerprint", "The input position saved in %s is not restored: "
-          "it was saved for another input pipeline (%s), and restoring it "
-          "would feed examples of the old one or fail reading "
-          "(resume_input='exact'). Reading and dropping the %d steps of its "
-          "pass instead, in a new order.", group.checkpoint,
-          "; ".join(changed), group.start_step - saved.pass_start)
-      return self._new_pass(skip=group.start_step - saved.pass_start,
-                            pass_start=saved.pass_start)
-    if len(saved.seeds) != seeds_needed:
-      if group.exact:
-        group.warn_once(
-            "seeds", "The input position saved in %s does not fit this "
-            "input pipeline (%d shuffles, %d saved; was `input_fn` "
-            "changed?): reading and dropping the %d steps of its pass "
-            "instead, in a new order.", group.checkpoint, seeds_needed,
-            len(saved.seeds), group.start_step - saved.pass_start)
-      return self._new_pass(skip=group.start_step - saved.pass_start,
-                            pass_start=saved.pass_start)
-    self._seeds = list(saved.seeds)
+    policy = resume_policy.ResumePolicy(
+        exact=group.exact, saves_state=self._saves_state,
+        restore_state=group.restore_state,
+        seeds_needed=len(self._rewrite.seeds) if self._rewrite else 0,
+        fingerprint=self._fingerprint)
+    decision = policy.decide(group.checkpoint, group.start_step, saved,
+                             fresh=fresh)
+    if decision.warning is not None:
+      group.warn_once(decision.why, "%s", decision.warning)
+    if decision.info is not None:
+      logging.info("%s", decision.info)
+    self._resumed = decision.resumed
+    self._pass_start = decision.pass_start
+    if decision.seeds is not None:
+      self._seeds = list(decision.seeds)
+    else:
+      self._seeds = self._rewrite.fresh_seeds() if self._rewrite else []
     feed = self._rewrite.seed_feed(self._seeds) if self._rewrite else {}
-    if saved.state and self._saves_state and group.restore_state:
-      return Start(feed=feed, state=saved.state, taken=saved.taken,
-                   skip=saved.skip)
-    if (group.exact and self._disabled is None and self.steps_of_pass
-        and group.restore_state):
-      group.warn_once(
-          "stateless", "Checkpoint %s holds no iterator state (its "
-          "pipeline's position could not be saved, or it was saved with "
-          "resume_input='skip'): reading and dropping the %d steps of input "
-          "already trained on.", group.checkpoint,
-          group.start_step - saved.pass_start)
-    return Start(feed=feed, state=None, taken=0,
-                 skip=group.start_step - saved.pass_start)
-
-  def _changed(self, saved: record.Saved) -> List[str]:
-    """What differs between this pipeline and the one `saved` was saved
-    for; empty when nothing does or either is unknown."""
-    if not self._saves_state or self._fingerprint is None:
-      return []
-    then = fingerprint_lib.Fingerprint.from_json(saved.fingerprint)
-    return [] if then is None else self._fingerprint.differences(then)
-
-  def _new_pass(self, skip: int, pass_start: Optional[int] = None) -> Start:
-    self._pass_start = (self._group.start_step if pass_start is None
-                        else pass_start)
-    self._seeds = self._rewrite.fresh_seeds() if self._rewrite else []
-    feed = self._rewrite.seed_feed(self._seeds) if self._rewrite else {}
-    return Start(feed=feed, state=None, taken=0, skip=skip)
+    return Start(feed=feed, state=decision.state, taken=decision.taken,
+                 skip=decision.skip)
 
   def restore(self, session, state: bytes) -> bool:
     """Restores the initialized iterator to `state`; False (with a

@@ -39,7 +39,8 @@ warm-starting and evaluation do not see them), saved by the training
 Saver and assigned by `_Listener` just before each save; restore reads
 them from the checkpoint file, not through the Saver, so checkpoints
 without them restore as before. A host's position:
-`tpu_harness._infeed.host_position`.
+`tpu_harness._infeed.host_position`; which of restore, skip or a new pass
+its start takes: `tpu_harness._infeed.resume_policy`.
 """
 
 from __future__ import annotations
