@@ -14,10 +14,10 @@ Public surface::
 """
 
 from hooks._tf_internals import global_step_read
-from hooks.checkpoint_saver_hook import CheckpointSaveError
 from hooks.checkpoint_saver_hook import CheckpointSaverHook
-from hooks.checkpoint_saver_hook import NonFiniteWeightsError
 from hooks.checkpoint_saver_listener import CheckpointSaverListener
+from hooks.checkpointer import CheckpointSaveError
+from hooks.checkpointer import NonFiniteWeightsError
 from hooks.run_increment import RunIncrement
 from hooks.schedule import Elapsed
 from hooks.schedule import StepOrSecondsSchedule

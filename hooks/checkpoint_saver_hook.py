@@ -20,6 +20,10 @@ those of TF 2.21's `tf.compat.v1.train.CheckpointSaverHook` whenever
 the observed increment (see `hooks.run_increment`), so a save is never
 delayed by more than one run.
 
+The hook decides when to save and calls the listeners; the save itself
+(the Saver or the background write, the non-finite check, its errors) is
+`hooks.checkpointer.Checkpointer`'s.
+
 All file I/O goes through TensorFlow's filesystem layer (`tf.io.gfile`, the
 Saver, the summary writer), so `checkpoint_dir` may be a `gs://` URL.
 """
@@ -38,8 +42,8 @@ import tensorflow as tf
 from hooks import _tf_internals
 from hooks import paths
 from hooks import validation
-from hooks.async_writer import AsyncCheckpointWriter
-from hooks.async_writer import CommitRefused
+from hooks.checkpointer import CheckpointSaveError
+from hooks.checkpointer import Checkpointer
 from hooks.run_increment import RunIncrement
 from hooks.schedule import StepOrSecondsSchedule
 from hooks.trigger import StepTrigger
@@ -48,23 +52,6 @@ _LISTENER_BASE = tf.compat.v1.train.CheckpointSaverListener
 # What the hook calls on a listener; like TF's hook, it accepts any object
 # that has them.
 _LISTENER_METHODS = ("begin", "before_save", "after_save", "end")
-
-
-class CheckpointSaveError(RuntimeError):
-  """Writing a checkpoint failed (after TensorFlow's own I/O retries).
-
-  Deliberately not a `tf.errors.UnavailableError`: MonitoredSession treats
-  that as a worker preemption and recreates the session, whose first act is
-  another save, so a persistent storage outage (a GCS bucket gone, lost
-  permissions) would loop forever instead of stopping with this error. The
-  previous checkpoint is untouched: the state file moves to a checkpoint
-  only after all its files are written.
-  """
-
-
-class NonFiniteWeightsError(RuntimeError):
-  """A variable held NaN or Inf when a checkpoint was due; it was not saved.
-  """
 
 
 class CheckpointSaverHook(tf.compat.v1.train.SessionRunHook):
@@ -167,21 +154,17 @@ class CheckpointSaverHook(tf.compat.v1.train.SessionRunHook):
     self._listeners = validation.with_methods(
         "listeners", listeners, _LISTENER_METHODS,
         "CheckpointSaverListeners")
-    self._saver = saver
-    self._scaffold = scaffold
     self._save_path = os.path.join(self._checkpoint_dir, checkpoint_basename)
     self._save_graph_def = bool(save_graph_def)
     self._clock = clock
-    self._async = bool(async_save)
-    self._check_finite = bool(check_finite)
     if write_guard is not None and not callable(write_guard):
       raise TypeError(f"`write_guard` ({write_guard!r}) must be callable "
                       f"with no arguments.")
     self._write_guard = write_guard or (lambda: None)
-    self._finite_flags = None
-    self._latest_saved: Optional[str] = None
-    self._writer = None
-    self._meta_graph: Optional[bytes] = None
+    self._checkpointer = Checkpointer(
+        self._save_path, saver=saver, scaffold=scaffold,
+        async_save=bool(async_save), check_finite=bool(check_finite),
+        save_graph_def=self._save_graph_def, write_guard=self._write_guard)
     self._global_step_tensor = None
     self._summary_writer = None
     logging.info("Create CheckpointSaverHook (dir=%s, steps_per_run=%d).",
@@ -195,7 +178,7 @@ class CheckpointSaverHook(tf.compat.v1.train.SessionRunHook):
   @property
   def latest_saved(self) -> Optional[str]:
     """The prefix of the last checkpoint this hook completed, or None."""
-    return self._latest_saved
+    return self._checkpointer.latest_saved
 
   @property
   def observed_steps_per_run(self) -> int:
@@ -219,26 +202,7 @@ class CheckpointSaverHook(tf.compat.v1.train.SessionRunHook):
           "CheckpointSaverHook needs a global step in the graph: create it "
           "with tf.compat.v1.train.get_or_create_global_step() before the "
           "session is created, and advance it in the train op.")
-    if self._async:
-      if tf.compat.v1.get_collection(
-          tf.compat.v1.GraphKeys.SAVEABLE_OBJECTS):
-        raise ValueError(
-            "`async_save` saves variables only; this graph has other "
-            "saveable objects (tf.compat.v1.GraphKeys.SAVEABLE_OBJECTS). "
-            "Use async_save=False.")
-      # What the saver saves, where it was given a list of variables; else
-      # what a default Saver saves.
-      saver = self._saver or (self._scaffold.saver if self._scaffold
-                              else None)
-      self._writer = AsyncCheckpointWriter(
-          _tf_internals.saver_variables(saver)
-          or tf.compat.v1.global_variables(), self._save_path)
-    elif self._check_finite:
-      with tf.name_scope("check_finite"):
-        self._finite_flags = {
-            v.op.name: tf.reduce_all(tf.math.is_finite(v))
-            for v in tf.compat.v1.global_variables()
-            if v.dtype.base_dtype.is_floating}
+    self._checkpointer.begin()
     for listener in self._listeners:
       listener.begin()
 
@@ -248,21 +212,15 @@ class CheckpointSaverHook(tf.compat.v1.train.SessionRunHook):
     global_step = int(session.run(self._global_step_tensor))
     graph = tf.compat.v1.get_default_graph()
     graph_def = graph.as_graph_def(add_shapes=True)
-    saver = self._get_saver()
     # What Saver.save would export as `.meta` on every save.
     meta_graph_def = tf.compat.v1.train.export_meta_graph(
-        graph_def=graph_def, saver_def=saver.saver_def, graph=graph)
-    meta_graph = (meta_graph_def.SerializeToString()
-                  if self._save_graph_def else None)
+        graph_def=graph_def, saver_def=self._checkpointer.saver().saver_def,
+        graph=graph)
     # A finalized graph (MonitoredSession finalizes it) cannot change: one
-    # serialized MetaGraphDef serves every checkpoint of the session, which
-    # spares each save re-exporting the graph (most of a small model's save).
-    self._meta_graph = meta_graph if graph.finalized else None
-    if self._writer is not None:
-      self._writer.configure(
-          max_to_keep=saver.saver_def.max_to_keep,
-          recent=saver.last_checkpoints, save_relative_paths=True,
-          meta_graph=meta_graph, before_commit=self._write_guard)
+    # serialized MetaGraphDef serves every checkpoint of the session.
+    self._checkpointer.session_created(
+        meta_graph_def.SerializeToString() if self._save_graph_def else None,
+        finalized=graph.finalized)
     writing = None
     self._write_guard()
     if self._save_graph_def:
@@ -295,8 +253,8 @@ class CheckpointSaverHook(tf.compat.v1.train.SessionRunHook):
     return tf.compat.v1.train.SessionRunArgs(self._global_step_tensor)
 
   def after_run(self, run_context, run_values) -> None:
-    if self._writer is not None and self._finish_write(
-        run_context.session, wait=False):
+    if self._after_save(run_context.session,
+                        self._checkpointer.finish(wait=False)):
       run_context.request_stop()
     fired = self._trigger.poll(
         int(run_values.results), self._clock(),
@@ -309,89 +267,18 @@ class CheckpointSaverHook(tf.compat.v1.train.SessionRunHook):
 
     Raises:
       CheckpointSaveError: the save failed.
+      NonFiniteWeightsError: with check_finite, a weight was NaN or Inf.
     """
     last_step = int(session.run(self._global_step_tensor))
     try:
       if last_step != self._schedule.last_triggered_step:
         self._save(session, last_step)
-      if self._writer is not None:
-        self._finish_write(session, wait=True)
+      self._after_save(session, self._checkpointer.finish(wait=True))
     finally:
-      if self._writer is not None:
-        self._writer.close()
+      self._checkpointer.close()
     for listener in self._listeners:
       listener.end(session, last_step)
     self._summary_writer.flush()
-
-  def _save(self, session, step: int) -> bool:
-    """Saves a checkpoint at `step`; returns whether a listener asks to stop.
-
-    With async_save, starts the write and returns whether a listener asked
-    to stop when the previous write completed.
-    """
-    should_stop = False
-    if self._writer is not None:
-      should_stop = self._finish_write(session, wait=True)
-    logging.info("Calling checkpoint listeners before saving checkpoint %d...",
-                 step)
-    for listener in self._listeners:
-      listener.before_save(session, step)
-    self._write_guard()
-    logging.info("Saving checkpoints for %d into %s.", step, self._save_path)
-    if self._writer is not None:
-      values = self._writer.snapshot(session)
-      if self._check_finite:
-        self._refuse_non_finite(step, self._writer.non_finite(values))
-      self._writer.start(step, values)
-      return should_stop
-    if self._finite_flags:
-      flags = session.run(self._finite_flags)
-      self._refuse_non_finite(
-          step, sorted(name for name, ok in flags.items() if not ok))
-    try:
-      path = self._get_saver().save(
-          session, self._save_path, global_step=step,
-          write_meta_graph=self._save_graph_def and self._meta_graph is None)
-      if self._meta_graph is not None:  # After the state file, as Saver does.
-        with tf.io.gfile.GFile(path + ".meta", "wb") as meta_file:
-          meta_file.write(self._meta_graph)
-    except tf.errors.OpError as error:
-      raise CheckpointSaveError(
-          f"Saving the checkpoint for step {step} into {self._save_path} "
-          f"failed: {type(error).__name__}: {error.message}") from error
-    return self._after_save(session, step)
-
-  def _finish_write(self, session, wait: bool) -> bool:
-    """Completes a finished background write: listeners' after_save and the
-    event. Returns whether a listener asks to stop.
-
-    Raises:
-      CheckpointSaveError: the background write failed.
-    """
-    step = self._writer.step_in_flight
-    try:
-      done = self._writer.wait() if wait else self._writer.collect()
-    except CommitRefused as refused:
-      raise refused.cause from None
-    except Exception as error:  # pylint: disable=broad-except
-      raise CheckpointSaveError(
-          f"Writing the checkpoint for step {step} into {self._save_path} "
-          f"failed in the background: {type(error).__name__}: "
-          f"{getattr(error, 'message', error)}") from error
-    return False if done is None else self._after_save(session, done)
-
-  def _refuse_non_finite(self, step: int, names) -> None:
-    if not names:
-      return
-    kept = (f"the newest checkpoint is still {self._latest_saved}"
-            if self._latest_saved else
-            "no checkpoint was saved in this session")
-    raise NonFiniteWeightsError(
-        f"Variables {list(names)} hold NaN or Inf at step {step}; their "
-        f"checkpoint was not saved, and {kept}. (The loss can still be "
-        f"finite when the last update of a run makes the weights "
-        f"non-finite.) Lower the learning rate or check the input, then "
-        f"train again: training resumes from that checkpoint.")
 
   def finish_pending_save(self) -> Optional[int]:
     """Finishes a background write still in flight, for when training stops
@@ -403,27 +290,30 @@ class CheckpointSaverHook(tf.compat.v1.train.SessionRunHook):
       The step of the checkpoint the write completed, or None (no write in
       flight, sync saves, or the write failed: logged as an error).
     """
-    if self._writer is None:
-      return None
-    step = self._writer.step_in_flight
-    try:
-      done = self._writer.wait()
-    except Exception as error:  # pylint: disable=broad-except
-      logging.error("The background write of checkpoint %s failed: %s; the "
-                    "state file still names the checkpoint before it.",
-                    step, error)
-      done = None
-    else:
-      if done is not None:
-        self._latest_saved = f"{self._save_path}-{done}"
-        logging.info("Finished writing checkpoint %d (%s) after training "
-                     "stopped.", done, self._latest_saved)
-    finally:
-      self._writer.close()
-    return done
+    return self._checkpointer.finish_pending()
 
-  def _after_save(self, session, step: int) -> bool:
-    self._latest_saved = f"{self._save_path}-{step}"
+  def _save(self, session, step: int) -> bool:
+    """Saves a checkpoint at `step`; returns whether a listener asks to stop.
+
+    With async_save, starts the write and returns whether a listener asked
+    to stop when the previous write completed.
+    """
+    should_stop = self._after_save(session,
+                                   self._checkpointer.finish(wait=True))
+    logging.info("Calling checkpoint listeners before saving checkpoint %d...",
+                 step)
+    for listener in self._listeners:
+      listener.before_save(session, step)
+    self._write_guard()
+    done = self._checkpointer.save(session, step)
+    return self._after_save(session, done) or should_stop
+
+  def _after_save(self, session, step: Optional[int]) -> bool:
+    """The CHECKPOINT event and listeners' after_save for the checkpoint
+    completed at `step` (nothing if None); returns whether a listener asks
+    to stop."""
+    if step is None:
+      return False
     self._write_guard()  # Listeners and the event may write.
     self._summary_writer.add_session_log(
         tf.compat.v1.SessionLog(status=tf.compat.v1.SessionLog.CHECKPOINT,
@@ -438,30 +328,6 @@ class CheckpointSaverHook(tf.compat.v1.train.SessionRunHook):
                      "stop.", listener)
         should_stop = True
     return should_stop
-
-  def _get_saver(self):
-    if self._saver is not None:
-      return self._saver
-    if self._scaffold is not None:
-      if self._scaffold.saver is None:
-        raise RuntimeError(
-            "The `scaffold` passed to CheckpointSaverHook has no saver yet: "
-            "finalize it (MonitoredSession does) or pass `saver=`.")
-      return self._scaffold.saver
-    savers = tf.compat.v1.get_collection(tf.compat.v1.GraphKeys.SAVERS)
-    if not savers:
-      raise RuntimeError(
-          "CheckpointSaverHook found no saver: pass `saver=` or `scaffold=`, "
-          "or add a tf.compat.v1.train.Saver to the "
-          "tf.compat.v1.GraphKeys.SAVERS collection (MonitoredTrainingSession"
-          "'s default Scaffold does this).")
-    if len(savers) > 1:
-      raise RuntimeError(
-          f"CheckpointSaverHook found {len(savers)} savers in the "
-          f"tf.compat.v1.GraphKeys.SAVERS collection; pass the one to use "
-          f"as `saver=`.")
-    self._saver = savers[0]
-    return self._saver
 
 
 class _Background:
