@@ -22,7 +22,8 @@ delayed by more than one run.
 
 The hook decides when to save and calls the listeners; the save itself
 (the Saver or the background write, the non-finite check, its errors) is
-`hooks.checkpointer.Checkpointer`'s.
+`hooks.checkpointer.Checkpointer`'s, and `graph.pbtxt` is written by
+`hooks.graph_text`.
 
 All file I/O goes through TensorFlow's filesystem layer (`tf.io.gfile`, the
 Saver, the summary writer), so `checkpoint_dir` may be a `gs://` URL.
@@ -31,19 +32,17 @@ Saver, the summary writer), so `checkpoint_dir` may be a `gs://` URL.
 from __future__ import annotations
 
 import os
-import threading
 import time
 from typing import Callable, Iterable, Optional
 
 from absl import logging
-from google.protobuf import text_format
 import tensorflow as tf
 
 from hooks import _tf_internals
 from hooks import paths
 from hooks import validation
-from hooks.checkpointer import CheckpointSaveError
 from hooks.checkpointer import Checkpointer
+from hooks.graph_text import GraphTextWrite
 from hooks.run_increment import RunIncrement
 from hooks.schedule import StepOrSecondsSchedule
 from hooks.trigger import StepTrigger
@@ -225,13 +224,9 @@ class CheckpointSaverHook(tf.compat.v1.train.SessionRunHook):
     self._write_guard()
     if self._save_graph_def:
       # The graph is finalized now, after every hook's begin() had its chance
-      # to add ops, so this is the graph that runs. Its text is made and
-      # written while the first checkpoint is saved (TF's text formatting is
-      # Python, as long as the save on a small model; the save's
-      # Session.run lets it run).
-      graph_path = paths.join(self._checkpoint_dir, "graph.pbtxt")
-      writing = _Background(lambda: paths.write_atomically(
-          graph_path, text_format.MessageToString(graph_def)))
+      # to add ops, so this is the graph that runs. Its text is written
+      # while the first checkpoint is saved.
+      writing = GraphTextWrite(self._checkpoint_dir, graph_def)
     try:
       self._summary_writer.add_graph(None, graph_def=graph_def)
       self._summary_writer.add_meta_graph(meta_graph_def)
@@ -239,13 +234,7 @@ class CheckpointSaverHook(tf.compat.v1.train.SessionRunHook):
       self._save(session, global_step)
     finally:
       if writing is not None:
-        try:
-          writing.result()
-        except tf.errors.OpError as error:
-          raise CheckpointSaveError(
-              f"Writing {graph_path} failed: {type(error).__name__}: "
-              f"{error.message}. Nothing was left of it (a full disk?).") \
-              from error
+        writing.wait()
     self._schedule.mark_triggered(global_step, self._clock())
 
   def before_run(self, run_context):
@@ -328,24 +317,3 @@ class CheckpointSaverHook(tf.compat.v1.train.SessionRunHook):
                      "stop.", listener)
         should_stop = True
     return should_stop
-
-
-class _Background:
-  """Runs `fn` on a thread; `result()` waits and re-raises its error."""
-
-  def __init__(self, fn: Callable[[], object]):
-    self._error: Optional[BaseException] = None
-
-    def run():
-      try:
-        fn()
-      except BaseException as error:  # pylint: disable=broad-except
-        self._error = error
-
-    self._thread = threading.Thread(target=run, daemon=True)
-    self._thread.start()
-
-  def result(self) -> None:
-    self._thread.join()
-    if self._error is not None:
-      raise self._error
