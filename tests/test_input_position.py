@@ -196,6 +196,24 @@ def test_a_position_that_cannot_be_used_falls_back_to_skipping(
                                 weights(str(tmp_path / "straight")))
 
 
+def test_skipping_after_a_checkpoint_without_a_position_counts_from_step_0(
+    tmp_path, caplog):
+  # A run saved no position at step 10 (resume_input='restart'); the next
+  # skips 10 steps from the input's start and saves none either (skip
+  # mode); the one after must skip all 20, not the 10 after its start.
+  fn = input_fn_from(shuffle=False)
+  _runner(tmp_path / "straight", "skip").train(fn, max_steps=30)
+  _runner(tmp_path / "resumed", "restart").train(fn, max_steps=10)
+  caplog.set_level(std_logging.WARNING)
+  _runner(tmp_path / "resumed", "skip").train(fn, max_steps=20)
+  assert any("holds no input position" in r.getMessage()
+             for r in caplog.records)
+  assert record.read_saved(
+      str(tmp_path / "resumed" / "model.ckpt-20")).pass_start == 0
+  _runner(tmp_path / "resumed", "skip").train(fn, max_steps=30)
+  np.testing.assert_array_equal(weights(str(tmp_path / "resumed")),
+                                weights(str(tmp_path / "straight")))
+
 def test_a_run_resumed_by_skipping_saves_an_exact_position_at_its_start(
     tmp_path, infeed_kind):
   # The session's first save (at the start step) comes while the first

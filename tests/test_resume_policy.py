@@ -75,9 +75,11 @@ NO_RESTORE = ResumePolicy(exact=True, saves_state=True, restore_state=False,
      Decision("seeds", pass_start=10, skip=20)),
     (SKIP, CHECKPOINT, _saved(seeds=(5, 6, 7)), False,
      Decision("seeds", pass_start=10, skip=20)),
-    # No position: the steps trained on skipped in a new pass.
+    # No position: the steps trained on skipped in a new pass, taken to
+    # have started at step 0 (a later save without a state then skips all
+    # of them again, not only those after this start).
     (EXACT, CHECKPOINT, None, False,
-     Decision("none", pass_start=START, skip=START)),
+     Decision("none", pass_start=0, skip=START)),
 ])
 def test_decides_where_the_input_starts(policy, checkpoint, saved, fresh,
                                         expected):

@@ -108,8 +108,10 @@ class ResumePolicy:
       return Decision("fresh" if fresh else "no checkpoint",
                       pass_start=start_step, resumed=False)
     if saved is None:
+      # The steps trained on are read and dropped from the input's start:
+      # the pass is taken to have started at step 0.
       return Decision(
-          "none", pass_start=start_step, skip=start_step, warning=(
+          "none", pass_start=0, skip=start_step, warning=(
               f"Checkpoint {checkpoint} holds no input position (saved by "
               f"an earlier version, with resume_input='restart', or by a "
               f"user's Saver): reading and dropping the {start_step} steps "
