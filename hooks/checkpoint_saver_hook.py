@@ -110,7 +110,9 @@ class CheckpointSaverHook(tf.compat.v1.train.SessionRunHook):
         saving if one is not (so a NaN never reaches a checkpoint, even
         when the loss was still finite). With `async_save` the check runs
         on the snapshot the save takes anyway; otherwise it is one extra
-        read of the variables per save.
+        read of the variables per save. The save at a session's creation
+        is not checked: it holds what was restored (checked when it was
+        saved) or initialized, before any step could change it.
       write_guard: called before each write into `checkpoint_dir`: every
         save, `graph.pbtxt`, listeners' `after_save` and the CHECKPOINT
         event, and with `async_save` once more in the background before the
@@ -166,6 +168,7 @@ class CheckpointSaverHook(tf.compat.v1.train.SessionRunHook):
         save_graph_def=self._save_graph_def, write_guard=self._write_guard)
     self._global_step_tensor = None
     self._summary_writer = None
+    self._stepped = False  # Whether the session ran since its creation.
     logging.info("Create CheckpointSaverHook (dir=%s, steps_per_run=%d).",
                  self._checkpoint_dir, steps_per_run)
 
@@ -208,6 +211,7 @@ class CheckpointSaverHook(tf.compat.v1.train.SessionRunHook):
   def after_create_session(self, session, coord) -> None:
     del coord  # Unused.
     self._increment.new_session()
+    self._stepped = False
     global_step = int(session.run(self._global_step_tensor))
     graph = tf.compat.v1.get_default_graph()
     graph_def = graph.as_graph_def(add_shapes=True)
@@ -242,6 +246,7 @@ class CheckpointSaverHook(tf.compat.v1.train.SessionRunHook):
     return tf.compat.v1.train.SessionRunArgs(self._global_step_tensor)
 
   def after_run(self, run_context, run_values) -> None:
+    self._stepped = True
     if self._after_save(run_context.session,
                         self._checkpointer.finish(wait=False)):
       run_context.request_stop()
@@ -294,7 +299,8 @@ class CheckpointSaverHook(tf.compat.v1.train.SessionRunHook):
     for listener in self._listeners:
       listener.before_save(session, step)
     self._write_guard()
-    done = self._checkpointer.save(session, step)
+    # Nothing changed the variables before the session's first run.
+    done = self._checkpointer.save(session, step, check=self._stepped)
     return self._after_save(session, done) or should_stop
 
   def _after_save(self, session, step: Optional[int]) -> bool:

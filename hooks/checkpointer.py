@@ -167,9 +167,16 @@ class Checkpointer:
           recent=saver.last_checkpoints, save_relative_paths=True,
           meta_graph=meta_graph, before_commit=self._write_guard)
 
-  def save(self, session, step: int) -> Optional[int]:
+  def save(self, session, step: int, check: bool = True) -> Optional[int]:
     """Saves the checkpoint of `step`; with async_save, starts writing it
     (a write in flight must have finished: see `finish`).
+
+    Args:
+      session: the session whose variables are saved.
+      step: the global step the checkpoint is named after.
+      check: with check_finite, check the variables (False: the caller
+        knows they were checked, or not changed, since they were restored
+        or initialized).
 
     Returns:
       `step` once its checkpoint is complete; None while it is written in
@@ -182,11 +189,11 @@ class Checkpointer:
     logging.info("Saving checkpoints for %d into %s.", step, self._save_path)
     if self._writer is not None:
       values = self._writer.snapshot(session)
-      if self._check_finite:
+      if self._check_finite and check:
         self._refuse_non_finite(step, self._writer.non_finite(values))
       self._writer.start(step, values)
       return None
-    if self._finite_flags:
+    if self._finite_flags and check:
       flags = session.run(self._finite_flags)
       self._refuse_non_finite(
           step, sorted(name for name, ok in flags.items() if not ok))

@@ -836,6 +836,29 @@ def test_non_finite_weights_are_not_saved(tmp_path, async_save):
   assert listener.saved_steps() == [0, 20]
 
 
+
+@pytest.mark.parametrize("async_save", [False, True])
+def test_the_save_at_session_creation_is_not_checked(tmp_path, async_save):
+  # It holds what was restored or initialized, before any step: here a NaN
+  # initial value, saved as it is at step 0 (no read of the variables spent
+  # on it); the first save after a step is checked and refused.
+  ckpt_dir = _dir(tmp_path, "ckpt")
+  global_step = tf.compat.v1.train.get_or_create_global_step()
+  weight = tf.compat.v1.get_variable(
+      "w", initializer=tf.constant(np.nan, tf.float32), use_resource=True)
+  with tf.control_dependencies([weight.assign_add(1.0)]):
+    train_op = global_step.assign_add(10)
+  hook = hooks.CheckpointSaverHook(ckpt_dir, save_steps=10, steps_per_run=10,
+                                   check_finite=True, async_save=async_save)
+  with pytest.raises(hooks.NonFiniteWeightsError,
+                     match=r"Variables \['w'\] hold NaN or Inf at step 10"):
+    with tf.compat.v1.train.MonitoredTrainingSession(
+        hooks=[hook], save_checkpoint_secs=None, save_summaries_steps=None,
+        log_step_count_steps=None) as session:
+      session.run(train_op)
+  hook.finish_pending_save()
+  assert checkpoint_steps(ckpt_dir) == [0]
+
 def test_without_check_finite_nan_weights_are_saved(tmp_path):
   # The contrast: the check is what keeps the NaN out.
   ckpt_dir = _dir(tmp_path, "ckpt")
