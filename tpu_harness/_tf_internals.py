@@ -41,7 +41,10 @@ signature.
   that class. Which transformations a built input holds is read from the
   graph: the dataset ops behind its variant (public `Operation.inputs`) and
   the bodies of the functions they run, which the graph keeps in a private
-  function library.
+  function library. Whether a parallel map or interleave asked for no fixed
+  order keeps one anyway depends on whether
+  `tf.config.experimental.enable_op_determinism()` was called, which only a
+  private function tells (`op_determinism_enabled`).
 - An `input_fn` may return tensors read from a tf.compat.v1 iterator
   (`make_one_shot_iterator().get_next()`), as TPUEstimator allowed; the
   loops need the dataset behind them, so while `input_fn` runs the makers
@@ -67,6 +70,7 @@ from typing import Callable, List, Set, Tuple
 import tensorflow as tf
 from tensorflow.python.data.experimental.ops import shuffle_ops  # pylint: disable=g-direct-tensorflow-import
 from tensorflow.python.data.ops import dataset_ops  # pylint: disable=g-direct-tensorflow-import
+from tensorflow.python.framework import config as tf_config  # pylint: disable=g-direct-tensorflow-import
 from tensorflow.python.framework import function  # pylint: disable=g-direct-tensorflow-import
 from tensorflow.python.framework import kernels  # pylint: disable=g-direct-tensorflow-import
 from tensorflow.python.framework import none_tensor  # pylint: disable=g-direct-tensorflow-import
@@ -301,6 +305,12 @@ def dataset_methods_as(*, shuffle: Callable, cache: Callable) -> None:
      shuffle_ops._ShuffleAndRepeatDataset) = saved  # pylint: disable=protected-access
 
 
+def op_determinism_enabled() -> bool:
+  """Whether `tf.config.experimental.enable_op_determinism()` was called
+  (tf.data then makes every transformation keep its input's order)."""
+  return tf_config.is_op_determinism_enabled()
+
+
 def dataset_op_types(dataset: tf.data.Dataset) -> Set[str]:
   """The types of the ops that make `dataset` (built in a graph), with
   those of the functions they run, recursively."""
@@ -314,10 +324,19 @@ def dataset_nodes(dataset: tf.data.Dataset
   """The NodeDefs of the ops that make `dataset` (built in a graph), from
   its last transformation back to its sources; and those of the functions
   they run, recursively, each function once; in a deterministic order."""
+  nodes, bodies = dataset_scopes(dataset)
+  return nodes, [node for body in bodies for node in body]
+
+
+def dataset_scopes(dataset: tf.data.Dataset
+                   ) -> Tuple[List[tf.compat.v1.NodeDef],
+                              List[List[tf.compat.v1.NodeDef]]]:
+  """`dataset_nodes`, the functions' NodeDefs one list per function (the
+  names an op's inputs give are those of its own function's nodes)."""
   variant = tf.data.experimental.to_variant(dataset)
   graph = variant.graph
   nodes: List[tf.compat.v1.NodeDef] = []
-  bodies: List[tf.compat.v1.NodeDef] = []
+  bodies: List[List[tf.compat.v1.NodeDef]] = []
   seen_ops, seen_functions = set(), set()
   stack = [variant.op]
   functions: List[str] = []
@@ -341,11 +360,13 @@ def dataset_nodes(dataset: tf.data.Dataset
     if definition is None:
       continue
     called = []
+    body = []
     for node in definition.node_def:
-      bodies.append(node)
+      body.append(node)
       called.extend(_function_names(node.attr))
       if graph._is_function(node.op):  # pylint: disable=protected-access
         called.append(node.op)
+    bodies.append(body)
     functions.extend(reversed(called))
   return nodes, bodies
 
