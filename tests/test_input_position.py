@@ -454,3 +454,70 @@ def test_a_stale_offset_is_named_and_skipped_instead(tmp_path, caplog,
   assert "reading and dropping the" in warnings[0].lower()
   np.testing.assert_array_equal(weights(str(tmp_path / "model")),
                                 weights(str(tmp_path / "straight")))
+
+
+def _unordered_records_input_fn(path, fused):
+  """Records parsed by a map with num_parallel_calls and
+  deterministic=False (elements given as they are ready). `fused`: the
+  map feeds the batch straight away, and tf.data fuses the two into a
+  map_and_batch, which gives its batches in order; else efficientnet's
+  shape: the order asked of the pipeline's options, the parallel maps
+  left at deterministic's default, one of them after the batch."""
+  def parse(record):
+    return tf.io.decode_raw(tf.strings.substr(record, 0, 8), tf.int64)[0]
+
+  def input_fn(params):
+    dataset = tf.data.TFRecordDataset(str(path)).repeat()
+    if fused:
+      dataset = dataset.map(lambda r: _examples(parse(r)),
+                            num_parallel_calls=4, deterministic=False)
+      return dataset.batch(params["batch_size"], drop_remainder=True)
+    dataset = dataset.map(lambda r: _examples(parse(r)), 4).batch(
+        params["batch_size"], drop_remainder=True)
+    dataset = dataset.map(lambda x, y: (tf.reshape(x, [-1, FEATURES]), y),
+                          num_parallel_calls=4)
+    options = tf.data.Options()
+    options.experimental_deterministic = False
+    return dataset.with_options(options)
+  return input_fn
+
+
+def test_a_parallel_map_fused_with_its_batch_keeps_an_exact_position(
+    tmp_path):
+  records = tmp_path / "train.tfrecord"
+  _write_records(records, padding=0)
+  fn = _unordered_records_input_fn(records, fused=True)
+  _runner(tmp_path / "straight").train(fn, max_steps=30)
+  for stop in (13, 30):
+    _runner(tmp_path / "resumed").train(fn, max_steps=stop)
+  assert record.read_saved(str(tmp_path / "resumed" /
+                               "model.ckpt-13")).state
+  np.testing.assert_array_equal(weights(str(tmp_path / "resumed")),
+                                weights(str(tmp_path / "straight")))
+
+
+def test_an_unordered_parallel_map_falls_back_to_skipping_when_built(
+    tmp_path, caplog):
+  """tf.data cannot save a non-deterministic parallel map's position
+  symbolically (which elements it has given depends on which calls
+  finished first): found when the input is built, one warning naming
+  the op and what makes it exact, and no save tried and failed (which
+  TF logs on stderr, three lines per save; was: found at the first
+  save, "the input pipeline's state cannot be saved")."""
+  records = tmp_path / "train.tfrecord"
+  _write_records(records, padding=0)
+  fn = _unordered_records_input_fn(records, fused=False)
+  caplog.set_level(std_logging.WARNING)
+  _runner(tmp_path / "model").train(fn, max_steps=13)
+  messages = [r.getMessage() for r in caplog.records]
+  warnings = [m for m in messages if "not saved with checkpoints" in m]
+  assert len(warnings) == 1, messages
+  assert "ParallelMapDatasetV2" in warnings[0]
+  assert "deterministic" in warnings[0]
+  assert "resume_input='skip'" in warnings[0]
+  assert not any("cannot be saved" in m for m in messages), messages
+  saved = record.read_saved(str(tmp_path / "model" / "model.ckpt-13"))
+  assert saved.state == b"" and saved.pass_start == 0
+  _runner(tmp_path / "model").train(fn, max_steps=30)
+  assert contents.checkpoint_step(
+      tf.train.latest_checkpoint(str(tmp_path / "model"))) == 30

@@ -130,11 +130,24 @@ class HostPosition:
       return dataset
     findings = resumable_input.inspect(dataset)
     kept = self._rewrite.kept if self._rewrite is not None else []
+    reasons = []
     if findings.unsaveable:
-      self.disable(
+      reasons.append(
           f"the input pipeline has {', '.join(findings.unsaveable)}, whose "
           f"state a position cannot hold"
           + (f"; left as they were: {'; '.join(kept)}" if kept else ""))
+    if findings.unordered:
+      several = len(findings.unordered) > 1
+      reasons.append(
+          f"the input pipeline has {', '.join(findings.unordered)}, which "
+          f"{'give' if several else 'gives'} elements in the order they are "
+          f"ready: which of those in flight were given is not a position, "
+          f"and tf.data cannot save one. deterministic=True there (or "
+          f"tf.data.Options().deterministic = True) makes the position "
+          f"exact, at some cost in throughput; skipping in an unordered "
+          f"input drops about, not exactly, the elements trained on")
+    if reasons:
+      self.disable("; ".join(reasons))
       return dataset
     if findings.random_ops:
       self._group.warn_once(

@@ -10,9 +10,10 @@ without reading again the input already trained on.
   transformation is (a few KB, whatever the buffers), and a restore
   recomputes what they held (one shuffle window, the cache's input). Where
   the pipeline holds something a position cannot (a `py_function`, a
-  shuffle made outside `input_fn`, a file cache), or a checkpoint holds no
-  usable position (an earlier version's, a user's Saver's), the run falls
-  back to `skip`, saying why once. Stateful random ops in the pipeline
+  shuffle made outside `input_fn`, a file cache, a parallel map giving
+  elements in no fixed order), or a checkpoint holds no usable position
+  (an earlier version's, a user's Saver's), the run falls back to `skip`,
+  saying why once. Stateful random ops in the pipeline
   (`tf.image.random_*`) restart their random stream from their seeds: a
   resumed run's augmentations differ from an uninterrupted run's, its
   elements and their order do not.
