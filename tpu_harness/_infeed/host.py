@@ -42,8 +42,9 @@ Device side: the loop calls `dequeue()` once per step.
 The parts: how the input is read (`fill`: chunks or elements), how
 requests are answered (`requests`: buffered or streamed), how reads are
 sized (`layout.InfeedLayout`); this module holds the host thread, the
-start and stop, and the position's hooks. `Infeed` is what the loops and
-the runner see of it, and of a pod's (`pod.PodInfeed`).
+start and stop, and the position's hooks. What the loops and the runner
+see of it, and of a pod's (`pod.PodInfeed`), is `protocol.Infeed`;
+`protocol.InfeedHook` starts and stops it with each session.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ from __future__ import annotations
 import contextlib
 import queue as queue_lib
 import threading
-from typing import Any, Callable, List, Optional, Protocol
+from typing import Any, Callable, List, Optional
 
 from absl import logging
 import tensorflow as tf
@@ -64,37 +65,6 @@ from tpu_harness._infeed import requests as requests_lib
 from tpu_harness._infeed.layout import leaf_paths
 from tpu_harness.errors import InputEndedEarlyError
 from tpu_harness.errors import InputShapeError
-
-
-class Infeed(Protocol):
-  """What the loops and the runner use of an infeed (one host's, or a
-  pod's)."""
-
-  @property
-  def element_spec(self) -> Any:
-    """The structure of one step's element."""
-
-  @property
-  def streams(self) -> bool:
-    """Whether requests are answered at once (see `requests`)."""
-
-  def dequeue(self) -> Any:
-    """Device side: the next step's element."""
-
-  def start(self, session) -> None:
-    """With each session: initializes the input and starts the host side."""
-
-  def request(self, steps: int) -> None:
-    """Asks for up to `steps` more steps of input."""
-
-  def wait(self) -> int:
-    """The steps the oldest request got (0: the input ended)."""
-
-  def stop(self) -> None:
-    """Stops the host side."""
-
-  def raise_if_failed(self) -> None:
-    """Raises what made a streamed input fail, if anything."""
 
 
 class HostInfeed:
@@ -502,28 +472,3 @@ class HostInfeed:
     """
     if self._failure is not None:
       raise self._failure
-
-
-class InfeedHook(tf.compat.v1.train.SessionRunHook):
-  """Starts an infeed with each session and stops it at the end."""
-
-  def __init__(self, infeed: Infeed, first_request: int = 0):
-    """Args:
-      infeed: the infeed.
-      first_request: steps to request as soon as the infeed starts (0:
-        none), so that the host reads the first loop's input while the
-        other hooks' `after_create_session` run (a training session's
-        first checkpoint save); the caller's first request is then made.
-    """
-    self._infeed = infeed
-    self._first_request = first_request
-
-  def after_create_session(self, session, coord) -> None:
-    del coord  # Unused.
-    self._infeed.start(session)
-    if self._first_request:
-      self._infeed.request(self._first_request)
-
-  def end(self, session) -> None:
-    del session  # Unused.
-    self._infeed.stop()

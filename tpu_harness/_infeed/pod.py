@@ -35,7 +35,7 @@ def per_host(name: str, devices: Sequence[Optional[str]],
 
 class PodInfeed:
   """The hosts' infeeds, requested, waited for, started and stopped as one
-  (an `Infeed`).
+  (a `protocol.Infeed`).
 
   `dequeue()` gives one element per host, each dequeued on its host.
   """

@@ -29,7 +29,7 @@ from hooks import paths
 from tpu_harness import errors
 from tpu_harness import spec as spec_lib
 from tpu_harness._infeed import position as input_position
-from tpu_harness._infeed.host import InfeedHook
+from tpu_harness._infeed.protocol import InfeedHook
 from tpu_harness._model_dir import contents
 from tpu_harness._model_dir import restore_order
 from tpu_harness._model_dir import storage

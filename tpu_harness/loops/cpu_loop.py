@@ -35,10 +35,10 @@ from tpu_harness import _tf_internals
 from tpu_harness import spec as spec_lib
 from tpu_harness._infeed import pod as pod_infeed
 from tpu_harness._infeed.host import HostInfeed
-from tpu_harness._infeed.host import Infeed
 from tpu_harness._infeed.layout import DEFAULT_LAYOUT
 from tpu_harness._infeed.layout import InfeedLayout
 from tpu_harness._infeed.position import InputPosition
+from tpu_harness._infeed.protocol import Infeed
 from tpu_harness.loops import device_loop
 from tpu_harness.loops import eval_metrics as eval_metrics_lib
 from tpu_harness.loops import replicas as replicas_lib

@@ -21,10 +21,10 @@ from typing import (Any, Callable, Dict, List, Mapping, Optional,
 
 import tensorflow as tf
 
-from tpu_harness._infeed.host import Infeed
 from tpu_harness._infeed.layout import DEFAULT_LAYOUT
 from tpu_harness._infeed.layout import InfeedLayout
 from tpu_harness._infeed.position import InputPosition
+from tpu_harness._infeed.protocol import Infeed
 
 # Outfeed names every loop uses: each step's mean loss (TRAIN, EVAL), the
 # count of real rows in each replica's predict batch, and predictions given
