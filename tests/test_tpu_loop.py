@@ -9,7 +9,7 @@ import tensorflow as tf
 
 from support import runner_models
 import tpu_harness as th
-from tpu_harness._run import host_loop
+from tpu_harness._run import prediction
 from tpu_harness.loops import tpu_loop
 from support.runner_models import linear_model_fn
 from support.runner_models import train_input_fn
@@ -207,7 +207,7 @@ def test_predict_graph_pads_batches_and_sends_real_row_counts(
   fake = {"__valid__": np.array([[4, 1]]),
           "y": np.arange(8).reshape(1, 2, 4, 1),
           "doubled": np.zeros((1, 2, 4, 1))}
-  rows = list(host_loop.prediction_rows(fake))
+  rows = list(prediction.rows(fake))
   assert [int(r["y"][0]) for r in rows] == [0, 1, 2, 3, 4]
 
 

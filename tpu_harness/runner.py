@@ -1,8 +1,8 @@
 """`Runner`: TPUEstimator-style train / evaluate / predict over device loops.
 
-The public API and its checks. A training session is `training.train`;
-sessions restored for evaluate and predict are `restore.restored`; the host
-side of running loops is `host_loop`.
+The public API and its checks; each call then runs its session with a
+`job.Job` in `tpu_harness._run`: `training.train`, `evaluation.evaluate`,
+`prediction.predict`.
 """
 
 from __future__ import annotations
@@ -13,26 +13,22 @@ from typing import (Any, Callable, Dict, Iterable, Iterator, List, Mapping,
                     Optional, Sequence)
 
 from absl import logging
-import numpy as np
 import tensorflow as tf
 
-from hooks import paths
 from hooks import validation
 from tpu_harness import errors
 from tpu_harness import spec as spec_lib
 from tpu_harness._infeed.position import RestoredPositionError
 from tpu_harness._model_dir import contents
 from tpu_harness._model_dir import restore_order
-from tpu_harness._model_dir import storage
 from tpu_harness._model_dir.lease import ModelDirLease
-from tpu_harness._run import host_loop
+from tpu_harness._run import evaluation
 from tpu_harness._run import logs
-from tpu_harness._run import restore
+from tpu_harness._run import prediction
 from tpu_harness._run import training
+from tpu_harness._run.job import Job
 from tpu_harness.config import RunConfig
 from tpu_harness.loops import cpu_loop
-from tpu_harness.loops import device_loop as device_loop_lib
-from tpu_harness.loops.device_loop import BuiltLoop
 from tpu_harness.loops.device_loop import DeviceLoop
 from tpu_harness.tpu import check as tpu_check
 
@@ -212,11 +208,7 @@ class Runner:
           return self
         try:
           self._preempted = training.train(
-              training.Job(model_fn=self._model_fn, config=self._config,
-                           device=self._device,
-                           params=self._params_for(batch_size),
-                           session_config=self._session_config(),
-                           clock=self._clock),
+              self._job(batch_size),
               training.TrainRequest(
                   input_fn=input_fn, resume=resume, last_step=last_step,
                   batch_size=batch_size, hooks=user_hooks,
@@ -263,6 +255,12 @@ class Runner:
       name: eval name: events go to `model_dir/eval_<name>` (or `/eval`).
       hooks: more `SessionRunHook`s.
 
+    Returns:
+      `{name: value}`: `loss` (its mean over the steps) and each metric's
+      value (scalars as Python numbers), and `global_step`, the
+      checkpoint's. The scalars are also written as a summary to the eval
+      directory, at that step.
+
     Raises:
       ValueError: no checkpoint, bad `steps`, a contract violation, or an
         eval directory that cannot be written (checked before evaluating).
@@ -281,51 +279,11 @@ class Runner:
     if name is not None:
       validation.non_empty_str("name", name)
     batch_size = self._prepare("eval", input_fn)
-    eval_dir = paths.join(self._config.model_dir,
-                          f"eval_{name}" if name else "eval")
-    params = self._params_for(batch_size)
-
-    def prepare():
-      # Before any work, so as not to evaluate and then fail to write.
-      contents.prepare_model_dir(
-          eval_dir, label=f"The eval directory {eval_dir!r} (under "
-          f"`model_dir`, where evaluate writes its results)")
-
-    with self._restored(
-        lambda: self._device.build_eval(self._model_fn, input_fn, params,
-                                        steps),
-        checkpoint_path, hooks, prepare) as (loop, session, checkpoint):
-      ran = 0
-      try:
-        for count, results, _ in self._run_loops(loop, session, steps):
-          # Values of batches of no fixed size come back padded: trimmed.
-          outfeed = device_loop_lib.trimmed(results["outfeed"], count)
-          if outfeed is not results["outfeed"]:
-            results = dict(results, outfeed=outfeed)
-          host_loop.run_host_call(loop, results, count)
-          loop.metrics.update(outfeed, count)
-          ran += count
-      finally:
-        loop.infeed.stop()
-      # On the session itself: hooks run with each loop, not with this read
-      # (a hook fetching a loop's tensors would run another loop).
-      metrics, step = session.run_step_fn(
-          lambda step_context: step_context.session.run(
-              (loop.metrics.values, tf.compat.v1.train.get_global_step())))
-      if ran == 0:
-        raise ValueError("`input_fn` gave no complete eval step (each step "
-                         f"needs {self._device.num_shards} batches of "
-                         f"{batch_size // self._device.num_shards}).")
-      writer = storage.events_writer(eval_dir, self._config.model_dir)
-      writer.add_summary(tf.compat.v1.Summary(value=[
-          tf.compat.v1.Summary.Value(tag=key, simple_value=float(value))
-          for key, value in metrics.items() if np.ndim(value) == 0]),
-                         int(step))
-      writer.flush()
-    results = {key: _python_value(value) for key, value in metrics.items()}
-    results["global_step"] = int(step)
-    logging.info("Eval of %s over %d steps: %s", checkpoint, ran, results)
-    return results
+    return evaluation.evaluate(
+        self._job(batch_size),
+        evaluation.EvalRequest(
+            input_fn=input_fn, steps=steps, checkpoint_path=checkpoint_path,
+            name=name, batch_size=batch_size, hooks=hooks))
 
   # Prediction.
 
@@ -350,6 +308,11 @@ class Runner:
         or the value for a single-tensor prediction); else one per input
         batch, its values stacked.
 
+    Yields:
+      The predictions of the input's examples, or batches, in input order.
+      The arguments are checked, and the checkpoint restored, when the
+      first is asked for.
+
     Raises:
       ValueError: no checkpoint, or a contract violation.
       TPUCompatibilityError: the device loop runs on a TPU and the predict
@@ -358,19 +321,11 @@ class Runner:
         restores.
       CheckpointRestoreError: `checkpoint_path` does not read back.
     """
-    params = self._params_for(self._prepare("predict", input_fn))
-    with self._restored(
-        lambda: self._device.build_predict(self._model_fn, input_fn, params),
-        checkpoint_path, hooks) as (loop, session, _):
-      try:
-        for _, results, _ in self._run_loops(loop, session, None):
-          rows = host_loop.prediction_rows(results["outfeed"])
-          if yield_single_examples:
-            yield from rows
-          else:
-            yield from host_loop.batches(rows, results["outfeed"])
-      finally:
-        loop.infeed.stop()
+    job = self._job(self._prepare("predict", input_fn))
+    yield from prediction.predict(
+        job, prediction.PredictRequest(
+            input_fn=input_fn, checkpoint_path=checkpoint_path, hooks=hooks,
+            yield_single_examples=yield_single_examples))
 
   # TPU compatibility.
 
@@ -441,12 +396,6 @@ class Runner:
 
   # Shared.
 
-  def _run_loops(self, loop: BuiltLoop, session, steps: Optional[int],
-                 stop: Callable[[], bool] = lambda: False):
-    return host_loop.run_loops(loop, session, steps,
-                               self._config.iterations_per_loop, self._clock,
-                               stop)
-
   def _batch_size(self, mode: str) -> int:
     value = self._batch_sizes[mode]
     if value is None:
@@ -471,19 +420,11 @@ class Runner:
     return dict(self._params,
                 batch_size=global_batch_size // self._device.num_shards)
 
-  def _restored(self, build: Callable[[], BuiltLoop],
-                checkpoint_path: Optional[str], hooks,
-                prepare: Callable[[], None] = lambda: None):
-    """`restore.restored` on `checkpoint_path`, or on the newest checkpoint
-    of the run in `model_dir`."""
-    model_dir = self._config.model_dir
-    return restore.restored(
-        build, lambda order: restore.choose(model_dir, checkpoint_path, order),
-        restore_order.RestoreOrder(model_dir),
-        fixed=checkpoint_path is not None, master=self._config.session_target,
-        session_config=self._session_config(), hooks=hooks,
-        prepare=prepare, tpu=self._config.tpu,
-        variable_device=self._device.variable_device)
+  def _job(self, global_batch_size: int) -> Job:
+    """What train, evaluate and predict run with, at `global_batch_size`."""
+    return Job(model_fn=self._model_fn, config=self._config,
+               device=self._device, params=self._params_for(global_batch_size),
+               session_config=self._session_config(), clock=self._clock)
 
 
 def _checked_runner_args(model_fn: Callable[..., Any], config: RunConfig,
@@ -531,11 +472,6 @@ def _checked_runner_args(model_fn: Callable[..., Any], config: RunConfig,
         f"{device_loop.num_hosts} host(s), `config.tpu.hosts` names "
         f"{config.tpu.num_hosts}; leave `device_loop` unset for a pod.")
   return params
-
-
-def _python_value(value: Any) -> Any:
-  return value.item() if isinstance(value, np.generic) or (
-      isinstance(value, np.ndarray) and value.ndim == 0) else value
 
 
 def _signature(fn: Callable) -> str:

@@ -1,7 +1,9 @@
 """Internal: running the loops.
 
-`training` (one training session: loops, hooks, checkpoints), `restore`
-(sessions restored for evaluate and predict), `host_loop` (the host's side
-of running built loops), `preemption` (SIGTERM and SIGINT), `nan_loss` and
-`logs`.
+`job` (what a Runner's calls run with), `training` (one training session:
+loops, hooks, checkpoints), `evaluation` (one evaluation: its loops, its
+metrics written), `prediction` (one prediction: its loops, the predictions
+yielded), `restore` (sessions restored from a checkpoint), `host_loop`
+(the host's side of running built loops), `preemption` (SIGTERM and
+SIGINT), `nan_loss` and `logs`.
 """

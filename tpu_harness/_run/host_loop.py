@@ -7,20 +7,17 @@ Per loop::
   session.run(fetches, iterations=k)
 
 `run_loops` does that until the steps asked for, or the input, are done;
-`prediction_rows` turns a predict loop's outfeed into one dict per example.
-No graph building here, and no I/O beyond the session runs.
+`run_host_call` runs a loop's host_call on its outfeed. No graph building
+here, and no I/O beyond the session runs.
 """
 
 from __future__ import annotations
 
 from typing import Any, Callable, Dict, Iterator, Mapping, Optional, Tuple
 
-import numpy as np
 import tensorflow as tf
 
 from tpu_harness.loops.device_loop import BuiltLoop
-from tpu_harness.loops.device_loop import SINGLE_PREDICTION
-from tpu_harness.loops.device_loop import VALID
 
 
 def run_loops(loop: BuiltLoop, session, steps: Optional[int],
@@ -82,39 +79,3 @@ def run_host_call(loop: BuiltLoop, results: Mapping[str, Any],
   """Runs the loop's host_call (if any) for each of its `count` steps."""
   if loop.host_call is not None:
     loop.host_call.run(results["outfeed"], count)
-
-
-def prediction_rows(outfeed: Mapping[str, np.ndarray]
-                    ) -> Iterator[Dict[str, Any]]:
-  """One `{name: value}` per real example of a predict loop's outfeed
-  (values shaped [steps, replicas, rows, ...]; padding rows dropped), or
-  one value per example where the predictions were a single tensor."""
-  valid = outfeed[VALID]
-  names = [name for name in outfeed if name != VALID]
-  single = names == [SINGLE_PREDICTION]
-  for step in range(valid.shape[0]):
-    for shard in range(valid.shape[1]):
-      for row in range(int(valid[step, shard])):
-        if single:
-          yield outfeed[SINGLE_PREDICTION][step, shard, row]
-        else:
-          yield {name: outfeed[name][step, shard, row] for name in names}
-
-
-def batches(rows: Iterator[Any], outfeed: Mapping[str, np.ndarray]
-            ) -> Iterator[Any]:
-  """The rows of a predict loop's outfeed regrouped by input batch (one
-  step's replicas together), each value stacked: `{name: [rows, ...]}`, or
-  an array for a single-tensor prediction."""
-  valid = outfeed[VALID]
-  rows = iter(rows)
-  for step in range(valid.shape[0]):
-    count = int(np.sum(valid[step]))
-    if not count:
-      continue
-    group = [next(rows) for _ in range(count)]
-    if isinstance(group[0], dict):
-      yield {name: np.stack([row[name] for row in group])
-             for name in group[0]}
-    else:
-      yield np.stack(group)

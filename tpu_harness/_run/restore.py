@@ -34,10 +34,12 @@ from tpu_harness import spec as spec_lib
 from tpu_harness._infeed.protocol import InfeedHook
 from tpu_harness._model_dir import restore_order
 from tpu_harness._model_dir import storage
+from tpu_harness._run.job import Job
 from tpu_harness.config import TPUConfig
 from tpu_harness.loops.device_loop import BuiltLoop
 from tpu_harness.tpu import host_watch
 from tpu_harness.tpu import pod
+
 
 class CheckedRestore(tf.compat.v1.train.SessionCreator):
   """`tf.compat.v1.train.ChiefSessionCreator` restoring `checkpoint` (or
@@ -221,6 +223,22 @@ def choose(model_dir: str, checkpoint_path: Optional[str],
   raise ValueError(f"No checkpoint that reads back in `model_dir` "
                    f"({model_dir!r}); train first or pass "
                    f"`checkpoint_path`.")
+
+
+def restored_for(job: Job, build: Callable[[], BuiltLoop],
+                 checkpoint_path: Optional[str],
+                 hooks: Optional[Sequence[tf.compat.v1.train.SessionRunHook]],
+                 prepare: Callable[[], None] = lambda: None):
+  """`restored` for evaluate and predict: on `checkpoint_path`, or on the
+  newest checkpoint of the run in `job.config.model_dir`."""
+  model_dir = job.config.model_dir
+  return restored(
+      build, lambda order: choose(model_dir, checkpoint_path, order),
+      restore_order.RestoreOrder(model_dir),
+      fixed=checkpoint_path is not None, master=job.config.session_target,
+      session_config=job.session_config, hooks=hooks,
+      prepare=prepare, tpu=job.config.tpu,
+      variable_device=job.device.variable_device)
 
 
 def scaffold_for(spec, default_saver: Callable[[], tf.compat.v1.train.Saver]

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, List, Optional, Sequence
 
 from absl import logging
 import tensorflow as tf
@@ -37,27 +37,16 @@ from tpu_harness._model_dir.lease import LeaseHook
 from tpu_harness._model_dir.lease import ModelDirLease
 from tpu_harness._run import host_loop
 from tpu_harness._run import restore
+from tpu_harness._run.job import Job
 from tpu_harness._run.nan_loss import NanLossHook
 from tpu_harness._run.preemption import PreemptionWatcher
 from tpu_harness.config import RunConfig
 from tpu_harness.loops import device_loop
 from tpu_harness.loops.device_loop import BuiltLoop
-from tpu_harness.loops.device_loop import DeviceLoop
 from tpu_harness.loops.device_loop import LOSS
 
 # A save interval no run reaches.
 _NEVER = 2**62
-
-
-@dataclasses.dataclass(frozen=True)
-class Job:
-  """What a Runner trains with."""
-  model_fn: Callable[..., Any]
-  config: RunConfig
-  device: DeviceLoop
-  params: Dict[str, Any]
-  session_config: tf.compat.v1.ConfigProto
-  clock: Callable[[], float]
 
 
 @dataclasses.dataclass(frozen=True)
