@@ -7,7 +7,6 @@ The public API and its checks; each call then runs its session with a
 
 from __future__ import annotations
 
-import inspect
 import time
 from typing import (Any, Callable, Dict, Iterable, Iterator, List, Mapping,
                     Optional, Sequence)
@@ -16,6 +15,7 @@ from absl import logging
 import tensorflow as tf
 
 from hooks import validation
+from tpu_harness import _runner_args as runner_args
 from tpu_harness import errors
 from tpu_harness import spec as spec_lib
 from tpu_harness._infeed.position import RestoredPositionError
@@ -75,11 +75,11 @@ class Runner:
         size is not a positive multiple of `num_shards`; `device_loop`
         builds for another number of hosts than `config.tpu.hosts`.
     """
-    params = _checked_runner_args(model_fn, config, params,
-                                  {"train_batch_size": train_batch_size,
-                                   "eval_batch_size": eval_batch_size,
-                                   "predict_batch_size": predict_batch_size},
-                                  device_loop)
+    params = runner_args.checked(model_fn, config, params,
+                                 {"train_batch_size": train_batch_size,
+                                  "eval_batch_size": eval_batch_size,
+                                  "predict_batch_size": predict_batch_size},
+                                 device_loop)
     self._model_fn = model_fn
     self._config = config
     self._params = params
@@ -425,57 +425,3 @@ class Runner:
     return Job(model_fn=self._model_fn, config=self._config,
                device=self._device, params=self._params_for(global_batch_size),
                session_config=self._session_config(), clock=self._clock)
-
-
-def _checked_runner_args(model_fn: Callable[..., Any], config: RunConfig,
-                         params: Optional[Mapping[str, Any]],
-                         batch_sizes: Mapping[str, Optional[int]],
-                         device_loop: Optional[DeviceLoop]) -> Dict[str, Any]:
-  """The Runner's arguments checked (see `Runner.__init__`'s Raises);
-  returns a copy of `params`."""
-  if not callable(model_fn):
-    raise TypeError(f"`model_fn` ({model_fn!r}) must be callable.")
-  try:
-    inspect.signature(model_fn).bind(None, None, None, None)
-  except (TypeError, ValueError):
-    raise TypeError(
-        f"`model_fn` ({model_fn!r}) must accept (features, labels, mode, "
-        f"params); its signature is {_signature(model_fn)}.") from None
-  if not isinstance(config, RunConfig):
-    raise TypeError(f"`config` ({config!r}) must be a "
-                    f"tpu_harness.RunConfig.")
-  if params is not None and not isinstance(params, Mapping):
-    raise TypeError(f"`params` ({params!r}) must be a dict or None.")
-  params = dict(params or {})
-  if "batch_size" in params:
-    raise ValueError(
-        f"`params` ({params!r}) must not contain 'batch_size': the runner "
-        f"sets it to the per-replica batch size; pass train_batch_size / "
-        f"eval_batch_size / predict_batch_size instead.")
-  if "input_context" in params:
-    raise ValueError(
-        f"`params` ({params!r}) must not contain 'input_context': the "
-        f"runner sets it for `input_fn` (a tf.distribute.InputContext "
-        f"saying which host's input it makes).")
-  shards = config.tpu.num_shards
-  for name, value in batch_sizes.items():
-    if value is None:
-      continue
-    validation.positive_int(name, value)
-    if value % shards:
-      raise ValueError(f"`{name}` ({value}) must be a multiple of "
-                       f"`num_shards` ({shards}).")
-  if (device_loop is not None and config.tpu.hosts
-      and device_loop.num_hosts != config.tpu.num_hosts):
-    raise ValueError(
-        f"`device_loop` ({type(device_loop).__name__}) builds for "
-        f"{device_loop.num_hosts} host(s), `config.tpu.hosts` names "
-        f"{config.tpu.num_hosts}; leave `device_loop` unset for a pod.")
-  return params
-
-
-def _signature(fn: Callable) -> str:
-  try:
-    return str(inspect.signature(fn))
-  except (TypeError, ValueError):
-    return "unknown"
