@@ -235,3 +235,43 @@ def test_predict_can_yield_whole_batches(tmp_path):
       x).batch(params["batch_size"])))
   np.testing.assert_allclose(np.concatenate([b["y"] for b in batches]),
                              np.stack([r["y"] for r in rows]))
+
+
+def _step_counting_model_fn(increments):
+  """linear_model_fn's loss, SGD without the global step, and
+  `increments` explicit assign_adds of it in model_fn (a GAN's way)."""
+  def model_fn(features, labels, mode, params):
+    del params  # Unused.
+    w = tf.compat.v1.get_variable("w", [features.shape[1], 1],
+                                  initializer=tf.zeros_initializer())
+    loss = tf.reduce_mean(tf.square(tf.matmul(features, w) - labels))
+    step = th.CrossShardOptimizer(
+        tf.compat.v1.train.GradientDescentOptimizer(0.1)).minimize(loss)
+    global_step = tf.compat.v1.train.get_global_step()
+    increments_ops = [tf.compat.v1.assign_add(global_step, 1)
+                      for _ in range(increments)]
+    return th.ModelSpec(mode=mode, loss=loss,
+                        train_op=tf.group([step] + increments_ops))
+  return model_fn
+
+
+@pytest.mark.parametrize("increments, shards, hint", [
+    (0, 1, False),  # Never advanced.
+    (2, 1, False),  # Twice per step.
+    (1, 2, True),  # Once per replica.
+])
+def test_a_global_step_not_advanced_once_per_step_is_named(
+    tmp_path, increments, shards, hint):
+  runner = th.Runner(
+      _step_counting_model_fn(increments),
+      th.RunConfig(str(tmp_path), iterations_per_loop=2,
+                   tpu=th.TPUConfig(num_shards=shards)),
+      train_batch_size=8)
+  with pytest.raises(RuntimeError) as info:
+    runner.train(train_input_fn(), max_steps=4)
+  message = str(info.value)
+  assert (f"The global step went from 0 to {2 * increments * shards} in a "
+          f"loop of 2 steps") in message
+  assert ("With 2 replicas, an increment of the global step in `model_fn` "
+          "itself (tf.compat.v1.assign_add) runs once per replica" in
+          message) == hint

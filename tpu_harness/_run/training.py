@@ -284,11 +284,17 @@ def _train_loops(job: Job, session, loop: BuiltLoop, request: TrainRequest,
     loop_secs.add(elapsed)
     end_step = int(results["end_step"])
     if end_step - step != count:
+      replicas = job.device.num_shards
       raise RuntimeError(
           f"The global step went from {step} to {end_step} in a loop of "
           f"{count} steps: `model_fn`'s train_op must advance it by exactly "
           f"one per step (pass global_step=tf.compat.v1.train."
-          f"get_global_step() to the optimizer's minimize).")
+          f"get_global_step() to the optimizer's minimize)."
+          + (f" With {replicas} replicas, an increment of the global step "
+             f"in `model_fn` itself (tf.compat.v1.assign_add) runs once per "
+             f"replica; only the optimizer's advances it once per step."
+             if replicas > 1 and end_step - step == count * replicas
+             else ""))
     _report(job.config, results["outfeed"], step, end_step, elapsed,
             batch_size, last_step, writer)
     # Values of batches of no fixed size come back padded: trimmed.
