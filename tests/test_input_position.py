@@ -376,6 +376,9 @@ def test_random_augmentation_keeps_an_exact_position(tmp_path, caplog):
   warnings = [r.getMessage() for r in caplog.records
               if "stateful random ops (RandomUniform)" in r.getMessage()]
   assert len(warnings) == 1  # Once per process.
+  # TF's own line per element is named, with what hides it.
+  assert "is stateful\" for every element" in warnings[0]
+  assert "TF_CPP_MIN_LOG_LEVEL=2" in warnings[0]
 
 
 def _write_records(path, padding):

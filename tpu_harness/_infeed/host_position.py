@@ -154,9 +154,13 @@ class HostPosition:
           "random", "The training input uses stateful random ops (%s): a "
           "resumed run restarts their random stream from its seed, so its "
           "random augmentations differ from an uninterrupted run's (which "
-          "elements it feeds, and in which order, do not). Stateless ops "
-          "(tf.image.stateless_random_*) seeded from the element resume "
-          "exactly.", ", ".join(findings.random_ops), per_process=True)
+          "elements it feeds, and in which order, do not). While the "
+          "position is kept, TensorFlow 2.21 also logs \"FAILED_PRECONDITION: "
+          "<op> is stateful\" for every element such a function gives (its "
+          "symbolic checkpointing checks each one; TF_CPP_MIN_LOG_LEVEL=2 "
+          "hides those lines). Stateless ops (tf.image.stateless_random_*) "
+          "seeded from the element resume exactly, and log nothing.",
+          ", ".join(findings.random_ops), per_process=True)
     self._fingerprint = fingerprint_lib.of(dataset)
     return resumable_input.symbolic(dataset)
 
