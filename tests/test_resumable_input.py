@@ -1,6 +1,10 @@
 """The training input rewritten for small positions: window shuffles,
 materialized caches, what `inspect` finds, and the position's size."""
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -129,6 +133,40 @@ def test_a_materialized_cache_reads_its_input_once():
     assert session.run(reads) == 5
   assert values == [0, 10, 20, 30, 40] * 3
 
+
+
+_COUNT_STATEFUL_LINES = """
+import tensorflow as tf
+from tpu_harness._infeed import rewrite as resumable_input
+with tf.Graph().as_default() as graph:
+  with resumable_input.rewriting(graph) as rewrite:
+    dataset = tf.data.Dataset.range(50).cache().repeat(3)
+  dataset = resumable_input.symbolic(dataset)
+  iterator = tf.compat.v1.data.make_initializable_iterator(dataset)
+  element = iterator.get_next()
+  with tf.compat.v1.Session() as session:
+    session.run(rewrite.initializer())
+    session.run(iterator.initializer)
+    values = [session.run(element) for _ in range(150)]
+assert values == list(range(50)) * 3, values
+"""
+
+
+@pytest.mark.system
+def test_a_materialized_cache_logs_no_line_per_element():
+  # With symbolic checkpointing TF checks the functions of a pipeline's
+  # transformations as each element is given, and logs "<op> is stateful"
+  # for each stateful op it finds (a warn policy it fixes): the cache's
+  # reading of its memory is in a function run once per epoch, not in one
+  # run for each element. Before: a line per element (157 here; now 10).
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="0",
+             PYTHONPATH=os.pathsep.join(sys.path))
+  result = subprocess.run([sys.executable, "-c", _COUNT_STATEFUL_LINES],
+                          env=env, capture_output=True, text=True,
+                          timeout=300, check=False)
+  assert result.returncode == 0, result.stderr[-2000:]
+  lines = result.stderr.count("is stateful")
+  assert lines <= 4 * 3, lines  # A few per epoch at most.
 
 def test_a_large_shuffle_buffer_and_cache_leave_a_small_position():
   images = np.random.RandomState(0).rand(20000, 784).astype(np.float32)

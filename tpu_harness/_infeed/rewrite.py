@@ -258,10 +258,18 @@ def _materialized(dataset: tf.data.Dataset, rewrite: Rewrite,
     values = tf.cond(filled.read_value(), read, fill)
     for value, spec in zip(values, specs):
       value.set_shape(tf.TensorShape([None]).concatenate(spec.shape))
-    return tf.data.Dataset.from_tensor_slices(
-        tf.nest.pack_sequence_as(dataset.element_spec, values))
+    return tuple(values)
 
-  return tf.data.Dataset.from_tensors(0).flat_map(contents)
+  def slices(*values):
+    return tf.data.Dataset.from_tensor_slices(
+        tf.nest.pack_sequence_as(dataset.element_spec, list(values)))
+
+  # The memory is read (or filled) in a map of one element per epoch, and
+  # sliced by a function without state: with symbolic checkpointing TF
+  # checks a pipeline's functions for state as each element is given and
+  # logs a warning for each stateful op (ReadVariableOp) it finds, which a
+  # flat_map reading the memory itself made two lines per element.
+  return tf.data.Dataset.from_tensors(0).map(contents).flat_map(slices)
 
 
 def _one_batch(dataset: tf.data.Dataset) -> tf.data.Dataset:
