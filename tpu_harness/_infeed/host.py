@@ -39,12 +39,14 @@ starts a new pass of the input. Without a position it drops `skip_steps`.
 
 Device side: the loop calls `dequeue()` once per step.
 
-The parts: how the input is read (`fill`: chunks or elements), how
-requests are answered (`requests`: buffered or streamed), how reads are
-sized (`layout.InfeedLayout`); this module holds the host thread, the
-start and stop, and the position's hooks. What the loops and the runner
-see of it, and of a pod's (`pod.PodInfeed`), is `protocol.Infeed`;
-`protocol.InfeedHook` starts and stops it with each session.
+The parts: where the elements go (`destination`: the emulated queue or a
+device's infeed) and how the input is read into it (`fill`: chunks or
+elements), how requests are answered (`requests`: buffered or streamed),
+how reads are sized (`layout.InfeedLayout`); this module holds the host
+thread, the start and stop, and the position's hooks. What the loops and
+the runner see of it, and of a pod's (`pod.PodInfeed`), is
+`protocol.Infeed`; `protocol.InfeedHook` starts and stops it with each
+session.
 """
 
 from __future__ import annotations
@@ -57,7 +59,7 @@ from typing import Any, Callable, List, Optional
 from absl import logging
 import tensorflow as tf
 
-from tpu_harness._infeed import fill as fill_lib
+from tpu_harness._infeed import destination as destination_lib
 from tpu_harness._infeed import host_position
 from tpu_harness._infeed import layout as layout_lib
 from tpu_harness._infeed import position as position_lib
@@ -136,28 +138,12 @@ class HostInfeed:
     self._dtypes = [spec.dtype for spec in specs]
     self._shapes = [spec.shape for spec in specs]
     with tf.name_scope(f"{name}_infeed"):
-      self._queue = None
-      self._close = None
-      if enqueue_fn is None:
-        chunk = sizes.chunk_steps(capacity, specs)
-        if max_steps is not None:
-          chunk = max(1, min(chunk, max_steps))
-        layout_lib.check_memory(name, chunk, specs, max_bytes, layout)
-        self._queue = tf.queue.FIFOQueue(2 * chunk, self._dtypes,
-                                         shapes=self._shapes)
-        self._close = self._queue.close(cancel_pending_enqueues=True)
-        if sizes.one_by_one(specs):
-          # Large elements go in one by one: the queue keeps the iterator's
-          # tensors as they are, where batching a chunk and splitting it
-          # into the queue would copy each element twice.
-          self._fill = fill_lib.ElementFill(dataset, self._queue.enqueue,
-                                            chunk)
-        else:
-          self._fill = fill_lib.ChunkFill(dataset, self._queue, chunk)
-      else:
-        # A TPU's infeed holds a few steps, not a loop: enqueue while the
-        # loop runs where the input's length allows.
-        self._fill = fill_lib.ElementFill(dataset, enqueue_fn)
+      self._destination = (
+          destination_lib.DeviceInfeed(dataset, enqueue_fn, name)
+          if enqueue_fn is not None else destination_lib.EmulatedQueue(
+              dataset, specs, capacity, sizes, name=name,
+              max_steps=max_steps, max_bytes=max_bytes, layout=layout))
+      self._fill = self._destination.fill
       self._initializer = None
       if position is not None:
         position.attach(self._fill.iterator)
@@ -208,10 +194,7 @@ class HostInfeed:
 
   def dequeue(self) -> Any:
     """Device side: the next step's element, in the dataset's structure."""
-    if self._queue is None:
-      raise RuntimeError(f"The {self._name} infeed has a custom enqueue; "
-                         f"the device dequeues it.")
-    values = self._queue.dequeue()
+    values = self._destination.dequeue()
     if not isinstance(values, (list, tuple)):
       values = [values]
     for value, shape in zip(values, self._shapes):
@@ -263,7 +246,7 @@ class HostInfeed:
             self._run_fill, (max(0, length - taken - self._reads)
                              if length >= 0 else None))
     return requests_lib.BufferedRequests(
-        self._run_fill, self._fill.asked, queued=self._queue is not None,
+        self._run_fill, self._fill.asked, queued=self._destination.queued,
         name=self._name)
 
   def _initialize(self, session, fresh: bool) -> tuple:
@@ -383,11 +366,10 @@ class HostInfeed:
       if not isinstance(error, position_lib.RestoredPositionError):
         logging.error("%s infeed failed: %s", self._name, error)
       self._failure = error
-      if self._close is not None:  # A TPU's infeed cannot be closed.
-        try:
-          self._session.run(self._close)
-        except (tf.errors.OpError, RuntimeError, ConnectionError):
-          pass  # The session is closing, or its host is gone.
+      try:
+        self._destination.close(self._session)
+      except (tf.errors.OpError, RuntimeError, ConnectionError):
+        pass  # The session is closing, or its host is gone.
       return False
 
   # The caller's side.
@@ -447,12 +429,11 @@ class HostInfeed:
       return
     self._stopping = True
     self._requests.put(None)
-    if self._close is not None:
-      try:
-        self._session.run(self._close)
-      except (tf.errors.OpError, RuntimeError, ConnectionError) as error:
-        # The session is closing, or its host is gone.
-        logging.debug("Closing %s infeed: %s", self._name, error)
+    try:
+      self._destination.close(self._session)
+    except (tf.errors.OpError, RuntimeError, ConnectionError) as error:
+      # The session is closing, or its host is gone.
+      logging.debug("Closing %s infeed: %s", self._name, error)
     self._thread.join()
     self._thread = None
 
