@@ -1,4 +1,4 @@
-"""CPU emulation of the TPU infeed: a host thread feeding a queue the loop reads.
+"""The host infeed: a host thread feeding a queue that the loop reads.
 
 Host side: before each loop the runner `request`s k steps; a host thread
 makes sure k elements are in the queue, stopping early at the end of the
