@@ -104,9 +104,7 @@ def _eval_loops(job: Job, loop: BuiltLoop, session,
         loop, session, steps, job.config.iterations_per_loop, job.clock):
       # Values of batches of no fixed size come back padded: trimmed.
       outfeed = device_loop.trimmed(results["outfeed"], count)
-      if outfeed is not results["outfeed"]:
-        results = dict(results, outfeed=outfeed)
-      host_loop.run_host_call(loop, results, count)
+      host_loop.run_host_call(loop, outfeed, count)
       loop.metrics.update(outfeed, count)
       ran += count
   finally:

@@ -74,8 +74,10 @@ def run_loops(loop: BuiltLoop, session, steps: Optional[int],
     yield count, results, clock() - started
 
 
-def run_host_call(loop: BuiltLoop, results: Mapping[str, Any],
+def run_host_call(loop: BuiltLoop, outfeed: Mapping[str, Any],
                   count: int) -> None:
-  """Runs the loop's host_call (if any) for each of its `count` steps."""
+  """Runs the loop's host_call (if any) for each of its `count` steps, on
+  the loop's `outfeed` (trimmed where it was padded:
+  `device_loop.trimmed`)."""
   if loop.host_call is not None:
-    loop.host_call.run(results["outfeed"], count)
+    loop.host_call.run(outfeed, count)

@@ -298,8 +298,8 @@ def _train_loops(job: Job, session, loop: BuiltLoop, request: TrainRequest,
     _report(job.config, results["outfeed"], step, end_step, elapsed,
             batch_size, last_step, writer)
     # Values of batches of no fixed size come back padded: trimmed.
-    outfeed = device_loop.trimmed(results["outfeed"], count)
-    host_loop.run_host_call(loop, dict(results, outfeed=outfeed), count)
+    host_loop.run_host_call(
+        loop, device_loop.trimmed(results["outfeed"], count), count)
     step = end_step
   lease.confirm()
   if step < last_step and not stop():

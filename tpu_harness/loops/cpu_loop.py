@@ -275,16 +275,11 @@ class CpuEmulationLoop(LoopBuilder):
     holder = {}
 
     def step_fn(element):
-      if cut:
-        # A batch of no fixed size: its real rows, as Estimator gave them.
-        element = cut[0](element)
       specs, values = self._replica_step(model_fn, element, mode, params,
                                          holder, dynamic=bool(cut))
-      if cut:
-        values = device_loop.with_shapes(values)
       return [s.train_op for s in specs], values
 
-    iterations, stacked = self._loop(infeed, step_fn)
+    iterations, stacked = self._loop(infeed, _on_real_rows(cut, step_fn))
     with tf.control_dependencies(list(stacked.values())):
       end_step = global_step.read_value()
     return self._built(infeed, iterations,
@@ -302,20 +297,15 @@ class CpuEmulationLoop(LoopBuilder):
     holder = {}
 
     def step_fn(element):
-      if cut:
-        # A batch of no fixed size: its real rows, as Estimator gave them.
-        element = cut[0](element)
       specs, values = self._replica_step(model_fn, element, mode, params,
                                          holder, dynamic=bool(cut))
       if _all_or_none(specs, "eval_metrics"):
         metrics = EvalMetrics(*specs[0].eval_metrics)
         holder["eval_metrics"] = metrics
         values.update(metrics.outfeed([s.eval_metrics[1] for s in specs]))
-      if cut:
-        values = device_loop.with_shapes(values)
       return self._step_metric_updates(specs[0], holder), values
 
-    iterations, stacked = self._loop(infeed, step_fn)
+    iterations, stacked = self._loop(infeed, _on_real_rows(cut, step_fn))
     metrics = eval_metrics_lib.HostMetrics(
         stacked, holder.get("eval_metrics"),
         step_metrics=holder.get("step_metrics"))
@@ -374,6 +364,22 @@ def _step(infeed: Infeed, step_fn: Callable[[Any], tuple]) -> tuple:
     _tf_internals.reads_before_update(global_step,
                                       graph.get_operations()[first:])
   return result
+
+
+def _on_real_rows(cut: Optional[List[Callable]],
+                  step_fn: Callable[[Any], tuple]) -> Callable[[Any], tuple]:
+  """`step_fn` for batches of no fixed size: where the input had them
+  (`cut` holds the function that cuts a padded element), it gets each
+  step's element cut back to its real rows, as Estimator gave them, and
+  its values leave with their shapes (`device_loop.with_shapes`)."""
+
+  def on_real_rows(element):
+    if not cut:
+      return step_fn(element)
+    ops, values = step_fn(cut[0](element))
+    return ops, device_loop.with_shapes(values)
+
+  return on_real_rows
 
 
 def _all_or_none(specs: List[spec_lib.ModelSpec], field: str) -> bool:
