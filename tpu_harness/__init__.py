@@ -46,6 +46,10 @@ reads it on the first use of `tf.compat.v1.layers` or `tf.keras`, which then
 give the legacy Keras (tf-keras) that graph-mode programs, TPUEstimator's
 among them, are written for. Import `tpu_harness` before that first use, or
 set the variable yourself.
+
+Importing it also freezes the objects the garbage collector tracks at that
+moment (`gc.freeze`: TensorFlow's modules), so full collections scan only
+what was made after; see `tpu_harness._gc`.
 """
 
 import os as _os
@@ -83,6 +87,9 @@ from tpu_harness.runner import Runner
 from tpu_harness.spec import ModeKeys
 from tpu_harness.spec import ModelSpec
 from tpu_harness.tpu.check import Problem as CompatibilityProblem
+from tpu_harness import _gc
+
+_gc.freeze_imported()
 
 __all__ = [
     "BuiltLoop",
