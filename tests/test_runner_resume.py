@@ -46,6 +46,39 @@ def test_resume_matches_uninterrupted_run(tmp_path):
                          weights(whole.latest_checkpoint()), rtol=1e-6)
 
 
+class _SaverCount(tf.compat.v1.train.SessionRunHook):
+  """The Savers in each session's graph (one SaveV2 op each)."""
+
+  def __init__(self):
+    self.counts = []
+
+  def after_create_session(self, session, coord):
+    del coord  # Unused.
+    self.counts.append(sum(op.type == "SaveV2"
+                           for op in session.graph.get_operations()))
+
+
+def test_one_saver_restores_and_saves_where_the_checkpoint_has_a_position(
+    tmp_path):
+  whole = make_runner(tmp_path / "whole", ipl=5, save_steps=10)
+  whole.train(train_input_fn(), max_steps=20)
+  savers = _SaverCount()
+  make_runner(tmp_path / "parts", ipl=5, save_steps=10).train(
+      train_input_fn(), max_steps=10, hooks=[savers])
+  parts = make_runner(tmp_path / "parts", ipl=5, save_steps=10)
+  parts.train(train_input_fn(), max_steps=20, hooks=[savers])
+  # The saver that saves the position restored it too: still exact.
+  np.testing.assert_allclose(weights(parts.latest_checkpoint()),
+                             weights(whole.latest_checkpoint()), rtol=1e-6)
+  # A checkpoint without a position: restored by a Saver of the model.
+  make_runner(tmp_path / "restart", ipl=5, save_steps=10,
+              resume_input="restart").train(train_input_fn(), max_steps=10)
+  restarted = make_runner(tmp_path / "restart", ipl=5, save_steps=10)
+  restarted.train(train_input_fn(), max_steps=20, hooks=[savers])
+  assert restarted.latest_checkpoint().endswith("model.ckpt-20")
+  assert savers.counts == [1, 1, 2]
+
+
 def test_warm_start_from_initializes_trainable_variables(tmp_path):
   source = write_checkpoint(str(tmp_path), [[5.0], [6.0], [7.0], [8.0]], 99)
   listener = RecordingListener()

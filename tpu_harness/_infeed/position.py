@@ -38,8 +38,10 @@ expected, not per fill (serializing an iterator costs tens of ms); see
 outside every collection (the model's variables, `check_matches`,
 warm-starting and evaluation do not see them), saved by the training
 Saver and assigned by `_Listener` just before each save; restore reads
-them from the checkpoint file, not through the Saver, so checkpoints
-without them restore as before. A host's position:
+them from the checkpoint file. Where the checkpoint restored holds them,
+that Saver restores the model too (it restores them as well, harmlessly:
+each save assigns them first); a checkpoint without them is restored by a
+Saver of the model alone, as before. A host's position:
 `tpu_harness._infeed.host_position`; which of restore, skip or a new pass
 its start takes: `tpu_harness._infeed.resume_policy`.
 """

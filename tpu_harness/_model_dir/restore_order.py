@@ -232,9 +232,47 @@ def restore_failure(checkpoint: str, *,
                                                             reason)
 
 
-def check_matches(prefix: str, variables: Sequence[tf.Variable]) -> None:
+class SavedVariables:
+  """The variables a checkpoint holds: their shapes and dtypes."""
+
+  def __init__(self, shapes: Dict[str, List[int]],
+               dtypes: Dict[str, tf.DType]):
+    self._shapes = shapes
+    self._dtypes = dtypes
+
+  def differences(self, variables: Sequence[tf.Variable]
+                  ) -> Tuple[List[str], List[str], List[str]]:
+    """(names missing from the checkpoint, shapes that differ, dtypes that
+    differ) of `variables`; a shape not fully defined fits any."""
+    missing, shape_differs, dtype_differs = [], [], []
+    for variable in variables:
+      name = variable.op.name
+      if name not in self._shapes:
+        missing.append(name)
+        continue
+      if variable.shape.is_fully_defined() and list(self._shapes[name]) != (
+          variable.shape.as_list()):
+        shape_differs.append(
+            f"{name}: checkpoint {tuple(self._shapes[name])} vs model "
+            f"{tuple(variable.shape.as_list())}")
+      if self._dtypes[name].base_dtype != variable.dtype.base_dtype:
+        dtype_differs.append(
+            f"{name}: checkpoint {self._dtypes[name].name} vs model "
+            f"{variable.dtype.base_dtype.name}")
+    return missing, shape_differs, dtype_differs
+
+  def fits(self, variables: Sequence[tf.Variable]) -> bool:
+    """Whether a Saver of `variables` restores from the checkpoint."""
+    return not any(self.differences(variables))
+
+
+def check_matches(prefix: str, variables: Sequence[tf.Variable]
+                  ) -> SavedVariables:
   """Raises CheckpointMismatchError unless `prefix` has every variable with
   its shape and dtype; the message lists every difference.
+
+  Returns:
+    What the checkpoint holds (for other variables to be compared).
 
   Raises:
     CheckpointMismatchError: they differ.
@@ -243,21 +281,9 @@ def check_matches(prefix: str, variables: Sequence[tf.Variable]) -> None:
   reader = storage.retry(lambda: tf.train.load_checkpoint(prefix),
                          f"reading checkpoint {prefix}",
                          exists=lambda: storage.checkpoint_exists(prefix))
-  shapes = reader.get_variable_to_shape_map()
-  dtypes = reader.get_variable_to_dtype_map()
-  missing, shape_differs, dtype_differs = [], [], []
-  for variable in variables:
-    name = variable.op.name
-    if name not in shapes:
-      missing.append(name)
-      continue
-    if variable.shape.is_fully_defined() and list(shapes[name]) != (
-        variable.shape.as_list()):
-      shape_differs.append(f"{name}: checkpoint {tuple(shapes[name])} vs "
-                           f"model {tuple(variable.shape.as_list())}")
-    if dtypes[name].base_dtype != variable.dtype.base_dtype:
-      dtype_differs.append(f"{name}: checkpoint {dtypes[name].name} vs model "
-                           f"{variable.dtype.base_dtype.name}")
+  saved = SavedVariables(reader.get_variable_to_shape_map(),
+                         reader.get_variable_to_dtype_map())
+  missing, shape_differs, dtype_differs = saved.differences(variables)
   parts = []
   if missing:
     parts.append(f"missing from the checkpoint: {sorted(missing)}")
@@ -270,6 +296,7 @@ def check_matches(prefix: str, variables: Sequence[tf.Variable]) -> None:
         f"Checkpoint {prefix} was not written by this model ("
         + "; ".join(parts) + "). Use another `model_dir`, or pass "
         "`warm_start_from` to start from a compatible checkpoint.")
+  return saved
 
 
 def checkpoint_global_step(prefix: str) -> int:

@@ -87,9 +87,9 @@ def train(job: Job, request: TrainRequest) -> bool:
   """
   config = job.config
   with tf.Graph().as_default():
-    loop, position = _build_graph(job, request)
+    loop, position, saved = _build_graph(job, request)
     scaffold, saver, listeners = _saver_and_listeners(job, loop, position,
-                                                      request)
+                                                      saved, request)
     saver_hook = _saver_hook(config, saver, listeners, request.lease)
     preemption = PreemptionWatcher()
     loop_secs = _LongestLoop()
@@ -143,7 +143,8 @@ def train(job: Job, request: TrainRequest) -> bool:
 def _build_graph(job: Job, request: TrainRequest) -> tuple:
   """In the default graph: the global step, the training loop, and the
   model's starting point (the checkpoint checked to fit, or a warm
-  start). Returns (the loop, the input position or None)."""
+  start). Returns (the loop, the input position or None, what the
+  checkpoint holds or None)."""
   config, resume = job.config, request.resume
   if config.tf_random_seed is not None:
     tf.compat.v1.set_random_seed(config.tf_random_seed)
@@ -155,37 +156,52 @@ def _build_graph(job: Job, request: TrainRequest) -> tuple:
                                 skip_steps=0,
                                 max_steps=request.last_step - resume.step,
                                 position=position)
+  saved = None
   if resume.checkpoint is not None:
-    restore_order.check_matches(resume.checkpoint,
-                                tf.compat.v1.global_variables())
+    saved = restore_order.check_matches(resume.checkpoint,
+                                        tf.compat.v1.global_variables())
   elif config.warm_start_from:
     logging.info("Warm-starting trainable variables from %s.",
                  config.warm_start_from)
     tf.compat.v1.train.warm_start(config.warm_start_from)
-  return loop, position
+  return loop, position, saved
 
 
 def _saver_and_listeners(job: Job, loop: BuiltLoop, position,
+                         saved: Optional[restore_order.SavedVariables],
                          request: TrainRequest) -> tuple:
   """(the session's Scaffold, the Saver the saver hook saves with, its
-  listeners). The scaffold's saver restores the model; the hook's saves
-  the input position too (a checkpoint without one still restores)."""
+  listeners). The hook's saver saves the input position too; it restores
+  the model as well where the checkpoint restored holds a position this
+  graph's variables fit (or there is none), else the scaffold has a Saver
+  of the model alone (a checkpoint without a position still restores)."""
   config = job.config
-  scaffold, users_saver = restore.scaffold_for(loop.spec, lambda: (
-      tf.compat.v1.train.Saver(max_to_keep=config.keep_checkpoint_max,
-                               save_relative_paths=True)))
+
+  def model_saver():
+    return tf.compat.v1.train.Saver(max_to_keep=config.keep_checkpoint_max,
+                                    save_relative_paths=True)
+
+  def position_saver():
+    return tf.compat.v1.train.Saver(
+        var_list=(tf.compat.v1.global_variables() + tf.compat.v1
+                  .get_collection(tf.compat.v1.GraphKeys.SAVEABLE_OBJECTS)
+                  + position.variables),
+        max_to_keep=config.keep_checkpoint_max, save_relative_paths=True)
+
+  # One Saver where it can both restore and save: each one built costs ops
+  # for every variable.
+  one_saver = position is not None and (
+      saved is None or saved.fits(position.variables))
+  scaffold, users_saver = restore.scaffold_for(
+      loop.spec, position_saver if one_saver else model_saver)
   saver = scaffold.saver
   listeners = list(request.listeners or [])
   if position is not None:
     if users_saver:
       position.disable("`scaffold_fn` gave a Saver, which saves what it "
                        "was built for")
-    else:
-      saver = tf.compat.v1.train.Saver(
-          var_list=(tf.compat.v1.global_variables() + tf.compat.v1
-                    .get_collection(tf.compat.v1.GraphKeys.SAVEABLE_OBJECTS)
-                    + position.variables),
-          max_to_keep=config.keep_checkpoint_max, save_relative_paths=True)
+    elif not one_saver:
+      saver = position_saver()
     listeners.append(position.listener())
   # Rotation (keep_checkpoint_max) covers the run's own checkpoints of
   # earlier runs, and a lowered maximum applies at once.
