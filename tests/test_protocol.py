@@ -32,12 +32,3 @@ def test_starts_with_each_session_and_stops_at_the_end():
       assert [name for name, *_ in infeed.calls] == ["start"]
       assert infeed.calls[0][1] is not None
   assert [name for name, *_ in infeed.calls] == ["start", "stop"]
-
-
-def test_the_first_request_is_made_as_the_infeed_starts():
-  infeed = _Recorder()
-  hook = InfeedHook(infeed, first_request=7)
-  hook.after_create_session("a session", coord=None)
-  assert infeed.calls == [("start", "a session"), ("request", 7)]
-  hook.end("a session")
-  assert infeed.calls[-1] == ("stop",)

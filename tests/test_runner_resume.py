@@ -1,6 +1,7 @@
 """Runner: learning, resume, warm start, sharding."""
 
 import os
+import threading
 
 import numpy as np
 import pytest
@@ -77,6 +78,40 @@ def test_one_saver_restores_and_saves_where_the_checkpoint_has_a_position(
   restarted.train(train_input_fn(), max_steps=20, hooks=[savers])
   assert restarted.latest_checkpoint().endswith("model.ckpt-20")
   assert savers.counts == [1, 1, 2]
+
+
+class _SetOnSessionStart(tf.compat.v1.train.SessionRunHook):
+
+  def __init__(self, event):
+    self._event = event
+
+  def after_create_session(self, session, coord):
+    del session, coord  # Unused.
+    self._event.set()
+
+
+def test_the_hooks_after_the_infeed_start_while_it_starts(tmp_path):
+  # Resuming by skipping reads the 10 steps trained on as the infeed
+  # starts; here each read waits for a hook's after_create_session, which
+  # comes after the infeed's: it runs while the infeed starts.
+  runner = make_runner(tmp_path, ipl=5, save_steps=10, resume_input="skip")
+  runner.train(train_input_fn(), max_steps=10)
+  hook_ran = threading.Event()
+
+  def wait_for_the_hook():
+    if not hook_ran.wait(60):
+      raise RuntimeError("the hooks waited for the infeed's start")
+    return True
+
+  def input_fn(params):
+    def gate(features, labels):
+      with tf.control_dependencies(
+          [tf.py_function(wait_for_the_hook, [], tf.bool)]):
+        return tf.identity(features), tf.identity(labels)
+    return train_input_fn()(params).map(gate)
+
+  runner.train(input_fn, max_steps=20, hooks=[_SetOnSessionStart(hook_ran)])
+  assert runner.latest_checkpoint().endswith("model.ckpt-20")
 
 
 def test_warm_start_from_initializes_trainable_variables(tmp_path):

@@ -50,22 +50,16 @@ class Infeed(Protocol):
 class InfeedHook(tf.compat.v1.train.SessionRunHook):
   """Starts an infeed with each session and stops it at the end."""
 
-  def __init__(self, infeed: Infeed, first_request: int = 0):
+  def __init__(self, infeed: Infeed):
     """Args:
-      infeed: the infeed.
-      first_request: steps to request as soon as the infeed starts (0:
-        none), so that the host reads the first loop's input while the
-        other hooks' `after_create_session` run (a training session's
-        first checkpoint save); the caller's first request is then made.
+      infeed: the infeed (a training session's starts on a thread of its
+        own: `background_start.BackgroundStart`).
     """
     self._infeed = infeed
-    self._first_request = first_request
 
   def after_create_session(self, session, coord) -> None:
     del coord  # Unused.
     self._infeed.start(session)
-    if self._first_request:
-      self._infeed.request(self._first_request)
 
   def end(self, session) -> None:
     del session  # Unused.

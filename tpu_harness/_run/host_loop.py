@@ -38,7 +38,8 @@ def run_loops(loop: BuiltLoop, session, steps: Optional[int],
     clock: seconds, to time each run.
     stop: checked before each run; True ends the loops.
     first_requested: the first loop's steps, min(iterations_per_loop,
-      steps), were requested already (`InfeedHook(first_request=...)`).
+      steps), were requested already (`background_start.BackgroundStart(
+      first_request=...)`).
 
   Yields:
     (steps run, the run's results, seconds the run took) per loop.

@@ -28,6 +28,7 @@ import hooks as hooks_lib
 from hooks import paths
 from tpu_harness import errors
 from tpu_harness import spec as spec_lib
+from tpu_harness._infeed import background_start
 from tpu_harness._infeed import position as input_position
 from tpu_harness._infeed.protocol import InfeedHook
 from tpu_harness._model_dir import contents
@@ -88,6 +89,10 @@ def train(job: Job, request: TrainRequest) -> bool:
   config = job.config
   with tf.Graph().as_default():
     loop, position, saved = _build_graph(job, request)
+    # The infeed starts beside the other hooks' after_create_session (the
+    # first checkpoint's save waits for it where it saves the position).
+    loop = dataclasses.replace(loop, infeed=background_start.BackgroundStart(
+        loop.infeed, first_request=_first_loop(job, request)))
     scaffold, saver, listeners = _saver_and_listeners(job, loop, position,
                                                       saved, request)
     saver_hook = _saver_hook(config, saver, listeners, request.lease)
@@ -202,7 +207,8 @@ def _saver_and_listeners(job: Job, loop: BuiltLoop, position,
                        "was built for")
     elif not one_saver:
       saver = position_saver()
-    listeners.append(position.listener())
+    listeners.append(background_start.after_start(position.listener(),
+                                                  loop.infeed))
   # Rotation (keep_checkpoint_max) covers the run's own checkpoints of
   # earlier runs, and a lowered maximum applies at once.
   kept = contents.enforce_keep_max(config.model_dir, request.resume.recent,
@@ -232,8 +238,9 @@ def _hooks(job: Job, loop: BuiltLoop,
            saver_hook: hooks_lib.CheckpointSaverHook,
            request: TrainRequest) -> List[tf.compat.v1.train.SessionRunHook]:
   """The session's hooks, in order: the lease's (before any other writes),
-  the loop's, the infeed's, the NaN guard, stop, step counter, the
-  model's, the caller's, the saver last."""
+  the loop's, the infeed's (it starts the infeed on a thread of its own:
+  the hooks after it start meanwhile), the NaN guard, stop, step counter,
+  the model's, the caller's, the saver last."""
   config = job.config
   ipl = config.iterations_per_loop
 
@@ -244,7 +251,7 @@ def _hooks(job: Job, loop: BuiltLoop,
   guards = ([NanLossHook(loop.fetches["outfeed"][LOSS], newest_checkpoint)]
             if config.stop_on_nan_loss else [])
   return [LeaseHook(request.lease)] + list(loop.hooks) + [
-      InfeedHook(loop.infeed, first_request=_first_loop(job, request))
+      InfeedHook(loop.infeed)
   ] + guards + [
       hooks_lib.StopAtStepHook(last_step=request.last_step,
                                steps_per_run=ipl),
