@@ -449,6 +449,10 @@ class GcsEmulator:
 
 def main() -> None:
   import argparse  # pylint: disable=g-import-not-at-top
+  import faulthandler  # pylint: disable=g-import-not-at-top
+  import signal  # pylint: disable=g-import-not-at-top
+  # SIGUSR1 prints every thread's stack to stderr: where a stop hangs.
+  faulthandler.register(signal.SIGUSR1, all_threads=True)
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--bucket", default="tpu-harness-test")
   args = parser.parse_args()
