@@ -47,6 +47,21 @@ def test_a_fill_reads_the_state_at_its_start_only_when_needed(
   assert log.state_at(None, 5, fresh=False) == found
 
 
+def test_a_save_before_the_first_fill_short_of_its_element_reads_there():
+  # At a session's start whole chunks were dropped (12 elements); the first
+  # fill reads the 13th and drops it too. A save of the start step (13
+  # elements trained on) may come before that fill starts.
+  iterator = _FakeIterator()
+  log = states.StateLog(iterator.read_state)
+  log.begin(taken=0, state=None)
+  iterator.reads = 12
+  log.fill_ended(12)
+  assert log.state_at(None, 13, fresh=False) == (12, b"state@12", 12)
+  # The fill then finds the state at its start held: not read again.
+  _fill(log, iterator, 3, lambda first, last: True)
+  assert iterator.serialized == [12]
+
+
 def test_a_save_at_the_end_of_a_fill_reads_the_state_there():
   iterator = _FakeIterator()
   log = states.StateLog(iterator.read_state)

@@ -7,9 +7,11 @@ host thread starts a fill at which one is expected (`expected(step)`), it
 reads the state first. A save then takes the newest state at or before its
 step and the count of elements to read and drop after restoring it (0 when
 the state was read at exactly that step). A save that finds the host
-thread idle at exactly its step, short of the input's end, reads the state
-then. (A state read after the iterator met the end of the input or of the
-run's `take` restores as ended, whatever comes after.)
+thread idle at its step (or short of it: at a session's start, before the
+first fill reads the rest of a chunk partly dropped), short of the input's
+end, with no state read there, reads the state then. (A state read after
+the iterator met the end of the input or of the run's `take` restores as
+ended, whatever comes after.)
 
 Positions are counted in elements read since `begin`, dropped ones
 included; the caller turns global steps into them.
@@ -118,8 +120,9 @@ class StateLog:
                ) -> Optional[State]:
     """The state a save with `needed` elements trained on holds: the
     newest read at or before `needed`, reading it now if the host thread
-    is idle at exactly `needed` (unless `fresh`: at a pass's start, with
-    nothing trained on, none is needed). None when there is none."""
+    is idle at `needed` or short of it with none read there (unless
+    `fresh`: at a pass's start, with nothing trained on, none is needed).
+    None when there is none."""
     with self._lock:
       # The loops ran every element of a fill in progress that ends by
       # `needed`, or its state is being read: wait for that.
@@ -129,15 +132,17 @@ class StateLog:
                         or self._reading_at > needed)),
           timeout=WAIT_SECS)
       self._drop_before(needed)
-      exact = self._states and self._states[0][0] == needed
+      # Idle short of `needed`: at a session's start, before its first
+      # fill, which reads the rest of a chunk partly dropped.
+      at = self._reads
       idle = (self._filling_to is None and self._reading_at is None
-              and self._reads == needed and not self._at_end and not fresh)
-      reading = idle and not exact
+              and at <= needed and not self._at_end and not fresh)
+      reading = idle and all(held != at for held, _, _ in self._states)
       if reading:
         self._caller_reading = True
     if reading:
       try:
-        self._add(session, needed)
+        self._add(session, at)
       finally:
         with self._lock:
           self._caller_reading = False
