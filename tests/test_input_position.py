@@ -357,6 +357,23 @@ def test_the_checkpoints_position_stays_small_for_a_large_shuffle(tmp_path):
     assert 0 < len(saved.state) < 16 * 2**10  # TF's buffer: 15.7 MB.
 
 
+@pytest.mark.parametrize("kind", ["chunks", "elements"])
+def test_a_shuffled_cache_resumes_exactly(tmp_path, kind):
+  # cache().repeat().shuffle(): the shuffle orders indices into the cache's
+  # memory; a resume reads the cache again and lands mid-window.
+  def input_fn(params):
+    return (tf.data.Dataset.range(90).map(_examples).cache().repeat()
+            .shuffle(40).batch(params["batch_size"], drop_remainder=True))
+
+  _runner(tmp_path / "straight", kind=kind).train(input_fn, max_steps=40)
+  for stop in (17, 40):  # 17 x 8: past the first window, in a later one.
+    _runner(tmp_path / "resumed", kind=kind).train(input_fn, max_steps=stop)
+  assert record.read_saved(str(tmp_path / "resumed" /
+                               "model.ckpt-17")).state
+  np.testing.assert_array_equal(weights(str(tmp_path / "resumed")),
+                                weights(str(tmp_path / "straight")))
+
+
 def test_random_augmentation_keeps_an_exact_position(tmp_path, caplog):
   def input_fn(params):  # A stateful random op, valued so as not to matter.
     dataset = tf.data.Dataset.range(10**9).shuffle(64).map(_examples)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tpu_harness import _tf_internals
 from tpu_harness._infeed import rewrite as resumable_input
 
 
@@ -182,6 +183,71 @@ def test_a_large_shuffle_buffer_and_cache_leave_a_small_position():
   for want, got in zip(more[300:], restored):
     np.testing.assert_array_equal(want, got)
   assert not np.array_equal(values[0], values[1])
+
+
+def _image_rows(count):
+  return np.arange(count * 6, dtype=np.float32).reshape(count, 2, 3)
+
+
+# (name, the input after its cache; a map between cache and shuffle keeps
+# the window shuffle of elements; the v1 API wraps each dataset).
+_CACHE_SHUFFLES = {
+    "repeated": lambda cached: cached.repeat(3).shuffle(7),
+    "forever": lambda cached: cached.repeat().shuffle(7),
+    "once, then repeated": lambda cached: cached.shuffle(7).repeat(2),
+    "buffer past the input": lambda cached: cached.repeat(2).shuffle(50),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_CACHE_SHUFFLES))
+@pytest.mark.parametrize("api", ["v2", "v1"])
+def test_a_shuffle_of_a_cache_orders_indices_as_a_window_shuffle(name, api):
+  rows = _image_rows(20)
+  source = (tf.compat.v1.data.Dataset if api == "v1"
+            else tf.data.Dataset).from_tensor_slices((rows, np.arange(20)))
+  tail = _CACHE_SHUFFLES[name]
+  indexed, index_rewrite = _rewritten(lambda: tail(source.cache()))
+  windowed, window_rewrite = _rewritten(
+      lambda: tail(source.cache().map(lambda *element: element)))
+  count = 20 * (3 if name == "repeated" else 2)
+  want, _ = _session_values(windowed, count, window_rewrite, [11])
+  got, _ = _session_values(indexed, count, index_rewrite, [11])
+  assert [label for _, label in got] == [label for _, label in want]
+  for (image, label), _ in zip(got, want):
+    np.testing.assert_array_equal(image, rows[label])
+  assert [label for _, label in got][:20] != list(range(20))
+  # Both batch the images once, into the cache's memory; the window
+  # shuffle batches them again into its windows, the shuffle of the cache
+  # batches indices.
+  assert _batches_of_images(windowed) == 2
+  assert _batches_of_images(indexed) == 1
+
+
+def _batches_of_images(dataset):
+  """The number of batch transformations of float32 parts in `dataset`."""
+  nodes, bodies = _tf_internals.dataset_nodes(dataset)
+  return sum(tf.float32.as_datatype_enum in node.attr["output_types"].list.type
+             for node in nodes + bodies
+             if node.op in ("BatchDataset", "BatchDatasetV2"))
+
+
+@pytest.mark.parametrize("shuffled", [True, False])
+def test_a_cache_resumes_at_its_position_with_a_small_state(shuffled):
+  rows = np.random.RandomState(0).rand(5000, 784).astype(np.float32)
+
+  def make():
+    cached = tf.data.Dataset.from_tensor_slices(rows).cache().repeat()
+    return cached.shuffle(3000) if shuffled else cached
+
+  dataset, rewrite = _rewritten(make)
+  dataset = resumable_input.symbolic(dataset)
+  # Into the cache's second epoch (and the shuffle's third window).
+  _, state = _session_values(dataset, 7000, rewrite, [9])
+  assert len(state) < 16 * 2**10  # The memory alone is 15 MB.
+  more, _ = _session_values(dataset, 7050, rewrite, [9])
+  restored, _ = _session_values(dataset, 50, rewrite, [9], state=state)
+  for want, got in zip(more[7000:], restored):
+    np.testing.assert_array_equal(want, got)
 
 
 def test_inspect_reports_what_a_position_cannot_hold(tmp_path):

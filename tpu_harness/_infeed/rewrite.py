@@ -21,7 +21,11 @@ state is a position:
   at the start of the window and the index in it; a restore reads that one
   window again. The order differs from TF's for the same seed; a given
   seed still gives the same order every run. Unseeded shuffles get a seed
-  per pass over the input, saved with the position.
+  per pass over the input, saved with the position. A shuffle of a
+  materialized cache (below), repeated or not (`cache().repeat()
+  .shuffle(B)`, `cache().shuffle(B)`), orders windows of indices into the
+  cache's memory instead, in the same order, and gathers each element from
+  the memory as it is given: it copies and holds no window of elements.
 - an in-memory `Dataset.cache()` becomes a materialized cache: the first
   time it is read, its whole input is read into host memory (variables
   outside every collection, never saved), then sliced; later reads and
@@ -107,6 +111,12 @@ _RANDOM_OPS = {
 }
 # A batch size larger than any input: `_materialized`'s one batch of all.
 _ALL = 2**62
+# Elements a shuffle of a materialized cache gathers at once from its
+# memory: one gather per element cost 20 us of function call each.
+_CHUNK = 128
+# The dataset functions of the rewrite are TensorFlow ops only: tracing them
+# through AutoGraph, as tf.data does users' functions, only costs time.
+_plain = tf.autograph.experimental.do_not_convert
 # One rewrite at a time: the replaced methods are the process's.
 _LOCK = threading.Lock()
 
@@ -122,11 +132,13 @@ class Rewrite:
     variables: the materialized caches' memory (local, never saved).
     kept: why a transformation was left as it was (TF's own then runs,
       and `unsaveable` reports it).
+    memories: the materialized caches, for a shuffle of one to find.
   """
   graph: tf.Graph
   seeds: List[tuple] = dataclasses.field(default_factory=list)
   variables: List[tf.Variable] = dataclasses.field(default_factory=list)
   kept: List[str] = dataclasses.field(default_factory=list)
+  memories: List["_Memory"] = dataclasses.field(default_factory=list)
 
   def initializer(self) -> Optional[tf.Operation]:
     """Empties the materialized caches (run before the iterator's
@@ -201,13 +213,69 @@ def _window_shuffle(dataset: tf.data.Dataset, buffer_size: Any,
     warnings.simplefilter("ignore")
     draws = tf.data.Dataset.random(seed=placeholder,
                                    rerandomize_each_iteration=reshuffle)
+  memory, count = _memory_under(dataset, rewrite.memories)
+  if memory is not None:
+    return memory.values.flat_map(_plain(
+        lambda *parts: _shuffled_memory(memory, tf.nest.flatten(parts),
+                                        count, buffer_size, draws)))
   if all(spec.shape.is_fully_defined() for spec in specs):
     windows = dataset.batch(buffer_size)
   else:
     windows = dataset.ragged_batch(buffer_size)
-  shuffled = tf.data.Dataset.zip((windows, draws)).map(_permuted)
+  shuffled = tf.data.Dataset.zip((windows, draws)).map(_plain(_permuted))
   # The next window is read and ordered while this one is given out.
   return shuffled.prefetch(1).unbatch()
+
+
+@dataclasses.dataclass(frozen=True)
+class _Memory:
+  """A materialized cache, as a shuffle of it finds it.
+
+  Attributes:
+    variant: the cache dataset's variant tensor (a dataset's identity,
+      whether the caller holds it as tf.data or tf.compat.v1.data).
+    values: a dataset of one element per pass: the memory (a structure
+      of `element_spec`, each part batched), filled by the first.
+    element_spec: the cache's element spec.
+  """
+  variant: tf.Tensor
+  values: tf.data.Dataset
+  element_spec: Any
+
+
+def _memory_under(dataset: tf.data.Dataset, memories: List[_Memory]):
+  """(memory, repeat count) if `dataset` is a materialized cache of
+  `memories` (count None) or its `repeat(count)` (a tensor); else
+  (None, None)."""
+  variant = tf.data.experimental.to_variant(dataset)
+  for memory in memories:
+    if variant is memory.variant:
+      return memory, None
+    if (variant.op.type == "RepeatDataset"
+        and variant.op.inputs[0] is memory.variant):
+      return memory, variant.op.inputs[1]
+  return None, None
+
+
+def _shuffled_memory(memory: _Memory, values: List[tf.Tensor],
+                     count: Optional[Any],
+                     buffer_size: Any, draws: tf.data.Dataset
+                     ) -> tf.data.Dataset:
+  """The window shuffle of `values` (the memory's parts) repeated `count`
+  times, as indices: the windows `_window_shuffle` would order, each
+  element gathered from `values` as it is given."""
+  size = tf.shape(values[0], out_type=tf.int64)[0]
+  indices = tf.data.Dataset.range(size)
+  if count is not None:
+    indices = indices.repeat(count)
+  windows = tf.data.Dataset.zip((indices.batch(buffer_size), draws))
+
+  def elements(chunk):
+    return tf.nest.pack_sequence_as(
+        memory.element_spec, [tf.gather(part, chunk) for part in values])
+
+  return (windows.map(_plain(_permuted)).unbatch().batch(_CHUNK)
+          .map(_plain(elements)).unbatch())
 
 
 def _permuted(window: Any, draw: tf.Tensor) -> Any:
@@ -243,8 +311,7 @@ def _materialized(dataset: tf.data.Dataset, rewrite: Rewrite,
 
   def contents(_):
     def fill():
-      everything = _one_batch(dataset).reduce(
-          empty, lambda _, batch: tuple(tf.nest.flatten(batch)))
+      everything = _one_batch(dataset).reduce(empty, _plain(_flat_batch))
       stored = [part.assign(value, read_value=False)
                 for part, value in zip(memory, everything)]
       with tf.control_dependencies(stored):
@@ -258,18 +325,23 @@ def _materialized(dataset: tf.data.Dataset, rewrite: Rewrite,
     values = tf.cond(filled.read_value(), read, fill)
     for value, spec in zip(values, specs):
       value.set_shape(tf.TensorShape([None]).concatenate(spec.shape))
-    return tuple(values)
-
-  def slices(*values):
-    return tf.data.Dataset.from_tensor_slices(
-        tf.nest.pack_sequence_as(dataset.element_spec, list(values)))
+    return tf.nest.pack_sequence_as(dataset.element_spec, values)
 
   # The memory is read (or filled) in a map of one element per epoch, and
-  # sliced by a function without state: with symbolic checkpointing TF
-  # checks a pipeline's functions for state as each element is given and
+  # sliced by `unbatch`, which runs no function: with symbolic checkpointing
+  # TF checks a pipeline's functions for state as each element is given and
   # logs a warning for each stateful op (ReadVariableOp) it finds, which a
   # flat_map reading the memory itself made two lines per element.
-  return tf.data.Dataset.from_tensors(0).map(contents).flat_map(slices)
+  values = tf.data.Dataset.from_tensors(0).map(_plain(contents))
+  cached = values.unbatch()
+  rewrite.memories.append(_Memory(
+      variant=tf.data.experimental.to_variant(cached), values=values,
+      element_spec=dataset.element_spec))
+  return cached
+
+
+def _flat_batch(_, batch: Any) -> tuple:
+  return tuple(tf.nest.flatten(batch))
 
 
 def _one_batch(dataset: tf.data.Dataset) -> tf.data.Dataset:
