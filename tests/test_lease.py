@@ -116,6 +116,54 @@ def test_losing_the_race_after_writing_is_busy(tmp_path):
   assert _read_record(tmp_path)["host"] == "another-host"
 
 
+class _Sleeps(list):
+  """A fake sleep: records each wait."""
+
+  def __call__(self, secs):
+    self.append(secs)
+
+
+# (seconds between the claim's write and settle(), the wait settle() adds).
+_SETTLE_CASES = [(0.0, 0.05), (0.02, 0.03), (0.05, 0.0), (3.0, 0.0),
+                 (-5.0, 0.05)]  # A clock set back: at most settle_secs.
+
+
+@pytest.mark.parametrize("elapsed,wait", _SETTLE_CASES)
+def test_settle_waits_what_is_left_after_the_claim(tmp_path, elapsed, wait):
+  clock, sleeps = _Clock(), _Sleeps()
+  lease = _lease(tmp_path, clock=clock, sleep=sleeps, settle_secs=0.05)
+  lease.claim()
+  assert _read_record(tmp_path)["pid"] == os.getpid()
+  assert sleeps == []  # The claim does not wait.
+  clock.now += elapsed
+  lease.settle()
+  assert sleeps == [pytest.approx(wait)]
+  lease.settle()  # Held: nothing more.
+  assert len(sleeps) == 1
+  lease.release()
+  assert not os.path.exists(lease.path)
+
+
+@pytest.mark.parametrize("first", ["settle", "confirm"])
+def test_a_claim_overwritten_before_it_settles_is_busy(tmp_path, first):
+  lease = _lease(tmp_path)
+  lease.claim()
+  _write_record(str(tmp_path), host="another-host")  # It won the race.
+  with pytest.raises(th.ModelDirBusyError):
+    getattr(lease, first)()
+  lease.release()
+  assert _read_record(tmp_path)["host"] == "another-host"  # Left alone.
+
+
+def test_a_claim_released_unsettled_deletes_the_lease(tmp_path):
+  lease = _lease(tmp_path)
+  with lease.claimed():
+    assert os.path.exists(lease.path)
+  assert not os.path.exists(lease.path)
+  with pytest.raises(RuntimeError):
+    lease.settle()  # Released: no claim to settle.
+
+
 def test_takeover_is_noticed_by_the_heartbeat(tmp_path):
   lease = _lease(tmp_path, heartbeat_secs=0.01, stale_secs=1)
   beats = threading.Event()

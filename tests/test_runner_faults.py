@@ -2,6 +2,7 @@
 run."""
 
 import dataclasses
+import json
 import logging as std_logging
 import os
 import shutil
@@ -375,6 +376,27 @@ def test_a_second_trainer_is_refused_and_evaluation_runs_beside(tmp_path):
     worker.send_signal(signal.SIGTERM)
     worker.communicate(timeout=120)
   assert worker.returncode == 0
+
+
+def test_the_lease_is_read_back_after_the_graph_is_built(tmp_path):
+  # The lease's read-back waits out its settle time while the graph is
+  # built: another trainer that wrote the lease meanwhile (here, while
+  # input_fn runs) wins, and this one stops before writing anything.
+  model_dir = str(tmp_path)
+
+  def input_fn(params):
+    with open(os.path.join(model_dir, contents.LEASE_NAME), "w") as f:
+      json.dump({"token": "other", "host": "another-host", "pid": 1,
+                 "heartbeat": time.time()}, f)
+    return train_input_fn()(params)
+
+  runner = th.Runner(reliability_worker.model_fn, th.RunConfig(
+      model_dir, iterations_per_loop=2, save_checkpoints_steps=2),
+                     params={"lr": 0.05}, train_batch_size=8)
+  with pytest.raises(th.ModelDirBusyError) as info:
+    runner.train(input_fn, max_steps=4)
+  assert "process 1 on host another-host" in str(info.value)
+  assert _files(model_dir) == {}
 
 
 def _files(model_dir):

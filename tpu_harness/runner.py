@@ -195,7 +195,8 @@ class Runner:
     model_dir = self._config.model_dir
     self._preempted = False
     contents.prepare_model_dir(model_dir)
-    with ModelDirLease(model_dir) as lease:
+    # Settled by the training's first write, once its graph is built.
+    with ModelDirLease(model_dir).claimed() as lease:
       resume = restore_order.resume_point(model_dir)
       restore_input_state = True
       while True:

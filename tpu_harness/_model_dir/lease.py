@@ -7,7 +7,11 @@ the file `<model_dir>/.tpu_harness_lease.json`, while it trains:
   acquire:  read the lease. Held by a live trainer -> ModelDirBusyError
             naming it. Absent, released or stale -> write ours, wait
             `settle_secs`, read it back: if another trainer's token is
-            there, it won the race -> ModelDirBusyError.
+            there, it won the race -> ModelDirBusyError. In two parts,
+            `claim` (read, write) and `settle` (wait out what is left of
+            `settle_secs`, read back, start the heartbeat): the trainer
+            builds its graph in between, which writes nothing into
+            `model_dir`, and the wait (1 s on gs://) overlaps it.
   heartbeat: a thread rewrites the lease every `heartbeat_secs`; if it
             finds another token there, the lease was taken over and `lost`
             turns True (the runner then stops with LeaseLostError rather
@@ -37,6 +41,7 @@ Evaluation does not take the lease: it may run beside training.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -44,7 +49,7 @@ import socket
 import threading
 import time
 import uuid
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 from absl import logging
 import tensorflow as tf
@@ -124,6 +129,10 @@ class ModelDirLease:
     self._thread: Optional[threading.Thread] = None
     self._lost = False
     self._held = False
+    # Clock times at the start of the claim not yet released (or None), and
+    # at the end of its write.
+    self._claimed: Optional[float] = None
+    self._written = -math.inf
     # Serializes renewals: the heartbeat thread and confirm().
     self._lock = threading.Lock()
     # Clock time at the start of the last renewal that found the lease ours.
@@ -161,9 +170,14 @@ class ModelDirLease:
 
     Raises:
       LeaseLostError: another trainer took the lease over, or it is gone.
+      ModelDirBusyError: the lease was claimed, not yet settled, and
+        another trainer won it (see `settle`).
       StorageError: storage kept failing while renewing it.
     """
     self.check()
+    if self._claimed is not None and not self._held:
+      self.settle()
+      return
     if not self._held or (self._clock() - self._renewed
                           < self._stale_secs / 2):
       return
@@ -171,7 +185,19 @@ class ModelDirLease:
     self.check()
 
   def acquire(self) -> None:
-    """Takes the lease and starts the heartbeat.
+    """Takes the lease and starts the heartbeat: `claim`, then `settle`.
+
+    Raises:
+      ModelDirBusyError: a live trainer holds it, or another trainer
+        wrote it at the same time and won.
+      StorageError: storage kept failing.
+    """
+    self.claim()
+    self.settle()
+
+  def claim(self) -> None:
+    """Writes this trainer's lease unless a live trainer holds it. Until
+    `settle` (or the first `confirm`), write nothing into `model_dir`.
 
     Raises:
       ModelDirBusyError: a live trainer holds it.
@@ -186,13 +212,33 @@ class ModelDirLease:
       logging.warning("Taking over the lease on %s from %s: %s.",
                       self._model_dir, _describe(current), reason)
     self._write()
-    self._sleep(self._settle_secs)
+    self._claimed = started
+    self._written = self._clock()
+
+  def settle(self) -> None:
+    """Completes `claim`: waits until `settle_secs` have passed since its
+    write, reads the lease back and starts the heartbeat. Nothing to do
+    once the lease is held.
+
+    Raises:
+      ModelDirBusyError: another trainer wrote the lease after this one's
+        claim (it won the race).
+      RuntimeError: no claim was made.
+      StorageError: storage kept failing.
+    """
+    if self._held:
+      return
+    if self._claimed is None:
+      raise RuntimeError("ModelDirLease.settle() without a claim().")
+    elapsed = self._clock() - self._written
+    self._sleep(min(self._settle_secs,
+                    max(0.0, self._settle_secs - elapsed)))
     current = self._read()
     if current is None or current.get("token") != self._token:
       raise ModelDirBusyError(self._busy_message(current or {}))
     self._held = True
     self._lost = False
-    self._renewed = started
+    self._renewed = self._claimed
     self._stop.clear()
     self._thread = threading.Thread(target=self._beat, daemon=True,
                                     name="model_dir_lease")
@@ -200,14 +246,16 @@ class ModelDirLease:
     logging.info("Holding the lease on %s (%s).", self._model_dir, self._path)
 
   def release(self) -> None:
-    """Stops the heartbeat and deletes the lease if it is still ours."""
+    """Stops the heartbeat and deletes the lease if it is still ours (a
+    claim not yet settled too)."""
     self._stop.set()
     if self._thread is not None:
       self._thread.join()
       self._thread = None
-    if not self._held:
+    if not self._held and self._claimed is None:
       return
     self._held = False
+    self._claimed = None
     try:
       current = self._read()
       if current is not None and current.get("token") == self._token:
@@ -220,6 +268,16 @@ class ModelDirLease:
   def __enter__(self) -> "ModelDirLease":
     self.acquire()
     return self
+
+  @contextlib.contextmanager
+  def claimed(self) -> Iterator["ModelDirLease"]:
+    """`claim` for the block (the caller settles before its first write
+    into `model_dir`), then `release`."""
+    self.claim()
+    try:
+      yield self
+    finally:
+      self.release()
 
   def __exit__(self, *exc_info) -> None:
     self.release()

@@ -11,8 +11,10 @@ Per training loop (one `Session.run` of up to `iterations_per_loop` steps)::
   log: step, loss, steps/sec, examples/sec; write loss; run host_call
 
 The last loop is shortened so training stops exactly at `max_steps`.
-`tpu_harness.Runner.train` checks the arguments, takes the lease on
-`model_dir` and finds where to resume; this module runs the session.
+`tpu_harness.Runner.train` checks the arguments, claims the lease on
+`model_dir` and finds where to resume; this module builds the graph,
+settles the lease (its read-back waited for while the graph was built) and
+runs the session.
 """
 
 from __future__ import annotations
@@ -62,7 +64,8 @@ class TrainRequest:
     batch_size: global examples per step.
     hooks: the caller's SessionRunHooks.
     listeners: the caller's CheckpointSaverListeners.
-    lease: the lease held on `model_dir`.
+    lease: the lease on `model_dir`, claimed; `train` settles it before
+      its first write there.
     restore_input_state: whether the iterator state of the input position
       saved in `resume.checkpoint` is restored (False after reading right
       after restoring it failed: its steps are read and dropped instead).
@@ -109,6 +112,9 @@ def train(job: Job, request: TrainRequest) -> bool:
         request.resume.checkpoint, scaffold=scaffold,
         master=config.session_target, config=job.session_config,
         tpu=config.tpu, reset_pod=True)
+    # The first write into model_dir: the lease claimed before the graph
+    # was built is settled now (a no-op on a retry).
+    request.lease.settle()
     events_before = _events_files(config.model_dir)
     writer = storage.events_writer(config.model_dir, config.model_dir)
     started = False
