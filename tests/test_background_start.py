@@ -137,6 +137,25 @@ def test_a_listener_after_the_start_saves_once_it_is_over():
       ("after_save", 7), ("end", 7)]
 
 
+def test_a_save_the_listener_needs_no_start_for_does_not_wait():
+  inner = _FakeInfeed()
+  infeed = background_start.BackgroundStart(inner)
+  listener = _Listener(inner)
+  wrapped = background_start.after_start(
+      listener, infeed, needs_start=lambda step: step != 7)
+  infeed.start("session")
+  assert inner.starting.wait(WAIT_SECS)
+  wrapped.before_save(None, 7)  # The start is still blocked.
+  assert listener.calls == [("before_save", 7, [])]
+  saving = threading.Thread(target=wrapped.before_save, args=(None, 8))
+  saving.start()
+  saving.join(0.2)
+  assert saving.is_alive()  # Step 8 waits for the start.
+  inner.release.set()
+  saving.join(WAIT_SECS)
+  assert listener.calls[-1] == ("before_save", 8, [("start", "session")])
+
+
 def test_a_failed_start_is_raised_before_the_save():
   inner = _FakeInfeed(fail=RuntimeError("restore failed"))
   inner.release.set()

@@ -8,6 +8,7 @@ element before a given index shows which elements a resumed run read.
 
 import logging as std_logging
 import os
+import threading
 
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ import tpu_harness as th
 from tpu_harness._model_dir import contents
 from support.runner_models import linear_model_fn
 from support.runner_models import weights
+from tpu_harness._infeed import host_position
 from tpu_harness._infeed import position as input_position
 from tpu_harness._infeed import record
 from tpu_harness._infeed.layout import InfeedLayout
@@ -370,6 +372,48 @@ def test_a_shuffled_cache_resumes_exactly(tmp_path, kind):
     _runner(tmp_path / "resumed", kind=kind).train(input_fn, max_steps=stop)
   assert record.read_saved(str(tmp_path / "resumed" /
                                "model.ckpt-17")).state
+  np.testing.assert_array_equal(weights(str(tmp_path / "resumed")),
+                                weights(str(tmp_path / "straight")))
+
+
+class _SavedAt(tf.compat.v1.train.CheckpointSaverListener):
+  """Sets `event` once a checkpoint of `step` is saved."""
+
+  def __init__(self, step, event):
+    self._step, self._event = step, event
+
+  def after_save(self, session, global_step_value):
+    if global_step_value == self._step:
+      self._event.set()
+
+
+def test_a_resumed_start_saves_its_restored_position_without_waiting(
+    tmp_path, monkeypatch):
+  # The session's first save, at the resumed step, holds the position just
+  # restored: it need not wait for the restore (which reads a cache's whole
+  # input again). Here the restore waits for that save instead.
+  def input_fn(params):
+    return (tf.data.Dataset.range(90).map(_examples).cache().repeat()
+            .shuffle(40).batch(params["batch_size"], drop_remainder=True))
+
+  _runner(tmp_path / "straight").train(input_fn, max_steps=40)
+  _runner(tmp_path / "resumed").train(input_fn, max_steps=17)
+  resumed_from = str(tmp_path / "resumed" / "model.ckpt-17")
+  saved_then = record.read_saved(resumed_from)
+  assert saved_then.state
+  first_saved = threading.Event()
+  restore = host_position.HostPosition.restore
+
+  def restore_after_the_save(self, session, state):
+    if not first_saved.wait(60):
+      raise RuntimeError("the first save waited for the restore")
+    return restore(self, session, state)
+
+  monkeypatch.setattr(host_position.HostPosition, "restore",
+                      restore_after_the_save)
+  _runner(tmp_path / "resumed").train(
+      input_fn, max_steps=40, saving_listeners=[_SavedAt(17, first_saved)])
+  assert record.read_saved(resumed_from) == saved_then
   np.testing.assert_array_equal(weights(str(tmp_path / "resumed")),
                                 weights(str(tmp_path / "straight")))
 

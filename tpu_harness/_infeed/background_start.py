@@ -9,13 +9,14 @@ them, though neither needs the other until that checkpoint saves the
 input's position. `BackgroundStart` starts the infeed on a thread of its
 own; every other use of it waits for that start first and raises what the
 start raised, and `after_start` makes a checkpoint listener (the input
-position's) wait for it too.
+position's) wait for it too, at the saves that need it (not a resumed
+start's first save of the position it restores).
 """
 
 from __future__ import annotations
 
 import threading
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from absl import logging
 import tensorflow as tf
@@ -108,18 +109,22 @@ class BackgroundStart:
 
 
 class _AfterStart(tf.compat.v1.train.CheckpointSaverListener):
-  """A listener whose `before_save` waits for an infeed's start first."""
+  """A listener whose `before_save` waits for an infeed's start first
+  (where `needs_start` says so)."""
 
   def __init__(self, listener: tf.compat.v1.train.CheckpointSaverListener,
-               infeed: BackgroundStart):
+               infeed: BackgroundStart,
+               needs_start: Callable[[int], bool]):
     self._listener = listener
     self._infeed = infeed
+    self._needs_start = needs_start
 
   def begin(self):
     self._listener.begin()
 
   def before_save(self, session, global_step_value):
-    self._infeed.started()
+    if self._needs_start(global_step_value):
+      self._infeed.started()
     return self._listener.before_save(session, global_step_value)
 
   def after_save(self, session, global_step_value):
@@ -130,8 +135,11 @@ class _AfterStart(tf.compat.v1.train.CheckpointSaverListener):
 
 
 def after_start(listener: tf.compat.v1.train.CheckpointSaverListener,
-                infeed: BackgroundStart
+                infeed: BackgroundStart,
+                needs_start: Optional[Callable[[int], bool]] = None
                 ) -> tf.compat.v1.train.CheckpointSaverListener:
   """`listener`, its `before_save` called once `infeed`'s start is over
-  (what the start raised is raised there)."""
-  return _AfterStart(listener, infeed)
+  (what the start raised is raised there), at every save or at those of
+  the global steps where `needs_start(step)` is true."""
+  return _AfterStart(listener, infeed,
+                     needs_start or (lambda global_step_value: True))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import threading
 from typing import (TYPE_CHECKING, ContextManager, Dict, List, Optional,
                     Tuple)
 
@@ -88,6 +89,11 @@ class HostPosition:
     self._skip = 0
     self._states = states_lib.StateLog(self._read_state)
     self._resumed = False
+    # The decision of a start not yet run (made early by
+    # `holds_position_at`), and that of the last start run.
+    self._planned: Optional[resume_policy.Decision] = None
+    self._decision: Optional[resume_policy.Decision] = None
+    self._deciding = threading.Lock()
 
   @property
   def variables(self) -> List[tf.Variable]:
@@ -196,15 +202,11 @@ class HostPosition:
       StorageError: reading the checkpoint's position kept failing.
     """
     group = self._group
-    saved = (None if fresh or group.checkpoint is None
-             else record.read_saved(group.checkpoint, self._host))
-    policy = resume_policy.ResumePolicy(
-        exact=group.exact, saves_state=self._saves_state,
-        restore_state=group.restore_state,
-        seeds_needed=len(self._rewrite.seeds) if self._rewrite else 0,
-        fingerprint=self._fingerprint)
-    decision = policy.decide(group.checkpoint, group.start_step, saved,
-                             fresh=fresh)
+    with self._deciding:
+      decision = (self._planned if self._planned is not None and not fresh
+                  else self._decide(fresh))
+      self._planned = None
+      self._decision = decision
     if decision.warning is not None:
       group.warn_once(decision.why, "%s", decision.warning)
     if decision.info is not None:
@@ -218,6 +220,44 @@ class HostPosition:
     feed = self._rewrite.seed_feed(self._seeds) if self._rewrite else {}
     return Start(feed=feed, state=decision.state, taken=decision.taken,
                  skip=decision.skip)
+
+  def _decide(self, fresh: bool) -> resume_policy.Decision:
+    """What `resume_policy` decides for a start now (logs nothing)."""
+    group = self._group
+    saved = (None if fresh or group.checkpoint is None
+             else record.read_saved(group.checkpoint, self._host))
+    policy = resume_policy.ResumePolicy(
+        exact=group.exact, saves_state=self._saves_state,
+        restore_state=group.restore_state,
+        seeds_needed=len(self._rewrite.seeds) if self._rewrite else 0,
+        fingerprint=self._fingerprint)
+    return policy.decide(group.checkpoint, group.start_step, saved,
+                         fresh=fresh)
+
+  def holds_position_at(self, global_step: int) -> bool:
+    """Whether the position's variables already hold what a save at
+    `global_step` would assign them: at the start's own step, where they
+    were restored from the checkpoint (`InputPosition.variables_restored`)
+    and the start restores the iterator state saved there. A save there
+    then needs neither the start to be over (the restore of a cache can
+    read its whole input) nor an assignment. Should the restore fail after
+    all, that checkpoint keeps the position it held, and the run that
+    fails reads and drops the steps instead (as it would have).
+
+    Raises:
+      StorageError: reading the checkpoint's position kept failing.
+    """
+    group = self._group
+    if (global_step != group.start_step or not group.variables_restored
+        or not self._saves_state):
+      return False
+    with self._deciding:
+      decision = self._decision
+      if decision is None:
+        if self._planned is None:
+          self._planned = self._decide(fresh=False)
+        decision = self._planned
+    return decision.why == "restore"
 
   def restore(self, session, state: bytes) -> bool:
     """Restores the initialized iterator to `state`; False (with a

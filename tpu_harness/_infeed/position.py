@@ -37,10 +37,14 @@ expected, not per fill (serializing an iterator costs tens of ms); see
 `tpu_harness._infeed.record`. The variables a save writes it to are
 outside every collection (the model's variables, `check_matches`,
 warm-starting and evaluation do not see them), saved by the training
-Saver and assigned by `_Listener` just before each save; restore reads
+Saver and assigned by `_Listener` just before each save (but the first
+at a start that restores the checkpoint's state: the variables, restored
+with the model, hold it already, and that save need not wait for the
+infeed's start; see `HostPosition.holds_position_at`); restore reads
 them from the checkpoint file. Where the checkpoint restored holds them,
-that Saver restores the model too (it restores them as well, harmlessly:
-each save assigns them first); a checkpoint without them is restored by a
+that Saver restores the model too (it restores them as well, and the
+start's own save can keep them as they are); a checkpoint without them is
+restored by a
 Saver of the model alone, as before. A host's position:
 `tpu_harness._infeed.host_position`; which of restore, skip or a new pass
 its start takes: `tpu_harness._infeed.resume_policy`.
@@ -102,6 +106,9 @@ class InputPosition:
     self._checkpoint = checkpoint
     self._start_step = start_step
     self.restore_state = restore_state
+    # Set by the trainer where its Saver restores the position's variables
+    # from `checkpoint` (with the model).
+    self.variables_restored = False
     self._hosts: List[HostPosition] = []
     self._warned = set()
     self._expect: Callable[[int], bool] = lambda step: False
@@ -167,6 +174,13 @@ class _Listener(tf.compat.v1.train.CheckpointSaverListener):
   def __init__(self, hosts: List[HostPosition]):
     self._hosts = hosts
 
+  def needs_start(self, global_step_value: int) -> bool:
+    """Whether a save at `global_step_value` assigns a host's position
+    (read from its infeed, once started)."""
+    return not all(host.holds_position_at(global_step_value)
+                   for host in self._hosts)
+
   def before_save(self, session, global_step_value):
     for host in self._hosts:
-      host.assign(session, global_step_value)
+      if not host.holds_position_at(global_step_value):
+        host.assign(session, global_step_value)

@@ -213,8 +213,11 @@ def _saver_and_listeners(job: Job, loop: BuiltLoop, position,
                        "was built for")
     elif not one_saver:
       saver = position_saver()
-    listeners.append(background_start.after_start(position.listener(),
-                                                  loop.infeed))
+    # The Saver restoring the model restores the position's variables too.
+    position.variables_restored = one_saver and saved is not None
+    listener = position.listener()
+    listeners.append(background_start.after_start(
+        listener, loop.infeed, needs_start=listener.needs_start))
   # Rotation (keep_checkpoint_max) covers the run's own checkpoints of
   # earlier runs, and a lowered maximum applies at once.
   kept = contents.enforce_keep_max(config.model_dir, request.resume.recent,
