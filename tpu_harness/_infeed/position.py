@@ -44,8 +44,7 @@ infeed's start; see `HostPosition.holds_position_at`); restore reads
 them from the checkpoint file. Where the checkpoint restored holds them,
 that Saver restores the model too (it restores them as well, and the
 start's own save can keep them as they are); a checkpoint without them is
-restored by a
-Saver of the model alone, as before. A host's position:
+restored by a Saver of the model alone, as before. A host's position:
 `tpu_harness._infeed.host_position`; which of restore, skip or a new pass
 its start takes: `tpu_harness._infeed.resume_policy`.
 """

@@ -8,8 +8,8 @@ the file `<model_dir>/.tpu_harness_lease.json`, while it trains:
             naming it. Absent, released or stale -> write ours, wait
             `settle_secs`, read it back: if another trainer's token is
             there, it won the race -> ModelDirBusyError. In two parts,
-            `claim` (read, write) and `settle` (wait out what is left of
-            `settle_secs`, read back, start the heartbeat): the trainer
+            `claim` (read, write, start the heartbeat) and `settle` (wait
+            out what is left of `settle_secs`, read back): the trainer
             builds its graph in between, which writes nothing into
             `model_dir`, and the wait (1 s on gs://) overlaps it.
   heartbeat: a thread rewrites the lease every `heartbeat_secs`; if it
@@ -196,8 +196,10 @@ class ModelDirLease:
     self.settle()
 
   def claim(self) -> None:
-    """Writes this trainer's lease unless a live trainer holds it. Until
-    `settle` (or the first `confirm`), write nothing into `model_dir`.
+    """Writes this trainer's lease unless a live trainer holds it, and
+    starts the heartbeat (a graph that takes minutes to build keeps the
+    lease fresh). Until `settle` (or the first `confirm`), write nothing
+    into `model_dir`.
 
     Raises:
       ModelDirBusyError: a live trainer holds it.
@@ -214,11 +216,17 @@ class ModelDirLease:
     self._write()
     self._claimed = started
     self._written = self._clock()
+    self._lost = False
+    self._renewed = started
+    self._stop.clear()
+    self._thread = threading.Thread(target=self._beat, daemon=True,
+                                    name="model_dir_lease")
+    self._thread.start()
 
   def settle(self) -> None:
     """Completes `claim`: waits until `settle_secs` have passed since its
-    write, reads the lease back and starts the heartbeat. Nothing to do
-    once the lease is held.
+    write and reads the lease back. Nothing to do once the lease is
+    held.
 
     Raises:
       ModelDirBusyError: another trainer wrote the lease after this one's
@@ -237,12 +245,6 @@ class ModelDirLease:
     if current is None or current.get("token") != self._token:
       raise ModelDirBusyError(self._busy_message(current or {}))
     self._held = True
-    self._lost = False
-    self._renewed = self._claimed
-    self._stop.clear()
-    self._thread = threading.Thread(target=self._beat, daemon=True,
-                                    name="model_dir_lease")
-    self._thread.start()
     logging.info("Holding the lease on %s (%s).", self._model_dir, self._path)
 
   def release(self) -> None:
@@ -269,6 +271,9 @@ class ModelDirLease:
     self.acquire()
     return self
 
+  def __exit__(self, *exc_info) -> None:
+    self.release()
+
   @contextlib.contextmanager
   def claimed(self) -> Iterator["ModelDirLease"]:
     """`claim` for the block (the caller settles before its first write
@@ -278,9 +283,6 @@ class ModelDirLease:
       yield self
     finally:
       self.release()
-
-  def __exit__(self, *exc_info) -> None:
-    self.release()
 
   # Internals.
 
