@@ -112,7 +112,7 @@ _RANDOM_OPS = {
 # A batch size larger than any input: `_materialized`'s one batch of all.
 _ALL = 2**62
 # Elements a shuffle of a materialized cache gathers at once from its
-# memory: one gather per element cost 20 us of function call each.
+# memory: one gather per element cost about 20 us of function call each.
 _CHUNK = 128
 # The dataset functions of the rewrite are TensorFlow ops only: tracing them
 # through AutoGraph, as tf.data does users' functions, only costs time.

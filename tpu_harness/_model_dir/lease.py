@@ -129,9 +129,9 @@ class ModelDirLease:
     self._thread: Optional[threading.Thread] = None
     self._lost = False
     self._held = False
-    # Clock times at the start of the claim not yet released (or None), and
-    # at the end of its write.
-    self._claimed: Optional[float] = None
+    # Whether a claim is made and not yet released; the clock time at the
+    # end of its write.
+    self._claimed = False
     self._written = -math.inf
     # Serializes renewals: the heartbeat thread and confirm().
     self._lock = threading.Lock()
@@ -175,7 +175,7 @@ class ModelDirLease:
       StorageError: storage kept failing while renewing it.
     """
     self.check()
-    if self._claimed is not None and not self._held:
+    if self._claimed and not self._held:
       self.settle()
       return
     if not self._held or (self._clock() - self._renewed
@@ -214,7 +214,7 @@ class ModelDirLease:
       logging.warning("Taking over the lease on %s from %s: %s.",
                       self._model_dir, _describe(current), reason)
     self._write()
-    self._claimed = started
+    self._claimed = True
     self._written = self._clock()
     self._lost = False
     self._renewed = started
@@ -236,7 +236,7 @@ class ModelDirLease:
     """
     if self._held:
       return
-    if self._claimed is None:
+    if not self._claimed:
       raise RuntimeError("ModelDirLease.settle() without a claim().")
     elapsed = self._clock() - self._written
     self._sleep(min(self._settle_secs,
@@ -254,10 +254,10 @@ class ModelDirLease:
     if self._thread is not None:
       self._thread.join()
       self._thread = None
-    if not self._held and self._claimed is None:
+    if not self._held and not self._claimed:
       return
     self._held = False
-    self._claimed = None
+    self._claimed = False
     try:
       current = self._read()
       if current is not None and current.get("token") == self._token:
