@@ -144,10 +144,8 @@ class HostInfeed:
               dataset, specs, capacity, sizes, name=name,
               max_steps=max_steps, max_bytes=max_bytes, layout=layout))
       self._fill = self._destination.fill
-      self._initializer = None
       if position is not None:
         position.attach(self._fill.iterator)
-        self._initializer = position.initializer()
     self._answers = None
     self._requests: queue_lib.Queue = queue_lib.Queue()
     self._thread: Optional[threading.Thread] = None
@@ -271,8 +269,6 @@ class HostInfeed:
   def _init_iterator(self, session, before: int, feed=None) -> None:
     """Initializes the iterator to give `before` elements more than the
     run's `max_steps`, with `feed` (the input's seeds)."""
-    if self._initializer is not None:
-      session.run(self._initializer)
     self._take_feed = dict(feed or {})
     if self._take is not None:
       self._take_feed[self._take] = before + self._max_steps

@@ -187,10 +187,6 @@ class HostPosition:
 
   # Starting.
 
-  def initializer(self) -> Optional[tf.Operation]:
-    """Run before each initialization of the iterator, or None."""
-    return self._rewrite.initializer() if self._rewrite else None
-
   def start(self, fresh: bool = False) -> Start:
     """How the infeed starts: restoring the checkpoint's position, or
     skipping the steps of its pass already trained on, or (`fresh`, or no

@@ -26,12 +26,13 @@ state is a position:
   .shuffle(B)`, `cache().shuffle(B)`), orders windows of indices into the
   cache's memory instead, in the same order, and gathers each element from
   the memory as it is given: it copies and holds no window of elements.
-- an in-memory `Dataset.cache()` becomes a materialized cache: the first
-  time it is read, its whole input is read into host memory (variables
-  outside every collection, never saved), then sliced; later reads and
-  later epochs slice the same memory. Its state is an index; a restore
-  reads the input once, as the first epoch did. Unlike TF's, it reads all
-  of its input before giving the first element.
+- an in-memory `Dataset.cache()` becomes a materialized cache: when an
+  iterator of the pipeline is initialized, the cache's whole input is
+  read into host memory as one batch (a tensor, never saved), which is
+  then sliced; later epochs slice the same memory. Its state is an index;
+  a restore initializes the iterator, and so reads the input once, as the
+  first epoch did. Unlike TF's, it reads all of its input before giving
+  the first element.
 
 Anything else that holds data (a shuffle or cache made outside `input_fn`,
 a file cache, a `from_generator` source) or whose state tf.data cannot
@@ -129,23 +130,14 @@ class Rewrite:
     graph: the graph the input is built in.
     seeds: one per window shuffle, the seed its random stream is fed at
       initialization, and the seed the user gave (None: unseeded).
-    variables: the materialized caches' memory (local, never saved).
     kept: why a transformation was left as it was (TF's own then runs,
       and `unsaveable` reports it).
     memories: the materialized caches, for a shuffle of one to find.
   """
   graph: tf.Graph
   seeds: List[tuple] = dataclasses.field(default_factory=list)
-  variables: List[tf.Variable] = dataclasses.field(default_factory=list)
   kept: List[str] = dataclasses.field(default_factory=list)
   memories: List["_Memory"] = dataclasses.field(default_factory=list)
-
-  def initializer(self) -> Optional[tf.Operation]:
-    """Empties the materialized caches (run before the iterator's
-    initializer), or None without any."""
-    if not self.variables:
-      return None
-    return tf.compat.v1.variables_initializer(self.variables)
 
   def fresh_seeds(self) -> List[int]:
     """Seeds for a new pass over the input: the user's where given, else
@@ -215,9 +207,7 @@ def _window_shuffle(dataset: tf.data.Dataset, buffer_size: Any,
                                    rerandomize_each_iteration=reshuffle)
   memory, count = _memory_under(dataset, rewrite.memories)
   if memory is not None:
-    return memory.values.flat_map(_plain(
-        lambda *parts: _shuffled_memory(memory, tf.nest.flatten(parts),
-                                        count, buffer_size, draws)))
+    return _shuffled_memory(memory, count, buffer_size, draws)
   if all(spec.shape.is_fully_defined() for spec in specs):
     windows = dataset.batch(buffer_size)
   else:
@@ -234,12 +224,12 @@ class _Memory:
   Attributes:
     variant: the cache dataset's variant tensor (a dataset's identity,
       whether the caller holds it as tf.data or tf.compat.v1.data).
-    values: a dataset of one element per pass: the memory (a structure
-      of `element_spec`, each part batched), filled by the first.
+    values: the memory: the flat parts of `element_spec`, each a batch
+      of all the elements (computed when an iterator is initialized).
     element_spec: the cache's element spec.
   """
   variant: tf.Tensor
-  values: tf.data.Dataset
+  values: List[tf.Tensor]
   element_spec: Any
 
 
@@ -257,13 +247,13 @@ def _memory_under(dataset: tf.data.Dataset, memories: List[_Memory]):
   return None, None
 
 
-def _shuffled_memory(memory: _Memory, values: List[tf.Tensor],
-                     count: Optional[Any],
+def _shuffled_memory(memory: _Memory, count: Optional[Any],
                      buffer_size: Any, draws: tf.data.Dataset
                      ) -> tf.data.Dataset:
-  """The window shuffle of `values` (the memory's parts) repeated `count`
-  times, as indices: the windows `_window_shuffle` would order, each
-  element gathered from `values` as it is given."""
+  """The window shuffle of `memory` repeated `count` times, as indices:
+  the windows `_window_shuffle` would order, each element gathered from
+  the memory as it is given."""
+  values = memory.values
   size = tf.shape(values[0], out_type=tf.int64)[0]
   indices = tf.data.Dataset.range(size)
   if count is not None:
@@ -288,7 +278,7 @@ def _permuted(window: Any, draw: tf.Tensor) -> Any:
 
 def _materialized(dataset: tf.data.Dataset, rewrite: Rewrite,
                   original_cache, name) -> tf.data.Dataset:
-  """`dataset` read once into host memory, then sliced (see module)."""
+  """`dataset` read whole into host memory, then sliced (see module)."""
   specs = tf.nest.flatten(dataset.element_spec)
   if not all(isinstance(spec, tf.TensorSpec) and spec.shape.is_fully_defined()
              for spec in specs):
@@ -298,50 +288,21 @@ def _materialized(dataset: tf.data.Dataset, rewrite: Rewrite,
     rewrite.kept.append("cache() inside a dataset function")
     return original_cache(dataset, name=name)
   with tf.name_scope("materialized_cache"):
-    memory = [tf.compat.v1.Variable(
-        tf.zeros([0] + spec.shape.as_list(), spec.dtype),
-        shape=tf.TensorShape([None]).concatenate(spec.shape),
-        trainable=False, collections=[], use_resource=True, name="memory")
-              for spec in specs]
-    filled = tf.compat.v1.Variable(False, trainable=False, collections=[],
-                                   use_resource=True, name="filled")
-  rewrite.variables.extend(memory + [filled])
-  empty = tuple(tf.zeros([0] + spec.shape.as_list(), spec.dtype)
-                for spec in specs)
-
-  def contents(_):
-    def fill():
-      everything = _one_batch(dataset).reduce(empty, _plain(_flat_batch))
-      stored = [part.assign(value, read_value=False)
-                for part, value in zip(memory, everything)]
-      with tf.control_dependencies(stored):
-        done = filled.assign(True, read_value=False)
-      with tf.control_dependencies([done]):
-        return [tf.identity(value) for value in everything]
-
-    def read():
-      return [part.read_value() for part in memory]
-
-    values = tf.cond(filled.read_value(), read, fill)
-    for value, spec in zip(values, specs):
-      value.set_shape(tf.TensorShape([None]).concatenate(spec.shape))
-    return tf.nest.pack_sequence_as(dataset.element_spec, values)
-
-  # The memory is read (or filled) in a map of one element per epoch, and
-  # sliced by `unbatch`, which runs no function: with symbolic checkpointing
-  # TF checks a pipeline's functions for state as each element is given and
-  # logs a warning for each stateful op (ReadVariableOp) it finds, which a
-  # flat_map reading the memory itself made two lines per element.
-  values = tf.data.Dataset.from_tensors(0).map(_plain(contents))
-  cached = values.unbatch()
+    # One batch of every element, or none for an empty input: a graph op,
+    # run when an iterator of the pipeline is initialized. The slices
+    # below hold the batch as their input, for every epoch; no function
+    # is traced or instantiated for it, and nothing reads it per element.
+    empty = tf.data.Dataset.from_tensors(tf.nest.pack_sequence_as(
+        dataset.element_spec,
+        [tf.zeros([0] + spec.shape.as_list(), spec.dtype) for spec in specs]))
+    memory = _one_batch(dataset).concatenate(empty).take(1)
+    values = tf.nest.flatten(memory.get_single_element())
+  cached = tf.data.Dataset.from_tensor_slices(
+      tf.nest.pack_sequence_as(dataset.element_spec, values))
   rewrite.memories.append(_Memory(
       variant=tf.data.experimental.to_variant(cached), values=values,
       element_spec=dataset.element_spec))
   return cached
-
-
-def _flat_batch(_, batch: Any) -> tuple:
-  return tuple(tf.nest.flatten(batch))
 
 
 def _one_batch(dataset: tf.data.Dataset) -> tf.data.Dataset:
