@@ -18,6 +18,7 @@ import tpu_harness as th
 from tpu_harness._model_dir import contents
 from support.runner_models import linear_model_fn
 from support.runner_models import weights
+from tpu_harness._infeed import host as host_infeed
 from tpu_harness._infeed import host_position
 from tpu_harness._infeed import position as input_position
 from tpu_harness._infeed import record
@@ -414,6 +415,68 @@ def test_a_resumed_start_saves_its_restored_position_without_waiting(
   _runner(tmp_path / "resumed").train(
       input_fn, max_steps=40, saving_listeners=[_SavedAt(17, first_saved)])
   assert record.read_saved(resumed_from) == saved_then
+  np.testing.assert_array_equal(weights(str(tmp_path / "resumed")),
+                                weights(str(tmp_path / "straight")))
+
+
+class _FailAfterSave(tf.compat.v1.train.CheckpointSaverListener):
+  """Stops the run once a checkpoint of `step` is saved."""
+
+  def __init__(self, step):
+    self._step = step
+
+  def after_save(self, session, global_step_value):
+    if global_step_value == self._step:
+      raise RuntimeError(f"stopped after the save at {self._step}")
+
+
+def _cached_shuffled_input_fn(params):
+  return (tf.data.Dataset.range(90).map(_examples).cache().repeat()
+          .shuffle(40).batch(params["batch_size"], drop_remainder=True))
+
+
+def test_a_new_pass_saves_its_first_position_without_waiting(
+    tmp_path, monkeypatch):
+  # The session's first save, at a new pass's first step, holds the pass's
+  # first element and its seeds: it need not wait for the iterator's
+  # initialization (which reads a cache's whole input). Here that
+  # initialization waits for the save instead. Unseeded: the seeds saved
+  # first are those the start drew and fed.
+  first_saved = threading.Event()
+  initialize = host_infeed.HostInfeed._init_iterator  # pylint: disable=protected-access
+
+  def initialize_after_the_save(self, session, before, feed=None):
+    if not first_saved.wait(60):
+      raise RuntimeError("the first save waited for the initialization")
+    return initialize(self, session, before, feed)
+
+  monkeypatch.setattr(host_infeed.HostInfeed, "_init_iterator",
+                      initialize_after_the_save)
+  config = th.RunConfig(str(tmp_path / "unseeded"), iterations_per_loop=5,
+                        save_checkpoints_steps=10)
+  th.Runner(linear_model_fn, config, train_batch_size=BATCH).train(
+      _cached_shuffled_input_fn, max_steps=17,
+      saving_listeners=[_SavedAt(0, first_saved)])
+  monkeypatch.undo()
+  first = record.read_saved(str(tmp_path / "unseeded" / "model.ckpt-0"))
+  later = record.read_saved(str(tmp_path / "unseeded" / "model.ckpt-10"))
+  assert (first.state, first.skip, first.taken, first.pass_start) == (
+      b"", 0, 0, 0)
+  assert later.state and later.pass_start == 0
+  assert len(first.seeds) == 1 and first.seeds == later.seeds
+  assert first.fingerprint == later.fingerprint
+  # Resumed from that first checkpoint: the pass from its first element,
+  # with those seeds, as an uninterrupted run.
+  _runner(tmp_path / "straight").train(_cached_shuffled_input_fn,
+                                       max_steps=17)
+  with pytest.raises(RuntimeError, match="after the save at 0"):
+    _runner(tmp_path / "resumed").train(
+        _cached_shuffled_input_fn, max_steps=17,
+        saving_listeners=[_FailAfterSave(0)])
+  assert tf.train.latest_checkpoint(str(tmp_path / "resumed")).endswith(
+      "model.ckpt-0")
+  _runner(tmp_path / "resumed").train(_cached_shuffled_input_fn,
+                                      max_steps=17)
   np.testing.assert_array_equal(weights(str(tmp_path / "resumed")),
                                 weights(str(tmp_path / "straight")))
 

@@ -89,9 +89,10 @@ class HostPosition:
     self._skip = 0
     self._states = states_lib.StateLog(self._read_state)
     self._resumed = False
-    # The decision of a start not yet run (made early by
-    # `holds_position_at`), and that of the last start run.
-    self._planned: Optional[resume_policy.Decision] = None
+    # The decision and seeds of a start not yet run (made early by a save
+    # at the start's step, `needs_start`), and the decision of the last
+    # start run.
+    self._planned: Optional[Tuple[resume_policy.Decision, List[int]]] = None
     self._decision: Optional[resume_policy.Decision] = None
     self._deciding = threading.Lock()
 
@@ -199,23 +200,29 @@ class HostPosition:
     """
     group = self._group
     with self._deciding:
-      decision = (self._planned if self._planned is not None and not fresh
-                  else self._decide(fresh))
+      decision, seeds = (self._planned if self._planned is not None
+                         and not fresh else self._plan(fresh))
       self._planned = None
       self._decision = decision
+      self._seeds = seeds
     if decision.warning is not None:
       group.warn_once(decision.why, "%s", decision.warning)
     if decision.info is not None:
       logging.info("%s", decision.info)
     self._resumed = decision.resumed
     self._pass_start = decision.pass_start
-    if decision.seeds is not None:
-      self._seeds = list(decision.seeds)
-    else:
-      self._seeds = self._rewrite.fresh_seeds() if self._rewrite else []
-    feed = self._rewrite.seed_feed(self._seeds) if self._rewrite else {}
+    feed = self._rewrite.seed_feed(seeds) if self._rewrite else {}
     return Start(feed=feed, state=decision.state, taken=decision.taken,
                  skip=decision.skip)
+
+  def _plan(self, fresh: bool) -> Tuple[resume_policy.Decision, List[int]]:
+    """What `resume_policy` decides for a start now, and the seeds it
+    feeds: the saved ones, or fresh ones for a new order (logs
+    nothing)."""
+    decision = self._decide(fresh)
+    if decision.seeds is not None:
+      return decision, list(decision.seeds)
+    return decision, self._rewrite.fresh_seeds() if self._rewrite else []
 
   def _decide(self, fresh: bool) -> resume_policy.Decision:
     """What `resume_policy` decides for a start now (logs nothing)."""
@@ -230,30 +237,45 @@ class HostPosition:
     return policy.decide(group.checkpoint, group.start_step, saved,
                          fresh=fresh)
 
-  def holds_position_at(self, global_step: int) -> bool:
-    """Whether the position's variables already hold what a save at
-    `global_step` would assign them: at the start's own step, where they
-    were restored from the checkpoint (`InputPosition.variables_restored`)
-    and the start restores the iterator state saved there. A save there
-    then needs neither the start to be over (the restore of a cache can
-    read its whole input) nor an assignment. Should the restore fail after
-    all, that checkpoint keeps the position it held, and the run that
-    fails reads and drops the steps instead (as it would have).
+  def needs_start(self, global_step: int) -> bool:
+    """Whether a save at `global_step` needs the infeed's start to be over
+    first (to read the iterator's state). Not at the start's own step
+    where either the start restores the iterator state saved there and
+    the Saver restored the position's variables with the model
+    (`InputPosition.variables_restored`): they hold what that save would
+    assign (should the restore fail after all, that checkpoint keeps the
+    position it held, and the run that fails reads and drops the steps
+    instead, as it would have); or the start begins a new pass there (a
+    fresh start, no checkpoint, a pass used up): the position is the
+    pass's first element and its seeds, which the start's plan gives
+    before the iterator is initialized (a cache can read its whole input
+    then).
 
     Raises:
       StorageError: reading the checkpoint's position kept failing.
     """
+    return self._at_start(global_step) is None
+
+  def _at_start(self, global_step: int
+                ) -> Optional[Tuple[str, resume_policy.Decision, List[int]]]:
+    """At the start's own step, ("held" or "new pass", see `needs_start`;
+    the start's decision and seeds); else None."""
     group = self._group
-    if (global_step != group.start_step or not group.variables_restored
-        or not self._saves_state):
-      return False
+    if global_step != group.start_step:
+      return None
     with self._deciding:
-      decision = self._decision
-      if decision is None:
+      if self._decision is not None:
+        decision, seeds = self._decision, self._seeds
+      else:
         if self._planned is None:
-          self._planned = self._decide(fresh=False)
-        decision = self._planned
-    return decision.why == "restore"
+          self._planned = self._plan(fresh=False)
+        decision, seeds = self._planned
+    if not decision.resumed:
+      return "new pass", decision, seeds
+    if (decision.why == "restore" and group.variables_restored
+        and self._saves_state):
+      return "held", decision, seeds
+    return None
 
   def restore(self, session, state: bytes) -> bool:
     """Restores the initialized iterator to `state`; False (with a
@@ -358,8 +380,20 @@ class HostPosition:
     return (state, [needed - reads, taken, self._pass_start, 0],
             list(self._seeds))
 
-  def assign(self, session, global_step: int) -> None:
-    state, counts, seeds = self.at_step(session, global_step)
+  def before_save(self, session, global_step: int) -> None:
+    """Assigns the position's variables what a save at `global_step`
+    holds, unless they hold it already (see `needs_start`)."""
+    at_start = self._at_start(global_step)
+    if at_start is None:
+      self._assign_values(session, *self.at_step(session, global_step))
+      return
+    kind, decision, seeds = at_start
+    if kind == "new pass":
+      self._assign_values(session, b"", [0, 0, decision.pass_start, 0],
+                          seeds)
+
+  def _assign_values(self, session, state: bytes, counts: List[int],
+                     seeds: List[int]) -> None:
     fingerprint = (self._fingerprint.to_json()
                    if self._fingerprint is not None else "")
     session.run(self._assign, {self._state_in: state,

@@ -37,10 +37,13 @@ expected, not per fill (serializing an iterator costs tens of ms); see
 `tpu_harness._infeed.record`. The variables a save writes it to are
 outside every collection (the model's variables, `check_matches`,
 warm-starting and evaluation do not see them), saved by the training
-Saver and assigned by `_Listener` just before each save (but the first
-at a start that restores the checkpoint's state: the variables, restored
-with the model, hold it already, and that save need not wait for the
-infeed's start; see `HostPosition.holds_position_at`); restore reads
+Saver and assigned by `_Listener` just before each save. The save at a
+start's own step need not wait for the infeed's start (the iterator's
+initialization, which can read a cache's whole input, and a restore):
+where the start restores the checkpoint's state, the variables, restored
+with the model, hold it already; where it begins a new pass, the position
+is the pass's first element and its seeds, planned before the start runs
+(see `HostPosition.needs_start`). Restore reads
 them from the checkpoint file. Where the checkpoint restored holds them,
 that Saver restores the model too (it restores them as well, and the
 start's own save can keep them as they are); a checkpoint without them is
@@ -174,12 +177,10 @@ class _Listener(tf.compat.v1.train.CheckpointSaverListener):
     self._hosts = hosts
 
   def needs_start(self, global_step_value: int) -> bool:
-    """Whether a save at `global_step_value` assigns a host's position
-    (read from its infeed, once started)."""
-    return not all(host.holds_position_at(global_step_value)
-                   for host in self._hosts)
+    """Whether a save at `global_step_value` reads a host's position from
+    its infeed, once started (`HostPosition.needs_start`)."""
+    return any(host.needs_start(global_step_value) for host in self._hosts)
 
   def before_save(self, session, global_step_value):
     for host in self._hosts:
-      if not host.holds_position_at(global_step_value):
-        host.assign(session, global_step_value)
+      host.before_save(session, global_step_value)
