@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 
 import numpy as np
 import pytest
@@ -512,8 +513,12 @@ def test_a_start_that_fails_writing_leaves_no_files_behind(tmp_path):
   start stay to eat the space the user frees; the next start trains."""
   os.makedirs(tmp_path / "graph.pbtxt" / "taken")
   runner = make_runner(tmp_path, ipl=5, save_steps=5)
-  with pytest.raises(hooks.CheckpointSaveError, match=r"graph\.pbtxt"):
-    runner.train(train_input_fn(), max_steps=10)
+  with warnings.catch_warnings(record=True) as warned:
+    warnings.simplefilter("always")
+    with pytest.raises(hooks.CheckpointSaveError, match=r"graph\.pbtxt"):
+      runner.train(train_input_fn(), max_steps=10)
+  # The events writer closed to remove its file is not flushed after.
+  assert not [w for w in warned if "closed FileWriter" in str(w.message)]
   left = sorted(os.listdir(tmp_path))
   assert not [name for name in left if ".tmp" in name
               or name.startswith("events.out.tfevents.")], left

@@ -117,7 +117,7 @@ def train(job: Job, request: TrainRequest) -> bool:
     request.lease.settle()
     events_before = _events_files(config.model_dir)
     writer = storage.events_writer(config.model_dir, config.model_dir)
-    started = False
+    started = removed = False
     logging.info("Training from step %d to %d, %d steps per loop, on %s.",
                  request.resume.step, request.last_step,
                  config.iterations_per_loop,
@@ -138,9 +138,11 @@ def train(job: Job, request: TrainRequest) -> bool:
       saver_hook.finish_pending_save()
       if not started and not request.lease.lost:
         _remove_new_events_files(config.model_dir, events_before)
+        removed = True  # And the writer closed.
       raise
     finally:
-      if not request.lease.lost:  # Else model_dir is another trainer's.
+      # Not into another trainer's model_dir.
+      if not request.lease.lost and not removed:
         writer.flush()
     if preemption.requested:
       logging.warning("Stopped by %s at step %s with a checkpoint saved "
