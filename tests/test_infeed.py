@@ -221,6 +221,50 @@ def test_input_of_known_length_is_streamed():
   assert got == list(range(7)) * 2
 
 
+def test_an_endless_input_behind_v1_maps_is_streamed():
+  # tf.compat.v1 maps do not report their input's length (TPUEstimator
+  # programs' inputs): an endless one is known to be endless all the same.
+  dataset = tf.compat.v1.data.Dataset.range(7).repeat().map(
+      lambda i: {"i": i})
+  infeed = HostInfeed(dataset, capacity=4, name="t", sizes=LARGE_ELEMENTS,
+                      max_steps=10)
+  element = infeed.dequeue()
+  with _running(infeed) as session:
+    assert infeed.streams
+    infeed.request(4)
+    infeed.request(4)
+    assert (infeed.wait(), infeed.wait()) == (4, 4)
+    got = [int(session.run(element)["i"]) for _ in range(8)]
+    infeed.request(4)
+    assert infeed.wait() == 2  # The run's 10 steps.
+    got += [int(session.run(element)["i"]) for _ in range(2)]
+  assert got == list(range(7)) + [0, 1, 2]
+
+
+def test_a_v1_map_that_ends_an_endless_input_says_so():
+  # A TF 1 idiom: a map function reading another iterator ends the input
+  # when that one ends. Streamed as endless, the loop promised more fails,
+  # saying why.
+  with tf.init_scope():
+    inner = tf.compat.v1.data.make_one_shot_iterator(
+        tf.data.Dataset.range(100, 103))
+  dataset = tf.compat.v1.data.Dataset.range(7).repeat().map(
+      lambda i: {"i": inner.get_next()})
+  infeed = HostInfeed(dataset, capacity=4, name="t", sizes=LARGE_ELEMENTS,
+                      max_steps=10)
+  element = infeed.dequeue()
+  with _running(infeed) as session:
+    assert infeed.streams
+    infeed.request(4)
+    assert infeed.wait() == 4
+    assert [int(session.run(element)["i"]) for _ in range(3)] == [
+        100, 101, 102]
+    with pytest.raises(tf.errors.OutOfRangeError):
+      session.run(element)
+    with pytest.raises(th.InputEndedEarlyError, match="3 of the 4 steps"):
+      infeed.raise_if_failed()
+
+
 def test_input_of_unknown_length_is_not_streamed():
   dataset = _dataset(7).filter(lambda e: e["i"] >= 0)
   infeed = HostInfeed(dataset, capacity=4, name="t", sizes=LARGE_ELEMENTS)

@@ -7,7 +7,7 @@
 - `ElementFill` (large elements, or any element into a TPU's infeed): one
   `Session.run` runs an in-graph loop that reads and enqueues up to the
   asked number of elements one by one, without copies; tf.data's
-  `cardinality` says whether their count is known, so that a request can
+  `cardinality` (`length.of`) says whether their count is known, so that a request can
   be answered at once and the elements streamed (see `requests`).
 
 Both build their graph ops when made (in the default graph) and say how
@@ -20,6 +20,7 @@ from typing import Callable, List, Optional
 
 import tensorflow as tf
 
+from tpu_harness._infeed import length
 from tpu_harness._infeed import ops
 
 
@@ -79,8 +80,9 @@ class ElementFill:
     self._count = tf.compat.v1.placeholder(tf.int32, [], name="discard")
     self._discard = ops.discard(self.iterator, self._count)
     # Known at start: then requests are answered at once and the elements
-    # streamed while the loop runs (see `requests.StreamedRequests`).
-    self.cardinality: Optional[tf.Tensor] = dataset.cardinality()
+    # streamed while the loop runs (see `requests.StreamedRequests`); an
+    # endless input's behind tf.compat.v1 maps too (see `length`).
+    self.cardinality: Optional[tf.Tensor] = length.of(dataset)
 
   def reset(self) -> None:
     pass
