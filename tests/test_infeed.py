@@ -201,9 +201,26 @@ def test_large_elements_are_enqueued_one_by_one(per_element_bytes,
   assert got == list(range(7))
 
 
-def test_input_of_known_length_is_streamed():
-  infeed = HostInfeed(_dataset(7).repeat(2), capacity=4, name="t",
-                      sizes=LARGE_ELEMENTS)
+# (name, dataset, the run's max_steps, answers after the first two
+# requests of 4, the elements given): a known length; an endless input
+# behind tf.compat.v1 maps (TPUEstimator programs' inputs), which do not
+# report their input's length, known to be endless all the same.
+_STREAMED = [
+    ("known length", lambda: _dataset(7).repeat(2), None, (4, 2, 0),
+     list(range(7)) * 2),
+    ("endless behind v1 maps", lambda: tf.compat.v1.data.Dataset.range(
+        7).repeat().map(lambda i: {"i": i}), 10, (2, 0),
+     list(range(7)) + [0, 1, 2]),
+]
+
+
+@pytest.mark.parametrize("name,make,max_steps,answers,given", _STREAMED,
+                         ids=[case[0] for case in _STREAMED])
+def test_input_of_known_length_is_streamed(name, make, max_steps, answers,
+                                           given):
+  del name  # The test's id.
+  infeed = HostInfeed(make(), capacity=4, name="t", sizes=LARGE_ELEMENTS,
+                      max_steps=max_steps)
   element = infeed.dequeue()
   with _running(infeed) as session:
     assert infeed.streams
@@ -213,32 +230,12 @@ def test_input_of_known_length_is_streamed():
     infeed.request(4)
     assert (infeed.wait(), infeed.wait()) == (4, 4)
     got = [int(session.run(element)["i"]) for _ in range(8)]
-    for expected in (4, 2, 0):  # 14 elements in all.
+    for expected in answers:
       infeed.request(4)
       count = infeed.wait()
       assert count == expected
       got += [int(session.run(element)["i"]) for _ in range(count)]
-  assert got == list(range(7)) * 2
-
-
-def test_an_endless_input_behind_v1_maps_is_streamed():
-  # tf.compat.v1 maps do not report their input's length (TPUEstimator
-  # programs' inputs): an endless one is known to be endless all the same.
-  dataset = tf.compat.v1.data.Dataset.range(7).repeat().map(
-      lambda i: {"i": i})
-  infeed = HostInfeed(dataset, capacity=4, name="t", sizes=LARGE_ELEMENTS,
-                      max_steps=10)
-  element = infeed.dequeue()
-  with _running(infeed) as session:
-    assert infeed.streams
-    infeed.request(4)
-    infeed.request(4)
-    assert (infeed.wait(), infeed.wait()) == (4, 4)
-    got = [int(session.run(element)["i"]) for _ in range(8)]
-    infeed.request(4)
-    assert infeed.wait() == 2  # The run's 10 steps.
-    got += [int(session.run(element)["i"]) for _ in range(2)]
-  assert got == list(range(7)) + [0, 1, 2]
+  assert got == given
 
 
 def test_a_v1_map_that_ends_an_endless_input_says_so():
