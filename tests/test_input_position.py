@@ -443,7 +443,8 @@ def test_a_new_pass_saves_its_first_position_without_waiting(
   # initialization waits for the save instead. Unseeded: the seeds saved
   # first are those the start drew and fed.
   first_saved = threading.Event()
-  initialize = host_infeed.HostInfeed._init_iterator  # pylint: disable=protected-access
+  # pylint: disable-next=protected-access
+  initialize = host_infeed.HostInfeed._init_iterator
 
   def initialize_after_the_save(self, session, before, feed=None):
     if not first_saved.wait(60):

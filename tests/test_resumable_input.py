@@ -175,7 +175,6 @@ def _all_values(dataset, rewrite):
         return
 
 
-
 _COUNT_STATEFUL_LINES = """
 import tensorflow as tf
 from tpu_harness._infeed import rewrite as resumable_input

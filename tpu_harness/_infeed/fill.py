@@ -7,8 +7,9 @@
 - `ElementFill` (large elements, or any element into a TPU's infeed): one
   `Session.run` runs an in-graph loop that reads and enqueues up to the
   asked number of elements one by one, without copies; tf.data's
-  `cardinality` (`length.of`) says whether their count is known, so that a request can
-  be answered at once and the elements streamed (see `requests`).
+  `cardinality` (as `length.of` reads it) says whether their count is
+  known, so that a request can be answered at once and the elements
+  streamed (see `requests`).
 
 Both build their graph ops when made (in the default graph) and say how
 many elements a fill read: fewer than asked means the input ended.

@@ -43,8 +43,8 @@ initialization, which can read a cache's whole input, and a restore):
 where the start restores the checkpoint's state, the variables, restored
 with the model, hold it already; where it begins a new pass, the position
 is the pass's first element and its seeds, planned before the start runs
-(see `HostPosition.needs_start`). Restore reads
-them from the checkpoint file. Where the checkpoint restored holds them,
+(see `HostPosition.needs_start`). Restore reads them from the checkpoint
+file. Where the checkpoint restored holds them,
 that Saver restores the model too (it restores them as well, and the
 start's own save can keep them as they are); a checkpoint without them is
 restored by a Saver of the model alone, as before. A host's position:
