@@ -1,6 +1,7 @@
 """Every script in scripts/bench/ runs end to end at tiny sizes and prints
 its table (no timing asserted)."""
 
+import math
 import os
 import re
 import subprocess
@@ -62,6 +63,11 @@ def test_estimator_prints_every_measure_against_the_baseline():
     assert rows.count(program) == 5, result.stdout
   assert measures[:5] == ["ipl=2 steps/sec", "ipl=2 checkpoint size",
                           "ipl=2 set-up", "ipl=2 switch", "resume"]
+  ratios = [float(line.split("|")[3]) for line in result.stdout.splitlines()
+            if line.startswith("| ") and "---" not in line
+            and "ours / baseline" not in line]
+  assert all(math.isfinite(ratio) and ratio > 0 for ratio in ratios), (
+      result.stdout)
 
 
 def test_infeed_prints_both_batch_sizes_with_ratios():

@@ -21,15 +21,17 @@ the same process, runs interleaved. Reported, as ratios to the baseline:
 - steady steps/sec (after the first tenth of the steps);
 - the size of the last checkpoint (data and index files);
 - set-up: seconds from the call to the end of the first step, a fresh
-  `train()`; and a switch: an `evaluate()`-then-`train()` pair's train
-  call, resumed from a checkpoint, for one loop of steps;
+  `train()`; and a switch: an `evaluate()`-then-`train()` pair of one
+  loop of steps each, resumed from a checkpoint, from the first call to
+  the return of the second (its last checkpoint written and its session
+  closed);
 - resume: a one-step `train()` of a linear model on the same input from a
   checkpoint at --resume_steps (the input's position at that step), against
   the same `train()` from no checkpoint. The resnet input is read at batch
   1 for this, so reaching 100k steps takes minutes, not hours.
 
     python -m scripts.bench.estimator [--programs=mnist,resnet]
-        [--steps=400] [--iterations=10,100] [--repeats=3]
+        [--steps=400] [--iterations=10,100] [--repeats=5]
         [--resume_steps=100000]
 
 Targets (issue 23): steps/sec ratio >= 1.0 at both iterations_per_loop;
@@ -60,7 +62,7 @@ flags.DEFINE_list("programs", ["mnist", "resnet"], "Programs to run.")
 flags.DEFINE_integer("steps", 400, "Training steps per timed run.",
                      lower_bound=20)
 flags.DEFINE_list("iterations", ["10", "100"], "iterations_per_loop values.")
-flags.DEFINE_integer("repeats", 3, "Interleaved runs of each.", lower_bound=1)
+flags.DEFINE_integer("repeats", 5, "Interleaved runs of each.", lower_bound=1)
 flags.DEFINE_integer("resume_steps", 100000,
                      "Global step of the checkpoint a resume starts from; "
                      "0 skips the resume measurement.", lower_bound=0)
@@ -227,6 +229,7 @@ class Times(tf.train.SessionRunHook):
   def __init__(self):
     self.started = time.monotonic()
     self.marks: List[Tuple[float, int]] = []
+    self.returned = float("nan")  # When the timed calls returned.
     self._step = None
 
   def begin(self):
@@ -243,8 +246,9 @@ class Times(tf.train.SessionRunHook):
     """From the start to the end of the first run."""
     return self.marks[0][0] - self.started
 
-  def total_secs(self) -> float:
-    return self.marks[-1][0] - self.started
+  def call_secs(self) -> float:
+    """From the start to the return of the timed calls."""
+    return self.returned - self.started
 
   def steady_rate(self) -> float:
     """Steps per second after the first tenth of the runs."""
@@ -280,6 +284,7 @@ def train_ours(model_fn, input_fn, batch: int, model_dir: str, ipl: int,
   if eval_fn is not None:
     estimator.evaluate(eval_fn, steps=steps)
   estimator.train(input_fn, steps=steps, hooks=[times])
+  times.returned = time.monotonic()
   return times
 
 
@@ -308,6 +313,7 @@ def train_baseline(model_fn, input_fn, batch: int, model_dir: str,
       while not session.should_stop():
         session.run(spec.train_op)
     del global_step
+  times.returned = time.monotonic()
   return times
 
 
@@ -380,10 +386,10 @@ def run_program(name: str, root: str) -> Dict[str, float]:
     for ipl in ipls:
       note(f"baseline switch {ipl}", train_baseline(
           model_fn, input_fn, batch, os.path.join(root, f"baseline_{repeat}"),
-          ipl, eval_fn=input_fn).total_secs())
+          ipl, eval_fn=input_fn).call_secs())
       note(f"ipl={ipl} switch", train_ours(
           model_fn, input_fn, batch, os.path.join(root, f"ipl={ipl}_{repeat}"),
-          ipl, ipl, eval_fn=input_fn).total_secs())
+          ipl, ipl, eval_fn=input_fn).call_secs())
 
   def median(key):
     return statistics.median(measured[key])
