@@ -165,12 +165,13 @@ def test_features_alone_resume_with_the_weights_of_an_uninterrupted_run(
 
 
 def test_checkpoints_hold_the_position_beside_the_model(tmp_path):
-  _runner(tmp_path).train(input_fn_from(), max_steps=20)
-  reader = tf.train.load_checkpoint(str(tmp_path / "model.ckpt-20"))
+  # Chunks of 32 steps: the second fill starts at step 32.
+  _runner(tmp_path).train(input_fn_from(), max_steps=40)
+  reader = tf.train.load_checkpoint(str(tmp_path / "model.ckpt-40"))
   names = set(reader.get_variable_to_shape_map())
   assert {record.STATE_KEY, record.COUNTS_KEY} <= names
-  saved = record.read_saved(str(tmp_path / "model.ckpt-20"))
-  assert saved.state and saved.skip >= 0 and saved.taken + saved.skip == 20
+  saved = record.read_saved(str(tmp_path / "model.ckpt-40"))
+  assert saved.state and (saved.taken, saved.skip) == (32, 8)
 
 
 def test_async_saves_hold_the_position(tmp_path):
@@ -463,7 +464,8 @@ def test_a_new_pass_saves_its_first_position_without_waiting(
   later = record.read_saved(str(tmp_path / "unseeded" / "model.ckpt-10"))
   assert (first.state, first.skip, first.taken, first.pass_start) == (
       b"", 0, 0, 0)
-  assert later.state and later.pass_start == 0
+  # Saved in the first fill (17 steps): the pass's start, 10 steps to drop.
+  assert (later.state, later.skip, later.pass_start) == (b"", 10, 0)
   assert len(first.seeds) == 1 and first.seeds == later.seeds
   assert first.fingerprint == later.fingerprint
   # Resumed from that first checkpoint: the pass from its first element,
@@ -478,6 +480,35 @@ def test_a_new_pass_saves_its_first_position_without_waiting(
       "model.ckpt-0")
   _runner(tmp_path / "resumed").train(_cached_shuffled_input_fn,
                                       max_steps=17)
+  np.testing.assert_array_equal(weights(str(tmp_path / "resumed")),
+                                weights(str(tmp_path / "straight")))
+
+
+def test_a_save_in_the_first_fill_holds_the_pass_start_unread(
+    tmp_path, monkeypatch, caplog):
+  # The state at a new pass's first element is its start: no state is read
+  # for a save in the first fill (20 steps here), which holds the pass's
+  # start and the steps to drop; the input resumes by starting the pass
+  # again and dropping them, with no warning, exactly.
+  states_read = []
+  read_state = host_position.HostPosition._read_state
+  monkeypatch.setattr(host_position.HostPosition, "_read_state",
+                      lambda self, session: states_read.append(1)
+                      or read_state(self, session))
+  with pytest.raises(RuntimeError, match="after the save at 10"):
+    _runner(tmp_path / "resumed").train(
+        input_fn_from(), max_steps=20, saving_listeners=[_FailAfterSave(10)])
+  assert not states_read
+  saved = record.read_saved(str(tmp_path / "resumed" / "model.ckpt-10"))
+  assert (saved.state, saved.skip, saved.taken, saved.pass_start) == (
+      b"", 10, 0, 0)
+  caplog.set_level(std_logging.INFO)
+  _runner(tmp_path / "resumed").train(input_fn_from(), max_steps=30)
+  assert not [r.getMessage() for r in caplog.records
+              if r.levelno >= std_logging.WARNING and r.name == "absl"]
+  assert "Read and dropped 10 steps of train input already trained on." in [
+      r.getMessage() for r in caplog.records]
+  _runner(tmp_path / "straight").train(input_fn_from(), max_steps=30)
   np.testing.assert_array_equal(weights(str(tmp_path / "resumed")),
                                 weights(str(tmp_path / "straight")))
 

@@ -16,9 +16,10 @@ PIPELINE = fingerprint.Fingerprint(graph="g1", files={"/d/a": 100})
 ELSEWHERE = fingerprint.Fingerprint(graph="g1", files={"/d/a": 104})
 
 
-def _saved(state=b"it", seeds=(5, 6), used_up=False, saved_for=PIPELINE):
+def _saved(state=b"it", seeds=(5, 6), used_up=False, saved_for=PIPELINE,
+           skip=3):
   return record.Saved(
-      state=state, skip=3, taken=17, pass_start=10, seeds=seeds,
+      state=state, skip=skip, taken=17, pass_start=10, seeds=seeds,
       used_up=used_up,
       fingerprint=saved_for.to_json() if saved_for is not None else "")
 
@@ -57,6 +58,15 @@ NO_RESTORE = ResumePolicy(exact=True, saves_state=True, restore_state=False,
     # in its order.
     (EXACT, CHECKPOINT, _saved(state=b""), False,
      Decision("stateless", pass_start=10, seeds=(5, 6), skip=20)),
+    # The pass's start saved, with its 20 steps to skip (saved before the
+    # infeed read a state in the pass): the same, as exact as a restore.
+    (EXACT, CHECKPOINT, _saved(state=b"", skip=20), False,
+     Decision("replay", pass_start=10, seeds=(5, 6), skip=20)),
+    (SKIP, CHECKPOINT, _saved(state=b"", skip=20), False,
+     Decision("replay", pass_start=10, seeds=(5, 6), skip=20)),
+    # Its start changed: skipped in a new order.
+    (EXACT, CHECKPOINT, _saved(state=b"", skip=20, saved_for=ELSEWHERE),
+     False, Decision("fingerprint", pass_start=10, skip=20)),
     # Skip mode, a position that cannot be saved, or a state whose restore
     # failed (the runner said so): skipped, no warning. Only a run that
     # saves states asks the fingerprint.
@@ -116,6 +126,7 @@ def test_no_steps_of_the_pass_to_skip_is_not_warned_about():
      "was saved with resume_input='skip'): reading and dropping the 20 "
      "steps of input already trained on."),
     (EXACT, _saved(), None),
+    (EXACT, _saved(state=b"", skip=20), None),
     (EXACT, _saved(used_up=True), None),
     (NO_RESTORE, _saved(), None),
 ])

@@ -240,8 +240,9 @@ class HostPosition:
   def needs_start(self, global_step: int) -> bool:
     """Whether a save at `global_step` needs the infeed's start to be over
     first (to read the iterator's state). Not at the start's own step
-    where either the start restores the iterator state saved there and
-    the Saver restored the position's variables with the model
+    where either the start restores the iterator state saved there (or
+    the pass's start and the steps after it, "replay") and the Saver
+    restored the position's variables with the model
     (`InputPosition.variables_restored`): they hold what that save would
     assign (should the restore fail after all, that checkpoint keeps the
     position it held, and the run that fails reads and drops the steps
@@ -272,7 +273,7 @@ class HostPosition:
         decision, seeds = self._planned
     if not decision.resumed:
       return "new pass", decision, seeds
-    if (decision.why == "restore" and group.variables_restored
+    if (decision.why in ("restore", "replay") and group.variables_restored
         and self._saves_state):
       return "held", decision, seeds
     return None
@@ -364,16 +365,16 @@ class HostPosition:
   def at_step(self, session, global_step: int
               ) -> Tuple[bytes, List[int], List[int]]:
     """(state, [skip, taken, pass_start, used_up], seeds) to save with the
-    checkpoint of `global_step`; the state is empty when none is saved
-    (the counts and seeds then restart the pass and skip to the step)."""
+    checkpoint of `global_step`. The state is empty where the position is
+    the pass's start and the elements read since (`skip`: those trained
+    on), or where no state is saved (`skip` 0): the counts and seeds then
+    restart the pass and skip to the step."""
     needed = self._skip + global_step - self._group.start_step
     if self._states.used_up_at(needed):
       return b"", [0, 0, self._pass_start, 1], list(self._seeds)
     found = None
     if self._saves_state and self._serialize is not None:
-      found = self._states.state_at(
-          session, needed, fresh=(needed == 0 and self._group.start_step
-                                  == self._pass_start))
+      found = self._states.state_at(session, needed)
     if found is None:
       return b"", [0, 0, self._pass_start, 0], list(self._seeds)
     reads, state, taken = found

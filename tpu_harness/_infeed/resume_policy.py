@@ -23,8 +23,10 @@ The rules, in order:
    `exact` mode).
 6. An iterator state, where this run saves states and may restore them:
    restore it, then drop what was read after it.
-7. Else read and drop the steps of the pass with its seeds (warned where
-   a state was expected).
+7. The pass's start (no state, and the pass's steps to drop: the save came
+   before the infeed read a state in this pass): read and drop the steps
+   of the pass with its seeds, as exact as a restore ("replay").
+8. Else the same (warned where a state was expected).
 """
 
 from __future__ import annotations
@@ -42,9 +44,10 @@ class Decision:
 
   Attributes:
     why: which rule decided: "fresh", "no checkpoint", "none" (no position
-      saved), "used up", "fingerprint", "seeds", "restore" or "stateless"
-      (where a state was expected; else "no state"). Where `warning` is
-      set, its key: it is logged once per `InputPosition`.
+      saved), "used up", "fingerprint", "seeds", "restore", "replay" (the
+      pass's start saved) or "stateless" (where a state was expected; else
+      "no state"). Where `warning` is set, its key: it is logged once per
+      `InputPosition`.
     pass_start: the global step at which the pass this start continues (or
       begins) began.
     seeds: the pass's saved shuffle seeds to feed again; None: fresh ones
@@ -145,6 +148,9 @@ class ResumePolicy:
     if saved.state and self.saves_state and self.restore_state:
       return Decision("restore", pass_start=saved.pass_start, seeds=seeds,
                       state=saved.state, taken=saved.taken, skip=saved.skip)
+    if not saved.state and steps and saved.skip == steps:
+      return Decision("replay", pass_start=saved.pass_start, seeds=seeds,
+                      skip=steps)
     if self.saves_state and self.restore_state and steps:
       return Decision(
           "stateless", pass_start=saved.pass_start, seeds=seeds, skip=steps,

@@ -13,6 +13,11 @@ end, with no state read there, reads the state then. (A state read after
 the iterator met the end of the input or of the run's `take` restores as
 ended, whatever comes after.)
 
+The state at element 0 is known without a read: the one restored, or,
+where none was, `PASS_START` (the iterator was just initialized at its
+pass's first element; a save there holds no state, and the input resumes
+by starting the pass again and dropping the elements read since).
+
 Positions are counted in elements read since `begin`, dropped ones
 included; the caller turns global steps into them.
 """
@@ -27,6 +32,10 @@ WAIT_SECS = 60.0
 
 # (elements read since `begin`, the state then, the take's count then).
 State = Tuple[int, bytes, int]
+
+# The state of an iterator just initialized, at its pass's first element:
+# saved as no state (the pass starts again).
+PASS_START = b""
 
 
 class StateLog:
@@ -56,10 +65,12 @@ class StateLog:
 
   def begin(self, taken: int, state: Optional[bytes]) -> None:
     """After the iterator is initialized (and restored to `state`, unless
-    None): the take had given `taken` before."""
+    None: then at its pass's first element): the take had given `taken`
+    before."""
     with self._lock:
-      # The restored state is the position of a save at the start step.
-      self._states = [] if state is None else [(0, state, taken)]
+      # The state at element 0, the position of a save at the start step
+      # (plus the elements dropped): the one restored, or the pass's start.
+      self._states = [(0, PASS_START if state is None else state, taken)]
       self._taken = taken
       self._reads = 0
       self._filling_to = None
@@ -77,8 +88,8 @@ class StateLog:
       self._changed.wait_for(lambda: not self._caller_reading)
       self._reads = reads
       self._filling_to = reads + asked
-      # A state held at `reads` already (the one restored at the start)
-      # needs no second read.
+      # A state held at `reads` already (the one at the start) needs no
+      # second read.
       reading = (asked > 0 and expected(reads, reads + asked - 1)
                  and all(held != reads for held, _, _ in self._states))
       if reading:
@@ -116,13 +127,11 @@ class StateLog:
       return (self._used_up and self._filling_to is None
               and self._reads == needed)
 
-  def state_at(self, session, needed: int, fresh: bool
-               ) -> Optional[State]:
+  def state_at(self, session, needed: int) -> Optional[State]:
     """The state a save with `needed` elements trained on holds: the
-    newest read at or before `needed`, reading it now if the host thread
-    is idle at `needed` or short of it with none read there (unless
-    `fresh`: at a pass's start, with nothing trained on, none is needed).
-    None when there is none."""
+    newest held at or before `needed` (`PASS_START` for a pass's first
+    element), reading it now if the host thread is idle at `needed` or
+    short of it with none held there. None before `begin`."""
     with self._lock:
       # The loops ran every element of a fill in progress that ends by
       # `needed`, or its state is being read: wait for that.
@@ -136,7 +145,7 @@ class StateLog:
       # fill, which reads the rest of a chunk partly dropped.
       at = self._reads
       idle = (self._filling_to is None and self._reading_at is None
-              and at <= needed and not self._at_end and not fresh)
+              and at <= needed and not self._at_end)
       reading = idle and all(held != at for held, _, _ in self._states)
       if reading:
         self._caller_reading = True
