@@ -70,6 +70,41 @@ def test_estimator_prints_every_measure_against_the_baseline():
       result.stdout)
 
 
+def _times(ends, steps_before):
+  """A Times started at 0 whose runs ended at `ends`, each having fetched
+  the global step of `steps_before` before it ran."""
+  from scripts.bench import estimator  # pylint: disable=g-import-not-at-top
+  times = estimator.Times()
+  times.started = 0.0
+  times.marks = list(zip(ends, steps_before))
+  return times
+
+
+@pytest.mark.parametrize("ends, steps_before, steps, setup", [
+    # One step per run, 0.1 s each at the steady rate; the first run ended
+    # at 1.0: 0.9 s before training, whichever step it is measured at.
+    ([1.0 + 0.1 * i for i in range(40)], list(range(40)), 1, 0.9),
+    ([1.0 + 0.1 * i for i in range(40)], list(range(40)), 10, 0.9),
+    # Loops of 10 steps, 1 s each; the first ended at 1.9: the same.
+    ([1.9 + i for i in range(12)], [10 * i for i in range(12)], 10, 0.9),
+    # Warm-up: the second step took 0.2 s more than steady. Measured at
+    # step 10 it counts, as it does in a first loop of 10; at step 1 not.
+    ([1.0] + [1.3 + 0.1 * i for i in range(39)], list(range(40)), 10, 1.1),
+    ([1.0] + [1.3 + 0.1 * i for i in range(39)], list(range(40)), 1, 0.9),
+    # Resumed at step 500: steps counted from there.
+    ([1.9 + i for i in range(12)], [500 + 10 * i for i in range(12)], 10,
+     0.9),
+])
+def test_setup_is_measured_at_the_same_step_on_both_sides(
+    ends, steps_before, steps, setup):
+  assert _times(ends, steps_before).setup_secs(steps) == pytest.approx(setup)
+
+
+def test_setup_of_more_steps_than_the_runs_gave_is_an_error():
+  with pytest.raises(ValueError, match="reached step 30"):
+    _times([1.0, 2.0, 3.0], [0, 10, 20]).setup_secs(30)
+
+
 def test_infeed_prints_both_batch_sizes_with_ratios():
   result, _ = _bench("infeed", "--repeats=1", "--steps=4",
                      "--iterations_per_loop=2", "--batch_size=2")

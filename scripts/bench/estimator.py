@@ -20,8 +20,9 @@ the same process, runs interleaved. Reported, as ratios to the baseline:
 
 - steady steps/sec (after the first tenth of the steps);
 - the size of the last checkpoint (data and index files);
-- set-up: seconds from the call to the end of the first step, a fresh
-  `train()`; and a switch: an `evaluate()`-then-`train()` pair of one
+- set-up: seconds from the call of a fresh `train()` to the end of its
+  first loop (the baseline: of as many steps), less those steps at the
+  run's steady rate; and a switch: an `evaluate()`-then-`train()` pair of one
   loop of steps each, resumed from a checkpoint, from the first call to
   the return of the second (its last checkpoint written and its session
   closed);
@@ -256,12 +257,18 @@ class Times(tf.train.SessionRunHook):
     (t0, s0), (t1, s1) = self.marks[skip - 1], self.marks[-1]
     return (s1 - s0) / (t1 - t0) if t1 > t0 else float("nan")
 
-  def setup_secs(self) -> float:
-    """From the start to the end of the first run, less the first run's
-    steps at the steady rate: the set-up before training."""
-    first = (self.marks[1][1] - self.marks[0][1] if len(self.marks) > 1
-             else 1)
-    return self.first_step_secs() - first / self.steady_rate()
+  def setup_secs(self, steps: int) -> float:
+    """From the start to the end of the run that completed the first
+    `steps` steps, less those steps at the steady rate: the set-up before
+    training. Both sides are measured at the same step (a first loop of
+    `steps` steps; the baseline's `steps`-th run), so that each pays the
+    warm-up of the same steps."""
+    start = self.marks[0][1]
+    # A run's last step is the step the next run fetched before it.
+    for (end, _), (_, after) in zip(self.marks, self.marks[1:]):
+      if after - start >= steps:
+        return end - self.started - (after - start) / self.steady_rate()
+    raise ValueError(f"No run but the last reached step {start + steps}.")
 
 
 def checkpoint_bytes(model_dir: str) -> int:
@@ -378,10 +385,15 @@ def run_program(name: str, root: str) -> Dict[str, float]:
         times = train_ours(model_fn, input_fn, batch, model_dir, ipl,
                            FLAGS.steps)
       note(f"{label} rate", times.steady_rate())
-      note(f"{label} set-up", times.setup_secs())
+      # At the end of the first loop, for the baseline at each loop's.
+      setups = {at: times.setup_secs(at) for at in ([ipl] if ipl else ipls)}
+      for at, secs in setups.items():
+        note(f"{label} set-up {at}", secs)
       sizes[label] = checkpoint_bytes(model_dir)
       print(f"  {name} {label} run {repeat}: {times.steady_rate():.1f} "
-            f"steps/sec, set-up {times.setup_secs():.2f} s", flush=True)
+            f"steps/sec, set-up " + ", ".join(
+                f"{secs:.2f} s at step {at}" for at, secs in setups.items()),
+            flush=True)
     # An evaluate -> train switch of one loop each, from the checkpoint.
     for ipl in ipls:
       note(f"baseline switch {ipl}", train_baseline(
@@ -400,13 +412,14 @@ def run_program(name: str, root: str) -> Dict[str, float]:
     results[f"{label} steps/sec"] = median(f"{label} rate") / median(
         "baseline rate")
     results[f"{label} checkpoint size"] = sizes[label] / sizes["baseline"]
-    results[f"{label} set-up"] = median(f"{label} set-up") / median(
-        "baseline set-up")
+    results[f"{label} set-up"] = median(f"{label} set-up {ipl}") / median(
+        f"baseline set-up {ipl}")
     results[f"{label} switch"] = median(f"{label} switch") / median(
         f"baseline switch {ipl}")
   print(f"\n{name}: baseline {median('baseline rate'):.1f} steps/sec, "
-        f"checkpoint {sizes['baseline']:,} bytes, set-up "
-        f"{median('baseline set-up'):.2f} s")
+        f"checkpoint {sizes['baseline']:,} bytes, set-up " + ", ".join(
+            f"{median(f'baseline set-up {ipl}'):.2f} s at step {ipl}"
+            for ipl in ipls))
   if FLAGS.resume_steps:
     results["resume"] = resume_ratio(input_fn, resume_batch, root,
                                      FLAGS.resume_steps)
