@@ -40,8 +40,9 @@ warm-starting and evaluation do not see them), saved by the training
 Saver and assigned by `_Listener` just before each save. The save at a
 start's own step need not wait for the infeed's start (the iterator's
 initialization, which can read a cache's whole input, and a restore):
-where the start restores the checkpoint's state, the variables, restored
-with the model, hold it already; where it begins a new pass, the position
+where the start restores the checkpoint's position (its iterator state,
+or its pass's start, replayed), the variables, restored with the model,
+hold it already; where it begins a new pass, the position
 is the pass's first element and its seeds, planned before the start runs
 (see `HostPosition.needs_start`). Restore reads them from the checkpoint
 file. Where the checkpoint restored holds them,
