@@ -64,6 +64,45 @@ def test_non_finite_weights_are_refused_naming_the_newest_checkpoint(
   assert not tf.io.gfile.glob(f"{prefix}-2*")
 
 
+@pytest.mark.parametrize("async_save", [False, True], ids=["sync", "async"])
+@pytest.mark.parametrize("poisoned, refused", [
+    ({}, []),
+    ({"b": np.inf}, ["b"]),
+    ({"c": np.nan, "a": -np.inf}, ["a", "c"]),  # Every one, sorted.
+])
+def test_every_non_finite_floating_variable_is_named(tmp_path, async_save,
+                                                      poisoned, refused):
+  tf.compat.v1.train.get_or_create_global_step()
+  dtypes = {"a": tf.float32, "b": tf.float16, "c": tf.float64}
+  weights = {name: tf.compat.v1.get_variable(
+      name, initializer=tf.ones([3], dtype), use_resource=True)
+             for name, dtype in dtypes.items()}
+  # Not floating point: not checked.
+  tf.compat.v1.get_variable("n", initializer=tf.constant([7]),
+                            use_resource=True)
+  poison = [weights[name][1].assign(tf.constant(value, dtypes[name]))
+            for name, value in poisoned.items()]
+  prefix = str(tmp_path / "model.ckpt")
+  checkpointer = Checkpointer(prefix, saver=tf.compat.v1.train.Saver(),
+                              async_save=async_save, check_finite=True,
+                              save_graph_def=False)
+  checkpointer.begin()
+  with tf.compat.v1.Session() as session:
+    session.run(tf.compat.v1.global_variables_initializer())
+    session.run(poison)
+    checkpointer.session_created(meta_graph=None, finalized=True)
+    if refused:
+      with pytest.raises(hooks.NonFiniteWeightsError,
+                         match=(r"Variables \[" + ", ".join(
+                             f"'{name}'" for name in refused)
+                                + r"\] hold NaN or Inf at step 3")):
+        checkpointer.save(session, 3)
+    else:
+      checkpointer.save(session, 3)
+    checkpointer.finish(wait=True)
+    checkpointer.close()
+  assert bool(tf.io.gfile.glob(f"{prefix}-3*")) == (not refused)
+
 @pytest.mark.parametrize("given, in_collection, expected", [
     ("saver", 1, "given"),
     ("scaffold", 0, "scaffold's"),
