@@ -132,3 +132,63 @@ def test_choose_takes_the_newest_that_has_not_failed(tmp_path):
   with pytest.raises(ValueError, match="No checkpoint that reads back"):
     restore.choose(str(tmp_path / "empty"), None,
                    restore_order.RestoreOrder(str(tmp_path / "empty")))
+
+
+# ----------------------------------------------------------------------------
+# CheckedRestore's session: ChiefSessionCreator's, but for the readiness check
+# before the local initialization unless one is asked for.
+
+
+def _session_graph(init_all: bool, ask: str = ""):
+  """Global variables `a` (= 1) and `b` (= 2), a local `twice_b` = 2 b; the
+  Scaffold's init_op initializes both, or only `a` (`init_all` False). `ask`
+  asks for a readiness check before the local initialization that never
+  passes: through the Scaffold or the graph's collection."""
+  a = tf.compat.v1.get_variable("a", initializer=1.0, use_resource=True)
+  b = tf.compat.v1.get_variable("b", initializer=2.0, use_resource=True)
+  twice_b = tf.compat.v1.get_variable(
+      "twice_b", initializer=lambda: 2.0 * b.read_value(),
+      collections=[tf.compat.v1.GraphKeys.LOCAL_VARIABLES], use_resource=True)
+  check = tf.constant(["never ready"])
+  if ask == "collection":
+    tf.compat.v1.add_to_collection(
+        tf.compat.v1.GraphKeys.READY_FOR_LOCAL_INIT_OP, check)
+  scaffold = tf.compat.v1.train.Scaffold(
+      init_op=None if init_all else a.initializer,
+      ready_for_local_init_op=check if ask == "scaffold" else None)
+  return scaffold, twice_b
+
+
+@pytest.mark.parametrize("init_all, ask, raised", [
+    (True, "", None),
+    # Left out and read by the local initialization: TF's error names it.
+    (False, "", r"Could not find variable b\b"),
+    # A check asked for runs, as TF's ChiefSessionCreator runs it.
+    (True, "scaffold", "not make model ready for local_init"),
+    (True, "collection", "not make model ready for local_init"),
+])
+def test_the_session_is_chief_sessions_less_the_default_local_init_check(
+    init_all, ask, raised):
+  scaffold, twice_b = _session_graph(init_all, ask)
+  creator = restore.CheckedRestore(None, scaffold=scaffold)
+  if raised is not None:
+    with pytest.raises((RuntimeError, tf.errors.OpError), match=raised):
+      creator.create_session()
+    return
+  session = creator.create_session()
+  try:
+    assert session.run(twice_b) == 4.0
+  finally:
+    session.close()
+
+
+def test_a_global_variable_left_out_is_still_reported_ready_or_not():
+  # Not read by the local initialization: the ready check after it names
+  # it, as TF's does.
+  a = tf.compat.v1.get_variable("a", initializer=1.0, use_resource=True)
+  tf.compat.v1.get_variable("left_out", initializer=2.0, use_resource=True)
+  creator = restore.CheckedRestore(
+      None, scaffold=tf.compat.v1.train.Scaffold(init_op=a.initializer))
+  with pytest.raises(RuntimeError,
+                     match="(?s)did not make model ready.*left_out"):
+    creator.create_session()
