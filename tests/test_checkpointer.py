@@ -17,6 +17,16 @@ def _weight():
                                    use_resource=True)
 
 
+def _checking(prefix: str, async_save: bool) -> Checkpointer:
+  """A Checkpointer refusing non-finite weights, begun in the default graph
+  (which holds its variables)."""
+  checkpointer = Checkpointer(prefix, saver=tf.compat.v1.train.Saver(),
+                              async_save=async_save, check_finite=True,
+                              save_graph_def=False)
+  checkpointer.begin()
+  return checkpointer
+
+
 @pytest.mark.parametrize("async_save", [False, True], ids=["sync", "async"])
 def test_a_save_completes_at_once_or_when_its_write_finishes(tmp_path,
                                                              async_save):
@@ -42,10 +52,7 @@ def test_non_finite_weights_are_refused_naming_the_newest_checkpoint(
   weight = _weight()
   poison = weight.assign(np.nan)
   prefix = str(tmp_path / "model.ckpt")
-  checkpointer = Checkpointer(prefix, saver=tf.compat.v1.train.Saver(),
-                              async_save=async_save, check_finite=True,
-                              save_graph_def=False)
-  checkpointer.begin()
+  checkpointer = _checking(prefix, async_save)
   with tf.compat.v1.Session() as session:
     session.run(tf.compat.v1.global_variables_initializer())
     checkpointer.session_created(meta_graph=None, finalized=True)
@@ -83,10 +90,7 @@ def test_every_non_finite_floating_variable_is_named(tmp_path, async_save,
   poison = [weights[name][1].assign(tf.constant(value, dtypes[name]))
             for name, value in poisoned.items()]
   prefix = str(tmp_path / "model.ckpt")
-  checkpointer = Checkpointer(prefix, saver=tf.compat.v1.train.Saver(),
-                              async_save=async_save, check_finite=True,
-                              save_graph_def=False)
-  checkpointer.begin()
+  checkpointer = _checking(prefix, async_save)
   with tf.compat.v1.Session() as session:
     session.run(tf.compat.v1.global_variables_initializer())
     session.run(poison)
