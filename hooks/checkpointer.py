@@ -25,8 +25,8 @@ from hooks.async_writer import AsyncCheckpointWriter
 from hooks.async_writer import CommitRefused
 
 
-# The dtypes tf.debugging.check_numerics takes: every floating-point variable
-# TensorFlow trains.
+# The floating-point dtypes tf.debugging.check_numerics takes (and
+# tf.math.is_finite: the 8-bit floats neither takes are not checked).
 _CHECKABLE = (tf.float16, tf.bfloat16, tf.float32, tf.float64)
 
 
