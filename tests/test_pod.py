@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -290,6 +291,26 @@ def test_a_runner_refuses_what_contradicts_the_pod(tmp_path):
                      r"for 1 host\(s\), `config.tpu.hosts` names 2"):
     th.Runner(linear_model_fn, config, device_loop=th.TpuLoop(
         num_shards=2, iterations_per_loop=1))
+
+
+class _GoneHostSession:
+  """A session whose host went away: closing it fails as TF's does."""
+
+  def __init__(self):
+    self.closed = threading.Event()
+
+  def close(self):
+    self.closed.set()
+    raise tf.errors.DeadlineExceededError(None, None, "Deadline Exceeded")
+
+
+def test_a_failed_background_close_prints_no_traceback(monkeypatch):
+  raised = []
+  monkeypatch.setattr(threading, "excepthook", raised.append)
+  session = _GoneHostSession()
+  pod.close_in_background(session.close, "close_test_session").join(60)
+  assert session.closed.is_set()
+  assert not raised
 
 
 def _threads(pid):

@@ -72,12 +72,6 @@ def _session(address: str, task: Optional[int], deadline_secs: float,
                               config=config)
 
 
-def _close_in_background(session: tf.compat.v1.Session) -> None:
-  """Closes `session` without waiting (a gone host's close would hang)."""
-  threading.Thread(target=session.close, daemon=True,
-                   name="close_ping_session").start()
-
-
 def _cpu_incarnations(session: tf.compat.v1.Session) -> Dict[int, int]:
   """{task: incarnation of its CPU:0} of the devices `session` lists."""
   found = {}
@@ -109,7 +103,7 @@ def check_cluster(hosts: Sequence[str], deadline_secs: float) -> None:
           f"(`TPUConfig.host_timeout_secs`): its TF server is stopped or "
           f"stuck.") from error
     finally:
-      _close_in_background(session)
+      pod.close_in_background(session.close, "close_ping_session")
 
   cluster = listed(0, None)
   if sorted(cluster) != list(range(len(hosts))):
@@ -252,4 +246,4 @@ class HostWatch:
         if self._stop.wait(self._ping_every):
           return
     finally:
-      _close_in_background(session)
+      pod.close_in_background(session.close, "close_ping_session")

@@ -111,6 +111,26 @@ def lost_hosts_error(hosts: Sequence[str], cause: str
 CLOSE_WAIT_SECS = 10.0
 
 
+def close_in_background(close: Callable[[], None],
+                        name: str) -> threading.Thread:
+  """Starts `close` (a session's) on a daemon thread named `name`, and
+  returns the thread: a session to a gone host may take long to close.
+
+  A close that fails (the host is gone: the session's deadline passes) is
+  logged at debug level, not raised on the thread, where Python would
+  print its traceback into the user's log.
+  """
+  def run():
+    try:
+      close()
+    except tf.errors.OpError as error:
+      logging.debug("Closing a session to the pod failed: %s", error)
+
+  thread = threading.Thread(target=run, daemon=True, name=name)
+  thread.start()
+  return thread
+
+
 def reset(hosts: Sequence[str], wait_secs: float) -> None:
   """Closes every session the pod's master (host 0) holds and clears the
   hosts' default resource containers (`tf.compat.v1.Session.reset`): what
@@ -170,9 +190,7 @@ class _PodSession(tf.compat.v1.Session):
       return
     if self._pod_watch is not None:
       self._pod_watch.stop()
-    closer = threading.Thread(target=super().close, daemon=True,
-                              name="close_pod_session")
-    closer.start()
+    closer = close_in_background(super().close, "close_pod_session")
     closer.join(CLOSE_WAIT_SECS)
     if closer.is_alive():
       logging.warning("Closing the session to the pod did not finish within "
