@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import tensorflow as tf
+from tensorflow.core.protobuf import rewriter_config_pb2
 
 import tpu_harness as th
 from tpu_harness.loops import device_loop
@@ -15,6 +16,15 @@ def test_is_a_device_loop_with_virtual_cpus():
   assert isinstance(loop, th.DeviceLoop)
   assert loop.num_shards == 3
   assert loop.session_config().device_count["CPU"] == 3
+
+
+@pytest.mark.parametrize("hosts", [(), ("a:1", "b:2")])
+def test_sessions_run_one_pass_of_grappler(hosts):
+  loop = th.CpuEmulationLoop(num_shards=2, iterations_per_loop=5,
+                             hosts=hosts)
+  options = loop.session_config().graph_options.rewrite_options
+  assert options.meta_optimizer_iterations == (
+      rewriter_config_pb2.RewriterConfig.ONE)
 
 
 @pytest.mark.parametrize("shards", [1, 2])

@@ -4,6 +4,7 @@
 import numpy as np
 import pytest
 import tensorflow as tf
+from tensorflow.core.protobuf import rewriter_config_pb2
 
 import hooks
 import tpu_harness as th
@@ -219,7 +220,19 @@ def test_session_config_is_merged_into_the_device_loops(tmp_path):
   merged = runner._session_config()  # pylint: disable=protected-access
   assert merged.log_device_placement and merged.allow_soft_placement
   assert merged.device_count["CPU"] == 2  # The emulation's replicas win.
+  assert merged.graph_options.rewrite_options.meta_optimizer_iterations == (
+      rewriter_config_pb2.RewriterConfig.ONE)
   runner.train(train_input_fn(), max_steps=5)
+
+
+def test_the_users_number_of_grappler_passes_wins(tmp_path):
+  config = tf.compat.v1.ConfigProto()
+  options = config.graph_options.rewrite_options
+  options.meta_optimizer_iterations = rewriter_config_pb2.RewriterConfig.TWO
+  options.constant_folding = rewriter_config_pb2.RewriterConfig.OFF
+  runner = make_runner(tmp_path, ipl=5, session_config=config)
+  merged = runner._session_config()  # pylint: disable=protected-access
+  assert merged.graph_options.rewrite_options == options
 
 
 def test_predict_can_yield_whole_batches(tmp_path):

@@ -406,15 +406,20 @@ class Runner:
 
   def _session_config(self) -> tf.compat.v1.ConfigProto:
     """The device loop's session config with `config.session_config`
-    merged in; the loop's device counts win."""
+    merged in; the loop's device counts win, the user's number of Grappler
+    passes (`meta_optimizer_iterations`, where set) wins."""
     device = self._device.session_config()
-    if self._config.session_config is None:
+    users = self._config.session_config
+    if users is None:
       return device
     merged = tf.compat.v1.ConfigProto()
-    merged.CopyFrom(self._config.session_config)
+    merged.CopyFrom(users)
     merged.MergeFrom(device)
     for name, count in device.device_count.items():
       merged.device_count[name] = count
+    passes = users.graph_options.rewrite_options.meta_optimizer_iterations
+    if passes:
+      merged.graph_options.rewrite_options.meta_optimizer_iterations = passes
     return merged
 
   def _params_for(self, global_batch_size: int) -> Dict[str, Any]:
