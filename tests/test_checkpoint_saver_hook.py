@@ -75,7 +75,8 @@ def test_saves_on_schedule_and_files_are_real_checkpoints(tmp_path):
   assert checkpoint_log_steps(ckpt_dir) == [0, 30, 60, 70]
 
 
-def test_after_create_session_writes_graph_and_step0_checkpoint(tmp_path):
+def test_after_create_session_writes_graph_and_step0_checkpoint(tmp_path,
+                                                               caplog):
   ckpt_dir = _dir(tmp_path, "ckpt")
   graph = build_loop_graph(steps_per_run=5)
   listener = RecordingListener()
@@ -93,7 +94,13 @@ def test_after_create_session_writes_graph_and_step0_checkpoint(tmp_path):
   del graph
   tf.compat.v1.summary.FileWriterCache.clear()
   events = event_records(ckpt_dir)
-  assert any(e.HasField("graph_def") for e in events)
+  # The last graph is the hook's: the graph that ran.
+  graph_event = [e for e in events if e.HasField("graph_def")][-1]
+  written = tf.compat.v1.GraphDef.FromString(graph_event.graph_def)
+  assert ({node.name for node in written.node} == {
+      op.name for op in tf.compat.v1.get_default_graph().get_operations()})
+  assert graph_event.wall_time > 0
+  assert "deprecated" not in caplog.text
   assert any(e.HasField("meta_graph_def") for e in events)
   # end() found step 0 just saved and did not save again.
   assert listener.saved_steps() == [0]
