@@ -16,6 +16,7 @@ from support.runner_models import linear_model_fn
 from support.runner_models import train_input_fn
 from support.tf_fixtures import RecordingListener
 from support.tf_fixtures import checkpoint_steps
+from support.tf_fixtures import event_records
 from support.runner_fixtures import make_runner
 from support.runner_fixtures import scalars
 from support.runner_fixtures import tensor_scalars
@@ -140,6 +141,18 @@ def test_streamed_input_that_fails_mid_training_is_an_error(tmp_path):
 
 # ----------------------------------------------------------------------------
 # Summaries and progress.
+
+
+def test_the_events_hold_the_graph_that_ran_once(tmp_path):
+  make_runner(tmp_path, ipl=5).train(train_input_fn(), max_steps=5)
+  tf.compat.v1.summary.FileWriterCache.clear()
+  graphs = [tf.compat.v1.GraphDef.FromString(event.graph_def)
+            for event in event_records(str(tmp_path))
+            if event.HasField("graph_def")]
+  # The writer's own, made before the graph was final, is empty.
+  assert [len(graph.node) > 0 for graph in graphs] == [False, True]
+  assert any(node.name.startswith("device_loop")
+             for node in graphs[-1].node)
 
 
 @pytest.mark.parametrize("shards", [1, 2])

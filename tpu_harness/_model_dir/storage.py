@@ -194,18 +194,32 @@ def checkpoint_exists(prefix: str) -> bool:
   return stat_or_none(prefix + ".index") is not None
 
 
-def events_writer(directory: str, model_dir: str
+def events_writer(directory: str, model_dir: str, with_graph: bool = True
                   ) -> tf.compat.v1.summary.FileWriter:
   """`tf.compat.v1.summary.FileWriterCache.get(directory)` (`directory` is
   `model_dir` or in it), with transient failures retried: creating it
   makes the directory, and TF reports a failed listing there as "not a
   directory".
 
+  Args:
+    directory: where the events file is written.
+    model_dir: the model directory `directory` is or is in.
+    with_graph: a writer this call creates writes the default graph first,
+      as FileWriterCache's do (False: an empty graph, where the caller's
+      hooks write the graph that runs; the default graph, not final yet,
+      would be serialized for nothing and shown by TensorBoard until
+      then).
+
   Raises:
     StorageError: storage kept failing, or refused access.
   """
-  return retry(lambda: tf.compat.v1.summary.FileWriterCache.get(directory),
-               f"creating an events file in {directory}",
+  def get():
+    if with_graph:
+      return tf.compat.v1.summary.FileWriterCache.get(directory)
+    with tf.Graph().as_default():
+      return tf.compat.v1.summary.FileWriterCache.get(directory)
+
+  return retry(get, f"creating an events file in {directory}",
                exists=lambda: has_entries(model_dir))
 
 

@@ -116,7 +116,9 @@ def train(job: Job, request: TrainRequest) -> bool:
     # was built is settled now (a no-op on a retry).
     request.lease.settle()
     events_before = _events_files(config.model_dir)
-    writer = storage.events_writer(config.model_dir, config.model_dir)
+    # The saver hook writes the graph that runs into the events file.
+    writer = storage.events_writer(config.model_dir, config.model_dir,
+                                   with_graph=False)
     started = removed = False
     logging.info("Training from step %d to %d, %d steps per loop, on %s.",
                  request.resume.step, request.last_step,
