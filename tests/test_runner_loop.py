@@ -67,9 +67,12 @@ def test_checkpoints_at_expected_steps_with_listeners(tmp_path):
 
 
 def test_keep_checkpoint_max_rotates_old_checkpoints(tmp_path):
-  make_runner(tmp_path, ipl=10, save_steps=10, keep_checkpoint_max=2).train(
-      train_input_fn(), max_steps=50)
+  runner = make_runner(tmp_path, ipl=10, save_steps=10, keep_checkpoint_max=2)
+  runner.train(train_input_fn(), max_steps=50)
   assert checkpoint_steps(str(tmp_path)) == [40, 50]
+  # The next run's saves rotate the earlier run's checkpoints out too.
+  runner.train(train_input_fn(), max_steps=70)
+  assert checkpoint_steps(str(tmp_path)) == [60, 70]
 
 
 def test_saving_listener_can_stop_training(tmp_path):

@@ -226,9 +226,13 @@ def _saver_and_listeners(job: Job, loop: BuiltLoop, position,
   # earlier runs, and a lowered maximum applies at once.
   kept = contents.enforce_keep_max(config.model_dir, request.resume.recent,
                                   config.keep_checkpoint_max)
-  # TF reads each one's time (a glob on gs://).
-  storage.retry(lambda: saver.recover_last_checkpoints(kept),
-                f"reading the times of checkpoints {kept}")
+  # What Saver.recover_last_checkpoints does, without its deprecated
+  # helper (a warning in every resumed run's log) and its glob per
+  # checkpoint: each one's time is its index's.
+  saver.set_last_checkpoints_with_time([
+      (path, stat.mtime_nsec / 1e9) for path in kept
+      for stat in [storage.stat_or_none(path + ".index")]
+      if stat is not None])
   return scaffold, saver, listeners
 
 
