@@ -2,6 +2,7 @@
 
 import contextlib
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -115,6 +116,50 @@ def test_stop_cancels_a_blocked_enqueue():
     stopper.start()
     stopper.join(timeout=60)
     assert not stopper.is_alive()
+
+
+def _closes(session):
+  """Counts the session's runs of a queue's close from now on."""
+  closes = []
+  run = session.run
+
+  def counting_run(fetches, *args, **kwargs):
+    if getattr(fetches, "type", None) == "QueueCloseV2":
+      closes.append(fetches.name)
+    return run(fetches, *args, **kwargs)
+
+  session.run = counting_run
+  return closes
+
+
+@pytest.mark.parametrize("endless, sizes, dequeued, closed", [
+    (False, CHUNK_OF_ONE_LOOP, 3, False),  # Buffered, all steps used: idle.
+    (True, LARGE_ELEMENTS, 3, False),      # Streamed, the same.
+    (True, CHUNK_OF_ONE_LOOP, 1, True),    # A request not done: closed.
+    (True, LARGE_ELEMENTS, 1, True),
+])
+def test_stop_closes_the_queue_only_under_a_pending_request(
+    endless, sizes, dequeued, closed):
+  dataset = _dataset(10).repeat() if endless else _dataset(10)
+  infeed = HostInfeed(dataset, capacity=3, name="t", sizes=sizes)
+  element = infeed.dequeue()
+  with tf.compat.v1.Session() as session:
+    infeed.start(session)
+    closes = _closes(session)
+    infeed.request(3)
+    assert infeed.wait() == 3
+    for _ in range(dequeued):
+      session.run(element)
+    if not closed:
+      # The thread counts a request done just after it answered it.
+      deadline = time.monotonic() + 60
+      # pylint: disable=protected-access
+      while infeed._done != infeed._put and time.monotonic() < deadline:
+        time.sleep(0.001)
+    else:
+      infeed.request(3)  # Blocks on the queue: 2 of 3 places taken.
+    infeed.stop()
+  assert bool(closes) == closed
 
 
 def test_input_errors_surface_in_wait():
