@@ -38,8 +38,19 @@ def enqueue_elements(iterator, steps: tf.Tensor,
 
 def discard(iterator, count: tf.Tensor) -> tf.Tensor:
   """Reads and drops up to `count` of the iterator's elements; returns how
-  many."""
-  return _each(iterator, count, lambda values: tf.no_op(), "discard_loop")
+  many. (A loop of its own, without `_each`'s tf.cond: nothing is done
+  with an element, and a cond's two branches are functions to trace.)"""
+
+  def body(done, ended):
+    del ended  # Unused: the loop's condition reads it.
+    read = iterator.get_next_as_optional().has_value()
+    return done + tf.cast(read, tf.int32), tf.logical_not(read)
+
+  done, _ = tf.while_loop(
+      lambda done, ended: tf.logical_and(done < count,
+                                         tf.logical_not(ended)),
+      body, [tf.constant(0), tf.constant(False)], name="discard_loop")
+  return done
 
 
 def _each(iterator, count: tf.Tensor,
