@@ -121,8 +121,8 @@ class CpuEmulationLoop(LoopBuilder):
     # Grappler optimizes the graph of every new set of fetches, and a
     # train() has a dozen (restore, saves, the infeed's runs, the loop);
     # one pass of its optimizers instead of TF's default two is 10 ms less
-    # for each small one (60 variables read: 22 ms instead of 32), 0.1 to
-    # 0.3 s less per train() or evaluate() of the bench's resnet program,
+    # for each small one (60 variables read: 22 ms instead of 32), about
+    # 0.1 s less per train() or evaluate() of the bench's resnet program,
     # and gave the same loop graph for both bench programs but one NoOp
     # (see docs/benchmarks.md). A session_config that sets
     # meta_optimizer_iterations keeps its own.
