@@ -59,7 +59,7 @@ class AsyncCheckpointWriter:
     self._max_to_keep: Optional[int] = None
     self._recent: List[str] = []
     self._relative = False
-    self._meta_graph: Optional[bytes] = None
+    self._meta_graph: Optional[Callable[[], bytes]] = None
     self._before_commit: Callable[[], None] = lambda: None
     self._graph = tf.Graph()
     with self._graph.as_default():
@@ -77,7 +77,7 @@ class AsyncCheckpointWriter:
 
   def configure(self, *, max_to_keep: Optional[int], recent: Sequence[str],
                 save_relative_paths: bool,
-                meta_graph: Optional[bytes] = None,
+                meta_graph: Optional[Callable[[], bytes]] = None,
                 before_commit: Optional[Callable[[], None]] = None) -> None:
     """What the Saver in use would do: rotation and the state file.
 
@@ -85,7 +85,8 @@ class AsyncCheckpointWriter:
       max_to_keep: checkpoints to keep; None or 0 keeps all.
       recent: existing checkpoint prefixes, oldest first, for rotation.
       save_relative_paths: write relative paths into the state file.
-      meta_graph: the serialized MetaGraphDef to write as `.meta`, or None.
+      meta_graph: returns the serialized MetaGraphDef to write as `.meta`
+        (called on the background thread, per checkpoint), or None.
       before_commit: called on the background thread once the checkpoint's
         files are written, before `.meta`, rotation and the state file; if
         it raises, the write is not committed and `wait`/`collect` raise
@@ -184,7 +185,7 @@ class AsyncCheckpointWriter:
         return
       if self._meta_graph is not None:
         with tf.io.gfile.GFile(prefix + ".meta", "wb") as f:
-          f.write(self._meta_graph)
+          f.write(self._meta_graph())
       recent = [p for p in self._recent if p != prefix] + [prefix]
       self._recent, expired = retention.RetainLatest(
           self._max_to_keep or 0).split(recent)

@@ -22,8 +22,8 @@ delayed by more than one run.
 
 The hook decides when to save and calls the listeners; the save itself
 (the Saver or the background write, the non-finite check, its errors) is
-`hooks.checkpointer.Checkpointer`'s, and `graph.pbtxt` is written by
-`hooks.graph_text`.
+`hooks.checkpointer.Checkpointer`'s, and the graph's export (its events,
+`.meta`, `graph.pbtxt`) `hooks.graph_export`'s.
 
 All file I/O goes through TensorFlow's filesystem layer (`tf.io.gfile`, the
 Saver, the summary writer), so `checkpoint_dir` may be a `gs://` URL.
@@ -42,7 +42,7 @@ from hooks import _tf_internals
 from hooks import paths
 from hooks import validation
 from hooks.checkpointer import Checkpointer
-from hooks.graph_text import GraphTextWrite
+from hooks.graph_export import GraphExport
 from hooks.run_increment import RunIncrement
 from hooks.schedule import StepOrSecondsSchedule
 from hooks.trigger import StepTrigger
@@ -214,36 +214,22 @@ class CheckpointSaverHook(tf.compat.v1.train.SessionRunHook):
     self._stepped = False
     global_step = int(session.run(self._global_step_tensor))
     graph = tf.compat.v1.get_default_graph()
-    graph_def = graph.as_graph_def(add_shapes=True)
-    # What Saver.save would export as `.meta` on every save.
-    meta_graph_def = tf.compat.v1.train.export_meta_graph(
-        graph_def=graph_def, saver_def=self._checkpointer.saver().saver_def,
-        graph=graph)
-    # A finalized graph (MonitoredSession finalizes it) cannot change: one
-    # serialized MetaGraphDef serves every checkpoint of the session.
-    self._checkpointer.session_created(
-        meta_graph_def.SerializeToString() if self._save_graph_def else None,
-        finalized=graph.finalized)
-    writing = None
     self._write_guard()
-    if self._save_graph_def:
-      # The graph is finalized now, after every hook's begin() had its chance
-      # to add ops, so this is the graph that runs. Its text is written
-      # while the first checkpoint is saved.
-      writing = GraphTextWrite(self._checkpoint_dir, graph_def)
+    # A finalized graph (MonitoredSession finalizes it) cannot change: it is
+    # exported once, on a thread while the first checkpoint is saved, and
+    # every checkpoint of the session gets that MetaGraphDef. The graph is
+    # the one that runs: every hook's begin() had its chance to add ops.
+    export = GraphExport(
+        graph, self._checkpointer.saver().saver_def, self._summary_writer,
+        self._checkpoint_dir if self._save_graph_def else None)
+    self._checkpointer.session_created(
+        export.meta_graph if self._save_graph_def else None,
+        finalized=graph.finalized)
     try:
-      # The event FileWriter.add_graph writes, from the GraphDef in hand:
-      # add_graph(graph) would serialize the graph again (0.1 s for a small
-      # ResNet in a device loop), add_graph(graph_def=) logs a deprecation
-      # warning at every session.
-      self._summary_writer.add_event(tf.compat.v1.Event(
-          wall_time=time.time(), graph_def=graph_def.SerializeToString()))
-      self._summary_writer.add_meta_graph(meta_graph_def)
       # The checkpoint saved here is the state at step `global_step`.
       self._save(session, global_step)
     finally:
-      if writing is not None:
-        writing.wait()
+      export.wait()
     self._schedule.mark_triggered(global_step, self._clock())
 
   def before_run(self, run_context):

@@ -85,7 +85,7 @@ class Checkpointer:
     self._writer: Optional[AsyncCheckpointWriter] = None
     self._checked: List[tf.Variable] = []
     self._finite_check: Optional[tf.Operation] = None
-    self._meta_graph: Optional[bytes] = None
+    self._meta_graph: Optional[Callable[[], bytes]] = None
     self._latest_saved: Optional[str] = None
 
   @property
@@ -158,17 +158,19 @@ class Checkpointer:
     self._saver = savers[0]
     return self._saver
 
-  def session_created(self, meta_graph: Optional[bytes],
+  def session_created(self, meta_graph: Optional[Callable[[], bytes]],
                       finalized: bool) -> None:
     """At each session's creation: what `.meta` files get.
 
     Args:
-      meta_graph: the serialized MetaGraphDef, or None where no `.meta` is
+      meta_graph: returns the serialized MetaGraphDef (it may wait for its
+        export; see `hooks.graph_export`), called once per `.meta` written,
+        after the checkpoint's other files; or None where no `.meta` is
         written.
       finalized: whether the graph is finalized: it cannot change, so
-        every checkpoint of the session gets `meta_graph` instead of a
+        every checkpoint of the session gets `meta_graph()` instead of a
         MetaGraphDef exported again (most of a small model's save).
-        Background writes always get `meta_graph`.
+        Background writes always get `meta_graph()`.
 
     Raises:
       RuntimeError: with `async_save`, no Saver to follow (see `saver`).
@@ -215,7 +217,7 @@ class Checkpointer:
           write_meta_graph=self._save_graph_def and self._meta_graph is None)
       if self._meta_graph is not None:  # After the state file, as Saver does.
         with tf.io.gfile.GFile(path + ".meta", "wb") as meta_file:
-          meta_file.write(self._meta_graph)
+          meta_file.write(self._meta_graph())
     except tf.errors.OpError as error:
       raise CheckpointSaveError(
           f"Saving the checkpoint for step {step} into {self._save_path} "

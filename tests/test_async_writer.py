@@ -40,7 +40,7 @@ def test_a_failed_write_is_raised_once_and_the_state_is_untouched(tmp_path):
   step, w = _graph()
   writer = AsyncCheckpointWriter([step, w], str(tmp_path / "model.ckpt"))
   writer.configure(max_to_keep=None, recent=[], save_relative_paths=True,
-                   meta_graph=b"meta")
+                   meta_graph=lambda: b"meta")
   os.makedirs(tmp_path / "model.ckpt-1.meta")  # The .meta write fails.
   with tf.compat.v1.Session() as session:
     session.run(tf.compat.v1.global_variables_initializer())
@@ -56,7 +56,7 @@ def test_start_leaves_a_failed_write_for_wait_to_report(tmp_path):
   step, w = _graph()
   writer = AsyncCheckpointWriter([step, w], str(tmp_path / "model.ckpt"))
   writer.configure(max_to_keep=None, recent=[], save_relative_paths=True,
-                   meta_graph=b"meta")
+                   meta_graph=lambda: b"meta")
   os.makedirs(tmp_path / "model.ckpt-1.meta")  # Write 1 fails.
   with tf.compat.v1.Session() as session:
     session.run(tf.compat.v1.global_variables_initializer())
