@@ -25,7 +25,9 @@ the same process, runs interleaved. Reported, as ratios to the baseline:
   run's steady rate; and a switch: an `evaluate()`-then-`train()` pair of one
   loop of steps each, resumed from a checkpoint, from the first call to
   the return of the second (its last checkpoint written and its session
-  closed);
+  closed); the baseline's evaluation does what Estimator's `evaluate()`
+  did (metric updates per step, then their values read and written as a
+  summary into a new eval directory);
 - resume: a one-step `train()` of a linear model on the same input from a
   checkpoint at --resume_steps (the input's position at that step), against
   the same `train()` from no checkpoint. The resnet input is read at batch
@@ -299,8 +301,9 @@ def train_baseline(model_fn, input_fn, batch: int, model_dir: str,
                    steps: int, eval_fn=None) -> Times:
   """The same model_fn and input_fn, one step per Session.run, in a
   MonitoredTrainingSession (TPUEstimator with use_tpu=False), checkpoints
-  every 600 s as TPUEstimator's default; with `eval_fn`, an evaluation of
-  `steps` steps first (timed too)."""
+  every 600 s as TPUEstimator's default, and the NanTensorHook on the loss
+  Estimator's train() added; with `eval_fn`, an evaluation of `steps`
+  steps first (timed too)."""
   params = {"batch_size": batch}
   times = Times()
   if eval_fn is not None:
@@ -316,7 +319,7 @@ def train_baseline(model_fn, input_fn, batch: int, model_dir: str,
         checkpoint_dir=model_dir, save_checkpoint_secs=600,
         log_step_count_steps=10**9,
         hooks=[tf.train.StopAtStepHook(last_step=start_step + steps),
-               times]) as session:
+               tf.train.NanTensorHook(spec.loss), times]) as session:
       while not session.should_stop():
         session.run(spec.train_op)
     del global_step
@@ -325,18 +328,34 @@ def train_baseline(model_fn, input_fn, batch: int, model_dir: str,
 
 
 def _evaluate_baseline(model_fn, eval_fn, params, model_dir, steps):
+  """What Estimator's evaluate() did: the metrics (and the mean loss)
+  updated once per step in a MonitoredSession restored from the latest
+  checkpoint, their values and the global step read at the end, and
+  written as a summary into an eval directory through FileWriterCache
+  (whose writer writes the graph first). The directory is new to each
+  switch (`eval_<steps>`, as `evaluate(name=)` names one), as ours is in
+  this benchmark, so that both write the eval graph once."""
   with tf.Graph().as_default():
-    tf.train.get_or_create_global_step()
+    global_step = tf.train.get_or_create_global_step()
     features, labels = tf.data.make_one_shot_iterator(
         eval_fn(params)).get_next()
     spec = model_fn(features, labels, tf_estimator.ModeKeys.EVAL, params)
-    metrics = spec.eval_metrics[0](*spec.eval_metrics[1])
-    updates = [update for _, update in metrics.values()]
+    metrics = dict(spec.eval_metrics[0](*spec.eval_metrics[1]))
+    metrics["loss"] = tf.metrics.mean(spec.loss)
+    updates = tf.group(*[update for _, update in metrics.values()])
+    values = {name: value for name, (value, _) in metrics.items()}
     with tf.train.MonitoredSession(
         session_creator=tf.train.ChiefSessionCreator(
             checkpoint_dir=model_dir)) as session:
       for _ in range(steps):
-        session.run([spec.loss, updates])
+        session.run(updates)
+      results, step = session.run((values, global_step))
+    writer = tf.summary.FileWriterCache.get(
+        os.path.join(model_dir, f"eval_{steps}"))
+    writer.add_summary(tf.Summary(value=[
+        tf.Summary.Value(tag=name, simple_value=float(value))
+        for name, value in results.items()]), int(step))
+    writer.flush()
 
 
 def resume_ratio(input_fn, batch: int, root: str, steps: int) -> float:
