@@ -1,8 +1,8 @@
-"""tpu_harness._infeed.tf_message: a TF error message in one line."""
+"""tpu_harness._tf_message: a TF error message in one line."""
 
 import pytest
 
-from tpu_harness._infeed import tf_message
+from tpu_harness import _tf_message as tf_message
 
 # As TF 2.x words the error of an op run in a session (as tf.Session
 # gives it), and of one defined in a tf.function (where it was defined).

@@ -197,3 +197,20 @@ def test_tpu_collectives_are_not_taken_for_unsupported_ops(tmp_path, caplog):
   problems = _runner(broken, tmp_path).check_tpu_compatibility(
       train_input_fn=models.input_fn)
   assert [p.subject for p in problems] == ["Where ('boolean_mask/Where')"]
+
+
+@pytest.mark.parametrize("message, detail", [
+    # As a session words XLA's error of an op defined in a function.
+    ("Graph execution error:\n\nDetected at node 'x' defined at (most "
+     "recent call last):\n  File \"model.py\", line 3, in model_fn\n\n"
+     "Node: 'x'\nUnsupported op Foo in cluster_0 {{node x}}\n"
+     "\t [[{{node x}}]]", "Unsupported op Foo in cluster_0"),
+    ("Graph execution error:\n\nno kernel for Bar\n\t [[{{node y}}]]",
+     "no kernel for Bar"),
+    ("one line", "one line"),
+])
+def test_an_xla_error_gives_its_reason_in_one_line(message, detail):
+  problem = tpu_check._xla_error(  # pylint: disable=protected-access
+      tf.errors.InvalidArgumentError(None, None, message), "train")
+  assert (problem.kind, problem.subject, problem.detail) == (
+      "XLA cannot compile", "the step", detail)

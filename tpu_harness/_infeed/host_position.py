@@ -25,7 +25,7 @@ from tpu_harness._infeed import record
 from tpu_harness._infeed import resume_policy
 from tpu_harness._infeed import rewrite as resumable_input
 from tpu_harness._infeed import states as states_lib
-from tpu_harness._infeed import tf_message
+from tpu_harness import _tf_message as tf_message
 
 if TYPE_CHECKING:
   from tpu_harness._infeed.position import InputPosition

@@ -60,7 +60,7 @@ from typing import Callable, List, Optional
 from absl import logging
 import tensorflow as tf
 
-from tpu_harness._infeed import tf_message
+from tpu_harness import _tf_message as tf_message
 from tpu_harness._infeed.host_position import HostPosition
 
 EXACT = "exact"

@@ -3,8 +3,8 @@
 Per step, the loop dequeues one infeed element holding every replica's batch
 (with num_shards > 1, stacked on a first axis of length num_shards), calls
 `model_fn` once per replica on its own virtual CPU device (`/device:CPU:i`,
-made by the session's `device_count`; see `tpu_harness.loops.replicas` for what is
-shared and what is per replica), and enqueues the step's values (loss,
+made by the session's `device_count`; see `tpu_harness.loops.replicas` for
+what is shared and what is per replica), and enqueues the step's values (loss,
 host_call tensors, eval tensors or predictions) into an outfeed queue. The
 host dequeues the loop's values in the same `Session.run`, after the loop.
 

@@ -46,6 +46,7 @@ import tensorflow as tf
 
 import hooks
 from tpu_harness import _tf_internals
+from tpu_harness import _tf_message as tf_message
 from tpu_harness import spec as spec_lib
 from tpu_harness.errors import TPUCompatibilityError
 from tpu_harness.loops import step_input
@@ -77,7 +78,8 @@ _LIBRARY_DIRS = tuple(
     os.path.dirname(os.path.abspath(path)) + os.sep for path in [
         tf.__file__, os.__file__, np.__file__, logging.__file__,
         sys.modules["tpu_harness"].__file__, hooks.__file__])
-_INSTALLED = (f"{os.sep}site-packages{os.sep}", f"{os.sep}dist-packages{os.sep}")
+_INSTALLED = (f"{os.sep}site-packages{os.sep}",
+              f"{os.sep}dist-packages{os.sep}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -384,11 +386,8 @@ def _compile(outputs, placeholders, mode) -> List[Problem]:
 def _xla_error(error: tf.errors.OpError, mode: str) -> Problem:
   """A Problem from an error of XLA's compiler or of the step's run."""
   message = error.message
-  lines = [line.strip() for line in message.splitlines()
-           if line.strip() and not line.startswith(" ")]
-  reason = next((line for line in lines if not line.startswith(
-      ("Graph execution error", "Detected at node", "Node:"))), message)
-  reason = re.sub(r"\{\{node [^}]*\}\}", "", reason).strip()
+  reason = re.sub(r"\{\{node [^}]*\}\}", "",
+                  tf_message.first_line(message) or message).strip()
   nodes = re.findall(r"\{\{node ([^}]+)\}\}", message)
   graph = tf.compat.v1.get_default_graph()
   op = None
