@@ -219,17 +219,22 @@ class CheckpointSaverHook(tf.compat.v1.train.SessionRunHook):
     # exported once, on a thread while the first checkpoint is saved, and
     # every checkpoint of the session gets that MetaGraphDef. The graph is
     # the one that runs: every hook's begin() had its chance to add ops.
+    # Without a .meta to wait for it, the graph's events are written first
+    # (before this save's CHECKPOINT event), and the text is not written.
     export = GraphExport(
         graph, self._checkpointer.saver().saver_def, self._summary_writer,
-        self._checkpoint_dir if self._save_graph_def else None)
-    self._checkpointer.session_created(
-        export.meta_graph if self._save_graph_def else None,
-        finalized=graph.finalized)
+        self._checkpoint_dir if self._save_graph_def else None,
+        background=self._save_graph_def)
     try:
+      self._checkpointer.session_created(
+          export.meta_graph if self._save_graph_def else None,
+          finalized=graph.finalized)
       # The checkpoint saved here is the state at step `global_step`.
       self._save(session, global_step)
-    finally:
-      export.wait()
+    except BaseException:
+      export.join()  # The save's error is the one to raise.
+      raise
+    export.wait()
     self._schedule.mark_triggered(global_step, self._clock())
 
   def before_run(self, run_context):

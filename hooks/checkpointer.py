@@ -201,6 +201,8 @@ class Checkpointer:
     Raises:
       NonFiniteWeightsError: with check_finite, a variable is NaN or Inf.
       CheckpointSaveError: the save failed.
+      BaseException: what `meta_graph()` (see `session_created`) raised,
+        as it was, once the checkpoint's other files are written.
     """
     logging.info("Saving checkpoints for %d into %s.", step, self._save_path)
     if self._writer is not None:
@@ -216,8 +218,11 @@ class Checkpointer:
           session, self._save_path, global_step=step,
           write_meta_graph=self._save_graph_def and self._meta_graph is None)
       if self._meta_graph is not None:  # After the state file, as Saver does.
+        # What the export raises (no OpError: see hooks.graph_export)
+        # passes through as it is.
+        meta_graph = self._meta_graph()
         with tf.io.gfile.GFile(path + ".meta", "wb") as meta_file:
-          meta_file.write(self._meta_graph())
+          meta_file.write(meta_graph)
     except tf.errors.OpError as error:
       raise CheckpointSaveError(
           f"Saving the checkpoint for step {step} into {self._save_path} "

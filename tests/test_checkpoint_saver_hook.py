@@ -140,6 +140,51 @@ def test_a_failed_graph_write_leaves_nothing_and_says_so(tmp_path):
   assert not [name for name in os.listdir(ckpt_dir) if ".tmp" in name]
 
 
+def test_a_failed_first_save_is_the_error_raised_not_the_graphs(tmp_path):
+  """The session's first save and the graph's text both fail: the save's
+  error is the one raised (the graph's export, on its thread, does not
+  replace it)."""
+  ckpt_dir = _dir(tmp_path, "ckpt")
+  os.makedirs(os.path.join(ckpt_dir, "graph.pbtxt", "taken"))
+  os.makedirs(os.path.join(ckpt_dir, "model.ckpt-0.meta"))
+  build_loop_graph(steps_per_run=5)
+  hook = hooks.CheckpointSaverHook(ckpt_dir, save_steps=1000,
+                                   steps_per_run=5)
+  with pytest.raises(hooks.CheckpointSaveError,
+                     match=r"^Saving the checkpoint for step 0 "):
+    with tf.compat.v1.train.MonitoredTrainingSession(
+        hooks=[hook], save_checkpoint_secs=None, save_summaries_steps=None,
+        log_step_count_steps=None):
+      pass
+  assert not [name for name in os.listdir(ckpt_dir) if ".tmp" in name]
+
+
+@pytest.mark.parametrize("save_graph_def", [True, False])
+def test_the_graphs_events_come_before_the_first_checkpoints(
+    tmp_path, save_graph_def):
+  ckpt_dir = _dir(tmp_path, "ckpt")
+  build_loop_graph(steps_per_run=5)
+  hook = hooks.CheckpointSaverHook(ckpt_dir, save_steps=1000,
+                                   steps_per_run=5,
+                                   save_graph_def=save_graph_def)
+  with tf.compat.v1.train.MonitoredTrainingSession(
+      hooks=[hook], save_checkpoint_secs=None, save_summaries_steps=None,
+      log_step_count_steps=None):
+    pass
+  tf.compat.v1.summary.FileWriterCache.clear()
+  kinds = [("graph" if e.HasField("graph_def") else
+            "meta" if e.HasField("meta_graph_def") else
+            "checkpoint" if e.session_log.status
+            == tf.compat.v1.SessionLog.CHECKPOINT else None)
+           for e in event_records(ckpt_dir)]
+  # The writer's own first (FileWriterCache's, with the default graph),
+  # then the hook's, then the first save's.
+  assert [kind for kind in kinds if kind] == [
+      "graph", "meta", "graph", "meta", "checkpoint"]
+  assert os.path.exists(os.path.join(ckpt_dir, "graph.pbtxt")) == (
+      save_graph_def)
+
+
 def test_end_does_not_save_twice_when_last_run_saved(tmp_path):
   ckpt_dir = _dir(tmp_path, "ckpt")
   graph = build_loop_graph(steps_per_run=10)

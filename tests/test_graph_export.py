@@ -75,9 +75,9 @@ def test_a_finalized_graph_is_exported_on_a_thread():
   graph, saver_def = _graph()
   release = threading.Event()
   writer = _Writer(release=release)
+  # The constructor returns while the export waits in add_event (on the
+  # caller's thread it would wait 30 s, then fail below).
   export = GraphExport(graph, saver_def, writer, None)
-  # The constructor returned while the export waits in add_event.
-  assert writer.calls == []
   release.set()
   assert export.meta_graph()
   export.wait()
@@ -120,3 +120,32 @@ def test_a_failed_text_write_leaves_nothing_and_says_so(tmp_path):
                      r"Nothing was left of it \(a full disk\?\)\."):
     export.wait()
   assert os.listdir(tmp_path) == ["graph.pbtxt"]
+
+
+def test_without_background_a_finalized_graph_is_exported_at_once(tmp_path):
+  # Its text alone is written on the thread.
+  graph, saver_def = _graph()
+  writer = _Writer()
+  export = GraphExport(graph, saver_def, writer, str(tmp_path),
+                       background=False)
+  assert [(kind, thread) for kind, _, thread in writer.calls] == [
+      ("event", threading.current_thread()),
+      ("meta", threading.current_thread())]
+  export.wait()
+  assert os.listdir(tmp_path) == ["graph.pbtxt"]
+
+
+@pytest.mark.parametrize("background", [True, False])
+def test_events_that_cannot_be_written_are_a_save_error(background):
+  graph, saver_def = _graph()
+  export = GraphExport(
+      graph, saver_def,
+      _Writer(error=tf.errors.ResourceExhaustedError(None, None,
+                                                     "disk full")),
+      None, background=background)
+  with pytest.raises(hooks.CheckpointSaveError,
+                     match=r"^Writing the graph's events failed: "
+                     r"ResourceExhaustedError: disk full\.$"):
+    export.meta_graph()
+  with pytest.raises(hooks.CheckpointSaveError):
+    export.wait()
