@@ -301,9 +301,10 @@ def train_baseline(model_fn, input_fn, batch: int, model_dir: str,
                    steps: int, eval_fn=None) -> Times:
   """The same model_fn and input_fn, one step per Session.run, in a
   MonitoredTrainingSession (TPUEstimator with use_tpu=False), checkpoints
-  every 600 s as TPUEstimator's default, and the NanTensorHook on the loss
-  Estimator's train() added; with `eval_fn`, an evaluation of `steps`
-  steps first (timed too)."""
+  every 600 s as TPUEstimator's default, and what Estimator's train() added:
+  the NanTensorHook on the loss and a loss summary (written every 100
+  steps by the session's SummarySaverHook, as ours writes one); with
+  `eval_fn`, an evaluation of `steps` steps first (timed too)."""
   params = {"batch_size": batch}
   times = Times()
   if eval_fn is not None:
@@ -313,6 +314,7 @@ def train_baseline(model_fn, input_fn, batch: int, model_dir: str,
     features, labels = tf.data.make_one_shot_iterator(
         input_fn(params)).get_next()
     spec = model_fn(features, labels, tf_estimator.ModeKeys.TRAIN, params)
+    tf.summary.scalar("loss", spec.loss)
     start = tf.train.latest_checkpoint(model_dir)
     start_step = 0 if start is None else int(start.rsplit("-", 1)[1])
     with tf.train.MonitoredTrainingSession(
