@@ -134,9 +134,8 @@ class GraphExport:
       self._graph_def = graph_def
       self._meta_graph = meta_graph_def.SerializeToString()
     except tf.errors.OpError as error:
-      logdir = getattr(self._writer, "get_logdir", lambda: None)()
       self._error = _save_error(
-          "Writing the graph's events" + (f" into {logdir}" if logdir else ""),
+          f"Writing the graph's events into {self._writer.get_logdir()}",
           error, "")
     except BaseException as error:  # pylint: disable=broad-except
       self._error = error

@@ -32,6 +32,9 @@ class _Writer:
   def add_meta_graph(self, meta_graph_def):
     self.calls.append(("meta", meta_graph_def, threading.current_thread()))
 
+  def get_logdir(self):
+    return "/logs/run"
+
 
 def _graph(finalized=True):
   graph = tf.Graph()
@@ -144,7 +147,8 @@ def test_events_that_cannot_be_written_are_a_save_error(background):
                                                      "disk full")),
       None, background=background)
   with pytest.raises(hooks.CheckpointSaveError,
-                     match=r"^Writing the graph's events failed: "
+                     match=r"^Writing the graph's events into /logs/run "
+                     r"failed: "
                      r"ResourceExhaustedError: disk full\.$"):
     export.meta_graph()
   with pytest.raises(hooks.CheckpointSaveError):
