@@ -133,8 +133,9 @@ def test_by_hand_helper_prints_env_and_stops_on_ctrl_c():
   try:
     process.communicate(timeout=60)
   except subprocess.TimeoutExpired:
-    # Once seen in a full run, not reproduced: the helper's threads' stacks
-    # say where its stop hung.
+    # The helper's threads' stacks say where its stop hung. (Seen twice in
+    # full runs, the main thread still in a one-hour sleep: the SIGINT had
+    # gone to another thread; the helper now sleeps 0.5 s at a time.)
     process.send_signal(signal.SIGUSR1)
     try:
       _, stderr = process.communicate(timeout=5)

@@ -464,8 +464,11 @@ def main() -> None:
       print(f"export {name}={value}")
     print(f"# Then use gs://{args.bucket}/... paths. Ctrl-C to stop.",
           flush=True)
+    # Short sleeps: Ctrl-C's SIGINT may be delivered to one of the
+    # emulator's threads, which does not interrupt this thread's sleep;
+    # Python raises KeyboardInterrupt here when the sleep ends.
     while True:
-      time.sleep(3600)
+      time.sleep(0.5)
   except KeyboardInterrupt:
     pass
   finally:
