@@ -121,9 +121,12 @@ def test_by_hand_helper_prints_env_and_stops_on_ctrl_c():
   import subprocess  # pylint: disable=g-import-not-at-top
   import sys  # pylint: disable=g-import-not-at-top
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  # Started as from a process that ignores SIGINT (a background job, as
+  # a full run can be): Ctrl-C must stop it all the same.
   process = subprocess.Popen(
       [sys.executable, "-m", "tests.support.gcs_emulator", "--bucket=by-hand"],
-      cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+      cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+      preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
   lines = []
   for line in process.stdout:
     lines.append(line)
@@ -133,9 +136,9 @@ def test_by_hand_helper_prints_env_and_stops_on_ctrl_c():
   try:
     process.communicate(timeout=60)
   except subprocess.TimeoutExpired:
-    # The helper's threads' stacks say where its stop hung. (Seen twice in
-    # full runs, the main thread still in a one-hour sleep: the SIGINT had
-    # gone to another thread; the helper now sleeps 0.5 s at a time.)
+    # The helper's threads' stacks say where its stop hung. (Seen in full
+    # runs, its main thread still sleeping: the test process ignored
+    # SIGINT, and so did the helper until it set the default handler.)
     process.send_signal(signal.SIGUSR1)
     try:
       _, stderr = process.communicate(timeout=5)

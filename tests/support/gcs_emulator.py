@@ -453,6 +453,9 @@ def main() -> None:
   import signal  # pylint: disable=g-import-not-at-top
   # SIGUSR1 prints every thread's stack to stderr: where a stop hangs.
   faulthandler.register(signal.SIGUSR1, all_threads=True)
+  # Ctrl-C stops it even when started from a process that ignores SIGINT
+  # (Python then leaves it ignored; seen in a full test run).
+  signal.signal(signal.SIGINT, signal.default_int_handler)
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--bucket", default="tpu-harness-test")
   args = parser.parse_args()
