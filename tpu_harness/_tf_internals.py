@@ -59,18 +59,13 @@ signature.
   `tpu.rewrite` in a `Defun` run by `TPUPartitionedCall` on the core
   `tpu_ordinal_selector` picks (`tpu_partitioned_call_of_rewrite`); version
   2 calls it in a TPU inference context (`tpu_inference_context`).
-- Whether a session may place each run's pruned graph
-  (`tpu_harness._run.placement`) depends on which ops in the functions it
-  lowers have side effects; a function's nodes are NodeDefs, not
-  Operations, and only TF's op registry (private `op_def_registry`) says
-  whether an op type is stateful (`op_is_stateful`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import warnings
-from typing import Callable, List, Optional, Set, Tuple
+from typing import Callable, List, Set, Tuple
 
 import tensorflow as tf
 from tensorflow.python.data.experimental.ops import shuffle_ops  # pylint: disable=g-direct-tensorflow-import
@@ -79,7 +74,6 @@ from tensorflow.python.framework import config as tf_config  # pylint: disable=g
 from tensorflow.python.framework import function  # pylint: disable=g-direct-tensorflow-import
 from tensorflow.python.framework import kernels  # pylint: disable=g-direct-tensorflow-import
 from tensorflow.python.framework import none_tensor  # pylint: disable=g-direct-tensorflow-import
-from tensorflow.python.framework import op_def_registry  # pylint: disable=g-direct-tensorflow-import
 from tensorflow.python.ops import summary_ops_v2  # pylint: disable=g-direct-tensorflow-import
 from tensorflow.python.tpu import functional as tpu_functional  # pylint: disable=g-direct-tensorflow-import
 from tensorflow.python.tpu import tpu as tpu_lib  # pylint: disable=g-direct-tensorflow-import
@@ -237,12 +231,6 @@ def has_xla_kernel(op_type: str) -> bool:
   registered = kernels.get_registered_kernels_for_op(op_type)
   return any(kernel.device_type == _XLA_CPU_JIT
              for kernel in registered.kernel)
-
-
-def op_is_stateful(op_type: str) -> Optional[bool]:
-  """Whether ops of `op_type` are stateful; None if TF knows no such op."""
-  op_def = op_def_registry.get(op_type)
-  return None if op_def is None else op_def.is_stateful
 
 
 def is_none_spec(spec) -> bool:

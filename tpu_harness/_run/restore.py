@@ -34,7 +34,6 @@ from tpu_harness import spec as spec_lib
 from tpu_harness._infeed.protocol import InfeedHook
 from tpu_harness._model_dir import restore_order
 from tpu_harness._model_dir import storage
-from tpu_harness._run import placement
 from tpu_harness._run.job import Job
 from tpu_harness.config import TPUConfig
 from tpu_harness.loops.device_loop import BuiltLoop
@@ -54,8 +53,7 @@ class CheckedRestore(tf.compat.v1.train.SessionCreator):
                config: Optional[tf.compat.v1.ConfigProto] = None,
                tpu: Optional[TPUConfig] = None,
                rechoose: Optional[Callable[[str], str]] = None,
-               reset_pod: bool = False,
-               place_pruned: bool = False):
+               reset_pod: bool = False):
     """Initializes the creator.
 
     Args:
@@ -70,8 +68,6 @@ class CheckedRestore(tf.compat.v1.train.SessionCreator):
         raises when it gives up); None: the deletion is raised.
       reset_pod: on a pod, first close the sessions earlier chiefs left on
         it (`pod.reset`; the trainer's, which holds the lease).
-      place_pruned: let the session place only each run's pruned graph
-        where that runs the same ops (`placement.prunes_alike`).
     """
     self.checkpoint = checkpoint
     self._scaffold = scaffold
@@ -82,7 +78,6 @@ class CheckedRestore(tf.compat.v1.train.SessionCreator):
     self._hosts = self._tpu.hosts
     self._rechoose = rechoose
     self._reset_pod = reset_pod
-    self._place_pruned = place_pruned
     self._created = False
 
   def create_session(self) -> tf.compat.v1.Session:
@@ -155,11 +150,6 @@ class CheckedRestore(tf.compat.v1.train.SessionCreator):
         ready_for_local_init_op=(scaffold.ready_for_local_init_op
                                  if self._ready_for_local_init else None),
         graph=tf.compat.v1.get_default_graph())
-    if self._place_pruned:
-      # Known once the graph is final; the same graph on a retry.
-      self._config = placement.session_config(
-          self._config, tf.compat.v1.get_default_graph())
-      self._place_pruned = False
     return manager.prepare_session(
         self._master, saver=scaffold.saver,
         checkpoint_filename_with_path=self.checkpoint, config=self._config,
@@ -180,7 +170,6 @@ def restored(build: Callable[[], BuiltLoop],
              prepare: Callable[[], None] = lambda: None,
              tpu: Optional[TPUConfig] = None,
              variable_device: str = "",
-             place_pruned: bool = False,
              ) -> Iterator[Tuple[BuiltLoop, tf.compat.v1.train.MonitoredSession,
                                  str]]:
   """In a new graph, builds a loop with `build`; chooses the checkpoint
@@ -201,7 +190,6 @@ def restored(build: Callable[[], BuiltLoop],
     prepare: checks to make once the checkpoint is known, before any work.
     tpu: the TPUConfig (a pod's hosts, how long to wait for them).
     variable_device: where the global step lives ("": anywhere).
-    place_pruned: see `CheckedRestore`.
 
   Raises:
     CheckpointMismatchError: the checkpoint does not fit the model.
@@ -227,8 +215,7 @@ def restored(build: Callable[[], BuiltLoop],
       try:
         session, checkpoint = _open(loop, checkpoint, master, session_config,
                                     hooks, tpu,
-                                    None if fixed else rechoose,
-                                    place_pruned)
+                                    None if fixed else rechoose)
       except (errors.CheckpointRestoreError, tf.errors.NotFoundError,
               ValueError) as error:
         if fixed:
@@ -291,8 +278,7 @@ def restored_for(job: Job, build: Callable[[], BuiltLoop],
       fixed=checkpoint_path is not None, master=job.config.session_target,
       session_config=job.session_config, hooks=hooks,
       prepare=prepare, tpu=job.config.tpu,
-      variable_device=job.device.variable_device,
-      place_pruned=job.device.places_pruned_graphs)
+      variable_device=job.device.variable_device)
 
 
 def scaffold_for(spec, default_saver: Callable[[], tf.compat.v1.train.Saver]
@@ -318,8 +304,7 @@ def scaffold_for(spec, default_saver: Callable[[], tf.compat.v1.train.Saver]
 def _open(loop: BuiltLoop, checkpoint: str, master: str,
           session_config: tf.compat.v1.ConfigProto, hooks,
           tpu: Optional[TPUConfig],
-          rechoose: Optional[Callable[[str], str]],
-          place_pruned: bool
+          rechoose: Optional[Callable[[str], str]]
           ) -> Tuple[tf.compat.v1.train.MonitoredSession, str]:
   """A MonitoredSession restored from `checkpoint`, or from the one
   `rechoose` gave when it was rotated away; and which it was."""
@@ -330,8 +315,7 @@ def _open(loop: BuiltLoop, checkpoint: str, master: str,
     # missing then.
     restore_order.check_matches(checkpoint, tf.compat.v1.global_variables())
   creator = CheckedRestore(checkpoint, scaffold=scaffold, master=master,
-                           config=session_config, tpu=tpu, rechoose=rechoose,
-                           place_pruned=place_pruned)
+                           config=session_config, tpu=tpu, rechoose=rechoose)
   spec_hooks = loop.spec.hooks_for_mode if loop.spec is not None else ()
   session = tf.compat.v1.train.MonitoredSession(
       session_creator=creator,

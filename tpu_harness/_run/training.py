@@ -111,8 +111,7 @@ def train(job: Job, request: TrainRequest) -> bool:
     creator = restore.CheckedRestore(
         request.resume.checkpoint, scaffold=scaffold,
         master=config.session_target, config=job.session_config,
-        tpu=config.tpu, reset_pod=True,
-        place_pruned=job.device.places_pruned_graphs)
+        tpu=config.tpu, reset_pod=True)
     # The first write into model_dir: the lease claimed before the graph
     # was built is settled now (a no-op on a retry).
     request.lease.settle()

@@ -109,14 +109,6 @@ class CpuEmulationLoop(LoopBuilder):
   def variable_device(self) -> str:
     return pod.host_device(0) if self._hosts else ""
 
-  @property
-  def places_pruned_graphs(self) -> bool:
-    # On one device only: placing each run's graph alone, TF colocated a
-    # replica's optimizer ops across devices it could not merge (2 shards:
-    # "Cannot colocate nodes ... CPU:0 and CPU:1"). A pod's sessions are
-    # its servers'.
-    return not self._hosts and self._num_shards == 1
-
   def session_config(self) -> tf.compat.v1.ConfigProto:
     if self._hosts:
       # The hosts' servers have their virtual CPUs; each session's queues,

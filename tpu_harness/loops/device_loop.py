@@ -94,12 +94,6 @@ class DeviceLoop(abc.ABC):
     return False
 
   @property
-  def places_pruned_graphs(self) -> bool:
-    """Whether the loop's sessions may place each run's pruned graph
-    where that runs the same ops (see `tpu_harness._run.placement`)."""
-    return False
-
-  @property
   def variable_device(self) -> str:
     """Where the model's variables and the global step live ("": wherever
     TF places them)."""
