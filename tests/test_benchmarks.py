@@ -100,6 +100,38 @@ def test_setup_is_measured_at_the_same_step_on_both_sides(
   assert _times(ends, steps_before).setup_secs(steps) == pytest.approx(setup)
 
 
+# Steps of 0.1 s, but the first 100 took 0.2 s each (a warm-up).
+_WARM = [0.2 * (i + 1) for i in range(100)] + [
+    20.0 + 0.1 * (i + 1) for i in range(300)]
+
+
+@pytest.mark.parametrize("ends, steps_before, from_step, rate", [
+    # One step per run, timed from step 100: 10 steps/sec.
+    (_WARM, list(range(400)), 100, 10.0),
+    # Loops of 100 steps of the same times, from the same step: the same.
+    (_WARM[99::100], [0, 100, 200, 300], 100, 10.0),
+    # From step 40, the one-step runs count 60 warm-up steps.
+    (_WARM, list(range(400)), 40, 360 / (50.0 - 8.0)),
+    # Without from_step: after the first tenth of the runs, whatever their
+    # length (the loops' from step 100, the steps' from step 40).
+    (_WARM[99::100], [0, 100, 200, 300], None, 10.0),
+    (_WARM, list(range(400)), None, 360 / (50.0 - 8.0)),
+    # Resumed at step 500: steps counted from there.
+    (_WARM[99::100], [500, 600, 700, 800], 100, 10.0),
+])
+def test_the_steady_rate_is_timed_from_the_step_asked(ends, steps_before,
+                                                      from_step, rate):
+  assert _times(ends, steps_before).steady_rate(from_step) == pytest.approx(
+      rate)
+
+
+def test_setup_subtracts_the_steps_at_the_rate_from_the_same_step():
+  # Both spent 20 s on the first 100 steps, 10 s more than steady.
+  for ends, before in [(_WARM, list(range(400))),
+                       (_WARM[99::100], [0, 100, 200, 300])]:
+    assert _times(ends, before).setup_secs(100, 100) == pytest.approx(10.0)
+
+
 def test_setup_of_more_steps_than_the_runs_gave_is_an_error():
   with pytest.raises(ValueError, match="reached step 30"):
     _times([1.0, 2.0, 3.0], [0, 10, 20]).setup_secs(30)

@@ -18,7 +18,9 @@ and `input_fn` in a `tf.compat.v1.train.MonitoredTrainingSession` running
 one step per `Session.run` (what TPUEstimator with use_tpu=False did), in
 the same process, runs interleaved. Reported, as ratios to the baseline:
 
-- steady steps/sec (after the first tenth of the steps);
+- steady steps/sec, both sides from the same step: the end of the first
+  loop past the first tenth of the steps (400 steps: from step 40 at
+  `iterations_per_loop=10`, from step 100 at 100);
 - the size of the last checkpoint (data and index files);
 - set-up: seconds from the call of a fresh `train()` to the end of its
   first loop (the baseline: of as many steps), less those steps at the
@@ -49,7 +51,7 @@ import os
 import statistics
 import tempfile
 import time
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from scripts.bench import _common  # Before TensorFlow.
 
@@ -106,23 +108,34 @@ class Times(tf.train.SessionRunHook):
     """From the start to the return of the timed calls."""
     return self.returned - self.started
 
-  def steady_rate(self) -> float:
-    """Steps per second after the first tenth of the runs."""
-    skip = max(1, len(self.marks) // 10)
+  def steady_rate(self, from_step: Optional[int] = None) -> float:
+    """Steps per second after the first tenth of the runs; with
+    `from_step`, after the run that completed the first `from_step` steps,
+    so that runs of one step and loops of many are timed over the same
+    steps."""
+    if from_step is None:
+      skip = max(1, len(self.marks) // 10)
+    else:
+      start = self.marks[0][1]
+      # A run's last step is the step the next run fetched before it.
+      skip = next((index + 1 for index, (_, after)
+                   in enumerate(self.marks[1:]) if after - start >= from_step),
+                  len(self.marks))
     (t0, s0), (t1, s1) = self.marks[skip - 1], self.marks[-1]
     return (s1 - s0) / (t1 - t0) if t1 > t0 else float("nan")
 
-  def setup_secs(self, steps: int) -> float:
+  def setup_secs(self, steps: int, from_step: Optional[int] = None
+                 ) -> float:
     """From the start to the end of the run that completed the first
-    `steps` steps, less those steps at the steady rate: the set-up before
-    training. Both sides are measured at the same step (a first loop of
-    `steps` steps; the baseline's `steps`-th run), so that each pays the
-    warm-up of the same steps."""
+    `steps` steps, less those steps at the steady rate (`steady_rate(
+    from_step)`): the set-up before training. Both sides are measured at
+    the same step (a first loop of `steps` steps; the baseline's
+    `steps`-th run), so that each pays the warm-up of the same steps."""
     start = self.marks[0][1]
-    # A run's last step is the step the next run fetched before it.
     for (end, _), (_, after) in zip(self.marks, self.marks[1:]):
       if after - start >= steps:
-        return end - self.started - (after - start) / self.steady_rate()
+        return end - self.started - (after - start) / self.steady_rate(
+            from_step)
     raise ValueError(f"No run but the last reached step {start + steps}.")
 
 
@@ -244,6 +257,11 @@ def run_program(name: str, root: str) -> Dict[str, float]:
         programs.write_jpeg_records(data, FLAGS.examples))
     model_fn, batch, resume_batch = programs.resnet_model_fn, 32, 1
   ipls = [int(value) for value in FLAGS.iterations]
+  # The steady rate is timed from the same step on both sides: the end of
+  # the first loop past the first tenth of the steps (the baseline's run
+  # of that step).
+  steady_from = {ipl: -(-max(1, FLAGS.steps // 10) // ipl) * ipl
+                 for ipl in ipls}
   measured: Dict[str, List[float]] = {}
   sizes: Dict[str, int] = {}
 
@@ -260,16 +278,17 @@ def run_program(name: str, root: str) -> Dict[str, float]:
       else:
         times = train_ours(model_fn, input_fn, batch, model_dir, ipl,
                            FLAGS.steps)
-      note(f"{label} rate", times.steady_rate())
       # At the end of the first loop, for the baseline at each loop's.
-      setups = {at: times.setup_secs(at) for at in ([ipl] if ipl else ipls)}
-      for at, secs in setups.items():
-        note(f"{label} set-up {at}", secs)
+      at_steps = [ipl] if ipl else ipls
+      rates = {at: times.steady_rate(steady_from[at]) for at in at_steps}
+      setups = {at: times.setup_secs(at, steady_from[at]) for at in at_steps}
+      for at in at_steps:
+        note(f"{label} rate {at}", rates[at])
+        note(f"{label} set-up {at}", setups[at])
       sizes[label] = checkpoint_bytes(model_dir)
-      print(f"  {name} {label} run {repeat}: {times.steady_rate():.1f} "
-            f"steps/sec, set-up " + ", ".join(
-                f"{secs:.2f} s at step {at}" for at, secs in setups.items()),
-            flush=True)
+      print(f"  {name} {label} run {repeat}: " + ", ".join(
+          f"{rates[at]:.1f} steps/sec from step {steady_from[at]}, set-up "
+          f"{setups[at]:.2f} s at step {at}" for at in at_steps), flush=True)
     # An evaluate -> train switch of one loop each, from the checkpoint.
     for ipl in ipls:
       note(f"baseline switch {ipl}", train_baseline(
@@ -285,17 +304,18 @@ def run_program(name: str, root: str) -> Dict[str, float]:
   results = {}
   for ipl in ipls:
     label = f"ipl={ipl}"
-    results[f"{label} steps/sec"] = median(f"{label} rate") / median(
-        "baseline rate")
+    results[f"{label} steps/sec"] = median(f"{label} rate {ipl}") / median(
+        f"baseline rate {ipl}")
     results[f"{label} checkpoint size"] = sizes[label] / sizes["baseline"]
     results[f"{label} set-up"] = median(f"{label} set-up {ipl}") / median(
         f"baseline set-up {ipl}")
     results[f"{label} switch"] = median(f"{label} switch") / median(
         f"baseline switch {ipl}")
-  print(f"\n{name}: baseline {median('baseline rate'):.1f} steps/sec, "
-        f"checkpoint {sizes['baseline']:,} bytes, set-up " + ", ".join(
-            f"{median(f'baseline set-up {ipl}'):.2f} s at step {ipl}"
-            for ipl in ipls))
+  print(f"\n{name}: baseline checkpoint {sizes['baseline']:,} bytes, "
+        + ", ".join(f"{median(f'baseline rate {ipl}'):.1f} steps/sec from "
+                    f"step {steady_from[ipl]} and set-up "
+                    f"{median(f'baseline set-up {ipl}'):.2f} s at step {ipl}"
+                    for ipl in ipls))
   if FLAGS.resume_steps:
     results["resume"] = resume_ratio(input_fn, resume_batch, root,
                                      FLAGS.resume_steps)
