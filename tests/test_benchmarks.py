@@ -70,13 +70,24 @@ def test_estimator_prints_every_measure_against_the_baseline():
       result.stdout)
 
 
-def _times(ends, steps_before):
+def test_estimator_refuses_too_few_steps_for_a_steady_rate():
+  result, _ = _bench("estimator", "--steps=20", "--iterations=10",
+                     "--repeats=1", "--resume_steps=0", ok=False)
+  assert result.returncode != 0
+  assert "--steps=20 leaves no loop of 10 steps" in result.stderr, (
+      result.stderr[-3000:])
+
+
+def _times(ends, steps_before, last_step=None):
   """A Times started at 0 whose runs ended at `ends`, each having fetched
-  the global step of `steps_before` before it ran."""
+  the global step of `steps_before` before it ran; the session ended at
+  `last_step` (None: one more run of the same length as the one before)."""
   from scripts.bench import estimator  # pylint: disable=g-import-not-at-top
   times = estimator.Times()
   times.started = 0.0
   times.marks = list(zip(ends, steps_before))
+  times.last_step = (2 * steps_before[-1] - steps_before[-2]
+                     if last_step is None else last_step)
   return times
 
 
@@ -105,36 +116,46 @@ _WARM = [0.2 * (i + 1) for i in range(100)] + [
     20.0 + 0.1 * (i + 1) for i in range(300)]
 
 
-@pytest.mark.parametrize("ends, steps_before, from_step, rate", [
+@pytest.mark.parametrize("ends, steps_before, from_step, to_step, rate", [
     # One step per run, timed from step 100: 10 steps/sec.
-    (_WARM, list(range(400)), 100, 10.0),
+    (_WARM, list(range(400)), 100, None, 10.0),
     # Loops of 100 steps of the same times, from the same step: the same.
-    (_WARM[99::100], [0, 100, 200, 300], 100, 10.0),
+    (_WARM[99::100], [0, 100, 200, 300], 100, None, 10.0),
     # From step 40, the one-step runs count 60 warm-up steps.
-    (_WARM, list(range(400)), 40, 360 / (50.0 - 8.0)),
+    (_WARM, list(range(400)), 40, None, 360 / (50.0 - 8.0)),
     # Without from_step: after the first tenth of the runs, whatever their
     # length (the loops' from step 100, the steps' from step 40).
-    (_WARM[99::100], [0, 100, 200, 300], None, 10.0),
-    (_WARM, list(range(400)), None, 360 / (50.0 - 8.0)),
+    (_WARM[99::100], [0, 100, 200, 300], None, None, 10.0),
+    (_WARM, list(range(400)), None, None, 360 / (50.0 - 8.0)),
+    # A last loop 2 s faster (no next loop's input to read): counted
+    # without to_step, not up to the start of the last loop.
+    ([20.0, 30.0, 40.0, 48.0], [0, 100, 200, 300], 100, None, 300 / 28.0),
+    ([20.0, 30.0, 40.0, 48.0], [0, 100, 200, 300], 100, 300, 10.0),
+    (_WARM, list(range(400)), 100, 300, 10.0),
     # Resumed at step 500: steps counted from there.
-    (_WARM[99::100], [500, 600, 700, 800], 100, 10.0),
+    (_WARM[99::100], [500, 600, 700, 800], 100, 300, 10.0),
 ])
-def test_the_steady_rate_is_timed_from_the_step_asked(ends, steps_before,
-                                                      from_step, rate):
-  assert _times(ends, steps_before).steady_rate(from_step) == pytest.approx(
-      rate)
+def test_the_steady_rate_is_timed_over_the_steps_asked(
+    ends, steps_before, from_step, to_step, rate):
+  assert _times(ends, steps_before).steady_rate(
+      from_step, to_step) == pytest.approx(rate)
 
 
-def test_setup_subtracts_the_steps_at_the_rate_from_the_same_step():
+def test_setup_subtracts_the_steps_at_the_rate_given():
   # Both spent 20 s on the first 100 steps, 10 s more than steady.
   for ends, before in [(_WARM, list(range(400))),
                        (_WARM[99::100], [0, 100, 200, 300])]:
-    assert _times(ends, before).setup_secs(100, 100) == pytest.approx(10.0)
+    times = _times(ends, before)
+    assert times.setup_secs(100, times.steady_rate(100, 300)) == \
+        pytest.approx(10.0)
+  # A train() of one loop: its only run reached the session's last step.
+  assert _times([21.0], [0], last_step=100).setup_secs(100, 10.0) == \
+      pytest.approx(11.0)
 
 
 def test_setup_of_more_steps_than_the_runs_gave_is_an_error():
-  with pytest.raises(ValueError, match="reached step 30"):
-    _times([1.0, 2.0, 3.0], [0, 10, 20]).setup_secs(30)
+  with pytest.raises(ValueError, match="No run reached 40 steps"):
+    _times([1.0, 2.0, 3.0], [0, 10, 20]).setup_secs(40)
 
 
 def test_infeed_prints_both_batch_sizes_with_ratios():

@@ -18,14 +18,17 @@ and `input_fn` in a `tf.compat.v1.train.MonitoredTrainingSession` running
 one step per `Session.run` (what TPUEstimator with use_tpu=False did), in
 the same process, runs interleaved. Reported, as ratios to the baseline:
 
-- steady steps/sec, both sides from the same step: the end of the first
-  loop past the first tenth of the steps (400 steps: from step 40 at
-  `iterations_per_loop=10`, from step 100 at 100);
+- steady steps/sec, both sides over the same steps: from the end of the
+  first loop past the first tenth of the steps to the start of the last
+  loop (400 steps: steps 40 to 390 at `iterations_per_loop=10`, 100 to
+  300 at 100), each loop of ours reading the next one's input meanwhile;
 - the size of the last checkpoint (data and index files);
-- set-up: seconds from the call of a fresh `train()` to the end of its
-  first loop (the baseline: of as many steps), less those steps at the
-  run's steady rate; and a switch: an `evaluate()`-then-`train()` pair of one
-  loop of steps each, resumed from a checkpoint, from the first call to
+- set-up: seconds from the call of a fresh `train()` of one loop to the
+  end of that loop (the baseline: of as many steps), less those steps at
+  the side's steady rate (the first loop of a longer `train()` also reads
+  the next loop's input, which the baseline reads in the steps after);
+  and a switch: an `evaluate()`-then-`train()` pair of one loop of steps
+  each, resumed from a checkpoint, from the first call to
   the return of the second (its last checkpoint written and its session
   closed); the baseline's evaluation does what Estimator's `evaluate()`
   did (metric updates per step, then their values read and written as a
@@ -87,6 +90,7 @@ class Times(tf.train.SessionRunHook):
   def __init__(self):
     self.started = time.monotonic()
     self.marks: List[Tuple[float, int]] = []
+    self.last_step: Optional[int] = None  # The global step at the end.
     self.returned = float("nan")  # When the timed calls returned.
     self._step = None
 
@@ -100,6 +104,9 @@ class Times(tf.train.SessionRunHook):
     # The step fetched is from before the run; the mark is at its end.
     self.marks.append((time.monotonic(), int(run_values.results)))
 
+  def end(self, session):
+    self.last_step = int(session.run(self._step))
+
   def first_step_secs(self) -> float:
     """From the start to the end of the first run."""
     return self.marks[0][0] - self.started
@@ -108,35 +115,45 @@ class Times(tf.train.SessionRunHook):
     """From the start to the return of the timed calls."""
     return self.returned - self.started
 
-  def steady_rate(self, from_step: Optional[int] = None) -> float:
-    """Steps per second after the first tenth of the runs; with
-    `from_step`, after the run that completed the first `from_step` steps,
-    so that runs of one step and loops of many are timed over the same
-    steps."""
+  def _ends(self) -> List[Tuple[float, int]]:
+    """(when, steps done since the start) at the end of each run."""
+    start = self.marks[0][1]
+    # A run's last step is the step the next run fetched before it.
+    if self.last_step is None:
+      raise ValueError("The session did not end: no last step.")
+    after = [step for _, step in self.marks[1:]] + [self.last_step]
+    return [(when, step - start) for (when, _), step in zip(self.marks,
+                                                            after)]
+
+  def _run_reaching(self, steps: int) -> Tuple[float, int]:
+    for when, done in self._ends():
+      if done >= steps:
+        return when, done
+    raise ValueError(f"No run reached {steps} steps from the start.")
+
+  def steady_rate(self, from_step: Optional[int] = None,
+                  to_step: Optional[int] = None) -> float:
+    """Steps per second from the end of the run that reached `from_step`
+    steps since the start (None: the end of the first tenth of the runs)
+    to the end of the one that reached `to_step` (None: the last), so that
+    runs of one step and loops of many are timed over the same steps."""
+    ends = self._ends()
     if from_step is None:
-      skip = max(1, len(self.marks) // 10)
+      first = ends[max(1, len(ends) // 10) - 1]
     else:
-      start = self.marks[0][1]
-      # A run's last step is the step the next run fetched before it.
-      skip = next((index + 1 for index, (_, after)
-                   in enumerate(self.marks[1:]) if after - start >= from_step),
-                  len(self.marks))
-    (t0, s0), (t1, s1) = self.marks[skip - 1], self.marks[-1]
+      first = self._run_reaching(from_step)
+    last = ends[-1] if to_step is None else self._run_reaching(to_step)
+    (t0, s0), (t1, s1) = first, last
     return (s1 - s0) / (t1 - t0) if t1 > t0 else float("nan")
 
-  def setup_secs(self, steps: int, from_step: Optional[int] = None
-                 ) -> float:
-    """From the start to the end of the run that completed the first
-    `steps` steps, less those steps at the steady rate (`steady_rate(
-    from_step)`): the set-up before training. Both sides are measured at
-    the same step (a first loop of `steps` steps; the baseline's
-    `steps`-th run), so that each pays the warm-up of the same steps."""
-    start = self.marks[0][1]
-    for (end, _), (_, after) in zip(self.marks, self.marks[1:]):
-      if after - start >= steps:
-        return end - self.started - (after - start) / self.steady_rate(
-            from_step)
-    raise ValueError(f"No run but the last reached step {start + steps}.")
+  def setup_secs(self, steps: int, rate: Optional[float] = None) -> float:
+    """From the start to the end of the run that reached `steps` steps,
+    less those steps at `rate` (None: this run's `steady_rate()`): the
+    set-up before training, both sides measured at the same step (a loop
+    of `steps` steps; the baseline's `steps`-th run), so that each pays the
+    warm-up of the same steps."""
+    when, done = self._run_reaching(steps)
+    return when - self.started - done / (rate or self.steady_rate())
 
 
 def checkpoint_bytes(model_dir: str) -> int:
@@ -257,11 +274,11 @@ def run_program(name: str, root: str) -> Dict[str, float]:
         programs.write_jpeg_records(data, FLAGS.examples))
     model_fn, batch, resume_batch = programs.resnet_model_fn, 32, 1
   ipls = [int(value) for value in FLAGS.iterations]
-  # The steady rate is timed from the same step on both sides: the end of
-  # the first loop past the first tenth of the steps (the baseline's run
-  # of that step).
-  steady_from = {ipl: -(-max(1, FLAGS.steps // 10) // ipl) * ipl
-                 for ipl in ipls}
+  # The steady rate is timed over the same steps on both sides: from the
+  # end of the first loop past the first tenth of the steps to the start
+  # of the last loop, whose input the infeed read during the loop before.
+  steady = {ipl: (-(-max(1, FLAGS.steps // 10) // ipl) * ipl,
+                  (FLAGS.steps - 1) // ipl * ipl) for ipl in ipls}
   measured: Dict[str, List[float]] = {}
   sizes: Dict[str, int] = {}
 
@@ -269,6 +286,7 @@ def run_program(name: str, root: str) -> Dict[str, float]:
     measured.setdefault(key, []).append(value)
 
   for repeat in range(FLAGS.repeats):
+    rates: Dict[str, Dict[int, float]] = {}
     runs = [("baseline", None)] + [(f"ipl={ipl}", ipl) for ipl in ipls]
     for label, ipl in runs:
       model_dir = os.path.join(root, f"{label}_{repeat}")
@@ -278,17 +296,31 @@ def run_program(name: str, root: str) -> Dict[str, float]:
       else:
         times = train_ours(model_fn, input_fn, batch, model_dir, ipl,
                            FLAGS.steps)
-      # At the end of the first loop, for the baseline at each loop's.
-      at_steps = [ipl] if ipl else ipls
-      rates = {at: times.steady_rate(steady_from[at]) for at in at_steps}
-      setups = {at: times.setup_secs(at, steady_from[at]) for at in at_steps}
-      for at in at_steps:
-        note(f"{label} rate {at}", rates[at])
-        note(f"{label} set-up {at}", setups[at])
+      # The baseline's over the steps of each iterations_per_loop.
+      rates[label] = {at: times.steady_rate(*steady[at])
+                      for at in ([ipl] if ipl else ipls)}
+      for at, rate in rates[label].items():
+        note(f"{label} rate {at}", rate)
       sizes[label] = checkpoint_bytes(model_dir)
       print(f"  {name} {label} run {repeat}: " + ", ".join(
-          f"{rates[at]:.1f} steps/sec from step {steady_from[at]}, set-up "
-          f"{setups[at]:.2f} s at step {at}" for at in at_steps), flush=True)
+          f"{rate:.1f} steps/sec over steps {steady[at][0]} to "
+          f"{steady[at][1]}" for at, rate in rates[label].items()),
+            flush=True)
+    # Set-up: a fresh train() of one loop to its end, less its steps at the
+    # steady rate of the same side and repeat. (The first loop of a longer
+    # train() also reads the next loop's input, which the baseline reads
+    # in the steps after, and the last loop none.)
+    for ipl in ipls:
+      for label, train in [
+          ("baseline", lambda directory, ipl=ipl: train_baseline(
+              model_fn, input_fn, batch, directory, ipl)),
+          (f"ipl={ipl}", lambda directory, ipl=ipl: train_ours(
+              model_fn, input_fn, batch, directory, ipl, ipl))]:
+        secs = train(os.path.join(root, f"setup_{label}_{ipl}_{repeat}")
+                     ).setup_secs(ipl, rates[label][ipl])
+        note(f"{label} set-up {ipl}", secs)
+        print(f"  {name} {label} run {repeat}: set-up {secs:.2f} s of a "
+              f"train() of {ipl} steps", flush=True)
     # An evaluate -> train switch of one loop each, from the checkpoint.
     for ipl in ipls:
       note(f"baseline switch {ipl}", train_baseline(
@@ -312,9 +344,9 @@ def run_program(name: str, root: str) -> Dict[str, float]:
     results[f"{label} switch"] = median(f"{label} switch") / median(
         f"baseline switch {ipl}")
   print(f"\n{name}: baseline checkpoint {sizes['baseline']:,} bytes, "
-        + ", ".join(f"{median(f'baseline rate {ipl}'):.1f} steps/sec from "
-                    f"step {steady_from[ipl]} and set-up "
-                    f"{median(f'baseline set-up {ipl}'):.2f} s at step {ipl}"
+        + ", ".join(f"{median(f'baseline rate {ipl}'):.1f} steps/sec over "
+                    f"steps {steady[ipl][0]} to {steady[ipl][1]} and set-up "
+                    f"{median(f'baseline set-up {ipl}'):.2f} s at {ipl}"
                     for ipl in ipls))
   if FLAGS.resume_steps:
     results["resume"] = resume_ratio(input_fn, resume_batch, root,
@@ -324,6 +356,14 @@ def run_program(name: str, root: str) -> Dict[str, float]:
 
 def main(argv):
   del argv  # Unused.
+  for value in FLAGS.iterations:
+    ipl = int(value)
+    first = -(-max(1, FLAGS.steps // 10) // ipl) * ipl
+    if first >= (FLAGS.steps - 1) // ipl * ipl:
+      raise app.UsageError(
+          f"--steps={FLAGS.steps} leaves no loop of {ipl} steps to time the "
+          f"steady rate over (after the first tenth of the steps, before "
+          f"the last loop); give at least {3 * ipl} steps.")
   _common.quiet()
   table = {}
   for name in FLAGS.programs:
