@@ -70,6 +70,20 @@ def test_estimator_prints_every_measure_against_the_baseline():
       result.stdout)
 
 
+@pytest.mark.parametrize("steps, ipl, window", [
+    (400, 10, (40, 390)),
+    (400, 100, (100, 300)),
+    (400, 1, (40, 399)),
+    (450, 100, (100, 400)),  # The last loop is a partial one.
+    (20, 2, (2, 18)),
+    (20, 10, (10, 10)),  # No loop between: refused (below).
+])
+def test_the_steady_steps_skip_the_first_tenth_and_the_last_loop(
+    steps, ipl, window):
+  from scripts.bench import estimator  # pylint: disable=g-import-not-at-top
+  assert estimator.steady_steps(steps, ipl) == window
+
+
 def test_estimator_refuses_too_few_steps_for_a_steady_rate():
   result, _ = _bench("estimator", "--steps=20", "--iterations=10",
                      "--repeats=1", "--resume_steps=0", ok=False)

@@ -87,8 +87,11 @@ flags.DEFINE_integer("examples", 12000, "Distinct training examples.",
 class Times(tf.train.SessionRunHook):
   """(seconds, global step) after every Session.run; the first at start."""
 
-  def __init__(self):
+  def __init__(self, read_last_step: bool = True):
+    """`read_last_step`: read the global step as the session ends (a run
+    of its own; the rates and set-up need it, a timed call does not)."""
     self.started = time.monotonic()
+    self._read_last_step = read_last_step
     self.marks: List[Tuple[float, int]] = []
     self.last_step: Optional[int] = None  # The global step at the end.
     self.returned = float("nan")  # When the timed calls returned.
@@ -105,7 +108,8 @@ class Times(tf.train.SessionRunHook):
     self.marks.append((time.monotonic(), int(run_values.results)))
 
   def end(self, session):
-    self.last_step = int(session.run(self._step))
+    if self._read_last_step:
+      self.last_step = int(session.run(self._step))
 
   def first_step_secs(self) -> float:
     """From the start to the end of the first run."""
@@ -153,7 +157,17 @@ class Times(tf.train.SessionRunHook):
     of `steps` steps; the baseline's `steps`-th run), so that each pays the
     warm-up of the same steps."""
     when, done = self._run_reaching(steps)
-    return when - self.started - done / (rate or self.steady_rate())
+    if rate is None:
+      rate = self.steady_rate()
+    return when - self.started - done / rate
+
+
+def steady_steps(steps: int, ipl: int) -> Tuple[int, int]:
+  """The steps both sides' steady rate is timed over, of `steps` at
+  `ipl` steps per loop: from the end of the first loop past the first
+  tenth to the start of the last loop, whose input the infeed read during
+  the loop before."""
+  return (-(-max(1, steps // 10) // ipl) * ipl, (steps - 1) // ipl * ipl)
 
 
 def checkpoint_bytes(model_dir: str) -> int:
@@ -166,7 +180,7 @@ def train_ours(model_fn, input_fn, batch: int, model_dir: str, ipl: int,
                steps: int, eval_fn=None) -> Times:
   """A train() through the TPUEstimator API at default settings; with
   `eval_fn`, an evaluate() of `steps` steps first (timed too)."""
-  times = Times()
+  times = Times(read_last_step=eval_fn is None)
   estimator = tf_estimator.tpu.TPUEstimator(
       model_fn=model_fn, use_tpu=False, train_batch_size=batch,
       eval_batch_size=batch,
@@ -189,7 +203,7 @@ def train_baseline(model_fn, input_fn, batch: int, model_dir: str,
   steps by the session's SummarySaverHook, as ours writes one); with
   `eval_fn`, an evaluation of `steps` steps first (timed too)."""
   params = {"batch_size": batch}
-  times = Times()
+  times = Times(read_last_step=eval_fn is None)
   if eval_fn is not None:
     _evaluate_baseline(model_fn, eval_fn, params, model_dir, steps)
   with tf.Graph().as_default():
@@ -274,11 +288,7 @@ def run_program(name: str, root: str) -> Dict[str, float]:
         programs.write_jpeg_records(data, FLAGS.examples))
     model_fn, batch, resume_batch = programs.resnet_model_fn, 32, 1
   ipls = [int(value) for value in FLAGS.iterations]
-  # The steady rate is timed over the same steps on both sides: from the
-  # end of the first loop past the first tenth of the steps to the start
-  # of the last loop, whose input the infeed read during the loop before.
-  steady = {ipl: (-(-max(1, FLAGS.steps // 10) // ipl) * ipl,
-                  (FLAGS.steps - 1) // ipl * ipl) for ipl in ipls}
+  steady = {ipl: steady_steps(FLAGS.steps, ipl) for ipl in ipls}
   measured: Dict[str, List[float]] = {}
   sizes: Dict[str, int] = {}
 
@@ -358,8 +368,8 @@ def main(argv):
   del argv  # Unused.
   for value in FLAGS.iterations:
     ipl = int(value)
-    first = -(-max(1, FLAGS.steps // 10) // ipl) * ipl
-    if first >= (FLAGS.steps - 1) // ipl * ipl:
+    first, last = steady_steps(FLAGS.steps, ipl)
+    if first >= last:
       raise app.UsageError(
           f"--steps={FLAGS.steps} leaves no loop of {ipl} steps to time the "
           f"steady rate over (after the first tenth of the steps, before "
