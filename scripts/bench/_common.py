@@ -2,7 +2,8 @@
 
 A quiet TensorFlow (its C++ log at warnings; set before TF is imported),
 absl logging at WARNING, and the markdown tables the benchmarks print
-(README and docs/benchmarks.md take them as they are).
+(README and docs/benchmarks.md take them as they are), and a checkpoint's
+size.
 """
 
 from __future__ import annotations
@@ -21,6 +22,15 @@ def quiet() -> None:
   (one per call), which would bury the results."""
   logging.set_verbosity(logging.WARNING)
   warnings.simplefilter("ignore", UserWarning)
+
+
+def checkpoint_bytes(prefix: str) -> int:
+  """The size of checkpoint `prefix`'s data and index files (not its
+  `.meta`), local or on gs://."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  return sum(tf.io.gfile.stat(path).length
+             for path in tf.io.gfile.glob(prefix + ".*")
+             if not path.endswith(".meta"))
 
 
 def print_table(columns: Sequence[str], rows: Iterable[Sequence[object]],

@@ -170,12 +170,6 @@ def steady_steps(steps: int, ipl: int) -> Tuple[int, int]:
   return (-(-max(1, steps // 10) // ipl) * ipl, (steps - 1) // ipl * ipl)
 
 
-def checkpoint_bytes(model_dir: str) -> int:
-  prefix = tf.train.latest_checkpoint(model_dir)
-  return sum(os.path.getsize(path) for path in glob.glob(prefix + ".*")
-             if not path.endswith(".meta"))
-
-
 def train_ours(model_fn, input_fn, batch: int, model_dir: str, ipl: int,
                steps: int, eval_fn=None) -> Times:
   """A train() through the TPUEstimator API at default settings; with
@@ -311,7 +305,8 @@ def run_program(name: str, root: str) -> Dict[str, float]:
                       for at in ([ipl] if ipl else ipls)}
       for at, rate in rates[label].items():
         note(f"{label} rate {at}", rate)
-      sizes[label] = checkpoint_bytes(model_dir)
+      sizes[label] = _common.checkpoint_bytes(
+          tf.train.latest_checkpoint(model_dir))
       print(f"  {name} {label} run {repeat}: " + ", ".join(
           f"{rate:.1f} steps/sec over steps {steady[at][0]} to "
           f"{steady[at][1]}" for at, rate in rates[label].items()),

@@ -84,12 +84,6 @@ class _FirstLoop(tf.compat.v1.train.SessionRunHook):
       self.at_first_loop = read_bytes()
 
 
-def checkpoint_bytes(prefix: str) -> int:
-  return sum(tf.io.gfile.stat(path).length
-             for path in tf.io.gfile.glob(prefix + ".*")
-             if not path.endswith(".meta"))
-
-
 def main(argv):
   del argv  # Unused.
   _common.quiet()
@@ -105,7 +99,7 @@ def main(argv):
     step = 1
     for _ in range(FLAGS.repeats):
       prefix = restore_order.resume_point(model_dir).checkpoint
-      size = checkpoint_bytes(prefix)
+      size = _common.checkpoint_bytes(prefix)
       before = read_bytes()
       assert restore_order.unreadable_reason(prefix) is None
       results["verification (baseline)"].append(
