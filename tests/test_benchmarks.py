@@ -61,6 +61,10 @@ def test_estimator_prints_every_measure_against_the_baseline():
               if line.startswith("| ") and "---" not in line][1:]
   for program in ("mnist", "resnet"):
     assert rows.count(program) == 5, result.stdout
+    # Each switch's times, both sides, as it is measured.
+    assert re.search(rf"^  {program} run 0: switch \d+\.\d\d s at ipl=2, "
+                     rf"baseline \d+\.\d\d s$", result.stdout,
+                     re.MULTILINE), result.stdout
   assert measures[:5] == ["ipl=2 steps/sec", "ipl=2 checkpoint size",
                           "ipl=2 set-up", "ipl=2 switch", "resume"]
   ratios = [float(line.split("|")[3]) for line in result.stdout.splitlines()

@@ -328,12 +328,16 @@ def run_program(name: str, root: str) -> Dict[str, float]:
               f"train() of {ipl} steps", flush=True)
     # An evaluate -> train switch of one loop each, from the checkpoint.
     for ipl in ipls:
-      note(f"baseline switch {ipl}", train_baseline(
+      base = train_baseline(
           model_fn, input_fn, batch, os.path.join(root, f"baseline_{repeat}"),
-          ipl, eval_fn=input_fn).call_secs())
-      note(f"ipl={ipl} switch", train_ours(
+          ipl, eval_fn=input_fn).call_secs()
+      ours = train_ours(
           model_fn, input_fn, batch, os.path.join(root, f"ipl={ipl}_{repeat}"),
-          ipl, ipl, eval_fn=input_fn).call_secs())
+          ipl, ipl, eval_fn=input_fn).call_secs()
+      note(f"baseline switch {ipl}", base)
+      note(f"ipl={ipl} switch", ours)
+      print(f"  {name} run {repeat}: switch {ours:.2f} s at ipl={ipl}, "
+            f"baseline {base:.2f} s", flush=True)
 
   def median(key):
     return statistics.median(measured[key])
