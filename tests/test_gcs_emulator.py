@@ -90,6 +90,22 @@ def test_resumable_upload_location_points_back_at_google(gcs):
   assert (status, body) == (200, b"hello")
 
 
+def test_copy_prefix_copies_every_object_and_only_those(gcs):
+  source, other = gcs.new_path("copy-src"), gcs.new_path("copy-src")
+  source, other = (p[len(f"gs://{gcs.bucket}/"):] for p in (source, other))
+  for name, body in [(f"{source}/a", b"one"), (f"{source}/d/b", b"two"),
+                     (f"{other}/c", b"not copied")]:
+    status, _, _ = _request(
+        gcs, "POST", f"/upload/storage/v1/b/{gcs.bucket}/o?uploadType="
+        f"media&name={name}", body=body,
+        headers={"Content-Length": str(len(body))})
+    assert status == 200
+  assert gcs.copy_prefix(source, "copy-dst") == ["a", "d/b"]
+  assert gcs.list_objects("copy-dst/") == ["copy-dst/a", "copy-dst/d/b"]
+  assert gcs.read_object("copy-dst/d/b") == b"two"
+  assert gcs.list_objects(source + "/") == [f"{source}/a", f"{source}/d/b"]
+
+
 def test_injected_faults_then_recovery(gcs):
   path = f"/storage/v1/b/{gcs.bucket}"
   gcs.inject(Fault("GET", r"/b/" + gcs.bucket + "$", "status", 503, times=1))

@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from support.gcs_emulator import Fault
+from support.gcs_emulator import TF_RETRIES
 
 pytestmark = pytest.mark.system
 
@@ -37,6 +38,24 @@ def _worker(gcs, scenario, path, arg=None, env_changes=None):
 def _names(gcs, path):
   prefix = path[len(f"gs://{gcs.bucket}/"):] + "/"
   return [name[len(prefix):] for name in gcs.list_objects(prefix)]
+
+
+@pytest.fixture(scope="module")
+def trained_to_5(gcs):
+  """A model directory trained to step 5 once for the module (a worker
+  process takes seconds); tests train on from copies of it."""
+  path = gcs.new_path("trained")
+  assert _worker(gcs, "train", path, 5)["latest"].endswith("ckpt-5")
+  return path
+
+
+def _copy(gcs, trained, name):
+  """A new path holding a copy of the objects of `trained`."""
+  path = gcs.new_path(name)
+  bucket = f"gs://{gcs.bucket}/"
+  copied = gcs.copy_prefix(trained[len(bucket):], path[len(bucket):])
+  assert "checkpoint" in copied and "model.ckpt-5.index" in copied, copied
+  return path
 
 
 def test_train_rotate_resume_and_evaluate_on_gcs(gcs):
@@ -81,9 +100,9 @@ def test_checkpoint_saver_hook_alone_on_gcs(gcs, gcs_path):
     Fault("POST", r"model\.ckpt-10\.index", "status", 503, times=2),
     Fault("PUT", r"model\.ckpt-10\.data", "drop", times=2),
 ], ids=["503 on data upload", "503 on index upload start", "dropped"])
-def test_transient_faults_during_a_save_are_retried(gcs, fault):
-  path = gcs.new_path("transient")
-  assert _worker(gcs, "train", path, 5)["latest"].endswith("ckpt-5")
+def test_transient_faults_during_a_save_are_retried(gcs, trained_to_5,
+                                                   fault):
+  path = _copy(gcs, trained_to_5, "transient")
   before = len(gcs.requests)
   gcs.inject(fault)
   try:
@@ -98,9 +117,8 @@ def test_transient_faults_during_a_save_are_retried(gcs, fault):
 
 
 def test_persistent_failure_fails_the_save_clearly_and_keeps_the_previous(
-    gcs):
-  path = gcs.new_path("persistent")
-  assert _worker(gcs, "train", path, 5)["latest"].endswith("ckpt-5")
+    gcs, trained_to_5):
+  path = _copy(gcs, trained_to_5, "persistent")
   gcs.inject(Fault("*", r"model\.ckpt-10\.", "status", 503, times=10_000))
   try:
     result = _worker(gcs, "train", path, 10)
@@ -138,15 +156,17 @@ def test_no_credentials_is_a_clear_error(gcs, tmp_path):
 
 
 # ----------------------------------------------------------------------------
-# "Cannot read right now" is never taken for "no checkpoint": GCS_RETRY_CONFIG
-# gives TF 5 retries of its own (6 requests); 7 faults make TF give up once.
+# "Cannot read right now" is never taken for "no checkpoint": the emulator's
+# environment gives TF TF_RETRIES retries of its own; GIVE_UP faults in a row
+# (TF's tries, then one more) make TF give up once.
+GIVE_UP = TF_RETRIES + 2
 
 
-def _resume_under_fault(gcs, name, fault_for):
-  """Trains to step 5, then to 10 with `fault_for(object prefix)` injected;
-  returns (the second run's result, object names before it)."""
-  path = gcs.new_path(name)
-  assert _worker(gcs, "train", path, 5)["latest"].endswith("ckpt-5")
+def _resume_under_fault(gcs, trained, name, fault_for):
+  """Trains a copy of `trained` (at step 5) to 10 with `fault_for(object
+  prefix)` injected; returns (the run's result, object names before it,
+  the copy's path)."""
+  path = _copy(gcs, trained, name)
   before = _names(gcs, path)
   gcs.inject(fault_for(path[len(f"gs://{gcs.bucket}/"):]))
   try:
@@ -160,21 +180,25 @@ def _listing_fault(times):
                               "status", 503, times=times)
 
 
-def test_transient_listing_failure_at_start_resumes_not_restarts(gcs):
-  result, _, _ = _resume_under_fault(gcs, "listing", _listing_fault(7))
+def test_transient_listing_failure_at_start_resumes_not_restarts(
+    gcs, trained_to_5):
+  result, _, _ = _resume_under_fault(gcs, trained_to_5, "listing",
+                                     _listing_fault(GIVE_UP))
   assert "error" not in result, result
   assert result["saved"] == [5, 10], result  # Resumed at 5, not 0.
 
 
-def test_transient_checkpoint_read_failure_resumes_not_falls_back(gcs):
-  result, _, _ = _resume_under_fault(gcs, "read", lambda prefix: Fault(
-      "GET", r"model\.ckpt-5\.index", "status", 503, times=7))
+def test_transient_checkpoint_read_failure_resumes_not_falls_back(
+    gcs, trained_to_5):
+  result, _, _ = _resume_under_fault(
+      gcs, trained_to_5, "read", lambda prefix: Fault(
+          "GET", r"model\.ckpt-5\.index", "status", 503, times=GIVE_UP))
   assert "error" not in result, result
   assert result["saved"] == [5, 10], result  # Not from ckpt-0.
 
 
 # The n-th listing of the run's directory at start-up fails once for good
-# (7 faults: TF's own 6 tries, then one more). Listings inside TF (the
+# (GIVE_UP faults: TF's own tries, then one more). Listings inside TF (the
 # checkpoint reader's glob, makedirs, the events file, the saver's
 # checkpoint times, the input position's read) report a failed listing as
 # an empty one; at the time of writing these n hit, in order: creating
@@ -184,18 +208,18 @@ def test_transient_checkpoint_read_failure_resumes_not_falls_back(gcs):
 # to ckpt-0 before; all passed when written; four of them (one per kind of
 # TF call) are kept here for time.
 @pytest.mark.parametrize("nth", [2, 4, 6, 11])
-def test_a_failed_listing_inside_tf_is_retried(gcs, nth):
-  result, _, _ = _resume_under_fault(gcs, f"tf-listing{nth}", lambda prefix:
-                                     Fault("GET", r"/o\?.*prefix="
-                                           + re.escape(prefix) + "%2F(&|$)",
-                                           "status", 503, times=7,
-                                           after=nth))
+def test_a_failed_listing_inside_tf_is_retried(gcs, trained_to_5, nth):
+  result, _, _ = _resume_under_fault(
+      gcs, trained_to_5, f"tf-listing{nth}", lambda prefix: Fault(
+          "GET", r"/o\?.*prefix=" + re.escape(prefix) + "%2F(&|$)",
+          "status", 503, times=GIVE_UP, after=nth))
   assert "error" not in result, result
   assert result["saved"] == [5, 10], result  # Resumed at 5, not 0.
 
 
-def test_persistent_listing_failure_is_an_error_and_changes_nothing(gcs):
-  result, before, path = _resume_under_fault(gcs, "outage",
+def test_persistent_listing_failure_is_an_error_and_changes_nothing(
+    gcs, trained_to_5):
+  result, before, path = _resume_under_fault(gcs, trained_to_5, "outage",
                                              _listing_fault(10_000))
   assert result["error"] == "StorageError", result
   assert "Storage kept failing while" in result["message"]
@@ -208,12 +232,13 @@ def test_persistent_listing_failure_is_an_error_and_changes_nothing(gcs):
     (401, r"model\.ckpt-5\.index"),
     (403, r"model\.ckpt-\d+\.(data|index)"),  # Every checkpoint.
 ])
-def test_refused_checkpoint_read_is_refused_not_broken(gcs, status, what):
+def test_refused_checkpoint_read_is_refused_not_broken(gcs, trained_to_5,
+                                                       status, what):
   """Access refused on the newest (or every) checkpoint says so and trains
   nothing: it is not a broken checkpoint to fall back from."""
-  result, before, path = _resume_under_fault(gcs, f"refused{status}",
-                                             lambda prefix: Fault(
-      "GET", what, "status", status, times=10_000))
+  result, before, path = _resume_under_fault(
+      gcs, trained_to_5, f"refused{status}", lambda prefix: Fault(
+          "GET", what, "status", status, times=10_000))
   assert result.get("error") == "StorageError", result
   assert "refused" in result["message"], result
   assert "credentials" in result["message"], result
