@@ -74,6 +74,19 @@ def test_estimator_prints_every_measure_against_the_baseline():
       result.stdout)
 
 
+@pytest.mark.parametrize("repeat, order", [
+    (0, ["baseline", "ipl=10", "ipl=100"]),
+    (1, ["ipl=100", "ipl=10", "baseline"]),
+    (2, ["baseline", "ipl=10", "ipl=100"]),
+    (7, ["ipl=100", "ipl=10", "baseline"]),
+])
+def test_the_sides_take_turns_being_measured_first(repeat, order):
+  from scripts.bench import estimator  # pylint: disable=g-import-not-at-top
+  sides = ["baseline", "ipl=10", "ipl=100"]
+  assert estimator.in_turn(sides, repeat) == order
+  assert sides == ["baseline", "ipl=10", "ipl=100"]  # Not reordered.
+
+
 @pytest.mark.parametrize("steps, ipl, window", [
     (400, 10, (40, 390)),
     (400, 100, (100, 300)),

@@ -16,7 +16,9 @@ with default settings (resume_input='exact', checkpoints every 600 s) at
 `iterations_per_loop` 10 and 100, and, as the baseline, the same `model_fn`
 and `input_fn` in a `tf.compat.v1.train.MonitoredTrainingSession` running
 one step per `Session.run` (what TPUEstimator with use_tpu=False did), in
-the same process, runs interleaved. Reported, as ratios to the baseline:
+the same process, runs interleaved, in turn (the baseline first in even
+repeats, last in odd ones: whatever runs just before a measure affects
+it, the same for both sides). Reported, as ratios to the baseline:
 
 - steady steps/sec, both sides over the same steps: from the end of the
   first loop past the first tenth of the steps to the start of the last
@@ -54,7 +56,7 @@ import os
 import statistics
 import tempfile
 import time
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple, TypeVar
 
 from scripts.bench import _common  # Before TensorFlow.
 
@@ -68,6 +70,7 @@ import tensorflow.compat.v1 as tf
 # pylint: enable=g-import-not-at-top
 
 FLAGS = flags.FLAGS
+T = TypeVar("T")
 flags.DEFINE_list("programs", ["mnist", "resnet"], "Programs to run.")
 flags.DEFINE_integer("steps", 400, "Training steps per timed run.",
                      lower_bound=20)
@@ -160,6 +163,12 @@ class Times(tf.train.SessionRunHook):
     if rate is None:
       rate = self.steady_rate()
     return when - self.started - done / rate
+
+
+def in_turn(sides: List[T], repeat: int) -> List[T]:
+  """`sides` in the order measured in repeat `repeat`: as given in even
+  repeats, reversed in odd ones."""
+  return list(reversed(sides)) if repeat % 2 else list(sides)
 
 
 def steady_steps(steps: int, ipl: int) -> Tuple[int, int]:
@@ -292,7 +301,7 @@ def run_program(name: str, root: str) -> Dict[str, float]:
   for repeat in range(FLAGS.repeats):
     rates: Dict[str, Dict[int, float]] = {}
     runs = [("baseline", None)] + [(f"ipl={ipl}", ipl) for ipl in ipls]
-    for label, ipl in runs:
+    for label, ipl in in_turn(runs, repeat):
       model_dir = os.path.join(root, f"{label}_{repeat}")
       if ipl is None:
         times = train_baseline(model_fn, input_fn, batch, model_dir,
@@ -316,11 +325,11 @@ def run_program(name: str, root: str) -> Dict[str, float]:
     # train() also reads the next loop's input, which the baseline reads
     # in the steps after, and the last loop none.)
     for ipl in ipls:
-      for label, train in [
+      for label, train in in_turn([
           ("baseline", lambda directory, ipl=ipl: train_baseline(
               model_fn, input_fn, batch, directory, ipl)),
           (f"ipl={ipl}", lambda directory, ipl=ipl: train_ours(
-              model_fn, input_fn, batch, directory, ipl, ipl))]:
+              model_fn, input_fn, batch, directory, ipl, ipl))], repeat):
         secs = train(os.path.join(root, f"setup_{label}_{ipl}_{repeat}")
                      ).setup_secs(ipl, rates[label][ipl])
         note(f"{label} set-up {ipl}", secs)
@@ -328,16 +337,21 @@ def run_program(name: str, root: str) -> Dict[str, float]:
               f"train() of {ipl} steps", flush=True)
     # An evaluate -> train switch of one loop each, from the checkpoint.
     for ipl in ipls:
-      base = train_baseline(
-          model_fn, input_fn, batch, os.path.join(root, f"baseline_{repeat}"),
-          ipl, eval_fn=input_fn).call_secs()
-      ours = train_ours(
-          model_fn, input_fn, batch, os.path.join(root, f"ipl={ipl}_{repeat}"),
-          ipl, ipl, eval_fn=input_fn).call_secs()
-      note(f"baseline switch {ipl}", base)
-      note(f"ipl={ipl} switch", ours)
-      print(f"  {name} run {repeat}: switch {ours:.2f} s at ipl={ipl}, "
-            f"baseline {base:.2f} s", flush=True)
+      secs = {}
+      for label, switch in in_turn([
+          ("baseline", lambda ipl=ipl: train_baseline(
+              model_fn, input_fn, batch,
+              os.path.join(root, f"baseline_{repeat}"), ipl,
+              eval_fn=input_fn)),
+          ("ours", lambda ipl=ipl: train_ours(
+              model_fn, input_fn, batch,
+              os.path.join(root, f"ipl={ipl}_{repeat}"), ipl, ipl,
+              eval_fn=input_fn))], repeat):
+        secs[label] = switch().call_secs()
+      note(f"baseline switch {ipl}", secs["baseline"])
+      note(f"ipl={ipl} switch", secs["ours"])
+      print(f"  {name} run {repeat}: switch {secs['ours']:.2f} s at "
+            f"ipl={ipl}, baseline {secs['baseline']:.2f} s", flush=True)
 
   def median(key):
     return statistics.median(measured[key])
