@@ -90,9 +90,15 @@ def test_resumable_upload_location_points_back_at_google(gcs):
   assert (status, body) == (200, b"hello")
 
 
+def test_object_name_is_the_path_within_the_bucket(gcs):
+  assert gcs.object_name(f"gs://{gcs.bucket}/run-3/model") == "run-3/model"
+  with pytest.raises(ValueError, match="is not in"):
+    gcs.object_name("gs://another-bucket/run-3")
+
+
 def test_copy_prefix_copies_every_object_and_only_those(gcs):
-  source, other = gcs.new_path("copy-src"), gcs.new_path("copy-src")
-  source, other = (p[len(f"gs://{gcs.bucket}/"):] for p in (source, other))
+  source, other = (gcs.object_name(gcs.new_path("copy-src"))
+                   for _ in range(2))
   for name, body in [(f"{source}/a", b"one"), (f"{source}/d/b", b"two"),
                      (f"{other}/c", b"not copied")]:
     status, _, _ = _request(

@@ -36,7 +36,7 @@ def _worker(gcs, scenario, path, arg=None, env_changes=None):
 
 
 def _names(gcs, path):
-  prefix = path[len(f"gs://{gcs.bucket}/"):] + "/"
+  prefix = gcs.object_name(path) + "/"
   return [name[len(prefix):] for name in gcs.list_objects(prefix)]
 
 
@@ -52,8 +52,7 @@ def trained_to_5(gcs):
 def _copy(gcs, trained, name):
   """A new path holding a copy of the objects of `trained`."""
   path = gcs.new_path(name)
-  bucket = f"gs://{gcs.bucket}/"
-  copied = gcs.copy_prefix(trained[len(bucket):], path[len(bucket):])
+  copied = gcs.copy_prefix(gcs.object_name(trained), gcs.object_name(path))
   assert "checkpoint" in copied and "model.ckpt-5.index" in copied, copied
   return path
 
@@ -75,7 +74,7 @@ def test_train_rotate_resume_and_evaluate_on_gcs(gcs):
   resumed = _worker(gcs, "train", path, 30)
   assert resumed["saved"] == [20, 25, 30], resumed
   assert resumed["latest"] == f"{path}/model.ckpt-30"
-  state = gcs.read_object(path[len(f"gs://{gcs.bucket}/"):] + "/checkpoint")
+  state = gcs.read_object(gcs.object_name(path) + "/checkpoint")
   assert b'model_checkpoint_path: "model.ckpt-30"' in state
 
   evaluated = _worker(gcs, "evaluate", path)
@@ -168,7 +167,7 @@ def _resume_under_fault(gcs, trained, name, fault_for):
   the copy's path)."""
   path = _copy(gcs, trained, name)
   before = _names(gcs, path)
-  gcs.inject(fault_for(path[len(f"gs://{gcs.bucket}/"):]))
+  gcs.inject(fault_for(gcs.object_name(path)))
   try:
     return _worker(gcs, "train", path, 10), before, path
   finally:

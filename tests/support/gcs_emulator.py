@@ -350,6 +350,13 @@ class GcsEmulator:
       self._counter += 1
       return f"gs://{self.bucket}/{name}-{self._counter}"
 
+  def object_name(self, path: str) -> str:
+    """The object name (or prefix) of `gs://bucket/name` in this bucket."""
+    bucket = f"gs://{self.bucket}/"
+    if not path.startswith(bucket):
+      raise ValueError(f"{path!r} is not in {bucket!r}")
+    return path[len(bucket):]
+
   # Faults and observation.
 
   def inject(self, fault: Fault) -> None:
