@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 import tensorflow as tf
 
@@ -44,13 +45,27 @@ def _run_code(code):
 # as tf`), unedited.
 
 
+def _pretrained_embeddings(directory):
+  """(a checkpoint holding only `word_embeddings` [16, 8], its values), as
+  a pretrained BERT body for bert_style.py's `--init_checkpoint`."""
+  values = np.arange(16 * 8, dtype=np.float32).reshape(16, 8) / 100
+  with tf.Graph().as_default():
+    tf.compat.v1.get_variable("word_embeddings", initializer=values)
+    saver = tf.compat.v1.train.Saver()
+    with tf.compat.v1.Session() as session:
+      session.run(tf.compat.v1.global_variables_initializer())
+      return saver.save(session, os.path.join(directory, "pre.ckpt")), values
+
+
 @pytest.mark.system
 def test_bert_style_program_trains_and_evaluates_under_python_m_tpu_harness(
     tmp_path):
   output_dir = tmp_path / "output"
+  pretrained, values = _pretrained_embeddings(str(tmp_path))
   result = _run("-m", "tpu_harness", BERT_STYLE, f"--output_dir={output_dir}",
                 "--do_train", "--do_eval", "--num_train_steps=4",
-                "--save_checkpoints_steps=2", "--iterations_per_loop=2")
+                "--save_checkpoints_steps=2", "--iterations_per_loop=2",
+                f"--init_checkpoint={pretrained}")
   assert result.returncode == 0, result.stderr[-5000:]
   # The flags reached the program: it trained to 4, not its default 6.
   checkpoint = tf.train.latest_checkpoint(str(output_dir))
@@ -58,6 +73,11 @@ def test_bert_style_program_trains_and_evaluates_under_python_m_tpu_harness(
   reader = tf.train.load_checkpoint(checkpoint)
   assert reader.get_tensor("global_step") == 4
   assert reader.get_tensor("word_embeddings").shape == (16, 8)
+  # Training started from the pretrained embeddings (init_from_checkpoint
+  # in model_fn, off TPU) and moved on from them.
+  start = tf.train.load_checkpoint(str(output_dir / "model.ckpt-0"))
+  np.testing.assert_array_equal(start.get_tensor("word_embeddings"), values)
+  assert not np.array_equal(reader.get_tensor("word_embeddings"), values)
   results = dict(line.split(" = ") for line in
                  (output_dir / "eval_results.txt").read_text().splitlines())
   assert results["global_step"] == "4"

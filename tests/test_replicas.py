@@ -1,5 +1,7 @@
 """replicas: N emulated replicas behave as N TPU cores would."""
 
+import os
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -331,3 +333,83 @@ def test_a_variable_only_one_replica_makes_is_still_refused(tmp_path):
                      r"for every replica"):
     _train(tmp_path, shards=2, steps=1, model_fn=model_fn,
            iterations_per_loop=1)
+
+
+def _pretrained(directory):
+  """A checkpoint holding `bert/w` (all 0.25) and `bert/b` (3), as a
+  pretrained model's body; returns its path."""
+  with tf.Graph().as_default():
+    with tf.compat.v1.variable_scope("bert"):
+      tf.compat.v1.get_variable(
+          "w", initializer=np.full([NUM_FEATURES, 1], 0.25, np.float32))
+      tf.compat.v1.get_variable("b", initializer=np.full([1], 3.0,
+                                                         np.float32))
+    saver = tf.compat.v1.train.Saver()
+    with tf.compat.v1.Session() as session:
+      session.run(tf.compat.v1.global_variables_initializer())
+      return saver.save(session, os.path.join(directory, "bert_model.ckpt"))
+
+
+def _fine_tuning_model_fn(pretrained, assignment_map):
+  """BERT's fine-tuning off TPU: the body's variables initialized from
+  `pretrained` by tf.compat.v1.train.init_from_checkpoint in `model_fn`
+  itself, in every mode; a new head. EVAL's metric and PREDICT's
+  predictions are `bert/w[0, 0]` as the model holds it."""
+
+  def model_fn(features, labels, mode, params):
+    with tf.compat.v1.variable_scope("bert"):
+      w = tf.compat.v1.get_variable("w", [NUM_FEATURES, 1])
+      b = tf.compat.v1.get_variable("b", [1])
+    head = tf.compat.v1.get_variable("head", [1],
+                                     initializer=tf.ones_initializer())
+    tf.compat.v1.train.init_from_checkpoint(pretrained, assignment_map)
+    prediction = (tf.matmul(features, w) + b) * head
+    w00 = tf.fill(tf.shape(prediction)[:1], w[0, 0])
+    if mode == th.ModeKeys.PREDICT:
+      return th.ModelSpec(mode=mode, predictions={"w00": w00})
+    loss = tf.reduce_mean(tf.square(prediction - labels))
+    if mode == th.ModeKeys.EVAL:
+      return th.ModelSpec(mode=mode, loss=loss, eval_metrics=(
+          lambda w00: {"w00": tf.compat.v1.metrics.mean(w00)}, [w00]))
+    optimizer = th.CrossShardOptimizer(
+        tf.compat.v1.train.GradientDescentOptimizer(0.1))
+    return th.ModelSpec(mode=mode, loss=loss, train_op=optimizer.minimize(
+        loss, global_step=tf.compat.v1.train.get_global_step()))
+
+  return model_fn
+
+
+@pytest.mark.parametrize("shards,assignment_map", [
+    (1, {"bert/w": "bert/w", "bert/b": "bert/b"}),  # BERT's, by name.
+    (2, {"bert/": "bert/"}),  # By scope, on emulated cores.
+])
+def test_init_from_checkpoint_in_model_fn_initializes_once_outside_the_loop(
+    tmp_path, shards, assignment_map):
+  pretrained = _pretrained(str(tmp_path))
+  batch = 4 * shards
+  runner = th.Runner(
+      _fine_tuning_model_fn(pretrained, assignment_map),
+      th.RunConfig(str(tmp_path / "model"), iterations_per_loop=2,
+                   tpu=th.TPUConfig(num_shards=shards)),
+      train_batch_size=batch, eval_batch_size=batch,
+      predict_batch_size=batch)
+  x, y = data(n=16)
+  runner.train(train_input_fn(x, y), max_steps=4)
+  # The save at the session's start: the body from the pretrained
+  # checkpoint, the head as its own initializer made it.
+  start = tf.train.load_checkpoint(str(tmp_path / "model" / "model.ckpt-0"))
+  np.testing.assert_array_equal(start.get_tensor("bert/w"),
+                                np.full([NUM_FEATURES, 1], 0.25))
+  np.testing.assert_array_equal(start.get_tensor("bert/b"), [3.0])
+  np.testing.assert_array_equal(start.get_tensor("head"), [1.0])
+  # Then trained from there (not reset to the pretrained values each step).
+  trained = tf.train.load_checkpoint(runner.latest_checkpoint())
+  assert runner.latest_checkpoint().endswith("-4")
+  w00 = trained.get_tensor("bert/w")[0, 0]
+  assert abs(w00 - 0.25) > 1e-3
+  # Evaluation and prediction restore the trained model, not the pretrained.
+  metrics = runner.evaluate(train_input_fn(x, y, repeat=False), steps=2)
+  np.testing.assert_allclose(metrics["w00"], w00, rtol=1e-6)
+  predictions = list(runner.predict(train_input_fn(x, y, repeat=False)))
+  assert len(predictions) == 16
+  np.testing.assert_allclose([p["w00"] for p in predictions], w00, rtol=1e-6)

@@ -17,6 +17,16 @@ signature.
   a program may have bound the class at import (`from
   tensorflow.compat.v1.tpu import CrossShardOptimizer`, a `contrib_tpu`
   alias), or built the optimizer outside `model_fn`.
+- BERT-style programs call `tf.compat.v1.train.init_from_checkpoint` in
+  `model_fn` itself (with `use_tpu=False`; `scaffold_fn` on a TPU). It
+  replaces the initializers of the variables it maps with ops it builds in
+  the default graph, which in the emulation's loop is the loop body's: the
+  session's initialization failed (its initializers in two graphs, the
+  error naming neither the call nor the fix). While the replicas are
+  built, its worker (private `checkpoint_utils._init_from_checkpoint`,
+  which every way of calling it goes through) runs under
+  `tf.init_scope()`, in the graph that holds the variables and their other
+  initializers, as TPUEstimator's `model_fn` ran off TPU.
 - Within a step, reads of the global step in `model_fn` are made to run
   before its increment (`reads_before_update`), so they see the value from
   before the step, every time.
@@ -65,7 +75,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from typing import Callable, List, Set, Tuple
+from typing import Callable, Iterator, List, Set, Tuple
 
 import tensorflow as tf
 from tensorflow.python.data.experimental.ops import shuffle_ops  # pylint: disable=g-direct-tensorflow-import
@@ -79,6 +89,7 @@ from tensorflow.python.tpu import functional as tpu_functional  # pylint: disabl
 from tensorflow.python.tpu import tpu as tpu_lib  # pylint: disable=g-direct-tensorflow-import
 from tensorflow.python.tpu.ops import tpu_ops  # pylint: disable=g-direct-tensorflow-import
 from tensorflow.python.tpu import tpu_optimizer  # pylint: disable=g-direct-tensorflow-import
+from tensorflow.python.training import checkpoint_utils  # pylint: disable=g-direct-tensorflow-import
 
 
 def summary_writer_init_ops() -> List[tf.Operation]:
@@ -126,6 +137,24 @@ def cross_shard_optimizer_as(factory: Callable) -> None:
   finally:
     for name, method in saved.items():
       setattr(cls, name, method)
+
+
+@contextlib.contextmanager
+def checkpoint_initializers_outside() -> Iterator[None]:
+  """Within the block, `tf.compat.v1.train.init_from_checkpoint` (however
+  it is called) builds the initializers it sets in the outermost graph,
+  where the variables are, not in a loop's body."""
+  saved = checkpoint_utils._init_from_checkpoint  # pylint: disable=protected-access
+
+  def outside(ckpt_dir_or_file, assignment_map):
+    with tf.init_scope():
+      return saved(ckpt_dir_or_file, assignment_map)
+
+  checkpoint_utils._init_from_checkpoint = outside  # pylint: disable=protected-access
+  try:
+    yield
+  finally:
+    checkpoint_utils._init_from_checkpoint = saved  # pylint: disable=protected-access
 
 
 def reads_before_update(variable: tf.Variable,

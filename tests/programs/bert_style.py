@@ -14,9 +14,13 @@ as
 
 which installs `tpu_harness.estimator` as `tf.estimator` first. The data is
 synthetic: sequences of token ids whose label is whether token 1 occurs in
-them.
+them. With `--init_checkpoint`, the variables that checkpoint holds start
+from its values, set in `model_fn` by `tf.train.init_from_checkpoint` as
+BERT's fine-tuning sets its pretrained body: directly off TPU, in
+`scaffold_fn` with `--use_tpu`.
 """
 
+import collections
 import os
 
 import numpy as np
@@ -29,6 +33,8 @@ flags.DEFINE_string("output_dir", None, "Checkpoints, events and "
                     "eval_results.txt.")
 flags.DEFINE_bool("do_train", False, "Train.")
 flags.DEFINE_bool("do_eval", False, "Evaluate the trained model.")
+flags.DEFINE_string("init_checkpoint", None, "A pretrained checkpoint to "
+                    "start the variables it holds from.")
 flags.DEFINE_integer("max_seq_length", 8, "Tokens per example.")
 flags.DEFINE_integer("vocab_size", 16, "Token ids are below this.")
 flags.DEFINE_integer("hidden_size", 8, "Embedding width.")
@@ -71,7 +77,15 @@ def create_model(input_ids, num_labels, is_training):
   return tf.layers.dense(pooled, num_labels, name="classifier")
 
 
-def model_fn_builder(num_labels, learning_rate, use_tpu):
+def pretrained_names(variables, init_checkpoint):
+  """{name: name} for each of `variables` that `init_checkpoint` holds."""
+  wanted = {variable.name.split(":")[0] for variable in variables}
+  return collections.OrderedDict(
+      (name, name) for name, _ in tf.train.list_variables(init_checkpoint)
+      if name in wanted)
+
+
+def model_fn_builder(num_labels, learning_rate, use_tpu, init_checkpoint):
   """The `model_fn` closure, as BERT's run_classifier builds it."""
 
   def model_fn(features, labels, mode, params):
@@ -82,6 +96,20 @@ def model_fn_builder(num_labels, learning_rate, use_tpu):
     logits = create_model(input_ids, num_labels, is_training)
     loss = tf.losses.sparse_softmax_cross_entropy(label_ids, logits)
 
+    scaffold_fn = None
+    if init_checkpoint:
+      assignment_map = pretrained_names(tf.trainable_variables(),
+                                        init_checkpoint)
+      if use_tpu:
+
+        def tpu_scaffold():
+          tf.train.init_from_checkpoint(init_checkpoint, assignment_map)
+          return tf.train.Scaffold()
+
+        scaffold_fn = tpu_scaffold
+      else:
+        tf.train.init_from_checkpoint(init_checkpoint, assignment_map)
+
     if mode == tf.estimator.ModeKeys.TRAIN:
       optimizer = tf.train.AdamOptimizer(learning_rate)
       if use_tpu:
@@ -89,7 +117,7 @@ def model_fn_builder(num_labels, learning_rate, use_tpu):
       train_op = optimizer.minimize(
           loss, global_step=tf.train.get_or_create_global_step())
       return tf.estimator.tpu.TPUEstimatorSpec(
-          mode=mode, loss=loss, train_op=train_op)
+          mode=mode, loss=loss, train_op=train_op, scaffold_fn=scaffold_fn)
     if mode == tf.estimator.ModeKeys.EVAL:
 
       def metric_fn(label_ids, logits):
@@ -98,10 +126,11 @@ def model_fn_builder(num_labels, learning_rate, use_tpu):
                                                      predictions)}
 
       return tf.estimator.tpu.TPUEstimatorSpec(
-          mode=mode, loss=loss, eval_metrics=(metric_fn,
-                                              [label_ids, logits]))
+          mode=mode, loss=loss, scaffold_fn=scaffold_fn,
+          eval_metrics=(metric_fn, [label_ids, logits]))
     return tf.estimator.tpu.TPUEstimatorSpec(
-        mode=mode, predictions={"probabilities": tf.nn.softmax(logits)})
+        mode=mode, predictions={"probabilities": tf.nn.softmax(logits)},
+        scaffold_fn=scaffold_fn)
 
   return model_fn
 
@@ -143,7 +172,8 @@ def main(_):
           per_host_input_for_training=is_per_host))
   estimator = tf.estimator.tpu.TPUEstimator(
       use_tpu=FLAGS.use_tpu,
-      model_fn=model_fn_builder(2, FLAGS.learning_rate, FLAGS.use_tpu),
+      model_fn=model_fn_builder(2, FLAGS.learning_rate, FLAGS.use_tpu,
+                                FLAGS.init_checkpoint),
       config=run_config,
       train_batch_size=FLAGS.train_batch_size,
       eval_batch_size=FLAGS.eval_batch_size,

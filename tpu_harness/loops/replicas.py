@@ -35,6 +35,10 @@ means:
   has its own copy of them.
 - A `tf.Variable` whose initial value is computed inside the loop cannot be
   created there; the error says so in the user's terms.
+- `tf.compat.v1.train.init_from_checkpoint` called in `model_fn` (BERT's
+  fine-tuning off TPU) sets the variables' initializers outside the loop,
+  where they run once when there is no checkpoint to restore, as off TPU
+  with TPUEstimator.
 """
 
 from __future__ import annotations
@@ -95,7 +99,8 @@ def building(group: Group, index: int, mode: str) -> Iterator[None]:
             tf.compat.v1.get_variable_scope(), reuse=reuse,
             custom_getter=_getter(group, index, own_state)), \
         tf.variable_creator_scope(_creator(group, index, first, own_state)), \
-        _tf_internals.cross_shard_optimizer_as(_cross_shard_optimizer):
+        _tf_internals.cross_shard_optimizer_as(_cross_shard_optimizer), \
+        _tf_internals.checkpoint_initializers_outside():
       yield
     if group.count > 1 and not first and group.cursor != len(group.created):
       raise ValueError(
