@@ -50,6 +50,44 @@ def test_mean_of_replica_gradients_equals_full_batch_gradient(replicas):
   assert not np.allclose(w_one, np.ones([3, 1]))
 
 
+def _apply_step(replicas, learning_rate):
+  """One SGD step on X, Y split across `replicas`, with gradients computed
+  by tf.gradients and passed to apply_gradients, as BERT's optimizer does;
+  returns w."""
+  global_step = tf.compat.v1.train.get_or_create_global_step()
+  ops = []
+  with cross_shard.replica_group(replicas) as replica:
+    for index, (x, y) in enumerate(zip(np.split(X, replicas),
+                                       np.split(Y, replicas))):
+      with replica(index), tf.compat.v1.variable_scope(
+          "m", reuse=tf.compat.v1.AUTO_REUSE):
+        loss = _loss(x, y)
+        w = tf.compat.v1.get_variable("w")
+        optimizer = CrossShardOptimizer(
+            tf.compat.v1.train.GradientDescentOptimizer(learning_rate))
+        ops.append(optimizer.apply_gradients(
+            zip(tf.gradients(loss, [w]), [w]), global_step=global_step))
+  with tf.compat.v1.Session() as session:
+    session.run(tf.compat.v1.global_variables_initializer())
+    session.run(ops)
+    return session.run(w)
+
+
+@pytest.mark.parametrize("replicas", [2, 4])
+def test_gradients_given_to_apply_gradients_are_summed_as_on_tpu_cores(
+    replicas):
+  # TF's TPU CrossShardOptimizer sums in apply_gradients; only its
+  # compute_gradients divides the loss by the replicas. Each replica's
+  # gradient of its mean loss, summed: one replica's step at N times the
+  # rate.
+  with tf.Graph().as_default():
+    w_one = _apply_step(1, 0.5 * replicas)
+  with tf.Graph().as_default():
+    w_many = _apply_step(replicas, 0.5)
+  np.testing.assert_allclose(w_many, w_one, rtol=1e-5)
+  assert not np.allclose(w_one, np.ones([3, 1]))
+
+
 def _two_optimizer_step(replicas):
   """One step of two optimizers on two variables (w by SGD, advancing the
   global step; b by Adam), X, Y split across `replicas`; returns (w, b,

@@ -5,7 +5,7 @@ Public surface::
   Runner                 train / evaluate / predict
   RunConfig, TPUConfig   frozen, validated configuration
   ModelSpec, ModeKeys    the model_fn contract
-  CrossShardOptimizer    gradient averaging across replicas
+  CrossShardOptimizer    gradients combined across replicas
   DeviceLoop, BuiltLoop  the interface a device implementation provides
   CpuEmulationLoop       the local CPU implementation
   TpuLoop                the tf.compat.v1.tpu implementation

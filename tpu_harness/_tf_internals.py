@@ -12,8 +12,8 @@ signature.
   `tf.compat.v1.tpu.CrossShardOptimizer`, whose gradient all-reduce is a TPU
   op with no CPU kernel. While the CPU emulation builds its replicas, that
   class's `compute_gradients` and `apply_gradients` go through
-  `tpu_harness.CrossShardOptimizer`, which averages the replicas' gradients
-  on CPU. The class itself is patched, not the public name that exports it:
+  `tpu_harness.CrossShardOptimizer`, which combines the replicas' gradients
+  on CPU as the all-reduce would. The class itself is patched, not the public name that exports it:
   a program may have bound the class at import (`from
   tensorflow.compat.v1.tpu import CrossShardOptimizer`, a `contrib_tpu`
   alias), or built the optimizer outside `model_fn`.

@@ -1,11 +1,16 @@
-"""Gradient averaging across replicas, for the CPU emulation of a TPU loop.
+"""Gradients combined across replicas, for the CPU emulation of a TPU loop.
 
 On a TPU each replica runs the same step on its slice of the batch and
 `tf.compat.v1.tpu.CrossShardOptimizer` sums gradients with a cross-replica
-all-reduce. Locally the runner builds each replica's step in turn, on its own
-virtual CPU device, inside one loop body. `CrossShardOptimizer` then collects
-the gradients of every replica and applies their mean once, in the
-`apply_gradients` of the replica built last; the others' are no-ops. The
+all-reduce in `apply_gradients`; with reduction MEAN (the default) its
+`compute_gradients` first divides each replica's loss by the number of
+replicas, so that `minimize()` applies the mean, while gradients computed
+otherwise (`tf.gradients`) and passed to `apply_gradients` are summed, as
+BERT's optimizer passes them. Locally the runner builds each replica's step
+in turn, on its own virtual CPU device, inside one loop body.
+`CrossShardOptimizer` does the same division, collects the gradients of
+every replica and applies their sum once, in the `apply_gradients` of the
+replica built last; the others' are no-ops. The
 CPU emulation builds replica 0 last, so that, as on a TPU, replica 0 reads
 the global step after the update once its own train op is built. What the
 wrapped optimizer creates as it applies them (slots, Adam's `beta1_power`
@@ -133,7 +138,9 @@ def require_used(used: bool, training: bool, num_shards: int,
 
 
 class CrossShardOptimizer(tf.compat.v1.train.Optimizer):
-  """Averages gradients across replicas, then applies the wrapped optimizer.
+  """Combines gradients across replicas as TF's TPU CrossShardOptimizer
+  does (`compute_gradients` divides the loss by the replicas for MEAN,
+  `apply_gradients` sums), then applies the wrapped optimizer.
 
   Wrap the optimizer inside `model_fn`::
 
@@ -150,8 +157,11 @@ class CrossShardOptimizer(tf.compat.v1.train.Optimizer):
     Args:
       optimizer: the optimizer to apply the combined gradients with.
       name: the optimizer's name.
-      reduction: MEAN averages the replicas' gradients, SUM adds them (as
-        `tf.compat.v1.tpu.CrossShardOptimizer`'s `reduction`).
+      reduction: MEAN: `minimize()` applies the mean of the replicas'
+        gradients (`compute_gradients` divides each replica's loss by
+        their number); SUM: their sum. Either way `apply_gradients` sums
+        the gradients it is given, as
+        `tf.compat.v1.tpu.CrossShardOptimizer`'s `reduction` does.
 
     Raises:
       TypeError: `optimizer` is not a tf.compat.v1.train.Optimizer.
@@ -181,6 +191,9 @@ class CrossShardOptimizer(tf.compat.v1.train.Optimizer):
       context.used = True
       return self._tpu_optimizer().compute_gradients(loss, var_list=var_list,
                                                      **kwargs)
+    if (context is not None and context.count > 1
+        and self._reduction == tf.compat.v1.losses.Reduction.MEAN):
+      loss = _scaled(loss, 1.0 / context.count)
     return self._optimizer.compute_gradients(loss, var_list=var_list, **kwargs)
 
   def apply_gradients(self, grads_and_vars, global_step=None, name=None):
@@ -210,17 +223,14 @@ class CrossShardOptimizer(tf.compat.v1.train.Optimizer):
     collected.replicas += 1
     if collected.replicas < context.count:
       return tf.no_op(name="collect_replica_gradients")
-    averaged = []
+    summed = []
     for key, grads in collected.grads.items():
       if len(grads) != context.count:
         raise ValueError(
             f"Variable {collected.variables[key].name} got gradients from "
             f"{len(grads)} of {context.count} replicas; every replica must "
             f"compute the same gradients.")
-      total = tf.add_n(grads)
-      averaged.append((
-          total if self._reduction == tf.compat.v1.losses.Reduction.SUM
-          else total / float(context.count), collected.variables[key]))
+      summed.append((tf.add_n(grads), collected.variables[key]))
     collected.grads.clear()
     context.applying = True
     try:
@@ -230,7 +240,7 @@ class CrossShardOptimizer(tf.compat.v1.train.Optimizer):
       # whatever the number of replicas, so checkpoints restore across them.
       with tf.compat.v1.name_scope(collected.scope + "/" if collected.scope
                                    else None):
-        return self._optimizer.apply_gradients(averaged, global_step, name)
+        return self._optimizer.apply_gradients(summed, global_step, name)
     finally:
       context.applying = False
 
@@ -242,3 +252,10 @@ class CrossShardOptimizer(tf.compat.v1.train.Optimizer):
 
   def variables(self):
     return self._optimizer.variables()
+
+
+def _scaled(loss, scale: float):
+  """`loss` (a tensor, or a callable returning one) times `scale`."""
+  if callable(loss):
+    return lambda: loss() * scale
+  return loss * scale

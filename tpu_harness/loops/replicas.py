@@ -6,7 +6,8 @@ replica, each on its own virtual CPU device, and must reproduce what that
 means:
 
 - Trainable variables are shared (`get_variable` under AUTO_REUSE); their
-  gradients are averaged across replicas by `CrossShardOptimizer`, and
+  gradients are combined across replicas by `CrossShardOptimizer` as on a
+  TPU (`minimize()` averages them), and
   `tf.compat.v1.tpu.CrossShardOptimizer` is mapped to it while the replicas
   are built (a TPU all-reduce has no CPU kernel).
 - Non-gradient state (batch-norm moving averages, EMA shadows: variables
