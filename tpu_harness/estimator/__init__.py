@@ -9,7 +9,10 @@ tf_estimator` in TPUEstimator programs::
     tf_estimator.export.{PredictOutput, ClassificationOutput,
                          RegressionOutput, ServingInputReceiver},
     tf_estimator.tpu.{TPUEstimator, TPUEstimatorSpec, RunConfig, TPUConfig,
-                      InputPipelineConfig}
+                      InputPipelineConfig},
+    tf_estimator.{SessionRunHook, SessionRunArgs, LoggingTensorHook, ...}
+      (TF's own `tf.compat.v1.train` hook classes, as TF's estimator
+      exported them)
 
 MIGRATING.md lists every TPUEstimator name and what it maps to.
 """
@@ -18,11 +21,35 @@ from tpu_harness.estimator import export
 from tpu_harness.estimator import tpu
 from tpu_harness.estimator._config import RunConfig
 from tpu_harness.estimator._estimator import Estimator
+from tpu_harness.estimator._hooks import CheckpointSaverHook
+from tpu_harness.estimator._hooks import CheckpointSaverListener
+from tpu_harness.estimator._hooks import FeedFnHook
+from tpu_harness.estimator._hooks import FinalOpsHook
+from tpu_harness.estimator._hooks import GlobalStepWaiterHook
+from tpu_harness.estimator._hooks import LoggingTensorHook
+from tpu_harness.estimator._hooks import NanLossDuringTrainingError
+from tpu_harness.estimator._hooks import NanTensorHook
+from tpu_harness.estimator._hooks import ProfilerHook
+from tpu_harness.estimator._hooks import SecondOrStepTimer
+from tpu_harness.estimator._hooks import SessionRunArgs
+from tpu_harness.estimator._hooks import SessionRunContext
+from tpu_harness.estimator._hooks import SessionRunHook
+from tpu_harness.estimator._hooks import SessionRunValues
+from tpu_harness.estimator._hooks import StepCounterHook
+from tpu_harness.estimator._hooks import StopAtStepHook
+from tpu_harness.estimator._hooks import SummarySaverHook
 from tpu_harness.estimator._spec import EstimatorSpec
 from tpu_harness.estimator._training import EvalSpec
 from tpu_harness.estimator._training import train_and_evaluate
 from tpu_harness.estimator._training import TrainSpec
 from tpu_harness.spec import ModeKeys
 
-__all__ = ["EvalSpec", "Estimator", "EstimatorSpec", "ModeKeys", "RunConfig",
-           "TrainSpec", "export", "tpu", "train_and_evaluate"]
+__all__ = [
+    "CheckpointSaverHook", "CheckpointSaverListener", "EvalSpec",
+    "Estimator", "EstimatorSpec", "FeedFnHook", "FinalOpsHook",
+    "GlobalStepWaiterHook", "LoggingTensorHook", "ModeKeys",
+    "NanLossDuringTrainingError", "NanTensorHook", "ProfilerHook",
+    "RunConfig", "SecondOrStepTimer", "SessionRunArgs", "SessionRunContext",
+    "SessionRunHook", "SessionRunValues", "StepCounterHook",
+    "StopAtStepHook", "SummarySaverHook", "TrainSpec", "export", "tpu",
+    "train_and_evaluate"]
