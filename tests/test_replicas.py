@@ -251,25 +251,6 @@ def _optimizer_model_fn(name, shared=None):
   return model_fn
 
 
-@pytest.fixture(params=["no loop", "v1 loop", "v2 loop"])
-def step_graph(request):
-  """How the steps are built: in the graph itself (iterations_per_loop=1),
-  in a v1 tf.while_loop (as after tf.compat.v1.disable_v2_behavior()), or
-  in a v2 one; returns iterations_per_loop. In the first two, an
-  optimizer's variables are made inside the replica that applies the
-  gradients; in a v2 loop, outside the loop."""
-  if request.param != "v1 loop":
-    yield 1 if request.param == "no loop" else 3
-    return
-  was_v2 = tf.compat.v1.control_flow_v2_enabled()
-  tf.compat.v1.disable_control_flow_v2()
-  try:
-    yield 3
-  finally:
-    if was_v2:
-      tf.compat.v1.enable_control_flow_v2()
-
-
 def _all_variables(reader):
   """Every variable a checkpoint holds but the input's position."""
   return {name: reader.get_tensor(name)

@@ -23,7 +23,8 @@ from tpu_harness.loops.device_loop import BuiltLoop
 def run_loops(loop: BuiltLoop, session, steps: Optional[int],
               iterations_per_loop: int, clock: Callable[[], float],
               stop: Callable[[], bool] = lambda: False,
-              first_requested: bool = False
+              first_requested: bool = False,
+              feed: Optional[Callable[[int, int], Optional[Dict]]] = None
               ) -> Iterator[Tuple[int, Dict[str, Any], float]]:
   """Runs loops until `steps` (or the input) is done, or `stop()`.
 
@@ -40,6 +41,8 @@ def run_loops(loop: BuiltLoop, session, steps: Optional[int],
     first_requested: the first loop's steps, min(iterations_per_loop,
       steps), were requested already (`background_start.BackgroundStart(
       first_request=...)`).
+    feed: `feed(steps done before the run, steps of the run)`: more of the
+      run's feed, or None.
 
   Yields:
     (steps run, the run's results, seconds the run took) per loop.
@@ -63,10 +66,12 @@ def run_loops(loop: BuiltLoop, session, steps: Optional[int],
         ipl if steps is None else min(ipl, steps - done))
     if requested:
       loop.infeed.request(requested)
+    feed_dict = dict(feed(done - count, count) or {}) if feed else {}
+    if count != default:
+      feed_dict[loop.iterations] = count
     started = clock()
     try:
-      results = session.run(loop.fetches, feed_dict=(
-          None if count == default else {loop.iterations: count}))
+      results = session.run(loop.fetches, feed_dict=feed_dict or None)
     except (tf.errors.OutOfRangeError, tf.errors.CancelledError):
       # A streamed input that failed closed the queue under the loop; say
       # why (a MonitoredSession would take OutOfRangeError for the end).

@@ -8,7 +8,8 @@ Per training loop (one `Session.run` of up to `iterations_per_loop` steps)::
   hooks.before_run             # every hook, steps_per_run = iterations_per_loop
   session.run(loop, iterations=n)   # n steps on the device, outfeed back
   hooks.after_run              # saves, step counting, stop at max_steps
-  log: step, loss, steps/sec, examples/sec; write loss; run host_call
+  log: step, loss, steps/sec, examples/sec; write loss (and model_fn's
+  summaries, at a loop that reaches save_summary_steps); run host_call
 
 The last loop is shortened so training stops exactly at `max_steps`.
 `tpu_harness.Runner.train` checks the arguments, claims the lease on
@@ -45,6 +46,7 @@ from tpu_harness._run.nan_loss import NanLossHook
 from tpu_harness._run.preemption import PreemptionWatcher
 from tpu_harness.config import RunConfig
 from tpu_harness.loops import device_loop
+from tpu_harness.loops import summaries
 from tpu_harness.loops.device_loop import BuiltLoop
 from tpu_harness.loops.device_loop import LOSS
 
@@ -318,9 +320,20 @@ def _train_loops(job: Job, session, loop: BuiltLoop, request: TrainRequest,
   def stop():
     return session.should_stop() or preemption.requested or lease.lost
 
+  every = job.config.save_summary_steps
+  start = step
+
+  def summary_feed(done: int, count: int):
+    first, last = start + done + 1, start + done + count
+    if loop.summaries is None or not summaries.due(first, last, every,
+                                                   last_step):
+      return None
+    return loop.summaries.feed(last)
+
   for count, results, elapsed in host_loop.run_loops(
       loop, session, last_step - step, job.config.iterations_per_loop,
-      job.clock, stop, first_requested=_first_loop(job, request) > 0):
+      job.clock, stop, first_requested=_first_loop(job, request) > 0,
+      feed=summary_feed):
     loop_secs.add(elapsed)
     end_step = int(results["end_step"])
     if end_step - step != count:
@@ -349,7 +362,8 @@ def _train_loops(job: Job, session, loop: BuiltLoop, request: TrainRequest,
 
 def _report(config: RunConfig, outfeed, start, end, elapsed, batch_size,
             last_step, writer) -> None:
-  """The progress line, and the loss summary every save_summary_steps."""
+  """The progress line, the loss summary every save_summary_steps, and
+  `model_fn`'s summaries where the loop computed them (its last step)."""
   losses = outfeed[LOSS]
   steps = end - start
   rate = steps / elapsed if elapsed > 0 else float("inf")
@@ -362,6 +376,9 @@ def _report(config: RunConfig, outfeed, start, end, elapsed, batch_size,
     writer.add_summary(tf.compat.v1.Summary(value=[
         tf.compat.v1.Summary.Value(tag="loss",
                                    simple_value=losses[offset])]), step)
+  made = outfeed.get(summaries.SUMMARY)
+  if made is not None and len(made) and made[-1]:
+    writer.add_summary(made[-1], end)
 
 
 def _events_files(model_dir: str) -> set:

@@ -51,6 +51,7 @@ from tpu_harness.loops.eval_metrics import EvalMetrics
 from tpu_harness.loops.hook_tensors import HookTensors
 from tpu_harness.loops.host_call import HostCall
 from tpu_harness.loops.step_input import make_input
+from tpu_harness.loops.summaries import LoopSummaries
 from tpu_harness.tpu import pod
 
 
@@ -183,7 +184,8 @@ class CpuEmulationLoop(LoopBuilder):
                                 else None))
 
   def _replicas(self, model_fn: Callable, element: Any, mode: str,
-                params: Dict[str, Any], stacked: bool
+                params: Dict[str, Any], stacked: bool,
+                summaries: Optional[List[tf.Tensor]] = None
                 ) -> List[spec_lib.ModelSpec]:
     return replicas_lib.call_replicas(
         model_fn, element, mode, params, self._num_shards, stacked,
@@ -191,7 +193,8 @@ class CpuEmulationLoop(LoopBuilder):
                   for index in range(self._num_shards)]
                  if self._hosts else None),
         variable_device=self.variable_device,
-        cores_per_host=self._cores if self._hosts else None)
+        cores_per_host=self._cores if self._hosts else None,
+        summaries=summaries)
 
   def _mean_loss(self, specs: List[spec_lib.ModelSpec]) -> tf.Tensor:
     if len(specs) == 1:
@@ -267,15 +270,21 @@ class CpuEmulationLoop(LoopBuilder):
                     dynamic: bool = False) -> tuple:
     """The replicas' `model_fn` on a step's element; returns their specs
     and what every mode sends out: the mean loss, the host_call's and the
-    hooks' tensors (the host_call, hook tensors and replica 0's spec go in
-    `holder`). `dynamic`: the batch has no fixed size; hook tensors of no
-    static shape are sent too."""
+    hooks' tensors, and in TRAIN one replica's summaries (the host_call, hook
+    tensors, summaries and replica 0's spec go in `holder`). `dynamic`: the
+    batch has no fixed size; hook tensors of no static shape are sent
+    too."""
+    summaries = [] if mode == spec_lib.ModeKeys.TRAIN else None
     specs = self._replicas(model_fn, element, mode, params,
-                           stacked=self._cores > 1)
+                           stacked=self._cores > 1, summaries=summaries)
     holder["spec"] = specs[0]
     values = {LOSS: self._mean_loss(specs)}
     values.update(self._host_call(specs, holder))
     values.update(_hook_tensors(specs[0], holder, dynamic))
+    if summaries:
+      holder["summaries"] = LoopSummaries()
+      values.update(holder["summaries"].outfeed(
+          summaries, tf.compat.v1.train.get_global_step()))
     return specs, values
 
   def _build_train(self, model_fn, input_fn, params, skip_steps, max_steps,
@@ -296,7 +305,8 @@ class CpuEmulationLoop(LoopBuilder):
     with tf.control_dependencies(list(stacked.values())):
       end_step = global_step.read_value()
     return self._built(infeed, iterations,
-                       {"outfeed": stacked, "end_step": end_step}, holder)
+                       {"outfeed": stacked, "end_step": end_step}, holder,
+                       summaries=holder.get("summaries"))
 
   def build_eval(self, model_fn, input_fn, params, steps=None):
     with tf.device(self.variable_device):

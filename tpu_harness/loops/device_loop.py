@@ -59,6 +59,9 @@ class BuiltLoop:
       host_call's summary writers), run before the runner's own.
     spec: the first replica's ModelSpec (its scaffold_fn, hooks and
       export outputs).
+    summaries: TRAIN: the `summaries.LoopSummaries` of the
+      `tf.compat.v1.summary` ops `model_fn` made, or None (none made, or a
+      loop that does not send them).
   """
   infeed: Infeed
   iterations: tf.Tensor
@@ -67,6 +70,7 @@ class BuiltLoop:
   metrics: Optional[Any] = None
   hooks: Tuple[tf.compat.v1.train.SessionRunHook, ...] = ()
   spec: Optional[Any] = None
+  summaries: Optional[Any] = None
 
 
 class DeviceLoop(abc.ABC):

@@ -18,12 +18,15 @@ means:
   variable from every replica in turn would compound the momentum: 0.9 acting
   like 0.81 with two replicas.) In EVAL and PREDICT every replica reads the
   real, restored variables.
-- `tf.compat.v1.GraphKeys.UPDATE_OPS` and `LOSSES` hold, while a
-  replica's `model_fn` runs, only that replica's update ops and losses, so
-  its train op depends on its own updates and `tf.compat.v1.losses.
-  get_total_loss()` sums its own losses (not those of every replica built
-  before it). `REGULARIZATION_LOSSES` stay shared: they are added once,
-  when the shared variables are created, and belong to every replica.
+- `tf.compat.v1.GraphKeys.UPDATE_OPS`, `LOSSES` and `SUMMARIES` hold,
+  while a replica's `model_fn` runs, only that replica's update ops, losses
+  and summaries, so its train op depends on its own updates,
+  `tf.compat.v1.losses.get_total_loss()` sums its own losses and
+  `tf.compat.v1.summary.merge_all()` merges its own summaries (not those of
+  every replica built before it). Afterwards the summaries are not in the
+  collection (`tpu_harness.loops.summaries` writes one replica's).
+  `REGULARIZATION_LOSSES` stay shared: they are added once, when the
+  shared variables are created, and belong to every replica.
 - Variables created directly (`tf.Variable`, graph-mode `tf.keras` layers,
   which create new ones on every call) are shared too: those the
   first-built replica creates are handed, in the same order, to the others.
@@ -57,7 +60,8 @@ from tpu_harness.spec import ModeKeys
 
 # Collections each replica sees only its own entries of, while it is built.
 _PER_REPLICA = (tf.compat.v1.GraphKeys.UPDATE_OPS,
-                tf.compat.v1.GraphKeys.LOSSES)
+                tf.compat.v1.GraphKeys.LOSSES,
+                tf.compat.v1.GraphKeys.SUMMARIES)
 
 
 class Group:
@@ -110,8 +114,12 @@ def building(group: Group, index: int, mode: str) -> Iterator[None]:
           f"{len(group.created)}: `model_fn` must build the same variables "
           f"for every replica.")
   finally:
-    for ref, earlier in zip(refs, before):
-      ref[:] = earlier + list(ref)
+    for key, ref, earlier in zip(_PER_REPLICA, refs, before):
+      # The replicas' summaries are left out: in a loop they cannot be
+      # merged outside it (Scaffold's default `merge_all()`: v1 control
+      # flow refuses it), and the loop sends one replica's out itself.
+      ref[:] = earlier + ([] if key == tf.compat.v1.GraphKeys.SUMMARIES
+                          else list(ref))
 
 
 def _is_state(variable: tf.Variable, trainable: object) -> bool:
@@ -234,7 +242,8 @@ def call_replicas(model_fn: Callable, element: Any, mode: str,
                   params: Dict[str, Any], num_shards: int, stacked: bool,
                   devices: Optional[Sequence[str]] = None,
                   variable_device: str = "",
-                  cores_per_host: Optional[int] = None
+                  cores_per_host: Optional[int] = None,
+                  summaries: Optional[List[tf.Tensor]] = None
                   ) -> List[spec_lib.ModelSpec]:
   """Calls `model_fn` once per replica on its slice of `element` (or on
   `element` itself when it is not `stacked` by replica), each in the
@@ -245,6 +254,8 @@ def call_replicas(model_fn: Callable, element: Any, mode: str,
   On a pod (`cores_per_host`), `element` holds one stacked element per
   host and replica i takes its part of host i // cores_per_host's; each
   replica runs on `devices[i]`, the variables on `variable_device`.
+  The `tf.compat.v1.summary` ops of the replica built first (the last
+  index) are appended to `summaries`, if given.
   """
   specs = [None] * num_shards
   group = Group(num_shards, devices=devices,
@@ -268,6 +279,11 @@ def call_replicas(model_fn: Callable, element: Any, mode: str,
             for part in step_input.features_and_labels(source))
         specs[index] = spec_lib.check_spec(
             model_fn(features, labels, mode, params), mode)
+        # The first-built replica's summaries: their tags are model_fn's
+        # own names (the later replicas' get suffixes: "loss_1").
+        if index == num_shards - 1 and summaries is not None:
+          summaries.extend(tf.compat.v1.get_collection(
+              tf.compat.v1.GraphKeys.SUMMARIES))
     cross_shard.require_used(context.used, mode == spec_lib.ModeKeys.TRAIN,
                              num_shards, "averaged across replicas")
   return specs
