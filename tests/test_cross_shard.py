@@ -20,8 +20,10 @@ def _loss(x, y):
   return tf.reduce_mean(tf.square(tf.matmul(x, w) - y))
 
 
-def _step(replicas):
-  """One SGD step on X, Y split across `replicas`; returns (w, step)."""
+def _step(replicas, learning_rate=0.5, callable_loss=False,
+          reduction=tf.compat.v1.losses.Reduction.MEAN):
+  """One SGD step on X, Y split across `replicas` (the loss given to
+  minimize as a tensor, or as a callable); returns (w, step)."""
   global_step = tf.compat.v1.train.get_or_create_global_step()
   ops = []
   with cross_shard.replica_group(replicas) as replica:
@@ -30,8 +32,11 @@ def _step(replicas):
       reuse = tf.compat.v1.AUTO_REUSE if index else None
       with replica(index), tf.compat.v1.variable_scope("m", reuse=reuse):
         optimizer = CrossShardOptimizer(
-            tf.compat.v1.train.GradientDescentOptimizer(0.5))
-        ops.append(optimizer.minimize(_loss(x, y), global_step=global_step))
+            tf.compat.v1.train.GradientDescentOptimizer(learning_rate),
+            reduction=reduction)
+        ops.append(optimizer.minimize(
+            (lambda x=x, y=y: _loss(x, y)) if callable_loss
+            else _loss(x, y), global_step=global_step))
   with tf.compat.v1.Session() as session:
     session.run(tf.compat.v1.global_variables_initializer())
     session.run(ops)
@@ -48,6 +53,25 @@ def test_mean_of_replica_gradients_equals_full_batch_gradient(replicas):
   np.testing.assert_allclose(w_many, w_one, rtol=1e-5)
   assert step_one == step_many == 1  # Applied once, not per replica.
   assert not np.allclose(w_one, np.ones([3, 1]))
+
+
+@pytest.mark.parametrize("replicas", [2, 4])
+def test_a_callable_loss_is_averaged_too(replicas):
+  with tf.Graph().as_default():
+    w_one, _ = _step(1)
+  with tf.Graph().as_default():
+    w_many, _ = _step(replicas, callable_loss=True)
+  np.testing.assert_allclose(w_many, w_one, rtol=1e-5)
+
+
+def test_sum_reduction_adds_the_replicas_gradients():
+  # Each replica's gradient of its mean loss, added: one replica's step at
+  # twice the rate.
+  with tf.Graph().as_default():
+    w_one, _ = _step(1, learning_rate=1.0)
+  with tf.Graph().as_default():
+    w_two, _ = _step(2, reduction=tf.compat.v1.losses.Reduction.SUM)
+  np.testing.assert_allclose(w_two, w_one, rtol=1e-5)
 
 
 def _apply_step(replicas, learning_rate):

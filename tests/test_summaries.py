@@ -40,6 +40,16 @@ def _summarizing_model_fn(features, labels, mode, params):
   loss = tf.reduce_mean(tf.square(tf.matmul(features, w) - labels))
   tf.compat.v1.summary.scalar("loss_copy", loss)
   tf.compat.v1.summary.histogram("features", features)
+  # An image (attributes to copy) and a merge of summaries kept out of the
+  # collection (summary ops made again under it).
+  tf.compat.v1.summary.image(
+      "images", tf.reshape(features, [-1, 2, 2, 1]), max_outputs=1)
+  tf.compat.v1.summary.merge(
+      [tf.compat.v1.summary.scalar("first_label", labels[0, 0],
+                                   collections=[]),
+       tf.compat.v1.summary.scalar("w_sum", tf.reduce_sum(w),
+                                   collections=[])],
+      collections=[tf.compat.v1.GraphKeys.SUMMARIES])
   optimizer = th.CrossShardOptimizer(
       tf.compat.v1.train.GradientDescentOptimizer(0.1))
   return th.ModelSpec(mode=mode, loss=loss, train_op=optimizer.minimize(
@@ -47,13 +57,14 @@ def _summarizing_model_fn(features, labels, mode, params):
 
 
 def _events(model_dir):
-  """{tag: [(step, value), ...]} of the scalar and histogram summaries in
-  `model_dir`'s events (a histogram's value: its count)."""
+  """{tag: [(step, value), ...]} of the summaries in `model_dir`'s events
+  (a histogram's value: its count; an image's: its width)."""
   found = {}
   for path in glob.glob(os.path.join(model_dir, "events.out.tfevents.*")):
     for event in tf.compat.v1.train.summary_iterator(path):
       for value in event.summary.value:
         number = (value.histo.num if value.HasField("histo")
+                  else value.image.width if value.HasField("image")
                   else value.simple_value)
         found.setdefault(value.tag, []).append((event.step, number))
   return {tag: sorted(points) for tag, points in found.items()}
@@ -74,8 +85,17 @@ def test_model_fn_summaries_are_written_at_a_loops_last_step(
   # (the last). Loops of three (1..3, 4..6): the second loop's last step.
   steps = [4, 6] if step_graph == 1 else [6]
   assert [step for step, _ in events["loss_copy"]] == steps
-  # One replica's batch, once per step written.
+  # One replica's, once per step written, under model_fn's own names.
+  assert set(events) == {"loss", "loss_copy", "features", "images/image",
+                         "first_label", "w_sum"}
   assert events["features"] == [(step, 4 * NUM_FEATURES) for step in steps]
+  assert events["images/image"] == [(step, 2) for step in steps]
+  # The replica built first is the last (each replica takes its own batch
+  # of 4 in turn): its batch's first label.
+  first_labels = {step: y[((step - 1) * shards + shards - 1) * 4 % 64, 0]
+                  for step in steps}
+  for step, value in events["first_label"]:
+    np.testing.assert_allclose(value, first_labels[step], rtol=1e-6)
   # The step's own loss (the mean of the replicas' equals replica 0's on
   # one replica only).
   losses = dict(events["loss"])

@@ -13,10 +13,10 @@ signature.
   op with no CPU kernel. While the CPU emulation builds its replicas, that
   class's `compute_gradients` and `apply_gradients` go through
   `tpu_harness.CrossShardOptimizer`, which combines the replicas' gradients
-  on CPU as the all-reduce would. The class itself is patched, not the public name that exports it:
-  a program may have bound the class at import (`from
-  tensorflow.compat.v1.tpu import CrossShardOptimizer`, a `contrib_tpu`
-  alias), or built the optimizer outside `model_fn`.
+  on CPU as the all-reduce would. The class itself is patched, not the
+  public name that exports it: a program may have bound the class at
+  import (`from tensorflow.compat.v1.tpu import CrossShardOptimizer`, a
+  `contrib_tpu` alias), or built the optimizer outside `model_fn`.
 - BERT-style programs call `tf.compat.v1.train.init_from_checkpoint` in
   `model_fn` itself (with `use_tpu=False`; `scaffold_fn` on a TPU). It
   replaces the initializers of the variables it maps with ops it builds in

@@ -25,8 +25,8 @@ class TPUConfig:
 
   Attributes:
     num_shards: replicas; each gets `batch_size / num_shards` examples per
-      step and gradients are averaged across them. On local CPU emulation each
-      replica is a virtual CPU device.
+      step and gradients are combined across them (`minimize()` averages
+      them). On local CPU emulation each replica is a virtual CPU device.
     hosts: a pod's hosts, "host:port" of each one's TF server (job
       `worker`, task h = hosts[h]; see `tpu_harness.tpu.pod`); each runs
       `num_shards / len(hosts)` replicas and its own input pipeline. Empty:
@@ -85,7 +85,9 @@ class RunConfig:
     keep_checkpoint_max: checkpoints kept on disk; 0 keeps all. Lowered
       between runs, the surplus is deleted when training starts.
     log_step_count_steps: how often global_step/sec is logged and recorded.
-    save_summary_steps: how often loss and host_call scalars are written.
+    save_summary_steps: how often loss and host_call scalars are written;
+      `model_fn`'s tf.compat.v1 summaries at the last step of a loop that
+      reaches a multiple of it (and of the call).
     tf_random_seed: graph-level random seed, or None.
     warm_start_from: a checkpoint file or directory to initialize trainable
       variables from when `model_dir` has no checkpoint yet.

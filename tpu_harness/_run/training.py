@@ -9,7 +9,8 @@ Per training loop (one `Session.run` of up to `iterations_per_loop` steps)::
   session.run(loop, iterations=n)   # n steps on the device, outfeed back
   hooks.after_run              # saves, step counting, stop at max_steps
   log: step, loss, steps/sec, examples/sec; write loss (and model_fn's
-  summaries, at a loop that reaches save_summary_steps); run host_call
+  summaries, at a loop that reaches a multiple of save_summary_steps or
+  the last step); run host_call
 
 The last loop is shortened so training stops exactly at `max_steps`.
 `tpu_harness.Runner.train` checks the arguments, claims the lease on
@@ -328,7 +329,7 @@ def _train_loops(job: Job, session, loop: BuiltLoop, request: TrainRequest,
     if loop.summaries is None or not summaries.due(first, last, every,
                                                    last_step):
       return None
-    return loop.summaries.feed(last)
+    return loop.summaries.feed()
 
   for count, results, elapsed in host_loop.run_loops(
       loop, session, last_step - step, job.config.iterations_per_loop,
@@ -371,7 +372,7 @@ def _report(config: RunConfig, outfeed, start, end, elapsed, batch_size,
                end, losses[-1], rate, rate * batch_size)
   every = config.save_summary_steps
   for offset, step in enumerate(range(start + 1, end + 1)):
-    if step % every and step != last_step:
+    if not summaries.due(step, step, every, last_step):
       continue
     writer.add_summary(tf.compat.v1.Summary(value=[
         tf.compat.v1.Summary.Value(tag="loss",

@@ -17,6 +17,7 @@ tf_estimator` in TPUEstimator programs::
 MIGRATING.md lists every TPUEstimator name and what it maps to.
 """
 
+from tpu_harness.estimator import _hooks
 from tpu_harness.estimator import export
 from tpu_harness.estimator import tpu
 from tpu_harness.estimator._config import RunConfig
@@ -44,12 +45,6 @@ from tpu_harness.estimator._training import train_and_evaluate
 from tpu_harness.estimator._training import TrainSpec
 from tpu_harness.spec import ModeKeys
 
-__all__ = [
-    "CheckpointSaverHook", "CheckpointSaverListener", "EvalSpec",
-    "Estimator", "EstimatorSpec", "FeedFnHook", "FinalOpsHook",
-    "GlobalStepWaiterHook", "LoggingTensorHook", "ModeKeys",
-    "NanLossDuringTrainingError", "NanTensorHook", "ProfilerHook",
-    "RunConfig", "SecondOrStepTimer", "SessionRunArgs", "SessionRunContext",
-    "SessionRunHook", "SessionRunValues", "StepCounterHook",
-    "StopAtStepHook", "SummarySaverHook", "TrainSpec", "export", "tpu",
-    "train_and_evaluate"]
+__all__ = sorted(["EvalSpec", "Estimator", "EstimatorSpec", "ModeKeys",
+                  "RunConfig", "TrainSpec", "export", "tpu",
+                  "train_and_evaluate", *_hooks.NAMES])

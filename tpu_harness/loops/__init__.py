@@ -4,8 +4,9 @@
 what a build gives back; `CpuEmulationLoop` runs the loop on CPU (replicas
 on virtual CPU devices) and `TpuLoop` builds it with `tf.compat.v1.tpu`.
 The other modules here are their parts: replicas as TPU cores
-(`replicas`), gradient averaging (`cross_shard`), the input laid out per
-replica (`step_input`), `host_call` and `eval_metrics` on the host.
+(`replicas`), gradients combined across them (`cross_shard`), the input
+laid out per replica (`step_input`), `host_call`, `eval_metrics` and
+`model_fn`'s summaries (`summaries`) on the host.
 """
 
 from tpu_harness.loops.cpu_loop import CpuEmulationLoop

@@ -194,7 +194,7 @@ class CpuEmulationLoop(LoopBuilder):
                  if self._hosts else None),
         variable_device=self.variable_device,
         cores_per_host=self._cores if self._hosts else None,
-        summaries=summaries)
+        summaries=summaries, in_loop=self._iterations_per_loop != 1)
 
   def _mean_loss(self, specs: List[spec_lib.ModelSpec]) -> tf.Tensor:
     if len(specs) == 1:
@@ -212,10 +212,12 @@ class CpuEmulationLoop(LoopBuilder):
     return call.outfeed([spec.host_call[1] for spec in specs])
 
   def _loop(self, infeed: Infeed, step_fn: Callable[[Any], tuple],
-            ) -> tuple:
+            last: Optional[List[tf.Tensor]] = None) -> tuple:
     """Builds one run's steps; returns (iterations, stacked outfeed values).
 
     `step_fn(element)` returns (ops to run, {name: tensor} to outfeed).
+    While it builds, `last` (if given) holds one boolean tensor: whether
+    the step is the run's last.
     """
     iterations = tf.compat.v1.placeholder_with_default(
         self._iterations_per_loop, [], name="iterations")
@@ -224,20 +226,28 @@ class CpuEmulationLoop(LoopBuilder):
     read = hooks.global_step_read()
     with tf.control_dependencies([read] if read is not None else []):
       if self._iterations_per_loop == 1:
+        if last is not None:
+          last[:] = [tf.constant(True)]
         ops, values = _step(infeed, step_fn)
         with tf.control_dependencies(ops):
           return iterations, {name: tf.expand_dims(value, 0)
                               for name, value in values.items()}
-      return iterations, self._while_loop(infeed, step_fn, iterations)
+      return iterations, self._while_loop(infeed, step_fn, iterations,
+                                          last)
 
   def _while_loop(self, infeed: Infeed, step_fn: Callable[[Any], tuple],
-                  iterations: tf.Tensor) -> Dict[str, tf.Tensor]:
+                  iterations: tf.Tensor,
+                  last: Optional[List[tf.Tensor]] = None
+                  ) -> Dict[str, tf.Tensor]:
     """`iterations` steps; their values through an outfeed queue that the
     host dequeues after the loop (a padding one if some value's shape is
-    not fully defined: see `device_loop.with_shapes`)."""
+    not fully defined: see `device_loop.with_shapes`). `last`: as
+    `_loop`'s."""
     holder = {}
 
     def body(i):
+      if last is not None:
+        last[:] = [tf.equal(i + 1, iterations)]
       ops, values = _step(infeed, step_fn)
       names = sorted(values)
       fixed = all(values[n].shape.is_fully_defined() for n in names)
@@ -267,24 +277,19 @@ class CpuEmulationLoop(LoopBuilder):
                                max_steps, position)
 
   def _replica_step(self, model_fn, element, mode, params, holder,
-                    dynamic: bool = False) -> tuple:
+                    dynamic: bool = False,
+                    summaries: Optional[List[tf.Tensor]] = None) -> tuple:
     """The replicas' `model_fn` on a step's element; returns their specs
     and what every mode sends out: the mean loss, the host_call's and the
-    hooks' tensors, and in TRAIN one replica's summaries (the host_call, hook
-    tensors, summaries and replica 0's spec go in `holder`). `dynamic`: the
-    batch has no fixed size; hook tensors of no static shape are sent
-    too."""
-    summaries = [] if mode == spec_lib.ModeKeys.TRAIN else None
+    hooks' tensors (the host_call, hook tensors and replica 0's spec go in
+    `holder`). `dynamic`: the batch has no fixed size; hook tensors of no
+    static shape are sent too. `summaries`: see `call_replicas`."""
     specs = self._replicas(model_fn, element, mode, params,
                            stacked=self._cores > 1, summaries=summaries)
     holder["spec"] = specs[0]
     values = {LOSS: self._mean_loss(specs)}
     values.update(self._host_call(specs, holder))
     values.update(_hook_tensors(specs[0], holder, dynamic))
-    if summaries:
-      holder["summaries"] = LoopSummaries()
-      values.update(holder["summaries"].outfeed(
-          summaries, tf.compat.v1.train.get_global_step()))
     return specs, values
 
   def _build_train(self, model_fn, input_fn, params, skip_steps, max_steps,
@@ -295,13 +300,20 @@ class CpuEmulationLoop(LoopBuilder):
                          max_steps, position, cut=cut)
     global_step = tf.compat.v1.train.get_global_step()
     holder = {}
+    last = []
 
     def step_fn(element):
+      summaries = []
       specs, values = self._replica_step(model_fn, element, mode, params,
-                                         holder, dynamic=bool(cut))
+                                         holder, dynamic=bool(cut),
+                                         summaries=summaries)
+      if summaries:
+        holder["summaries"] = LoopSummaries()
+        values.update(holder["summaries"].outfeed(summaries, last[0]))
       return [s.train_op for s in specs], values
 
-    iterations, stacked = self._loop(infeed, _on_real_rows(cut, step_fn))
+    iterations, stacked = self._loop(infeed, _on_real_rows(cut, step_fn),
+                                     last)
     with tf.control_dependencies(list(stacked.values())):
       end_step = global_step.read_value()
     return self._built(infeed, iterations,

@@ -16,8 +16,9 @@ the global step after the update once its own train op is built. What the
 wrapped optimizer creates as it applies them (slots, Adam's `beta1_power`
 and `beta2_power`) is created there once (`applying`), named as with one
 replica, and updated once per step: the copy every TPU core holds.
-One step of N replicas thus equals one step of one replica on the whole batch
-(for a loss that is a mean over the batch), and the global step advances once.
+With `minimize()` one step of N replicas thus equals one step of one
+replica on the whole batch (for a loss that is a mean over the batch), and
+the global step advances once.
 A step that applies several optimizers (a GAN's two) makes the same calls in
 every replica: each replica's k-th `apply_gradients` call is combined with
 the others' k-th.
@@ -123,8 +124,8 @@ def tpu_replicas(count: int):
 def require_used(used: bool, training: bool, num_shards: int,
                  what: str) -> None:
   """Raises unless a training step of several replicas wrapped its
-  optimizer (`used`), which makes its gradients `what` (averaged across
-  replicas, summed across TPU cores).
+  optimizer (`used`), which makes its gradients `what` (combined across
+  replicas or TPU cores).
 
   Raises:
     ValueError: it did not; the message says how to.

@@ -23,8 +23,9 @@ means:
   and summaries, so its train op depends on its own updates,
   `tf.compat.v1.losses.get_total_loss()` sums its own losses and
   `tf.compat.v1.summary.merge_all()` merges its own summaries (not those of
-  every replica built before it). Afterwards the summaries are not in the
-  collection (`tpu_harness.loops.summaries` writes one replica's).
+  every replica built before it). Afterwards, if the step was built in a
+  loop, the summaries are not in the collection (`tpu_harness.loops.
+  summaries` writes one replica's).
   `REGULARIZATION_LOSSES` stay shared: they are added once, when the
   shared variables are created, and belong to every replica.
 - Variables created directly (`tf.Variable`, graph-mode `tf.keras` layers,
@@ -32,7 +33,7 @@ means:
   first-built replica creates are handed, in the same order, to the others.
 - The optimizer's own variables (slots; Adam's `beta1_power` and
   `beta2_power`, which it creates directly) are created once, by the
-  replica that applies the averaged gradients (`cross_shard.applying`),
+  replica that applies the combined gradients (`cross_shard.applying`),
   and are shared like the variables they belong to: on a TPU every core
   holds the same copy, updated with the same all-reduced gradients. They
   are not matched against the other replicas' variables, and no replica
@@ -69,11 +70,13 @@ class Group:
   variables the first-built replica created directly (`tf.Variable`, graph-
   mode `tf.keras` layers), handed in the same order to the others."""
 
-  def __init__(self, count: int, devices=None, variable_device: str = ""):
+  def __init__(self, count: int, devices=None, variable_device: str = "",
+               in_loop: bool = True):
     """Args: the replicas; the device of each (default: virtual CPU i of
     the session's process); where variables are created ("": on the
-    replica's device)."""
+    replica's device); whether the step is built inside a loop."""
     self.count = count
+    self.in_loop = in_loop
     self.devices = (list(devices) if devices is not None
                     else [f"/device:CPU:{index}" for index in range(count)])
     self.variable_device = variable_device
@@ -115,11 +118,11 @@ def building(group: Group, index: int, mode: str) -> Iterator[None]:
           f"for every replica.")
   finally:
     for key, ref, earlier in zip(_PER_REPLICA, refs, before):
-      # The replicas' summaries are left out: in a loop they cannot be
-      # merged outside it (Scaffold's default `merge_all()`: v1 control
-      # flow refuses it), and the loop sends one replica's out itself.
-      ref[:] = earlier + ([] if key == tf.compat.v1.GraphKeys.SUMMARIES
-                          else list(ref))
+      # Summaries made in a loop are left out: they cannot be merged
+      # outside it (Scaffold's default `merge_all()`: v1 control flow
+      # refuses it), and the loop sends one replica's out itself.
+      ref[:] = earlier + ([] if group.in_loop and key == tf.compat.v1
+                          .GraphKeys.SUMMARIES else list(ref))
 
 
 def _is_state(variable: tf.Variable, trainable: object) -> bool:
@@ -243,7 +246,8 @@ def call_replicas(model_fn: Callable, element: Any, mode: str,
                   devices: Optional[Sequence[str]] = None,
                   variable_device: str = "",
                   cores_per_host: Optional[int] = None,
-                  summaries: Optional[List[tf.Tensor]] = None
+                  summaries: Optional[List[tf.Tensor]] = None,
+                  in_loop: bool = True
                   ) -> List[spec_lib.ModelSpec]:
   """Calls `model_fn` once per replica on its slice of `element` (or on
   `element` itself when it is not `stacked` by replica), each in the
@@ -255,11 +259,13 @@ def call_replicas(model_fn: Callable, element: Any, mode: str,
   host and replica i takes its part of host i // cores_per_host's; each
   replica runs on `devices[i]`, the variables on `variable_device`.
   The `tf.compat.v1.summary` ops of the replica built first (the last
-  index) are appended to `summaries`, if given.
+  index) are appended to `summaries`, if given. `in_loop`: the step is
+  built in a loop (its summaries are then left out of the graph's
+  collection).
   """
   specs = [None] * num_shards
   group = Group(num_shards, devices=devices,
-                variable_device=variable_device)
+                variable_device=variable_device, in_loop=in_loop)
   with cross_shard.replica_group(num_shards) as replica:
     # Replica 0 last: the gradients are applied (and the global step
     # advanced) in the replica built last, and replica 0's values are the
@@ -285,5 +291,5 @@ def call_replicas(model_fn: Callable, element: Any, mode: str,
           summaries.extend(tf.compat.v1.get_collection(
               tf.compat.v1.GraphKeys.SUMMARIES))
     cross_shard.require_used(context.used, mode == spec_lib.ModeKeys.TRAIN,
-                             num_shards, "averaged across replicas")
+                             num_shards, "combined across replicas")
   return specs

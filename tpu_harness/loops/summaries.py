@@ -6,15 +6,15 @@ Estimator, and TPUEstimator off TPU, wrote the summaries `model_fn` makes
 `save_summary_steps`. In a device loop they are tensors of the loop's body,
 which no session can fetch. Here the summary ops of one replica (the one
 built first, whose tags are `model_fn`'s names) are made again in a
-`tf.cond` on the step, so that they run only at the step the host names for
-the run (`summary_step`, fed to that run alone: the last step of a loop that
-reaches a multiple of `save_summary_steps`, or the call's last step, see
-`due`), merged into one serialized `Summary` that leaves with the step's
-other values (an empty string at every other step); the host writes it at
-that step. A write thus costs one step's summaries, as Estimator's did, and
-shows the values of the loop's last step, as the spec's hooks see them. What
-the summaries read (the histogram's tensor, the image) is computed with the
-step either way; only the summary ops themselves wait for the step.
+`tf.cond`, so that they run only at the last step of a run the host asks
+them of (`summarize`, fed to that run alone: a loop that reaches a multiple
+of `save_summary_steps`, or the call's last step, see `due`), merged into
+one serialized `Summary` that leaves with the step's other values (an empty
+string at every other step); the host writes it at that step. A write thus
+costs one step's summaries, as Estimator's did, and shows the values of the
+loop's last step, as the spec's hooks see them. What the summaries read (the
+histogram's tensor, the image) is computed with the step either way; only
+the summary ops themselves wait for the step.
 """
 
 from __future__ import annotations
@@ -45,21 +45,21 @@ class LoopSummaries:
 
   def __init__(self):
     with tf.init_scope():  # Fed from outside the loop.
-      self.step = tf.compat.v1.placeholder_with_default(
-          tf.constant(-1, tf.int64), [], name="summary_step")
+      self.wanted = tf.compat.v1.placeholder_with_default(
+          False, [], name="summarize")
 
-  def outfeed(self, summaries: List[tf.Tensor], global_step: tf.Variable
+  def outfeed(self, summaries: List[tf.Tensor], last: tf.Tensor
               ) -> Dict[str, tf.Tensor]:
-    """{SUMMARY: the merged `summaries` at the step `self.step` names, ""
-    at the others}, built in the step being built (whose reads of
-    `global_step` see its value from before the step)."""
-    at = tf.equal(global_step.read_value() + 1, self.step)
-    return {SUMMARY: tf.cond(at, lambda: _made_again(summaries),
+    """{SUMMARY: the merged `summaries` at the run's last step (`last`:
+    whether the step being built is) when the run's feed asks for them,
+    "" otherwise}."""
+    return {SUMMARY: tf.cond(tf.logical_and(self.wanted, last),
+                             lambda: _made_again(summaries),
                              lambda: tf.constant(""))}
 
-  def feed(self, step: int) -> Dict[tf.Tensor, int]:
-    """The feed of a run whose last step, `step`, writes summaries."""
-    return {self.step: step}
+  def feed(self) -> Dict[tf.Tensor, bool]:
+    """The feed of a run whose last step writes summaries."""
+    return {self.wanted: True}
 
 
 def _made_again(summaries: List[tf.Tensor]) -> tf.Tensor:

@@ -7,7 +7,7 @@ distributed runtime: a `ClusterSpec` with one task per host (job
 chief (the process running the `Runner`) builds one graph: host h's
 replicas on `/job:worker/task:h` devices, its input pipeline, iterator and
 infeed queue on `/job:worker/task:h/device:CPU:0`, read by its own host
-thread in the chief; the variables on task 0. Gradients are averaged over
+thread in the chief; the variables on task 0. Gradients are combined over
 every replica of every host in the graph. Only the chief writes checkpoints
 and events.
 
