@@ -394,3 +394,55 @@ def test_init_from_checkpoint_in_model_fn_initializes_once_outside_the_loop(
   predictions = list(runner.predict(train_input_fn(x, y, repeat=False)))
   assert len(predictions) == 16
   np.testing.assert_allclose([p["w00"] for p in predictions], w00, rtol=1e-6)
+
+
+def _frozen_bn_model_fn(pretrained):
+  """Dense -> batch norm in inference mode (frozen, as fine-tuning a
+  detection backbone does) -> Dense; the batch norm's statistics from
+  `pretrained` (init_from_checkpoint in model_fn)."""
+
+  def model_fn(features, labels, mode, params):
+    del params  # Unused.
+    hidden = tf.compat.v1.layers.dense(
+        features, 2, name="hidden",
+        kernel_initializer=tf.compat.v1.glorot_uniform_initializer(seed=1))
+    hidden = tf.compat.v1.layers.batch_normalization(hidden, training=False,
+                                                     name="bn")
+    output = tf.compat.v1.layers.dense(
+        hidden, 1, name="out",
+        kernel_initializer=tf.compat.v1.glorot_uniform_initializer(seed=2))
+    tf.compat.v1.train.init_from_checkpoint(pretrained, {"bn/": "bn/"})
+    loss = tf.reduce_mean(tf.square(output - labels))
+    optimizer = th.CrossShardOptimizer(
+        tf.compat.v1.train.GradientDescentOptimizer(0.05))
+    return th.ModelSpec(mode=mode, loss=loss, train_op=optimizer.minimize(
+        loss, global_step=tf.compat.v1.train.get_global_step()))
+
+  return model_fn
+
+
+def _pretrained_bn(directory):
+  """A checkpoint of a batch norm `bn` of width 2 whose statistics are far
+  from the initial ones (mean 3, variance 4)."""
+  with tf.Graph().as_default():
+    for name, value in (("moving_mean", 3.0), ("moving_variance", 4.0),
+                        ("gamma", 1.0), ("beta", 0.0)):
+      tf.compat.v1.get_variable(f"bn/{name}",
+                                initializer=np.full([2], value, np.float32))
+    saver = tf.compat.v1.train.Saver()
+    with tf.compat.v1.Session() as session:
+      session.run(tf.compat.v1.global_variables_initializer())
+      return saver.save(session, os.path.join(directory, "bn.ckpt"))
+
+
+def test_each_replicas_state_starts_from_the_restored_value(tmp_path):
+  # A frozen batch norm reads its statistics in every replica: replica 1's
+  # copy must hold the checkpoint's, as every TPU core's copy does, for 2
+  # replicas to train as one (every replica gets the same rows).
+  model_fn = _frozen_bn_model_fn(_pretrained_bn(str(tmp_path)))
+  one = _all_variables(_train(tmp_path / "one", shards=1, steps=3,
+                              model_fn=model_fn))
+  two = _all_variables(_train(tmp_path / "two", shards=2, steps=3,
+                              model_fn=model_fn))
+  _assert_same_training(one, two)
+  np.testing.assert_array_equal(one["bn/moving_mean"], [3.0, 3.0])

@@ -17,7 +17,8 @@ means:
   own, which is never saved or read outside it. (Updating one shared
   variable from every replica in turn would compound the momentum: 0.9 acting
   like 0.81 with two replicas.) In EVAL and PREDICT every replica reads the
-  real, restored variables.
+  real, restored variables. Each copy starts from the real variable's value
+  (restored, or initialized) when the session starts.
 - `tf.compat.v1.GraphKeys.UPDATE_OPS`, `LOSSES` and `SUMMARIES` hold,
   while a replica's `model_fn` runs, only that replica's update ops, losses
   and summaries, so its train op depends on its own updates,
@@ -134,11 +135,20 @@ def _is_state(variable: tf.Variable, trainable: object) -> bool:
 
 
 def _local_copy(create, variable: tf.Variable, kwargs: dict, name: str):
-  """This replica's own copy of `variable`: a local variable, never saved."""
+  """This replica's own copy of `variable`: a local variable, never saved,
+  that starts from `variable`'s value (restored or initialized before
+  local variables are), as each TPU core's copy starts from the value the
+  host restored (a frozen batch norm's statistics from a checkpoint)."""
   copy_kwargs = dict(kwargs)
   copy_kwargs.update(dtype=variable.dtype.base_dtype, trainable=False,
                      collections=[tf.compat.v1.GraphKeys.LOCAL_VARIABLES])
   copy_kwargs.pop("partitioner", None)
+  with tf.init_scope():  # Read outside the loop, when the copy starts.
+    start = variable.read_value()
+  # A variable creator's arguments name it `initial_value`, get_variable's
+  # `initializer`.
+  copy_kwargs["initial_value" if "initial_value" in copy_kwargs
+              else "initializer"] = start
   return create(name, copy_kwargs)
 
 
