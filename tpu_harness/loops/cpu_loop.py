@@ -216,8 +216,8 @@ class CpuEmulationLoop(LoopBuilder):
     """Builds one run's steps; returns (iterations, stacked outfeed values).
 
     `step_fn(element)` returns (ops to run, {name: tensor} to outfeed).
-    While it builds, `last` (if given) holds one boolean tensor: whether
-    the step is the run's last.
+    While it builds, `last` (if given) holds one function that makes a
+    boolean tensor: whether the step is the run's last.
     """
     iterations = tf.compat.v1.placeholder_with_default(
         self._iterations_per_loop, [], name="iterations")
@@ -227,7 +227,7 @@ class CpuEmulationLoop(LoopBuilder):
     with tf.control_dependencies([read] if read is not None else []):
       if self._iterations_per_loop == 1:
         if last is not None:
-          last[:] = [tf.constant(True)]
+          last[:] = [lambda: tf.constant(True)]
         ops, values = _step(infeed, step_fn)
         with tf.control_dependencies(ops):
           return iterations, {name: tf.expand_dims(value, 0)
@@ -247,7 +247,7 @@ class CpuEmulationLoop(LoopBuilder):
 
     def body(i):
       if last is not None:
-        last[:] = [tf.equal(i + 1, iterations)]
+        last[:] = [lambda: tf.equal(i + 1, iterations)]
       ops, values = _step(infeed, step_fn)
       names = sorted(values)
       fixed = all(values[n].shape.is_fully_defined() for n in names)
@@ -309,7 +309,7 @@ class CpuEmulationLoop(LoopBuilder):
                                          summaries=summaries)
       if summaries:
         holder["summaries"] = LoopSummaries()
-        values.update(holder["summaries"].outfeed(summaries, last[0]))
+        values.update(holder["summaries"].outfeed(summaries, last[0]()))
       return [s.train_op for s in specs], values
 
     iterations, stacked = self._loop(infeed, _on_real_rows(cut, step_fn),
