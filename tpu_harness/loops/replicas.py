@@ -25,10 +25,9 @@ means:
   `tf.compat.v1.losses.get_total_loss()` sums its own losses and
   `tf.compat.v1.summary.merge_all()` merges its own summaries (not those of
   every replica built before it). Afterwards, if the step was built in a
-  loop, the summaries are not in the collection (`tpu_harness.loops.
-  summaries` writes one replica's).
-  `REGULARIZATION_LOSSES` stay shared: they are added once, when the
-  shared variables are created, and belong to every replica.
+  loop, the summaries are not in the collection (`summaries` writes one
+  replica's). `REGULARIZATION_LOSSES` stay shared: they are added once,
+  when the shared variables are created, and belong to every replica.
 - Variables created directly (`tf.Variable`, graph-mode `tf.keras` layers,
   which create new ones on every call) are shared too: those the
   first-built replica creates are handed, in the same order, to the others.
