@@ -104,3 +104,32 @@ def test_model_fn_summaries_are_written_at_a_loops_last_step(
       np.testing.assert_allclose(value, losses[step], rtol=1e-6)
     else:
       assert np.isfinite(value)
+
+
+def _loss_summarizing_model_fn(features, labels, mode, params):
+  """A linear model whose `model_fn` writes a summary named `loss` itself,
+  as many programs do."""
+  del params  # Unused.
+  w = tf.compat.v1.get_variable("w", [NUM_FEATURES, 1],
+                                initializer=tf.zeros_initializer())
+  loss = tf.reduce_mean(tf.square(tf.matmul(features, w) - labels))
+  tf.compat.v1.summary.scalar("loss", loss * 0 - 7.0)  # Told apart by value.
+  optimizer = tf.compat.v1.train.GradientDescentOptimizer(0.1)
+  return th.ModelSpec(mode=mode, loss=loss, train_op=optimizer.minimize(
+      loss, global_step=tf.compat.v1.train.get_global_step()))
+
+
+def test_a_loss_of_model_fns_own_is_not_written_twice(tmp_path, step_graph):
+  runner = th.Runner(
+      _loss_summarizing_model_fn,
+      th.RunConfig(str(tmp_path), iterations_per_loop=step_graph,
+                   save_summary_steps=2),
+      train_batch_size=4)
+  runner.train(train_input_fn(*data(n=64)), max_steps=6)
+  points = _events(str(tmp_path))["loss"]
+  # model_fn's at the steps it is computed (every loop's last step that is
+  # due), the harness's at the other steps due: one value per step.
+  theirs = [2, 4, 6] if step_graph == 1 else [3, 6]
+  ours = [] if step_graph == 1 else [2, 4]
+  assert [step for step, value in points if value == -7.0] == theirs
+  assert [step for step, value in points if value != -7.0] == ours

@@ -364,22 +364,27 @@ def _train_loops(job: Job, session, loop: BuiltLoop, request: TrainRequest,
 def _report(config: RunConfig, outfeed, start, end, elapsed, batch_size,
             last_step, writer) -> None:
   """The progress line, the loss summary every save_summary_steps, and
-  `model_fn`'s summaries where the loop computed them (its last step)."""
+  `model_fn`'s summaries where the loop computed them (its last step).
+  Where those have a `loss` of their own, ours is not written at that step
+  (Estimator's rule: no second `loss`)."""
   losses = outfeed[LOSS]
   steps = end - start
   rate = steps / elapsed if elapsed > 0 else float("inf")
   logging.info("step %d: loss = %.6g (%.1f steps/sec, %.1f examples/sec)",
                end, losses[-1], rate, rate * batch_size)
+  made = outfeed.get(summaries.SUMMARY)
+  made = made[-1] if made is not None and len(made) and made[-1] else None
+  own_loss = made is not None and "loss" in summaries.tags(made)
   every = config.save_summary_steps
   for offset, step in enumerate(range(start + 1, end + 1)):
-    if not summaries.due(step, step, every, last_step):
+    if (not summaries.due(step, step, every, last_step)
+        or (own_loss and step == end)):
       continue
     writer.add_summary(tf.compat.v1.Summary(value=[
         tf.compat.v1.Summary.Value(tag="loss",
                                    simple_value=losses[offset])]), step)
-  made = outfeed.get(summaries.SUMMARY)
-  if made is not None and len(made) and made[-1]:
-    writer.add_summary(made[-1], end)
+  if made is not None:
+    writer.add_summary(made, end)
 
 
 def _events_files(model_dir: str) -> set:

@@ -39,6 +39,13 @@ def due(first: int, last: int, every: int, last_step: int) -> bool:
   return last // every > (first - 1) // every or last == last_step
 
 
+def tags(serialized: bytes) -> frozenset:
+  """The tags of a serialized `Summary` (as a loop's `SUMMARY` holds)."""
+  summary = tf.compat.v1.Summary()
+  summary.ParseFromString(serialized)
+  return frozenset(value.tag for value in summary.value)
+
+
 class LoopSummaries:
   """One replica's summaries of a training step, computed at one step per
   run at most."""
