@@ -11,6 +11,7 @@ from support.runner_models import NUM_FEATURES
 from support.runner_models import data
 from support.runner_models import train_input_fn
 from support.runner_models import weights
+from support.tf_fixtures import event_records
 
 
 def _same_batch_input(batch):
@@ -446,3 +447,97 @@ def test_each_replicas_state_starts_from_the_restored_value(tmp_path):
                               model_fn=model_fn))
   _assert_same_training(one, two)
   np.testing.assert_array_equal(one["bn/moving_mean"], [3.0, 3.0])
+
+
+# ----------------------------------------------------------------------------
+# Collections (google/automl's EfficientDet, run by hand on emulated cores):
+# each replica sees what one TPU trace would, not what the replicas built
+# before it added.
+
+
+def _ema_model_fn(features, labels, mode, params):
+  """EfficientDet's EMA: every trainable variable and every global variable
+  named `moving_mean` or `moving_variance`, found by name, averaged after
+  the step."""
+  del params  # Unused.
+  hidden = tf.compat.v1.layers.dense(
+      features, 8, name="hidden",
+      kernel_initializer=tf.compat.v1.glorot_uniform_initializer(seed=1))
+  hidden = tf.compat.v1.layers.batch_normalization(
+      hidden, momentum=0.9, training=mode == th.ModeKeys.TRAIN, name="bn")
+  output = tf.compat.v1.layers.dense(
+      hidden, 1, name="out",
+      kernel_initializer=tf.compat.v1.glorot_uniform_initializer(seed=2))
+  loss = tf.reduce_mean(tf.square(output - labels))
+  global_step = tf.compat.v1.train.get_global_step()
+  optimizer = tf.compat.v1.tpu.CrossShardOptimizer(
+      tf.compat.v1.train.GradientDescentOptimizer(0.05))
+  with tf.control_dependencies(
+      tf.compat.v1.get_collection(tf.compat.v1.GraphKeys.UPDATE_OPS)):
+    train_op = optimizer.minimize(loss, global_step)
+  averaged = set(tf.compat.v1.trainable_variables() + [
+      v for v in tf.compat.v1.global_variables()
+      if "moving_mean" in v.name or "moving_variance" in v.name])
+  ema = tf.compat.v1.train.ExponentialMovingAverage(0.5)
+  with tf.control_dependencies([train_op]):
+    train_op = ema.apply(sorted(averaged, key=lambda v: v.name))
+  return th.ModelSpec(mode=mode, loss=loss, train_op=train_op)
+
+
+def test_global_variables_in_model_fn_are_those_of_one_trace(tmp_path,
+                                                            step_graph):
+  """A replica built after another does not see the EMA shadows the other
+  made (it would average them again, into variables one replica, or a
+  TPU, never has, and a checkpoint of one replica would not restore)."""
+  one = _all_variables(_train(tmp_path / "one", shards=1, steps=3,
+                              model_fn=_ema_model_fn,
+                              iterations_per_loop=step_graph))
+  two = _all_variables(_train(tmp_path / "two", shards=2, steps=3,
+                              model_fn=_ema_model_fn,
+                              iterations_per_loop=step_graph))
+  assert "bn/moving_mean/ExponentialMovingAverage" in one
+  _assert_same_training(one, two)
+
+
+def test_a_programs_own_collection_holds_each_replicas_own_entries(
+    tmp_path):
+  """EfficientDet gathers its host_call's tensors from a collection of its
+  own, filled in `model_fn`: each replica must see its own entries only
+  (else the replicas pass host_call different tensors)."""
+  seen = []
+
+  def model_fn(features, labels, mode, params):
+    w = tf.compat.v1.get_variable("w", [NUM_FEATURES, 1],
+                                  initializer=tf.zeros_initializer())
+    loss = tf.reduce_mean(tf.square(tf.matmul(features, w) - labels))
+    tf.compat.v1.add_to_collection("scalar_summaries", ("mine/loss", loss))
+    pairs = tf.compat.v1.get_collection("scalar_summaries")
+    seen.append(len(pairs))
+    train_op = tf.compat.v1.tpu.CrossShardOptimizer(
+        tf.compat.v1.train.GradientDescentOptimizer(0.05)).minimize(
+            loss, tf.compat.v1.train.get_global_step())
+
+    def host_call_fn(step, *values):
+      with tf.compat.v2.summary.create_file_writer(
+          params["log_dir"]).as_default():
+        for (name, _), value in zip(pairs, values):
+          tf.compat.v2.summary.scalar(name, value[0], step=step[0])
+        return tf.compat.v1.summary.all_v2_summary_ops()
+
+    step = tf.reshape(tf.compat.v1.train.get_global_step(), [1])
+    return th.ModelSpec(
+        mode=mode, loss=loss, train_op=train_op,
+        host_call=(host_call_fn,
+                   [step] + [tf.reshape(t, [1]) for _, t in pairs]))
+
+  log_dir = tmp_path / "summaries"
+  runner = th.Runner(model_fn, th.RunConfig(
+      str(tmp_path / "model"), iterations_per_loop=2,
+      tpu=th.TPUConfig(num_shards=2)), params={"log_dir": str(log_dir)},
+                     train_batch_size=8)
+  runner.train(train_input_fn(*data(n=64)), max_steps=4)
+  assert seen == [1, 1]
+  tf.compat.v1.summary.FileWriterCache.clear()
+  steps = sorted(event.step for event in event_records(str(log_dir))
+                 for value in event.summary.value if value.tag == "mine/loss")
+  assert steps == [0, 1, 2, 3]

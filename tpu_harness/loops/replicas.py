@@ -19,15 +19,24 @@ means:
   like 0.81 with two replicas.) In EVAL and PREDICT every replica reads the
   real, restored variables. Each copy starts from the real variable's value
   (restored, or initialized) when the session starts.
-- `tf.compat.v1.GraphKeys.UPDATE_OPS`, `LOSSES` and `SUMMARIES` hold,
-  while a replica's `model_fn` runs, only that replica's update ops, losses
-  and summaries, so its train op depends on its own updates,
-  `tf.compat.v1.losses.get_total_loss()` sums its own losses and
-  `tf.compat.v1.summary.merge_all()` merges its own summaries (not those of
-  every replica built before it). Afterwards, if the step was built in a
-  loop, the summaries are not in the collection (`summaries` writes one
-  replica's). `REGULARIZATION_LOSSES` stay shared: they are added once,
-  when the shared variables are created, and belong to every replica.
+- While a replica's `model_fn` runs, the graph's collections hold what a
+  TPU's one trace would see: what they held before the step, the shared
+  variables this replica has created or been handed so far (in the
+  collections they were created into), and what this replica added. So its
+  train op depends on its own `UPDATE_OPS`,
+  `tf.compat.v1.losses.get_total_loss()` sums its own `LOSSES`,
+  `tf.compat.v1.summary.merge_all()` merges its own summaries, a collection
+  of the program's own (summaries gathered for a `host_call`) holds its own
+  entries, and `tf.compat.v1.global_variables()` lists no variable that
+  only an earlier-built replica made (an EMA's shadows, which a program
+  that averages every variable named `moving_mean` would average again).
+  Afterwards each collection holds what it held before and what any
+  replica added, each entry once, but for summaries made in a loop, which
+  are left out (`summaries` writes one replica's).
+  `REGULARIZATION_LOSSES` stay shared: they are added once, when the shared
+  variables are created, and belong to every replica; so do the
+  control-flow contexts and anything not keyed by a string (the variable
+  store).
 - Variables created directly (`tf.Variable`, graph-mode `tf.keras` layers,
   which create new ones on every call) are shared too: those the
   first-built replica creates are handed, in the same order, to the others.
@@ -59,10 +68,17 @@ from tpu_harness.loops import cross_shard
 from tpu_harness.loops import step_input
 from tpu_harness.spec import ModeKeys
 
-# Collections each replica sees only its own entries of, while it is built.
-_PER_REPLICA = (tf.compat.v1.GraphKeys.UPDATE_OPS,
-                tf.compat.v1.GraphKeys.LOSSES,
-                tf.compat.v1.GraphKeys.SUMMARIES)
+# Collections every replica sees whole while it is built, and that are not
+# viewed per replica: see the module's docstring.
+_SHARED = frozenset({tf.compat.v1.GraphKeys.REGULARIZATION_LOSSES,
+                     tf.compat.v1.GraphKeys.COND_CONTEXT,
+                     tf.compat.v1.GraphKeys.WHILE_CONTEXT,
+                     tf.compat.v1.GraphKeys.GLOBAL_STEP})
+
+
+def _viewed(key) -> bool:
+  """Whether replicas see collection `key` each as their own."""
+  return isinstance(key, str) and key not in _SHARED
 
 
 class Group:
@@ -83,6 +99,57 @@ class Group:
     self.created = []
     self.cursor = 0
     self.in_get_variable = 0
+    # The viewed collections as the step's build started; what the replicas
+    # built so far added to each; the collections the first-built replica
+    # put each variable it created into (by id); what the replica being
+    # built has been shown of those.
+    self.before: Optional[Dict[str, list]] = None
+    self.added: Dict[str, list] = {}
+    self.homes: Dict[int, List[str]] = {}
+    self.shown: set = set()
+
+  def show(self, variable) -> None:
+    """Puts a shared `variable` that the replica being built was handed
+    into the collections the first-built replica created it into."""
+    for key in self.homes.get(id(variable), ()):
+      if (key, id(variable)) not in self.shown:
+        self.shown.add((key, id(variable)))
+        tf.compat.v1.get_collection_ref(key).append(variable)
+
+  def start_view(self, graph: tf.Graph) -> None:
+    """The viewed collections as the step's build started, for the
+    replica about to be built."""
+    if self.before is None:
+      self.before = {key: list(graph.get_collection(key))
+                     for key in graph.get_all_collection_keys()
+                     if _viewed(key)}
+    self.shown = set()
+    for key in graph.get_all_collection_keys():
+      if _viewed(key):
+        graph.get_collection_ref(key)[:] = self.before.get(key, [])
+
+  def end_view(self, graph: tf.Graph, first: bool) -> None:
+    """Takes in what the replica just built added, and leaves each viewed
+    collection with what it held before the step and what the replicas
+    built so far added (summaries made in a loop left out)."""
+    for key in graph.get_all_collection_keys():
+      if not _viewed(key):
+        continue
+      ref = graph.get_collection_ref(key)
+      before = self.before.get(key, [])
+      known = {id(item) for item in before}
+      added = self.added.setdefault(key, [])
+      known.update(id(item) for item in added)
+      for item in ref:
+        if id(item) in known:
+          continue
+        known.add(id(item))
+        added.append(item)
+        if first and isinstance(item, tf.Variable):
+          self.homes.setdefault(id(item), []).append(key)
+      in_loop_summaries = (self.in_loop and
+                           key == tf.compat.v1.GraphKeys.SUMMARIES)
+      ref[:] = before + ([] if in_loop_summaries else added)
 
 
 @contextlib.contextmanager
@@ -94,10 +161,8 @@ def building(group: Group, index: int, mode: str) -> Iterator[None]:
   reuse = None if first else tf.compat.v1.AUTO_REUSE
   own_state = index > 0 and mode == ModeKeys.TRAIN
   group.cursor = 0
-  refs = [tf.compat.v1.get_collection_ref(key) for key in _PER_REPLICA]
-  before = [list(ref) for ref in refs]
-  for ref in refs:
-    del ref[:]
+  graph = tf.compat.v1.get_default_graph()
+  group.start_view(graph)
   try:
     # Outside the loop's name scope: names derived from it (e.g. an
     # ExponentialMovingAverage's) would otherwise differ from the same
@@ -117,12 +182,10 @@ def building(group: Group, index: int, mode: str) -> Iterator[None]:
           f"{len(group.created)}: `model_fn` must build the same variables "
           f"for every replica.")
   finally:
-    for key, ref, earlier in zip(_PER_REPLICA, refs, before):
-      # Summaries made in a loop are left out: they cannot be merged
-      # outside it (Scaffold's default `merge_all()`: v1 control flow
-      # refuses it), and the loop sends one replica's out itself.
-      ref[:] = earlier + ([] if group.in_loop and key == tf.compat.v1
-                          .GraphKeys.SUMMARIES else list(ref))
+    # Summaries made in a loop are left out: they cannot be merged outside
+    # it (Scaffold's default `merge_all()`: v1 control flow refuses it),
+    # and the loop sends one replica's out itself.
+    group.end_view(graph, first)
 
 
 def _is_state(variable: tf.Variable, trainable: object) -> bool:
@@ -160,6 +223,7 @@ def _getter(group: Group, index: int, own_state: bool):
     try:
       with _on(group.variable_device):
         variable = getter(name, *args, **kwargs)
+      group.show(variable)
       if (not own_state or cross_shard.applying()
           or not _is_state(variable, kwargs.get("trainable", True))):
         return variable
@@ -207,6 +271,7 @@ def _creator(group: Group, index: int, first: bool, own_state: bool):
             f"`model_fn` must build the same variables for every replica.")
       variable = group.created[group.cursor]
       group.cursor += 1
+      group.show(variable)
     if own_state and _is_state(variable, kwargs.get("trainable")):
       return _local_copy(
           lambda name, copy_kwargs: _explained(next_creator, dict(
