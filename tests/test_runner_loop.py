@@ -179,13 +179,21 @@ def test_loss_and_host_call_scalars_land_at_their_steps(tmp_path, shards):
   assert [s for s, _ in scalars(tmp_path, "examples/sec")]
 
 
-def test_one_progress_line_per_loop(tmp_path, caplog):
+@pytest.mark.parametrize("ipl, log_every, max_steps, expected", [
+    (10, 10, 25, [10, 20, 25]),  # One per loop.
+    (10, 100, 25, [10, 25]),  # The first loop and the last.
+    (2, 6, 13, [2, 6, 12, 13]),  # Loops 5..6 and 11..12 reach a multiple.
+    (4, 6, 16, [4, 8, 12, 16]),  # 5..8 holds 6, 9..12 holds 12.
+    (1, 5, 12, [1, 5, 10, 12]),  # One step per loop, as on CPU.
+])
+def test_a_progress_line_at_the_first_loop_then_every_log_step_count_steps(
+    tmp_path, caplog, ipl, log_every, max_steps, expected):
   with caplog.at_level(std_logging.INFO, logger="absl"):
-    make_runner(tmp_path, ipl=10).train(train_input_fn(), max_steps=25)
+    make_runner(tmp_path, ipl=ipl, log_step_count_steps=log_every).train(
+        train_input_fn(), max_steps=max_steps)
   lines = [r.getMessage() for r in caplog.records
            if "steps/sec" in r.getMessage() and "loss" in r.getMessage()]
-  assert [line.split(":")[0] for line in lines] == ["step 10", "step 20",
-                                                    "step 25"]
+  assert [int(line.split(":")[0].split()[1]) for line in lines] == expected
   assert all("examples/sec" in line for line in lines)
 
 

@@ -350,7 +350,7 @@ def _train_loops(job: Job, session, loop: BuiltLoop, request: TrainRequest,
              if replicas > 1 and end_step - step == count * replicas
              else ""))
     _report(job.config, results["outfeed"], step, end_step, elapsed,
-            batch_size, last_step, writer)
+            batch_size, last_step, writer, first_loop=step == start)
     # Values of batches of no fixed size come back padded: trimmed.
     host_loop.run_host_call(
         loop, device_loop.trimmed(results["outfeed"], count), count)
@@ -362,16 +362,20 @@ def _train_loops(job: Job, session, loop: BuiltLoop, request: TrainRequest,
 
 
 def _report(config: RunConfig, outfeed, start, end, elapsed, batch_size,
-            last_step, writer) -> None:
-  """The progress line, the loss summary every save_summary_steps, and
-  `model_fn`'s summaries where the loop computed them (its last step).
+            last_step, writer, first_loop: bool) -> None:
+  """The progress line (at the call's first loop, then where a loop
+  reaches a multiple of log_step_count_steps, and at its last step: as
+  TPUEstimator logged the loss, at its first run and then every
+  log_step_count_steps steps), the loss summary every save_summary_steps,
+  and `model_fn`'s summaries where the loop computed them (its last step).
   Where those have a `loss` of their own, ours is not written at that step
   (Estimator's rule: no second `loss`)."""
   losses = outfeed[LOSS]
-  steps = end - start
-  rate = steps / elapsed if elapsed > 0 else float("inf")
-  logging.info("step %d: loss = %.6g (%.1f steps/sec, %.1f examples/sec)",
-               end, losses[-1], rate, rate * batch_size)
+  if first_loop or summaries.due(start + 1, end, config.log_step_count_steps,
+                                 last_step):
+    rate = (end - start) / elapsed if elapsed > 0 else float("inf")
+    logging.info("step %d: loss = %.6g (%.1f steps/sec, %.1f examples/sec)",
+                 end, losses[-1], rate, rate * batch_size)
   made = outfeed.get(summaries.SUMMARY)
   made = made[-1] if made is not None and len(made) and made[-1] else None
   own_loss = made is not None and "loss" in summaries.tags(made)
