@@ -541,3 +541,33 @@ def test_a_programs_own_collection_holds_each_replicas_own_entries(
   steps = sorted(event.step for event in event_records(str(log_dir))
                  for value in event.summary.value if value.tag == "mine/loss")
   assert steps == [0, 1, 2, 3]
+
+
+def _cross_replica_bn_model_fn(features, labels, mode, params):
+  """A batch mean summed across replicas, as a cross-replica batch norm
+  computes its statistics."""
+  del params  # Unused.
+  w = tf.compat.v1.get_variable("w", [NUM_FEATURES, 1],
+                                initializer=tf.zeros_initializer())
+  mean = tf.compat.v1.tpu.cross_replica_sum(tf.reduce_mean(features, 0))
+  loss = tf.reduce_mean(tf.square(tf.matmul(features - mean, w) - labels))
+  train_op = tf.compat.v1.tpu.CrossShardOptimizer(
+      tf.compat.v1.train.GradientDescentOptimizer(0.05)).minimize(
+          loss, tf.compat.v1.train.get_global_step())
+  return th.ModelSpec(mode=mode, loss=loss, train_op=train_op)
+
+
+def test_cross_replica_sum_is_the_identity_on_one_core(tmp_path):
+  reader = _train(tmp_path, shards=1, steps=2,
+                  model_fn=_cross_replica_bn_model_fn)
+  assert reader.get_tensor("global_step") == 2
+
+
+def test_cross_replica_sum_on_several_cores_is_refused_as_it_is_called(
+    tmp_path):
+  from tensorflow.python.ops import gen_tpu_ops  # pylint: disable=g-import-not-at-top,g-direct-tensorflow-import
+  original = gen_tpu_ops.cross_replica_sum
+  with pytest.raises(NotImplementedError,
+                     match=r"cross_replica_sum .* on 2 emulated TPU cores"):
+    _train(tmp_path, shards=2, steps=2, model_fn=_cross_replica_bn_model_fn)
+  assert gen_tpu_ops.cross_replica_sum is original

@@ -27,6 +27,14 @@ signature.
   which every way of calling it goes through) runs under
   `tf.init_scope()`, in the graph that holds the variables and their other
   initializers, as TPUEstimator's `model_fn` ran off TPU.
+- `tf.compat.v1.tpu.cross_replica_sum` in `model_fn` (cross-replica batch
+  norm) is a TPU op with no CPU kernel: a session that ran it failed with
+  TF's "No OpKernel was registered". The emulation builds its replicas one
+  after another, so no replica can read another's value. While they are
+  built, the generated op wrapper every Python path ends in (private
+  `gen_tpu_ops.cross_replica_sum`) returns its input for one replica (the
+  sum over one core) and, for more, raises an error that says so as
+  `model_fn` calls it.
 - Within a step, reads of the global step in `model_fn` are made to run
   before its increment (`reads_before_update`), so they see the value from
   before the step, every time.
@@ -84,6 +92,7 @@ from tensorflow.python.framework import config as tf_config  # pylint: disable=g
 from tensorflow.python.framework import function  # pylint: disable=g-direct-tensorflow-import
 from tensorflow.python.framework import kernels  # pylint: disable=g-direct-tensorflow-import
 from tensorflow.python.framework import none_tensor  # pylint: disable=g-direct-tensorflow-import
+from tensorflow.python.ops import gen_tpu_ops  # pylint: disable=g-direct-tensorflow-import
 from tensorflow.python.ops import summary_ops_v2  # pylint: disable=g-direct-tensorflow-import
 from tensorflow.python.tpu import functional as tpu_functional  # pylint: disable=g-direct-tensorflow-import
 from tensorflow.python.tpu import tpu as tpu_lib  # pylint: disable=g-direct-tensorflow-import
@@ -137,6 +146,32 @@ def cross_shard_optimizer_as(factory: Callable) -> None:
   finally:
     for name, method in saved.items():
       setattr(cls, name, method)
+
+
+@contextlib.contextmanager
+def cross_replica_sum_as(replicas: int) -> Iterator[None]:
+  """Within the block, `tf.compat.v1.tpu.cross_replica_sum` (however it is
+  reached) returns its input with one replica, and with more raises
+  NotImplementedError naming the call."""
+  saved = gen_tpu_ops.cross_replica_sum
+
+  def emulated(input, group_assignment, name=None):  # pylint: disable=redefined-builtin
+    if replicas == 1:
+      return tf.identity(input, name=name)
+    raise NotImplementedError(
+        f"`model_fn` called tf.compat.v1.tpu.cross_replica_sum (e.g. for a "
+        f"cross-replica batch norm) on {replicas} emulated TPU cores: "
+        f"cross-replica ops are not emulated on CPU (the replicas are built "
+        f"one after another), only CrossShardOptimizer's gradient "
+        f"combination is. Emulate 1 core (num_shards=1), run on a TPU, or "
+        f"skip the call when tf.compat.v1.tpu's context has no "
+        f"number_of_shards, as the emulation leaves it.")
+
+  gen_tpu_ops.cross_replica_sum = emulated
+  try:
+    yield
+  finally:
+    gen_tpu_ops.cross_replica_sum = saved
 
 
 @contextlib.contextmanager

@@ -47,6 +47,9 @@ means:
   holds the same copy, updated with the same all-reduced gradients. They
   are not matched against the other replicas' variables, and no replica
   has its own copy of them.
+- `tf.compat.v1.tpu.cross_replica_sum` is the identity with one replica;
+  with more it is refused as `model_fn` calls it (no replica can read
+  another's value while they are built one after another).
 - A `tf.Variable` whose initial value is computed inside the loop cannot be
   created there; the error says so in the user's terms.
 - `tf.compat.v1.train.init_from_checkpoint` called in `model_fn` (BERT's
@@ -173,6 +176,7 @@ def building(group: Group, index: int, mode: str) -> Iterator[None]:
             custom_getter=_getter(group, index, own_state)), \
         tf.variable_creator_scope(_creator(group, index, first, own_state)), \
         _tf_internals.cross_shard_optimizer_as(_cross_shard_optimizer), \
+        _tf_internals.cross_replica_sum_as(group.count), \
         _tf_internals.checkpoint_initializers_outside():
       yield
     if group.count > 1 and not first and group.cursor != len(group.created):
