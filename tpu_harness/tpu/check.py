@@ -21,9 +21,12 @@ of the user's code that created it):
   or input the TPU infeed cannot carry;
 * XLA cannot compile: any other error XLA's compiler reports.
 
-A step that calls TPU collectives directly (`tf.compat.v1.tpu.
-cross_replica_sum`, ...) cannot be compiled by XLA's CPU backend: its ops,
-shapes and dtypes are checked, and a warning says it was not compiled.
+A step that calls other TPU collectives directly (`CollectivePermute`,
+`AllToAll`) cannot be compiled by XLA's CPU backend: its ops, shapes and
+dtypes are checked, and a warning says it was not compiled.
+`tf.compat.v1.tpu.cross_replica_sum` is built as on one core (the
+identity, as the check builds one replica), so the rest of such a step is
+compiled.
 
 What it does not show: XLA's TPU backend differs from its CPU backend in a
 few ops and in numerics, and memory, speed and the infeed's throughput are
@@ -63,9 +66,10 @@ _HANDLES = frozenset([tf.resource, tf.variant])
 _DROPPED_BY_XLA = ("Assert",)
 
 # Ops with XLA kernels for TPUs only (TF registers them with the TPU
-# backend): a model may call them directly (tf.compat.v1.tpu.
-# cross_replica_sum, ...). A step that has them is checked without the
-# compile on CPU.
+# backend): a model may call them directly. A step that has them is checked
+# without the compile on CPU. (cross_replica_sum is the identity in the one
+# replica the check builds; CrossReplicaSum stays here for a step that
+# builds the raw op.)
 TPU_ONLY_OPS = frozenset(["CrossReplicaSum", "AllToAll", "CollectivePermute"])
 
 # Dataset ops that set the batch size.
