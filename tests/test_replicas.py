@@ -571,3 +571,60 @@ def test_cross_replica_sum_on_several_cores_is_refused_as_it_is_called(
                      match=r"cross_replica_sum .* on 2 emulated TPU cores"):
     _train(tmp_path, shards=2, steps=2, model_fn=_cross_replica_bn_model_fn)
   assert gen_tpu_ops.cross_replica_sum is original
+
+
+def test_each_replica_sees_the_collections_of_one_trace():
+  """What `model_fn` reads from the graph's collections, replica by replica
+  (built from the last to 0), with variables partitioned, an EMA, and a
+  summary made before the step."""
+  seen = []
+
+  def model_fn(features, labels, mode, params):
+    del labels, mode, params  # Unused.
+    view = {}
+    w = tf.compat.v1.get_variable(
+        "w", [8, 1], partitioner=tf.compat.v1.fixed_size_partitioner(2))
+    b = tf.compat.v1.get_variable("b", [1])
+    view["trainable"] = [v.op.name for v in
+                         tf.compat.v1.trainable_variables()]
+    view["averaged before"] = len(tf.compat.v1.moving_average_variables())
+    ema = tf.compat.v1.train.ExponentialMovingAverage(0.5)
+    ema.apply([b])
+    view["averaged after"] = [v.op.name for v in
+                              tf.compat.v1.moving_average_variables()]
+    tf.compat.v1.add_to_collection("mine", features)
+    view["mine"] = len(tf.compat.v1.get_collection("mine"))
+    view["summaries"] = len(tf.compat.v1.get_collection(
+        tf.compat.v1.GraphKeys.SUMMARIES))
+    seen.append(view)
+    return th.ModelSpec(mode=th.ModeKeys.PREDICT,
+                        predictions=tf.matmul(features, tf.concat(
+                            list(w), 0)) + b)
+
+  with tf.Graph().as_default():
+    tf.compat.v1.summary.scalar("before", tf.constant(1.0))
+    from tpu_harness.loops import replicas  # pylint: disable=g-import-not-at-top
+    replicas.call_replicas(model_fn, tf.zeros([2, 4, 8]),
+                           th.ModeKeys.PREDICT, {}, num_shards=2,
+                           stacked=True, in_loop=False)
+    assert seen[0] == seen[1], seen
+    assert seen[0] == {
+        "trainable": ["w/part_0", "w/part_1", "b"], "averaged before": 0,
+        "averaged after": ["b"], "mine": 1, "summaries": 0}
+    # Afterwards: each replica's own entries, the shared variables once.
+    assert len(tf.compat.v1.get_collection("mine")) == 2
+    assert [v.op.name for v in tf.compat.v1.trainable_variables()] == [
+        "w/part_0", "w/part_1", "b"]
+    assert len(tf.compat.v1.get_collection(
+        tf.compat.v1.GraphKeys.SUMMARIES)) == 1
+
+
+def test_cross_replica_sum_of_a_dtype_a_tpu_does_not_sum_is_refused(
+    tmp_path):
+  def model_fn(features, labels, mode, params):
+    tf.compat.v1.tpu.cross_replica_sum(tf.cast(features, tf.int64))
+    return _cross_replica_bn_model_fn(features, labels, mode, params)
+
+  with pytest.raises(TypeError, match="got a tensor of dtype int64; a TPU sums only "
+                     "bfloat16, float16, float32, float64, int32, uint32"):
+    _train(tmp_path, shards=1, steps=2, model_fn=model_fn)

@@ -184,7 +184,7 @@ def test_loss_and_host_call_scalars_land_at_their_steps(tmp_path, shards):
     (10, 100, 25, [10, 25]),  # The first loop and the last.
     (2, 6, 13, [2, 6, 12, 13]),  # Loops 5..6 and 11..12 reach a multiple.
     (4, 6, 16, [4, 8, 12, 16]),  # 5..8 holds 6, 9..12 holds 12.
-    (1, 5, 12, [1, 5, 10, 12]),  # One step per loop, as on CPU.
+    (1, 5, 12, [1, 5, 10, 12]),  # One step per loop.
 ])
 def test_a_progress_line_at_the_first_loop_then_every_log_step_count_steps(
     tmp_path, caplog, ipl, log_every, max_steps, expected):

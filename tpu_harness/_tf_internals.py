@@ -148,14 +148,30 @@ def cross_shard_optimizer_as(factory: Callable) -> None:
       setattr(cls, name, method)
 
 
+# What TF's CrossReplicaSum takes (its op definition's `T`).
+_CROSS_REPLICA_SUM_DTYPES = (tf.bfloat16, tf.float16, tf.float32, tf.float64,
+                             tf.int32, tf.uint32)
+
+
 @contextlib.contextmanager
 def cross_replica_sum_as(replicas: int) -> Iterator[None]:
   """Within the block, `tf.compat.v1.tpu.cross_replica_sum` (however it is
   reached) returns its input with one replica, and with more raises
-  NotImplementedError naming the call."""
+  NotImplementedError naming the call; a dtype a TPU does not sum raises
+  TypeError either way."""
+  # The module's global, as cross_shard_optimizer_as patches a class: a
+  # graph built on another thread meanwhile would see it (none is).
   saved = gen_tpu_ops.cross_replica_sum
 
   def emulated(input, group_assignment, name=None):  # pylint: disable=redefined-builtin
+    del group_assignment  # One group of every replica, or refused below.
+    dtype = tf.convert_to_tensor(input).dtype
+    if dtype not in _CROSS_REPLICA_SUM_DTYPES:
+      raise TypeError(
+          f"tf.compat.v1.tpu.cross_replica_sum got a tensor of dtype "
+          f"{dtype.name}; "
+          f"a TPU sums only "
+          f"{', '.join(d.name for d in _CROSS_REPLICA_SUM_DTYPES)}.")
     if replicas == 1:
       return tf.identity(input, name=name)
     raise NotImplementedError(

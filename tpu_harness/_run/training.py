@@ -364,9 +364,10 @@ def _train_loops(job: Job, session, loop: BuiltLoop, request: TrainRequest,
 def _report(config: RunConfig, outfeed, start, end, elapsed, batch_size,
             last_step, writer, first_loop: bool) -> None:
   """The progress line (at the call's first loop, then where a loop
-  reaches a multiple of log_step_count_steps, and at its last step: as
-  TPUEstimator logged the loss, at its first run and then every
-  log_step_count_steps steps), the loss summary every save_summary_steps,
+  reaches a multiple of log_step_count_steps, and at its last step;
+  TPUEstimator logged the loss at its first run and then every
+  ceil(log_step_count_steps / iterations_per_loop) loops), the loss
+  summary every save_summary_steps,
   and `model_fn`'s summaries where the loop computed them (its last step).
   Where those have a `loss` of their own, ours is not written at that step
   (Estimator's rule: no second `loss`)."""

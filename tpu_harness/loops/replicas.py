@@ -22,21 +22,23 @@ means:
 - While a replica's `model_fn` runs, the graph's collections hold what a
   TPU's one trace would see: what they held before the step, the shared
   variables this replica has created or been handed so far (in the
-  collections they were created into), and what this replica added. So its
-  train op depends on its own `UPDATE_OPS`,
-  `tf.compat.v1.losses.get_total_loss()` sums its own `LOSSES`,
+  collections they went into as the first-built replica created them), and
+  what this replica added. `UPDATE_OPS`, `LOSSES` and `SUMMARIES` start
+  empty (one replica too). So its train op depends on its own update ops,
+  `tf.compat.v1.losses.get_total_loss()` sums its own losses,
   `tf.compat.v1.summary.merge_all()` merges its own summaries, a collection
   of the program's own (summaries gathered for a `host_call`) holds its own
   entries, and `tf.compat.v1.global_variables()` lists no variable that
   only an earlier-built replica made (an EMA's shadows, which a program
   that averages every variable named `moving_mean` would average again).
-  Afterwards each collection holds what it held before and what any
-  replica added, each entry once, but for summaries made in a loop, which
-  are left out (`summaries` writes one replica's).
+  Afterwards each collection holds what it held before and what each
+  replica added (a shared variable once), but for summaries made in a
+  loop, which are left out (`summaries` writes one replica's).
   `REGULARIZATION_LOSSES` stay shared: they are added once, when the shared
   variables are created, and belong to every replica; so do the
-  control-flow contexts and anything not keyed by a string (the variable
-  store).
+  control-flow contexts, plugin assets (TF keeps one object in each) and
+  anything not keyed by a string (the variable store). With one replica
+  only `UPDATE_OPS`, `LOSSES` and `SUMMARIES` are viewed.
 - Variables created directly (`tf.Variable`, graph-mode `tf.keras` layers,
   which create new ones on every call) are shared too: those the
   first-built replica creates are handed, in the same order, to the others.
@@ -71,23 +73,123 @@ from tpu_harness.loops import cross_shard
 from tpu_harness.loops import step_input
 from tpu_harness.spec import ModeKeys
 
-# Collections every replica sees whole while it is built, and that are not
-# viewed per replica: see the module's docstring.
+# Collections each replica starts empty, one replica too: its own update
+# ops, losses and summaries only.
+_OWN_ONLY = frozenset({tf.compat.v1.GraphKeys.UPDATE_OPS,
+                       tf.compat.v1.GraphKeys.LOSSES,
+                       tf.compat.v1.GraphKeys.SUMMARIES})
+# Collections every replica sees whole, not viewed per replica: see the
+# module's docstring. TF keeps one object in a plugin asset's collection
+# (and checks it holds one).
 _SHARED = frozenset({tf.compat.v1.GraphKeys.REGULARIZATION_LOSSES,
                      tf.compat.v1.GraphKeys.COND_CONTEXT,
                      tf.compat.v1.GraphKeys.WHILE_CONTEXT,
                      tf.compat.v1.GraphKeys.GLOBAL_STEP})
+_SHARED_PREFIXES = ("__tensorboard_plugin_asset__",)
 
 
-def _viewed(key) -> bool:
-  """Whether replicas see collection `key` each as their own."""
-  return isinstance(key, str) and key not in _SHARED
+def _parts(variable) -> list:
+  """The variables a collection holds for `variable` (a partitioned
+  variable's parts)."""
+  if isinstance(variable, tf.Variable) or not hasattr(variable, "__iter__"):
+    return [variable]
+  return list(variable)
+
+
+class CollectionViews:
+  """The graph's collections as each replica sees them while it is built:
+  what they held before the step, the shared variables the replica has been
+  handed (`show`), and what it added itself; with one replica, only
+  `_OWN_ONLY` is viewed."""
+
+  def __init__(self, count: int, in_loop: bool):
+    self._count = count
+    self._in_loop = in_loop
+    self._graph: Optional[tf.Graph] = None
+    self._before: Dict[str, list] = {}  # At the step's start.
+    self._start: Dict[str, list] = {}  # The view of the replica built.
+    self._added: Dict[str, list] = {}  # What the replicas built added.
+    # The collections each variable the first-built replica created went
+    # into as it was created (by id), and those shown to the replica built.
+    self._homes: Dict[int, List[str]] = {}
+    self._shown: set = set()
+
+  def _viewed(self, key) -> bool:
+    if self._count == 1:
+      return key in _OWN_ONLY
+    return (isinstance(key, str) and key not in _SHARED
+            and not key.startswith(_SHARED_PREFIXES))
+
+  def _keys(self) -> List[str]:
+    keys = set(self._graph.get_all_collection_keys()) | set(self._start)
+    return [key for key in keys if self._viewed(key)]
+
+  def start(self) -> None:
+    """Sets the view of the replica about to be built."""
+    if self._graph is None:
+      self._graph = tf.compat.v1.get_default_graph()
+      self._before = {key: list(self._graph.get_collection(key))
+                      for key in self._graph.get_all_collection_keys()
+                      if self._viewed(key)}
+      self._start = {key: [] for key in self._before}
+    self._shown = set()
+    for key in self._keys():
+      view = [] if key in _OWN_ONLY else list(self._before.get(key, []))
+      self._graph.get_collection_ref(key)[:] = view
+      self._start[key] = list(view)
+
+  def created(self, make: Callable[[], Any]) -> Any:
+    """`make()`, a variable the first-built replica creates; notes the
+    viewed collections it goes into."""
+    sizes = {key: len(self._graph.get_collection_ref(key))
+             for key in self._keys()}
+    variable = make()
+    ids = {id(part) for part in _parts(variable)}
+    for key in self._keys():
+      for item in self._graph.get_collection_ref(key)[sizes.get(key, 0):]:
+        if id(item) in ids:
+          self._homes.setdefault(id(item), []).append(key)
+    return variable
+
+  def show(self, variable) -> None:
+    """Puts a shared `variable` the replica being built was handed into
+    the collections the first-built replica created it into."""
+    for part in _parts(variable):
+      for key in self._homes.get(id(part), ()):
+        if (key, id(part)) not in self._shown:
+          self._shown.add((key, id(part)))
+          self._graph.get_collection_ref(key).append(part)
+
+  def end(self) -> None:
+    """Takes in what the replica just built added (not what it was shown),
+    and leaves each viewed collection with what it held before the step and
+    what the replicas built so far added (summaries made in a loop left
+    out: they cannot be merged outside it, Scaffold's default
+    `merge_all()` under v1 control flow refuses them, and the loop sends
+    one replica's out itself)."""
+    for key in self._keys():
+      ref = self._graph.get_collection_ref(key)
+      start = self._start.get(key, [])
+      if len(ref) >= len(start) and all(
+          item is was for item, was in zip(ref, start)):
+        new = ref[len(start):]
+      else:  # The replica removed entries of its view.
+        known = {id(item) for item in start}
+        new = [item for item in ref if id(item) not in known]
+      added = self._added.setdefault(key, [])
+      added.extend(item for item in new
+                   if (key, id(item)) not in self._shown)
+      in_loop_summaries = (self._in_loop and
+                           key == tf.compat.v1.GraphKeys.SUMMARIES)
+      ref[:] = self._before.get(key, []) + (
+          [] if in_loop_summaries else added)
 
 
 class Group:
   """What the replicas of one step share while they are built: the
   variables the first-built replica created directly (`tf.Variable`, graph-
-  mode `tf.keras` layers), handed in the same order to the others."""
+  mode `tf.keras` layers), handed in the same order to the others, and the
+  graph's collections as each sees them."""
 
   def __init__(self, count: int, devices=None, variable_device: str = "",
                in_loop: bool = True):
@@ -102,57 +204,7 @@ class Group:
     self.created = []
     self.cursor = 0
     self.in_get_variable = 0
-    # The viewed collections as the step's build started; what the replicas
-    # built so far added to each; the collections the first-built replica
-    # put each variable it created into (by id); what the replica being
-    # built has been shown of those.
-    self.before: Optional[Dict[str, list]] = None
-    self.added: Dict[str, list] = {}
-    self.homes: Dict[int, List[str]] = {}
-    self.shown: set = set()
-
-  def show(self, variable) -> None:
-    """Puts a shared `variable` that the replica being built was handed
-    into the collections the first-built replica created it into."""
-    for key in self.homes.get(id(variable), ()):
-      if (key, id(variable)) not in self.shown:
-        self.shown.add((key, id(variable)))
-        tf.compat.v1.get_collection_ref(key).append(variable)
-
-  def start_view(self, graph: tf.Graph) -> None:
-    """The viewed collections as the step's build started, for the
-    replica about to be built."""
-    if self.before is None:
-      self.before = {key: list(graph.get_collection(key))
-                     for key in graph.get_all_collection_keys()
-                     if _viewed(key)}
-    self.shown = set()
-    for key in graph.get_all_collection_keys():
-      if _viewed(key):
-        graph.get_collection_ref(key)[:] = self.before.get(key, [])
-
-  def end_view(self, graph: tf.Graph, first: bool) -> None:
-    """Takes in what the replica just built added, and leaves each viewed
-    collection with what it held before the step and what the replicas
-    built so far added (summaries made in a loop left out)."""
-    for key in graph.get_all_collection_keys():
-      if not _viewed(key):
-        continue
-      ref = graph.get_collection_ref(key)
-      before = self.before.get(key, [])
-      known = {id(item) for item in before}
-      added = self.added.setdefault(key, [])
-      known.update(id(item) for item in added)
-      for item in ref:
-        if id(item) in known:
-          continue
-        known.add(id(item))
-        added.append(item)
-        if first and isinstance(item, tf.Variable):
-          self.homes.setdefault(id(item), []).append(key)
-      in_loop_summaries = (self.in_loop and
-                           key == tf.compat.v1.GraphKeys.SUMMARIES)
-      ref[:] = before + ([] if in_loop_summaries else added)
+    self.views = CollectionViews(count, in_loop)
 
 
 @contextlib.contextmanager
@@ -164,8 +216,7 @@ def building(group: Group, index: int, mode: str) -> Iterator[None]:
   reuse = None if first else tf.compat.v1.AUTO_REUSE
   own_state = index > 0 and mode == ModeKeys.TRAIN
   group.cursor = 0
-  graph = tf.compat.v1.get_default_graph()
-  group.start_view(graph)
+  group.views.start()
   try:
     # Outside the loop's name scope: names derived from it (e.g. an
     # ExponentialMovingAverage's) would otherwise differ from the same
@@ -173,7 +224,7 @@ def building(group: Group, index: int, mode: str) -> Iterator[None]:
     with tf.compat.v1.name_scope(None), tf.device(group.devices[index]), \
         tf.compat.v1.variable_scope(
             tf.compat.v1.get_variable_scope(), reuse=reuse,
-            custom_getter=_getter(group, index, own_state)), \
+            custom_getter=_getter(group, index, first, own_state)), \
         tf.variable_creator_scope(_creator(group, index, first, own_state)), \
         _tf_internals.cross_shard_optimizer_as(_cross_shard_optimizer), \
         _tf_internals.cross_replica_sum_as(group.count), \
@@ -186,10 +237,7 @@ def building(group: Group, index: int, mode: str) -> Iterator[None]:
           f"{len(group.created)}: `model_fn` must build the same variables "
           f"for every replica.")
   finally:
-    # Summaries made in a loop are left out: they cannot be merged outside
-    # it (Scaffold's default `merge_all()`: v1 control flow refuses it),
-    # and the loop sends one replica's out itself.
-    group.end_view(graph, first)
+    group.views.end()
 
 
 def _is_state(variable: tf.Variable, trainable: object) -> bool:
@@ -218,16 +266,22 @@ def _local_copy(create, variable: tf.Variable, kwargs: dict, name: str):
   return create(name, copy_kwargs)
 
 
-def _getter(group: Group, index: int, own_state: bool):
+def _getter(group: Group, index: int, first: bool, own_state: bool):
   """A custom getter: marks get_variable calls (their sharing is the
-  variable store's), and gives replicas > 0 their own copies of state."""
+  variable store's), notes the collections the first-built replica's
+  variables go into and shows the others those they are handed, and gives
+  replicas > 0 their own copies of state."""
 
   def custom_getter(getter, name, *args, **kwargs):
     group.in_get_variable += 1
     try:
       with _on(group.variable_device):
-        variable = getter(name, *args, **kwargs)
-      group.show(variable)
+        if first and group.count > 1:
+          variable = group.views.created(
+              lambda: getter(name, *args, **kwargs))
+        else:
+          variable = getter(name, *args, **kwargs)
+          group.views.show(variable)
       if (not own_state or cross_shard.applying()
           or not _is_state(variable, kwargs.get("trainable", True))):
         return variable
@@ -265,7 +319,8 @@ def _creator(group: Group, index: int, first: bool, own_state: bool):
         return _explained(next_creator, kwargs)
     if first:
       with _on(group.variable_device):
-        variable = _explained(next_creator, kwargs)
+        variable = group.views.created(
+            lambda: _explained(next_creator, kwargs))
       group.created.append(variable)
     else:
       if group.cursor >= len(group.created):
@@ -275,7 +330,7 @@ def _creator(group: Group, index: int, first: bool, own_state: bool):
             f"`model_fn` must build the same variables for every replica.")
       variable = group.created[group.cursor]
       group.cursor += 1
-      group.show(variable)
+      group.views.show(variable)
     if own_state and _is_state(variable, kwargs.get("trainable")):
       return _local_copy(
           lambda name, copy_kwargs: _explained(next_creator, dict(
