@@ -347,3 +347,24 @@ def test_a_checkpoint_is_deleted_index_first(tmp_path, three, monkeypatch):
   assert removed[0] == three[0] + ".index"
   assert sorted(removed) == sorted(files)
   assert not tf.io.gfile.glob(three[0] + ".*")
+
+
+@pytest.mark.parametrize("every_n_hours,left", [
+    (10000.0, [4, 5]),  # TF's default: none kept for good.
+    (1.0, [1, 2, 4, 5]),  # Those the Saver took out of its list stay.
+])
+def test_enforce_keep_max_leaves_checkpoints_kept_every_n_hours(
+    tmp_path, every_n_hours, left):
+  prefixes = [write_checkpoint(str(tmp_path), [[float(s)]] * 4, s)
+              for s in (1, 2, 3, 4, 5)]
+  # As TF's Saver leaves its state file after keeping 1 and 2 for good.
+  tf.compat.v1.train.update_checkpoint_state(
+      str(tmp_path), prefixes[-1], all_model_checkpoint_paths=prefixes[2:])
+  contents.enforce_keep_max(str(tmp_path), prefixes, 2, every_n_hours)
+  assert sorted(int(name[len("model.ckpt-"):-len(".index")])
+                for name in os.listdir(tmp_path)
+                if name.startswith("model.ckpt-")
+                and name.endswith(".index")) == left
+  state = tf.train.get_checkpoint_state(str(tmp_path))
+  assert [contents.checkpoint_step(p)
+          for p in state.all_model_checkpoint_paths] == [4, 5]

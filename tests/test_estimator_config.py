@@ -62,8 +62,6 @@ def test_replace_and_master():
      ValueError, "are both set"),
     (lambda: RunConfig(master="grpc://h:1", cluster=object()), ValueError,
      "Both `master` and `cluster`"),
-    (lambda: RunConfig(keep_checkpoint_every_n_hours=1), NotImplementedError,
-     "`keep_checkpoint_every_n_hours` (1) is not supported"),
     (lambda: RunConfig(train_distribute=object()), NotImplementedError,
      "`train_distribute`"),
     (lambda: RunConfig(evaluation_master="grpc://other:1"),

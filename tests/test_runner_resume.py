@@ -152,3 +152,29 @@ def test_sharding_without_cross_shard_optimizer_is_an_error(tmp_path):
   with pytest.raises(ValueError, match="num_shards=2, `model_fn` must wrap "
                      "its optimizer in tpu_harness.CrossShardOptimizer"):
     runner.train(train_input_fn(), max_steps=1)
+
+
+def test_checkpoints_kept_every_n_hours_stay_across_runs(tmp_path):
+  """keep_checkpoint_every_n_hours (EfficientNetV2's default is 5): TF's
+  Saver keeps the checkpoints it rotates out past each mark for good, and a
+  resumed run's start-up rotation leaves them. A mark a fraction of a
+  microsecond long keeps every one."""
+
+  def train(max_steps):
+    make_runner(tmp_path, ipl=1, save_steps=1, keep_checkpoint_max=1,
+                keep_checkpoint_every_n_hours=1e-10).train(
+                    train_input_fn(), max_steps=max_steps)
+
+  def on_disk():
+    return sorted(int(name[len("model.ckpt-"):-len(".index")])
+                  for name in os.listdir(tmp_path)
+                  if name.startswith("model.ckpt-")
+                  and name.endswith(".index"))
+
+  train(3)
+  assert on_disk() == [0, 1, 2, 3]
+  train(5)
+  assert on_disk() == [0, 1, 2, 3, 4, 5]
+  state = tf.train.get_checkpoint_state(str(tmp_path))
+  assert [os.path.basename(p) for p in state.all_model_checkpoint_paths] == [
+      "model.ckpt-5"]

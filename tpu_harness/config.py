@@ -84,6 +84,10 @@ class RunConfig:
     save_checkpoints_secs: save every N seconds.
     keep_checkpoint_max: checkpoints kept on disk; 0 keeps all. Lowered
       between runs, the surplus is deleted when training starts.
+    keep_checkpoint_every_n_hours: besides those, keep one checkpoint per
+      this many hours of training for good (as TF's Saver: the first one
+      saved past each mark), at start-up rotation too; 10000 (the default,
+      as TF's) keeps none.
     log_step_count_steps: how often global_step/sec is logged and recorded.
     save_summary_steps: how often loss and host_call scalars are written;
       `model_fn`'s tf.compat.v1 summaries at the last step of a loop that
@@ -126,6 +130,7 @@ class RunConfig:
   save_checkpoints_steps: Optional[int] = 1000
   save_checkpoints_secs: Optional[float] = None
   keep_checkpoint_max: int = 5
+  keep_checkpoint_every_n_hours: float = 10000.0
   log_step_count_steps: int = 100
   save_summary_steps: int = 100
   tf_random_seed: Optional[int] = None
@@ -161,6 +166,8 @@ class RunConfig:
                                  self.save_checkpoints_secs)
     validation.non_negative_int("keep_checkpoint_max",
                                 self.keep_checkpoint_max, "0 keeps all")
+    validation.positive_number("keep_checkpoint_every_n_hours",
+                               self.keep_checkpoint_every_n_hours)
     validation.positive_int("log_step_count_steps", self.log_step_count_steps)
     validation.positive_int("save_summary_steps", self.save_summary_steps)
     if self.tf_random_seed is not None and (

@@ -183,15 +183,36 @@ def remove_leftovers(contents: Contents) -> None:
       pass
 
 
+def _listed(model_dir: str) -> set:
+  """The checkpoints `model_dir`'s state file lists (normalized); none
+  where it cannot be read."""
+  try:
+    state = tf.train.get_checkpoint_state(model_dir)
+  except Exception:  # pylint: disable=broad-except  # A garbled state file.
+    state = None
+  if state is None:
+    return set()
+  return {_normalized(path if os.path.isabs(path) or "://" in path
+                      else paths.join(model_dir, path))
+          for path in state.all_model_checkpoint_paths}
+
+
 def enforce_keep_max(model_dir: str, owned_oldest_first: Sequence[str],
-                     keep_max: int) -> List[str]:
+                     keep_max: int, every_n_hours: float = 10000.0
+                     ) -> List[str]:
   """Deletes the oldest of `owned_oldest_first` beyond `keep_max` (0 keeps
   all) and points the state file at what is kept; returns what is kept.
 
   A lowered `keep_checkpoint_max` is so enforced when a run starts, not one
-  checkpoint per save.
+  checkpoint per save. With `every_n_hours` set (below TF's 10000), the
+  checkpoints the state file no longer lists are left: those TF's Saver
+  kept for good, one per `every_n_hours`, as it took them out of its
+  rotation.
   """
   kept, expired = retention.RetainLatest(keep_max).split(owned_oldest_first)
+  if expired and every_n_hours < 10000:
+    listed = _listed(model_dir)
+    expired = [prefix for prefix in expired if _normalized(prefix) in listed]
   if expired:
     retention.apply(model_dir, kept, expired,
                     lambda prefix: paths.state_file_entry(model_dir, prefix),

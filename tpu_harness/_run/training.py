@@ -196,15 +196,19 @@ def _saver_and_listeners(job: Job, loop: BuiltLoop, position,
   config = job.config
 
   def model_saver():
-    return tf.compat.v1.train.Saver(max_to_keep=config.keep_checkpoint_max,
-                                    save_relative_paths=True)
+    return tf.compat.v1.train.Saver(
+        max_to_keep=config.keep_checkpoint_max,
+        keep_checkpoint_every_n_hours=config.keep_checkpoint_every_n_hours,
+        save_relative_paths=True)
 
   def position_saver():
     return tf.compat.v1.train.Saver(
         var_list=(tf.compat.v1.global_variables() + tf.compat.v1
                   .get_collection(tf.compat.v1.GraphKeys.SAVEABLE_OBJECTS)
                   + position.variables),
-        max_to_keep=config.keep_checkpoint_max, save_relative_paths=True)
+        max_to_keep=config.keep_checkpoint_max,
+        keep_checkpoint_every_n_hours=config.keep_checkpoint_every_n_hours,
+        save_relative_paths=True)
 
   # One Saver where it can both restore and save: each one built costs ops
   # for every variable.
@@ -228,7 +232,8 @@ def _saver_and_listeners(job: Job, loop: BuiltLoop, position,
   # Rotation (keep_checkpoint_max) covers the run's own checkpoints of
   # earlier runs, and a lowered maximum applies at once.
   kept = contents.enforce_keep_max(config.model_dir, request.resume.recent,
-                                  config.keep_checkpoint_max)
+                                  config.keep_checkpoint_max,
+                                  config.keep_checkpoint_every_n_hours)
   # What Saver.recover_last_checkpoints does, without its deprecated
   # helper (a warning in every resumed run's log) and its glob per
   # checkpoint: each one's time is its index's.

@@ -186,7 +186,7 @@ class RunConfig:
   tf_random_seed, save_summary_steps (100), save_checkpoints_steps,
   save_checkpoints_secs (neither given: every 600 seconds; both None: no
   periodic saves), session_config, keep_checkpoint_max (5),
-  keep_checkpoint_every_n_hours (default only), log_step_count_steps
+  keep_checkpoint_every_n_hours (10000), log_step_count_steps
   (100), train_distribute and eval_distribute (None, or a tf.distribute
   strategy of one replica, run as the harness's one replica), device_fn,
   protocol (None or "grpc"), experimental_distribute,
@@ -252,8 +252,6 @@ class RunConfig:
            lambda v: _is_number(v) and v > 0, "must be a number > 0")
     _check("session_creation_timeout_secs", session_creation_timeout_secs,
            lambda v: _is_number(v) and v > 0, "must be a number > 0")
-    refuse("keep_checkpoint_every_n_hours", keep_checkpoint_every_n_hours,
-           10000, "checkpoints are kept by keep_checkpoint_max only.")
     if protocol != "grpc":  # TF's default server protocol.
       refuse("protocol", protocol, None, "the session target's protocol is "
              "grpc (\"grpc\", the default, is accepted).")

@@ -202,6 +202,7 @@ class Estimator:
         save_checkpoints_steps=config.save_checkpoints_steps,
         save_checkpoints_secs=config.save_checkpoints_secs,
         keep_checkpoint_max=config.keep_checkpoint_max,
+        keep_checkpoint_every_n_hours=config.keep_checkpoint_every_n_hours,
         log_step_count_steps=config.log_step_count_steps,
         save_summary_steps=config.save_summary_steps,
         tf_random_seed=config.tf_random_seed,
