@@ -92,10 +92,7 @@ def log_ignored(model_dir: str, contents: Contents,
     logging.info("Ignoring %s in %s: not a checkpoint of this run (its "
                  "checkpoints are %s-<step>); it is never restored, rotated "
                  "or deleted.", name, model_dir, basename)
-  try:
-    state = tf.train.get_checkpoint_state(model_dir)
-  except Exception:  # pylint: disable=broad-except  # A garbled state file.
-    state = None
+  state = _state(model_dir)
   if state is None:
     return
   own = set(contents.checkpoints)
@@ -183,18 +180,21 @@ def remove_leftovers(contents: Contents) -> None:
       pass
 
 
+def _state(model_dir: str):
+  """`model_dir`'s CheckpointState (its paths made whole by TF), or None
+  where there is none or it cannot be read."""
+  try:
+    return tf.train.get_checkpoint_state(model_dir)
+  except Exception:  # pylint: disable=broad-except  # A garbled state file.
+    return None
+
+
 def _listed(model_dir: str) -> set:
   """The checkpoints `model_dir`'s state file lists (normalized); none
   where it cannot be read."""
-  try:
-    state = tf.train.get_checkpoint_state(model_dir)
-  except Exception:  # pylint: disable=broad-except  # A garbled state file.
-    state = None
-  if state is None:
-    return set()
-  return {_normalized(path if os.path.isabs(path) or "://" in path
-                      else paths.join(model_dir, path))
-          for path in state.all_model_checkpoint_paths}
+  state = _state(model_dir)
+  return set() if state is None else {
+      _normalized(path) for path in state.all_model_checkpoint_paths}
 
 
 def enforce_keep_max(model_dir: str, owned_oldest_first: Sequence[str],

@@ -372,10 +372,10 @@ def _report(config: RunConfig, outfeed, start, end, elapsed, batch_size,
   reaches a multiple of log_step_count_steps, and at its last step;
   TPUEstimator logged the loss at its first run and then every
   ceil(log_step_count_steps / iterations_per_loop) loops), the loss
-  summary every save_summary_steps,
-  and `model_fn`'s summaries where the loop computed them (its last step).
-  Where those have a `loss` of their own, ours is not written at that step
-  (Estimator's rule: no second `loss`)."""
+  summary every save_summary_steps, and `model_fn`'s summaries where the
+  loop computed them (its last step). Where those have a `loss` of their
+  own, ours is not written at that step (Estimator's rule: no second
+  `loss`)."""
   losses = outfeed[LOSS]
   if first_loop or summaries.due(start + 1, end, config.log_step_count_steps,
                                  last_step):
