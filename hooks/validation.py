@@ -55,8 +55,9 @@ def boolean(name: str, value: Any) -> bool:
   return value
 
 
-def positive_number(name: str, value: Any) -> float:
-  """Returns `value` if it is a finite real number > 0 (bool excluded).
+def positive_number(name: str, value: Any, unit: str = "seconds") -> float:
+  """Returns `value` if it is a finite real number > 0 (bool excluded), a
+  number of `unit`.
 
   Raises:
     TypeError: `value` is not a real number.
@@ -64,11 +65,11 @@ def positive_number(name: str, value: Any) -> float:
   """
   if isinstance(value, bool) or not isinstance(value, numbers.Real):
     raise TypeError(
-        f"`{name}` ({value!r}) must be a positive number of seconds, "
+        f"`{name}` ({value!r}) must be a positive number of {unit}, "
         f"got {type(value).__name__}.")
   if not 0 < value < float("inf"):
     raise ValueError(f"`{name}` ({value!r}) must be a positive, finite "
-                     f"number of seconds.")
+                     f"number of {unit}.")
   return value
 
 

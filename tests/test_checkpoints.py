@@ -349,22 +349,42 @@ def test_a_checkpoint_is_deleted_index_first(tmp_path, three, monkeypatch):
   assert not tf.io.gfile.glob(three[0] + ".*")
 
 
-@pytest.mark.parametrize("every_n_hours,left", [
-    (10000.0, [4, 5]),  # TF's default: none kept for good.
-    (1.0, [1, 2, 4, 5]),  # Those the Saver took out of its list stay.
+@pytest.mark.parametrize("every_n_hours,listed,keep,left,kept", [
+    # TF's default: none kept for good, the surplus rotated.
+    (10000.0, [3, 4, 5], 2, [4, 5], [4, 5]),
+    # Those older than the state file's oldest entry (the Saver kept them
+    # for good) stay, and out of the rotation: a raised maximum too.
+    (1.0, [3, 4, 5], 2, [1, 2, 4, 5], [4, 5]),
+    (1.0, [5], 3, [1, 2, 3, 4, 5], [5]),
+    # An unlisted one newer than the oldest entry (a save's orphan) is
+    # rotated as any other: 4 is among the newest 2, 2 and 3 are not.
+    (1.0, [2, 3, 5], 2, [1, 4, 5], [4, 5]),
+    # A state file that lists none of them: all rotated.
+    (1.0, [], 2, [4, 5], [4, 5]),
 ])
+@pytest.mark.parametrize("relative", [False, True])
 def test_enforce_keep_max_leaves_checkpoints_kept_every_n_hours(
-    tmp_path, every_n_hours, left):
+    tmp_path, monkeypatch, every_n_hours, listed, keep, left, kept,
+    relative):
   prefixes = [write_checkpoint(str(tmp_path), [[float(s)]] * 4, s)
               for s in (1, 2, 3, 4, 5)]
-  # As TF's Saver leaves its state file after keeping 1 and 2 for good.
-  tf.compat.v1.train.update_checkpoint_state(
-      str(tmp_path), prefixes[-1], all_model_checkpoint_paths=prefixes[2:])
-  contents.enforce_keep_max(str(tmp_path), prefixes, 2, every_n_hours)
+  # As TF's Saver leaves its state file.
+  if listed:
+    tf.compat.v1.train.update_checkpoint_state(
+        str(tmp_path), prefixes[listed[-1] - 1],
+        all_model_checkpoint_paths=[prefixes[s - 1] for s in listed])
+  else:
+    os.remove(tmp_path / "checkpoint")
+  model_dir = str(tmp_path)
+  if relative:
+    monkeypatch.chdir(tmp_path.parent)
+    model_dir = tmp_path.name
+    prefixes = [os.path.join(model_dir, os.path.basename(p))
+                for p in prefixes]
+  result = contents.enforce_keep_max(model_dir, prefixes, keep,
+                                     every_n_hours)
+  assert [contents.checkpoint_step(p) for p in result] == kept
   assert sorted(int(name[len("model.ckpt-"):-len(".index")])
                 for name in os.listdir(tmp_path)
                 if name.startswith("model.ckpt-")
                 and name.endswith(".index")) == left
-  state = tf.train.get_checkpoint_state(str(tmp_path))
-  assert [contents.checkpoint_step(p)
-          for p in state.all_model_checkpoint_paths] == [4, 5]

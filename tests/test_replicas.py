@@ -615,6 +615,10 @@ def test_each_replica_sees_the_collections_of_one_trace():
     assert len(tf.compat.v1.get_collection("mine")) == 2
     assert [v.op.name for v in tf.compat.v1.trainable_variables()] == [
         "w/part_0", "w/part_1", "b"]
+    # Added by each replica's EMA, kept once (a Saver of them would refuse
+    # two of one name).
+    assert [v.op.name for v in
+            tf.compat.v1.moving_average_variables()] == ["b"]
     assert len(tf.compat.v1.get_collection(
         tf.compat.v1.GraphKeys.SUMMARIES)) == 1
 

@@ -165,7 +165,7 @@ def cross_replica_sum_as(replicas: int) -> Iterator[None]:
 
   def emulated(input, group_assignment, name=None):  # pylint: disable=redefined-builtin
     del group_assignment  # One group of every replica, or refused below.
-    dtype = tf.convert_to_tensor(input).dtype
+    dtype = tf.convert_to_tensor(input).dtype.base_dtype
     if dtype not in _CROSS_REPLICA_SUM_DTYPES:
       raise TypeError(
           f"tf.compat.v1.tpu.cross_replica_sum got a tensor of dtype "

@@ -167,7 +167,7 @@ class RunConfig:
     validation.non_negative_int("keep_checkpoint_max",
                                 self.keep_checkpoint_max, "0 keeps all")
     validation.positive_number("keep_checkpoint_every_n_hours",
-                               self.keep_checkpoint_every_n_hours)
+                               self.keep_checkpoint_every_n_hours, "hours")
     validation.positive_int("log_step_count_steps", self.log_step_count_steps)
     validation.positive_int("save_summary_steps", self.save_summary_steps)
     if self.tf_random_seed is not None and (

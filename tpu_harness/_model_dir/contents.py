@@ -205,14 +205,18 @@ def enforce_keep_max(model_dir: str, owned_oldest_first: Sequence[str],
 
   A lowered `keep_checkpoint_max` is so enforced when a run starts, not one
   checkpoint per save. With `every_n_hours` set (below TF's 10000), the
-  checkpoints the state file no longer lists are left: those TF's Saver
-  kept for good, one per `every_n_hours`, as it took them out of its
-  rotation.
+  checkpoints older than the oldest the state file lists are left out of
+  the rotation, as TF's Saver leaves those it kept for good (one per
+  `every_n_hours`, taken out of its list); all are rotated where the state
+  file lists none of them (unread, or another directory's).
   """
-  kept, expired = retention.RetainLatest(keep_max).split(owned_oldest_first)
-  if expired and every_n_hours < 10000:
+  owned = list(owned_oldest_first)
+  if every_n_hours < 10000:
     listed = _listed(model_dir)
-    expired = [prefix for prefix in expired if _normalized(prefix) in listed]
+    first = next((index for index, prefix in enumerate(owned)
+                  if _normalized(prefix) in listed), 0)
+    owned = owned[first:]
+  kept, expired = retention.RetainLatest(keep_max).split(owned)
   if expired:
     retention.apply(model_dir, kept, expired,
                     lambda prefix: paths.state_file_entry(model_dir, prefix),

@@ -91,7 +91,8 @@ _SHARED_PREFIXES = ("__tensorboard_plugin_asset__",)
 def _parts(variable) -> list:
   """The variables a collection holds for `variable` (a partitioned
   variable's parts)."""
-  if isinstance(variable, tf.Variable) or not hasattr(variable, "__iter__"):
+  if (isinstance(variable, (tf.Variable, tf.Tensor))
+      or not hasattr(variable, "__iter__")):
     return [variable]
   return list(variable)
 
@@ -177,8 +178,16 @@ class CollectionViews:
         known = {id(item) for item in start}
         new = [item for item in ref if id(item) not in known]
       added = self._added.setdefault(key, [])
-      added.extend(item for item in new
-                   if (key, id(item)) not in self._shown)
+      # A shared variable each replica adds itself (an EMA's
+      # MOVING_AVERAGE_VARIABLES) is kept once; other entries each time.
+      variables = {id(item) for item in added
+                   if isinstance(item, tf.Variable)}
+      for item in new:
+        if (key, id(item)) in self._shown or id(item) in variables:
+          continue
+        if isinstance(item, tf.Variable):
+          variables.add(id(item))
+        added.append(item)
       in_loop_summaries = (self._in_loop and
                            key == tf.compat.v1.GraphKeys.SUMMARIES)
       ref[:] = self._before.get(key, []) + (
