@@ -425,3 +425,14 @@ def test_with_op_determinism_a_parallel_map_keeps_its_order():
   finally:
     tf_config.disable_op_determinism()
   assert resumable_input.inspect(dataset).unordered == [_MAP]
+
+
+@pytest.mark.parametrize("deterministic", [True, None])
+def test_an_ordered_parallel_interleave_is_not_kept(deterministic):
+  """Its restored position stopped the infeed for good
+  (tests/test_input_position.py): reported as a position cannot hold."""
+  dataset = _NUMBERS(99).interleave(_NUMBERS, cycle_length=2,
+                                    num_parallel_calls=2,
+                                    deterministic=deterministic)
+  assert resumable_input.inspect(dataset).unsaveable == [
+      "interleave with num_parallel_calls (ParallelInterleaveDatasetV4)"]
