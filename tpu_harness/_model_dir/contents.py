@@ -180,6 +180,10 @@ def remove_leftovers(contents: Contents) -> None:
       pass
 
 
+# TF's default keep_checkpoint_every_n_hours: its Saver keeps none for good.
+_KEEPS_NONE_FOR_GOOD = 10000.0
+
+
 def _state(model_dir: str):
   """`model_dir`'s CheckpointState (its paths made whole by TF), or None
   where there is none or it cannot be read."""
@@ -198,20 +202,21 @@ def _listed(model_dir: str) -> set:
 
 
 def enforce_keep_max(model_dir: str, owned_oldest_first: Sequence[str],
-                     keep_max: int, every_n_hours: float = 10000.0
+                     keep_max: int,
+                     every_n_hours: float = _KEEPS_NONE_FOR_GOOD
                      ) -> List[str]:
   """Deletes the oldest of `owned_oldest_first` beyond `keep_max` (0 keeps
   all) and points the state file at what is kept; returns what is kept.
 
   A lowered `keep_checkpoint_max` is so enforced when a run starts, not one
-  checkpoint per save. With `every_n_hours` set (below TF's 10000), the
+  checkpoint per save. With `every_n_hours` set (below TF's default), the
   checkpoints older than the oldest the state file lists are left out of
   the rotation, as TF's Saver leaves those it kept for good (one per
   `every_n_hours`, taken out of its list); all are rotated where the state
   file lists none of them (unread, or another directory's).
   """
   owned = list(owned_oldest_first)
-  if every_n_hours < 10000:
+  if every_n_hours < _KEEPS_NONE_FOR_GOOD:
     listed = _listed(model_dir)
     first = next((index for index, prefix in enumerate(owned)
                   if _normalized(prefix) in listed), 0)

@@ -206,7 +206,6 @@ class Group:
     the session's process); where variables are created ("": on the
     replica's device); whether the step is built inside a loop."""
     self.count = count
-    self.in_loop = in_loop
     self.devices = (list(devices) if devices is not None
                     else [f"/device:CPU:{index}" for index in range(count)])
     self.variable_device = variable_device
