@@ -5,6 +5,7 @@ import pytest
 import tensorflow as tf
 from tensorflow.core.protobuf import rewriter_config_pb2
 
+import hooks as th_hooks
 import tpu_harness as th
 from tpu_harness.loops import device_loop
 from support.runner_models import linear_model_fn
@@ -131,3 +132,38 @@ def test_eval_metrics_from_only_some_replicas_is_a_clear_error():
   with pytest.raises(ValueError, match="`eval_metrics` must be given by "
                      "every replica or by none"):
     device.build_eval(model_fn, train_input_fn(), {"batch_size": 4})
+
+
+def _ancestors(graph_def, names):
+  """Nodes `names` depend on, through data and control inputs."""
+  inputs = {node.name: [name.lstrip("^").split(":")[0]
+                        for name in node.input] for node in graph_def.node}
+  seen, stack = set(), list(names)
+  while stack:
+    for name in inputs[stack.pop()]:
+      if name not in seen:
+        seen.add(name)
+        stack.append(name)
+  return seen
+
+
+@pytest.mark.parametrize("iterations", [1, 4])
+def test_a_run_steps_after_the_hooks_reads_of_the_global_step(iterations):
+  # A hook may fetch TF's shared read tensor or the variable itself
+  # (ELECTRA's ETAHook); either way it sees the step from before the run.
+  global_step = tf.compat.v1.train.get_or_create_global_step()
+  device = th.CpuEmulationLoop(num_shards=1,
+                               iterations_per_loop=iterations)
+  built = device.build_train(linear_model_fn, train_input_fn(),
+                             {"batch_size": 8}, skip_steps=0)
+  graph = tf.compat.v1.get_default_graph()
+  graph_def = graph.as_graph_def()
+  reads = {graph.as_graph_element(global_step).op.name,
+           th_hooks.global_step_read().op.name}
+  fetched = [tensor.op.name for tensor in tf.nest.flatten(built.fetches)]
+  steps = [node.name for node in graph_def.node
+           if node.name in _ancestors(graph_def, fetched)
+           and node.op in ("While", "StatelessWhile", "AssignAddVariableOp")]
+  assert steps
+  for name in steps:
+    assert reads <= _ancestors(graph_def, [name]), name

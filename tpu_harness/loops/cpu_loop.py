@@ -31,7 +31,6 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import tensorflow as tf
 from tensorflow.core.protobuf import rewriter_config_pb2
 
-import hooks
 from tpu_harness import _tf_internals
 from tpu_harness import spec as spec_lib
 from tpu_harness._infeed import pod as pod_infeed
@@ -221,10 +220,9 @@ class CpuEmulationLoop(LoopBuilder):
     """
     iterations = tf.compat.v1.placeholder_with_default(
         self._iterations_per_loop, [], name="iterations")
-    # The steps start after the hooks' global-step read, so they see the
+    # The steps start after the hooks' global-step reads, so they see the
     # step from before the run.
-    read = hooks.global_step_read()
-    with tf.control_dependencies([read] if read is not None else []):
+    with tf.control_dependencies(device_loop.hooks_step_reads()):
       if self._iterations_per_loop == 1:
         if last is not None:
           last[:] = [lambda: tf.constant(True)]

@@ -21,6 +21,7 @@ from typing import (Any, Callable, Dict, List, Mapping, Optional,
 
 import tensorflow as tf
 
+import hooks as hooks_lib
 from tpu_harness._infeed.layout import DEFAULT_LAYOUT
 from tpu_harness._infeed.layout import InfeedLayout
 from tpu_harness._infeed.position import InputPosition
@@ -219,6 +220,19 @@ class LoopBuilder(DeviceLoop):
     return BuiltLoop(infeed=infeed, iterations=iterations, fetches=fetches,
                      host_call=call, spec=holder.get("spec"),
                      hooks=tuple(hooks) + tuple(own), **kwargs)
+
+
+def hooks_step_reads() -> List[tf.Tensor]:
+  """The global step as the run's hooks fetch it: TF's shared read tensor
+  (TF's and our hooks) and the variable's own read (a hook that fetches
+  `tf.compat.v1.train.get_global_step()`). A run's steps start after
+  these, so every hook sees the step from before the run, whatever the
+  scheduling; empty where the graph has no global step."""
+  reads = [hooks_lib.global_step_read()]
+  global_step = tf.compat.v1.train.get_global_step()
+  if global_step is not None:  # What Session.run fetches for it.
+    reads.append(global_step.graph.as_graph_element(global_step))
+  return [read for read in reads if read is not None]
 
 
 def prediction_outfeed(per_replica: List[Any], valid: tf.Tensor

@@ -37,7 +37,6 @@ from typing import Any, Callable, Dict, List, Optional
 
 import tensorflow as tf
 
-import hooks
 from hooks import validation
 from tpu_harness import spec as spec_lib
 from tpu_harness._infeed import pod as pod_infeed
@@ -46,6 +45,7 @@ from tpu_harness._infeed.layout import DEFAULT_LAYOUT
 from tpu_harness._infeed.layout import InfeedLayout
 from tpu_harness._infeed.position import InputPosition
 from tpu_harness.loops import cross_shard
+from tpu_harness.loops import device_loop
 from tpu_harness.loops import eval_metrics as eval_metrics_lib
 from tpu_harness.loops import hook_tensors
 from tpu_harness.loops import step_input
@@ -318,8 +318,9 @@ class TpuLoop(LoopBuilder):
                                shards, "summed across TPU cores")
       return done
 
-    read = hooks.global_step_read()
-    with tf.control_dependencies([read] if read is not None else []):
+    # The steps start after the hooks' global-step reads, so they see the
+    # step from before the run.
+    with tf.control_dependencies(device_loop.hooks_step_reads()):
       replicated = tf.compat.v1.tpu.replicate(
           computation, inputs=[[iterations]] * shards)
     with tf.device(self._host_device):
