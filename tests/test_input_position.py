@@ -42,13 +42,17 @@ def _at_least(index, first_allowed):
 
 
 def input_fn_from(first_allowed=0, shuffle=True, endless=True,
-                  py_function=False, extra_map=False, features_alone=False):
+                  py_function=False, extra_map=False, features_alone=False,
+                  repeat=False):
   """An input_fn; reading example i < first_allowed fails. With
   `features_alone`, its elements are dicts, the labels among the features
-  (see `_labels_from_features`)."""
+  (see `_labels_from_features`). `endless`: 10**9 elements (long, but
+  finite as tf.data's graph says), or with `repeat`, endless."""
 
   def input_fn(params):
     dataset = tf.data.Dataset.range(10**9 if endless else 400)
+    if repeat:
+      dataset = tf.data.Dataset.range(10**6).repeat()
     if py_function:  # State outside tf.data: cannot be saved.
       dataset = dataset.map(lambda i: tf.ensure_shape(tf.py_function(
           lambda v: v, [i], tf.int64), []))
@@ -246,6 +250,40 @@ def test_an_input_that_cannot_be_saved_falls_back_to_skipping(tmp_path,
   _runner(tmp_path / "resumed").train(fn, max_steps=60)
   np.testing.assert_array_equal(weights(str(tmp_path / "resumed")),
                                 weights(str(tmp_path / "straight")))
+
+
+def test_an_endless_input_that_cannot_be_saved_starts_a_new_pass(tmp_path,
+                                                                 caplog):
+  # Reading and dropping the steps of an endless pass would cost as much
+  # as training them, at every later train() and resume: a new pass starts
+  # instead, as TPUEstimator's train() did.
+  def fn(first_allowed=0):
+    return input_fn_from(first_allowed, py_function=True, repeat=True)
+
+  _runner(tmp_path).train(fn(), max_steps=45)
+  caplog.set_level(std_logging.INFO)
+  # It reads its first examples again: an input that refuses them fails.
+  with pytest.raises(tf.errors.InvalidArgumentError,
+                     match="already trained on"):
+    _runner(tmp_path).train(fn(first_allowed=64), max_steps=60)
+  _runner(tmp_path).train(fn(), max_steps=60)
+  messages = [r.getMessage() for r in caplog.records]
+  assert any("a resumed run, and a later train(), start a new pass from "
+             "its first element" in m for m in messages), messages
+  assert any("The endless training input starts a new pass at step 45"
+             in m for m in messages), messages
+  assert not any("Read and dropped" in m for m in messages), messages
+  assert _step_of(tmp_path) == 60
+  assert record.read_saved(
+      str(tmp_path / "model.ckpt-60")).pass_start == 45
+  # resume_input='skip' reads and drops them (the 15 of the new pass), as
+  # asked.
+  caplog.clear()
+  _runner(tmp_path, "skip").train(fn(), max_steps=70)
+  assert [r.getMessage() for r in caplog.records
+          if "Read and dropped" in r.getMessage()] == [
+              "Read and dropped 15 steps of train input already trained on."]
+  assert _step_of(tmp_path) == 70
 
 
 def test_a_finite_input_ends_where_an_uninterrupted_run_would(tmp_path):
@@ -537,19 +575,22 @@ def test_random_augmentation_keeps_an_exact_position(tmp_path, caplog):
   assert "TF_CPP_MIN_LOG_LEVEL=2" in warnings[0]
 
 
-def _write_records(path, padding):
-  """Examples 0..399 as records: the index's 8 bytes, then `padding`
-  bytes (another export of the same examples; a callable: `padding(index)`
-  bytes)."""
+def _write_records(path, padding, first=0):
+  """Examples `first`..`first` + 399 as records: the index's 8 bytes, then
+  `padding` bytes (another export of the same examples; a callable:
+  `padding(index)` bytes)."""
   with tf.io.TFRecordWriter(str(path)) as writer:
-    for index in range(400):
+    for index in range(first, first + 400):
       pad = padding(index) if callable(padding) else padding
       writer.write(np.int64(index).tobytes() + b"\0" * pad)
 
 
-def _records_input_fn(path, shuffle=True):
+def _records_input_fn(path, shuffle=True, endless=True):
   def input_fn(params):
-    dataset = tf.data.TFRecordDataset(str(path)).repeat().map(
+    dataset = tf.data.TFRecordDataset(str(path))
+    if endless:
+      dataset = dataset.repeat()
+    dataset = dataset.map(
         lambda record: tf.io.decode_raw(tf.strings.substr(record, 0, 8),
                                         tf.int64)[0])
     if shuffle:
@@ -559,17 +600,21 @@ def _records_input_fn(path, shuffle=True):
   return input_fn
 
 
-def test_a_position_saved_for_other_files_is_not_restored(tmp_path, caplog):
+@pytest.mark.parametrize("endless", [False, True])
+def test_a_position_saved_for_other_files_is_not_restored(tmp_path, caplog,
+                                                          endless):
   """The records were re-exported with other sizes between runs: the saved
   offset would read garbage ("corrupted record"); the position's
-  fingerprint tells, and the run skips instead, saying why."""
+  fingerprint tells, and the run skips instead (an endless input: starts
+  a new pass), saying why."""
   records = tmp_path / "train.tfrecord"
+  fn = _records_input_fn(records, endless=endless)
   _write_records(records, padding=0)
-  _runner(tmp_path / "model").train(_records_input_fn(records), max_steps=13)
+  _runner(tmp_path / "model").train(fn, max_steps=13)
   then = os.path.getsize(records)
   _write_records(records, padding=3)
   caplog.set_level(std_logging.WARNING)
-  _runner(tmp_path / "model").train(_records_input_fn(records), max_steps=30)
+  _runner(tmp_path / "model").train(fn, max_steps=30)
   assert contents.checkpoint_step(
       tf.train.latest_checkpoint(str(tmp_path / "model"))) == 30
   warnings = [r.getMessage() for r in caplog.records
@@ -577,7 +622,10 @@ def test_a_position_saved_for_other_files_is_not_restored(tmp_path, caplog):
   assert len(warnings) == 1, warnings
   assert (f"saved for another input pipeline ({records} has "
           f"{os.path.getsize(records)} bytes, {then} then)") in warnings[0]
-  assert "resume_input='exact'" in warnings[0]
+  assert ("starts a new pass" in warnings[0]) == endless
+  assert ("resume_input='exact'" in warnings[0]) != endless
+  assert record.read_saved(str(tmp_path / "model" / "model.ckpt-30")
+                           ).pass_start == (13 if endless else 0)
 
 
 @pytest.mark.parametrize("shuffle, failing", [
@@ -594,16 +642,18 @@ def test_a_stale_offset_is_named_and_skipped_instead(tmp_path, caplog,
   trains on, reading and dropping the pass's steps instead; the weights
   are an uninterrupted run's on the new files (the same examples)."""
   records = tmp_path / "train.tfrecord"
+  # A finite input (400 examples, 50 steps): an endless one would start a
+  # new pass instead of reading and dropping its steps.
+  fn = _records_input_fn(records, shuffle, endless=False)
   _write_records(records, padding=lambda index: 4 * (index == 399))
-  _runner(tmp_path / "straight").train(_records_input_fn(records, shuffle),
-                                       max_steps=30)
+  _runner(tmp_path / "straight").train(fn, max_steps=30)
   _write_records(records, padding=lambda index: 4 * (index == 0))
-  _runner(tmp_path / "model").train(_records_input_fn(records, shuffle), max_steps=13)
+  _runner(tmp_path / "model").train(fn, max_steps=13)
   then = os.path.getsize(records)
   _write_records(records, padding=lambda index: 4 * (index == 399))
   assert os.path.getsize(records) == then
   caplog.set_level(std_logging.WARNING)
-  _runner(tmp_path / "model").train(_records_input_fn(records, shuffle), max_steps=30)
+  _runner(tmp_path / "model").train(fn, max_steps=30)
   warnings = [r.getMessage() for r in caplog.records
               if failing in r.getMessage()]
   assert len(warnings) == 1, [r.getMessage() for r in caplog.records]
@@ -655,7 +705,7 @@ def test_a_parallel_map_fused_with_its_batch_keeps_an_exact_position(
                                 weights(str(tmp_path / "straight")))
 
 
-def test_an_unordered_parallel_map_falls_back_to_skipping_when_built(
+def test_an_unordered_parallel_map_keeps_no_position_found_when_built(
     tmp_path, caplog):
   """tf.data cannot save a non-deterministic parallel map's position
   symbolically (which elements it has given depends on which calls
@@ -682,37 +732,54 @@ def test_an_unordered_parallel_map_falls_back_to_skipping_when_built(
       tf.train.latest_checkpoint(str(tmp_path / "model"))) == 30
 
 
-def test_a_parallel_interleave_of_files_resumes_by_skipping(tmp_path,
-                                                            caplog):
-  """Files read with interleave(num_parallel_calls=...), in its order, as
-  TPU programs read their TFRecords: a restored position of it stopped the
-  infeed for good (the host's fill never returned: this test hung); the
-  position is not kept, and a resumed run skips, exactly (the interleave
-  keeps its order)."""
+def _parallel_reader(files, how):
+  """A dataset of `files`' records, repeated, read in parallel in their
+  order, as TPU programs read TFRecords."""
+  names = tf.data.Dataset.from_tensor_slices(files).repeat()
+  if how == "interleave":
+    return names.interleave(tf.data.TFRecordDataset, cycle_length=2,
+                            num_parallel_calls=2)
+  if how == "parallel_interleave":
+    return names.apply(tf.data.experimental.parallel_interleave(
+        tf.data.TFRecordDataset, cycle_length=2, sloppy=False))
+  return tf.data.TFRecordDataset(files, num_parallel_reads=2).repeat()
+
+
+@pytest.mark.parametrize("how", ["interleave", "parallel_interleave",
+                                 "num_parallel_reads"])
+def test_files_read_in_parallel_in_order_resume_exactly(tmp_path, caplog,
+                                                        how):
+  """Files read in parallel, in their order: interleave(num_parallel_calls),
+  parallel_interleave(sloppy=False), TFRecordDataset(num_parallel_reads).
+  tf.data's restored parallel interleave stopped giving elements once its
+  restored files ended (TF 2.21: the host's fill never returned, this test
+  hung); the rewrite reads them with an interleave of prefetched files,
+  whose position restores."""
   files = []
   for part in range(4):
     files.append(str(tmp_path / f"train-{part}.tfrecord"))
-    _write_records(files[-1], padding=part)
+    # Each file its own examples: a new pass would train on others.
+    _write_records(files[-1], padding=0, first=400 * part)
 
   def input_fn(params):
-    dataset = tf.data.Dataset.from_tensor_slices(files).repeat().interleave(
-        tf.data.TFRecordDataset, cycle_length=2, num_parallel_calls=2)
-    dataset = dataset.map(lambda record: _examples(tf.io.decode_raw(
-        tf.strings.substr(record, 0, 8), tf.int64)[0]))
+    dataset = _parallel_reader(files, how).map(
+        lambda record: _examples(tf.io.decode_raw(
+            tf.strings.substr(record, 0, 8), tf.int64)[0]))
     return dataset.batch(params["batch_size"], drop_remainder=True)
 
   # Loops of 100 steps, as TPU programs run them (with loops of 5 the
-  # restored position went on, by chance of timing).
+  # restored interleave went on, by chance of timing), resumed past the
+  # restored files' ends.
   def runner(name):
     return _runner(tmp_path / name, ipl=100, save_steps=1000)
 
-  runner("straight").train(input_fn, max_steps=600)
+  runner("straight").train(input_fn, max_steps=700)
   caplog.set_level(std_logging.WARNING)
-  for stop in (300, 600):
+  for stop in (150, 700):
     runner("resumed").train(input_fn, max_steps=stop)
-  assert any("interleave with num_parallel_calls (ParallelInterleaveDataset"
-             in r.getMessage() for r in caplog.records)
-  assert not record.read_saved(str(tmp_path / "resumed" /
-                                   "model.ckpt-300")).state
+  warned = [r.getMessage() for r in caplog.records if r.name == "absl"]
+  assert not warned, warned  # Neither a position not kept nor a new pass.
+  saved = record.read_saved(str(tmp_path / "resumed" / "model.ckpt-150"))
+  assert saved.state
   np.testing.assert_array_equal(weights(str(tmp_path / "resumed")),
                                 weights(str(tmp_path / "straight")))

@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tensorflow.python.data.ops import readers  # pylint: disable=g-direct-tensorflow-import
+
 from tpu_harness import _tf_internals
 from tpu_harness._infeed import rewrite as resumable_input
 
@@ -99,12 +101,18 @@ def test_shuffle_and_repeat_and_list_files_are_rewritten(tmp_path):
 
 def test_the_methods_are_tfs_again_after_the_block():
   shuffle, cache = tf.data.Dataset.shuffle, tf.data.Dataset.cache
+  interleave = tf.data.Dataset.interleave
   with pytest.raises(RuntimeError):
     with resumable_input.rewriting(tf.compat.v1.get_default_graph()):
       assert tf.data.Dataset.shuffle is not shuffle
       raise RuntimeError("input_fn failed")
   assert tf.data.Dataset.shuffle is shuffle
   assert tf.data.Dataset.cache is cache
+  assert tf.data.Dataset.interleave is interleave
+  legacy = tf.data.Dataset.range(4).apply(
+      tf.data.experimental.parallel_interleave(tf.data.Dataset.range,
+                                               cycle_length=2))
+  assert isinstance(legacy, readers.ParallelInterleaveDataset)
 
 
 def test_elements_of_varying_shape_are_shuffled_too():
@@ -430,9 +438,78 @@ def test_with_op_determinism_a_parallel_map_keeps_its_order():
 @pytest.mark.parametrize("deterministic", [True, None])
 def test_an_ordered_parallel_interleave_is_not_kept(deterministic):
   """Its restored position stopped the infeed for good
-  (tests/test_input_position.py): reported as a position cannot hold."""
+  (tests/test_input_position.py): reported as a position cannot hold,
+  where the rewrite did not replace it (built outside it)."""
   dataset = _NUMBERS(99).interleave(_NUMBERS, cycle_length=2,
                                     num_parallel_calls=2,
                                     deterministic=deterministic)
   assert resumable_input.inspect(dataset).unsaveable == [
       "interleave with num_parallel_calls (ParallelInterleaveDatasetV4)"]
+
+
+def _inputs(index):
+  """Input `index` of an interleave: 50 numbers of its own."""
+  return tf.data.Dataset.range(50).map(lambda x: x + 1000 * index)
+
+
+# Interleaves that read their inputs in parallel, in their order.
+_IN_ORDER = {
+    "interleave": lambda d: d.interleave(_inputs, cycle_length=2,
+                                         num_parallel_calls=2),
+    "interleave, deterministic": lambda d: d.interleave(
+        _inputs, cycle_length=2, block_length=3, num_parallel_calls=2,
+        deterministic=True),
+    "parallel_interleave": lambda d: d.apply(
+        tf.data.experimental.parallel_interleave(_inputs, cycle_length=2,
+                                                 sloppy=False)),
+    "parallel_interleave, sloppy=None": lambda d: d.apply(
+        tf.data.experimental.parallel_interleave(
+            _inputs, cycle_length=2, block_length=2, sloppy=None,
+            buffer_output_elements=4)),
+    "v1 interleave": lambda d: tf.compat.v1.data.Dataset.range(4).interleave(
+        _inputs, cycle_length=2, num_parallel_calls=2),
+}
+
+
+@pytest.mark.parametrize("case", sorted(_IN_ORDER))
+def test_an_interleave_in_parallel_in_order_is_rewritten_and_resumes(case):
+  """An interleave of prefetched inputs: the same elements in the same
+  order, a position that saves, and a restore that goes on past the end
+  of the inputs it restored (tf.data's parallel interleave stopped)."""
+  def make():
+    return _IN_ORDER[case](tf.data.Dataset.range(4))
+
+  expected, _ = _session_values(make(), 200)
+  dataset, _ = _rewritten(make)
+  dataset = resumable_input.symbolic(dataset)
+  assert not {"ParallelInterleaveDatasetV2", "ParallelInterleaveDatasetV4",
+              "LegacyParallelInterleaveDatasetV2"} & (
+                  _tf_internals.dataset_op_types(dataset))
+  assert resumable_input.inspect(dataset).unsaveable == []
+  first, state = _session_values(dataset, 30)
+  rest, _ = _session_values(dataset, 170, state=state)
+  assert first + rest == expected
+
+
+@pytest.mark.parametrize("make, op", [
+    (lambda d: d.interleave(_inputs, cycle_length=2, num_parallel_calls=2,
+                            deterministic=False),
+     "ParallelInterleaveDatasetV4"),
+    (lambda d: d.apply(tf.data.experimental.parallel_interleave(
+        _inputs, cycle_length=2, sloppy=True)),
+     "LegacyParallelInterleaveDatasetV2"),
+], ids=["deterministic=False", "sloppy=True"])
+def test_an_interleave_in_no_fixed_order_is_left_as_it_is(make, op):
+  dataset, _ = _rewritten(lambda: make(tf.data.Dataset.range(4)))
+  assert op in _tf_internals.dataset_op_types(dataset)
+
+
+def test_interleaves_are_left_as_they_are_where_no_position_is_kept():
+  graph = tf.compat.v1.get_default_graph()
+  with resumable_input.rewriting(graph, interleaves=False):
+    dataset = _IN_ORDER["parallel_interleave"](tf.data.Dataset.range(4))
+    other = _IN_ORDER["interleave"](tf.data.Dataset.range(4))
+  assert "LegacyParallelInterleaveDatasetV2" in (
+      _tf_internals.dataset_op_types(dataset))
+  assert "ParallelInterleaveDatasetV4" in _tf_internals.dataset_op_types(
+      other)

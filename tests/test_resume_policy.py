@@ -141,3 +141,75 @@ def test_a_used_up_pass_is_logged_as_information():
       "step 30 (/m/model.ckpt-30): a new pass starts from its first "
       "element.")
   assert EXACT.decide(CHECKPOINT, START, _saved()).info is None
+
+
+def _endless(policy):
+  return dataclasses.replace(policy, endless=True)
+
+
+NEW_PASS = Decision("endless", pass_start=START, resumed=False)
+
+
+@pytest.mark.parametrize("policy, saved, expected", [
+    # Where a finite input reads and drops the steps of its pass, an
+    # endless one starts a new pass: its steps to drop only grow.
+    (_endless(EXACT), None, NEW_PASS),
+    (_endless(EXACT), _saved(state=b""), NEW_PASS),
+    (_endless(EXACT), _saved(saved_for=ELSEWHERE), NEW_PASS),
+    (_endless(EXACT), _saved(seeds=(5,)), NEW_PASS),
+    (_endless(DISABLED), _saved(), NEW_PASS),
+    (_endless(NO_RESTORE), _saved(), NEW_PASS),
+    # Restores, replays (the steps since the last state read) and used-up
+    # passes as before; skip mode drops what it was asked to.
+    (_endless(EXACT), _saved(),
+     Decision("restore", pass_start=10, seeds=(5, 6), state=b"it", taken=17,
+              skip=3)),
+    (_endless(EXACT), _saved(state=b"", skip=20),
+     Decision("replay", pass_start=10, seeds=(5, 6), skip=20)),
+    (_endless(EXACT), _saved(used_up=True),
+     Decision("used up", pass_start=START, resumed=False)),
+    (_endless(SKIP), _saved(),
+     Decision("no state", pass_start=10, seeds=(5, 6), skip=20)),
+    (_endless(SKIP), None, Decision("none", pass_start=0, skip=START)),
+])
+def test_an_endless_input_is_not_skipped_from_its_pass_start(policy, saved,
+                                                             expected):
+  decision = policy.decide(CHECKPOINT, START, saved)
+  assert dataclasses.replace(decision, warning=None, info=None) == expected
+
+
+def test_an_endless_input_with_no_steps_to_drop_goes_on():
+  saved = record.Saved(state=b"", skip=0, taken=0, pass_start=START,
+                       seeds=(5, 6), fingerprint=PIPELINE.to_json())
+  assert _endless(DISABLED).decide(CHECKPOINT, START, saved) == Decision(
+      "no state", pass_start=START, seeds=(5, 6), skip=0)
+
+
+@pytest.mark.parametrize("policy, saved, cause", [
+    (EXACT, None, "it holds no input position (saved by TPUEstimator, a "
+     "user's Saver, an earlier version, or with resume_input='restart')"),
+    (EXACT, _saved(state=b""), "it holds no iterator state (saved with "
+     "resume_input='skip', or where the pipeline's position could not be "
+     "saved)"),
+    (NO_RESTORE, _saved(), "this run cannot restore it (a warning before "
+     "says why)"),
+])
+def test_says_why_an_endless_input_starts_a_new_pass(policy, saved, cause):
+  steps = 30 if saved is None else 20
+  assert _endless(policy).decide(CHECKPOINT, START, saved).warning == (
+      f"The training input's position in /m/model.ckpt-30 is not restored: "
+      f"{cause}. The input is endless (repeat()), so reading and dropping "
+      f"the {steps} steps of it already trained on would cost about as "
+      f"much as training them did, more at every resume and later train(). "
+      f"It starts a new pass from its first element instead (a new order "
+      f"where its shuffles have no seed), as TPUEstimator's train() did; "
+      f"resume_input='skip' reads and drops them.")
+
+
+def test_an_endless_input_whose_position_is_not_kept_is_not_warned_again():
+  # Its position's own warning (once per train()) said a new pass starts.
+  decision = _endless(DISABLED).decide(CHECKPOINT, START, _saved())
+  assert decision.warning is None
+  assert decision.info == (
+      "The endless training input starts a new pass at step 30 "
+      "(/m/model.ckpt-30): its position is not kept.")

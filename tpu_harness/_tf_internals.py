@@ -51,12 +51,16 @@ signature.
   `SerializeIterator` / `DeserializeIterator`, which take the iterator's
   resource handle; `tf.compat.v1.data` iterators keep it in a private
   attribute.
-- For that position to be small, the training `input_fn` runs with
-  `tf.data.Dataset.shuffle` and `cache` replaced by resumable equivalents
-  (`tpu_harness._infeed.rewrite`): the public class attributes are swapped
-  for the call, and `tf.data.experimental.shuffle_and_repeat`, which makes
-  its dataset through a private class of its module, is covered by swapping
-  that class. Which transformations a built input holds is read from the
+- For that position to be small (and restorable), the training `input_fn`
+  runs with `tf.data.Dataset.shuffle`, `cache` and `interleave` replaced by
+  resumable equivalents (`tpu_harness._infeed.rewrite`): the public class
+  attributes are swapped for the call. `tf.data.experimental.
+  shuffle_and_repeat` and `parallel_interleave` make their datasets through
+  private classes of TF's modules (`shuffle_ops._ShuffleAndRepeatDataset`,
+  `readers.ParallelInterleaveDataset`, whose `__init__` names it, so that
+  its constructor, `__new__`, is what is replaced); those are swapped too,
+  so that a program that bound the functions at import is covered. Which
+  transformations a built input holds is read from the
   graph: the dataset ops behind its variant (public `Operation.inputs`) and
   the bodies of the functions they run, which the graph keeps in a private
   function library. Whether a parallel map or interleave asked for no fixed
@@ -83,11 +87,12 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from typing import Callable, Iterator, List, Set, Tuple
+from typing import Callable, Iterator, List, Optional, Set, Tuple
 
 import tensorflow as tf
 from tensorflow.python.data.experimental.ops import shuffle_ops  # pylint: disable=g-direct-tensorflow-import
 from tensorflow.python.data.ops import dataset_ops  # pylint: disable=g-direct-tensorflow-import
+from tensorflow.python.data.ops import readers  # pylint: disable=g-direct-tensorflow-import
 from tensorflow.python.framework import config as tf_config  # pylint: disable=g-direct-tensorflow-import
 from tensorflow.python.framework import function  # pylint: disable=g-direct-tensorflow-import
 from tensorflow.python.framework import kernels  # pylint: disable=g-direct-tensorflow-import
@@ -355,6 +360,7 @@ def iterators_made() -> List[Tuple[tf.Tensor, tf.data.Dataset]]:
 
 # TF's own, for the transformations the rewrite keeps.
 _SHUFFLE = tf.data.Dataset.shuffle
+_INTERLEAVE = tf.data.Dataset.interleave
 
 
 def original_shuffle(dataset: tf.data.Dataset, buffer_size, seed,
@@ -363,13 +369,29 @@ def original_shuffle(dataset: tf.data.Dataset, buffer_size, seed,
   return _SHUFFLE(dataset, buffer_size, seed, reshuffle)
 
 
+def original_interleave(dataset: tf.data.Dataset, *args, **kwargs
+                        ) -> tf.data.Dataset:
+  """TF's `Dataset.interleave`, also while `dataset_methods_as` replaces
+  it."""
+  return _INTERLEAVE(dataset, *args, **kwargs)
+
+
 @contextlib.contextmanager
-def dataset_methods_as(*, shuffle: Callable, cache: Callable) -> None:
+def dataset_methods_as(*, shuffle: Callable, cache: Callable,
+                       interleave: Callable,
+                       legacy_interleave: Callable) -> None:
   """Within the block, `dataset.shuffle(...)` (and the dataset of
   `tf.data.experimental.shuffle_and_repeat`) calls `shuffle(dataset, ...)`,
-  and `dataset.cache(...)` calls `cache(dataset, ...)`, for tf.data and
-  tf.compat.v1.data datasets alike (the v1 methods call the v2 ones)."""
+  `dataset.cache(...)` calls `cache(dataset, ...)`, `dataset.interleave(...)`
+  (also inside `TFRecordDataset(num_parallel_reads=...)`) calls
+  `interleave(dataset, ...)`, for tf.data and tf.compat.v1.data datasets
+  alike (the v1 methods call the v2 ones), and the dataset of
+  `tf.data.experimental.parallel_interleave` is what `legacy_interleave(
+  dataset, map_func, cycle_length, block_length, sloppy,
+  buffer_output_elements, prefetch_input_elements)` returns, or TF's own
+  where that is None."""
   saved = (tf.data.Dataset.shuffle, tf.data.Dataset.cache,
+           tf.data.Dataset.interleave,
            shuffle_ops._ShuffleAndRepeatDataset)  # pylint: disable=protected-access
 
   def shuffle_and_repeat(dataset, buffer_size, count=None, seed=None):
@@ -377,12 +399,41 @@ def dataset_methods_as(*, shuffle: Callable, cache: Callable) -> None:
 
   tf.data.Dataset.shuffle = shuffle
   tf.data.Dataset.cache = cache
+  tf.data.Dataset.interleave = interleave
   shuffle_ops._ShuffleAndRepeatDataset = shuffle_and_repeat  # pylint: disable=protected-access
+  _legacy_interleave_as(legacy_interleave)
   try:
     yield
   finally:
     (tf.data.Dataset.shuffle, tf.data.Dataset.cache,
+     tf.data.Dataset.interleave,
      shuffle_ops._ShuffleAndRepeatDataset) = saved  # pylint: disable=protected-access
+    _legacy_interleave_as(None)
+
+
+# What constructing `readers.ParallelInterleaveDataset` calls first (see
+# `_legacy_new`); None: nothing.
+_LEGACY_HANDLER: List[Optional[Callable]] = [None]
+
+
+def _legacy_new(cls, *args, **kwargs):
+  """`readers.ParallelInterleaveDataset.__new__`: what the handler makes,
+  or (the handler returning None, or none set) the class's own object.
+  The class stays (its `__init__` names it: `super(Class, self)`); an
+  object that is not an instance of it is not passed to its `__init__`."""
+  handler = _LEGACY_HANDLER[0]
+  made = handler(*args, **kwargs) if handler is not None else None
+  return object.__new__(cls) if made is None else made
+
+
+def _legacy_interleave_as(handler: Optional[Callable]) -> None:
+  """Sets `_legacy_new`'s handler, installing it as the class's `__new__`
+  once (for good: deleting a `__new__` set on a class leaves CPython's
+  `object.__new__` refusing the class's arguments)."""
+  cls = readers.ParallelInterleaveDataset
+  if vars(cls).get("__new__") is not _legacy_new:
+    cls.__new__ = _legacy_new
+  _LEGACY_HANDLER[0] = handler
 
 
 def op_determinism_enabled() -> bool:

@@ -14,7 +14,7 @@ ops, not the constants in them, which say how an element is transformed,
 not which elements come in which order), and the sizes of the files the
 pipeline names. On resume a position whose fingerprint differs is not
 restored: the run falls back to reading and dropping the steps already
-trained on, saying what differs.
+trained on (an endless input: to a new pass), saying what differs.
 
 `of` reads a built dataset; `Fingerprint` compares two (pure).
 """

@@ -21,6 +21,7 @@ import tensorflow as tf
 
 from tpu_harness import _tf_internals
 from tpu_harness._infeed import fingerprint as fingerprint_lib
+from tpu_harness._infeed import length
 from tpu_harness._infeed import record
 from tpu_harness._infeed import resume_policy
 from tpu_harness._infeed import rewrite as resumable_input
@@ -82,6 +83,7 @@ class HostPosition:
     self._restore = None
     self._restore_in = None
     self._disabled: Optional[str] = None
+    self._endless = False
     # This start's: the pass's first global step, its seeds, the elements
     # dropped after the start's state, and the states read for saves.
     self._pass_start = group.start_step
@@ -106,8 +108,13 @@ class HostPosition:
     if self._group.exact:
       self._group.warn_once(
           "disabled", "The training input's position is not saved with "
-          "checkpoints (%s); a resumed run will read and drop the steps of "
-          "input already trained on (resume_input='skip').", why)
+          "checkpoints (%s); %s", why,
+          "the input is endless (repeat()): a resumed run, and a later "
+          "train(), start a new pass from its first element, as "
+          "TPUEstimator's train() did (resume_input='skip' reads and drops "
+          "the steps already trained on instead, at the cost of reading "
+          "them)." if self._endless else "a resumed run will read and drop "
+          "the steps of input already trained on (resume_input='skip').")
     self._disabled = why
 
   @property
@@ -119,9 +126,11 @@ class HostPosition:
   def rewriting(self) -> ContextManager:
     """Around the training `input_fn`'s call: its shuffles and caches are
     made resumable (`tpu_harness._infeed.rewrite`), in `skip` mode too, so
-    that both modes feed the same elements in the same order."""
+    that both modes feed the same elements in the same order; its
+    interleaves in parallel in `exact` mode only (their order is the same
+    either way, and tf.data's read faster where no position is saved)."""
     return self._recording(resumable_input.rewriting(
-        tf.compat.v1.get_default_graph()))
+        tf.compat.v1.get_default_graph(), interleaves=self._group.exact))
 
   @contextlib.contextmanager
   def _recording(self, context):
@@ -135,6 +144,7 @@ class HostPosition:
     disabled, saying why)."""
     if not self._group.exact:
       return dataset
+    self._endless = length.endless(dataset)
     findings = resumable_input.inspect(dataset)
     kept = self._rewrite.kept if self._rewrite is not None else []
     reasons = []
@@ -233,7 +243,7 @@ class HostPosition:
         exact=group.exact, saves_state=self._saves_state,
         restore_state=group.restore_state,
         seeds_needed=len(self._rewrite.seeds) if self._rewrite else 0,
-        fingerprint=self._fingerprint)
+        fingerprint=self._fingerprint, endless=self._endless)
     return policy.decide(group.checkpoint, group.start_step, saved,
                          fresh=fresh)
 

@@ -22,6 +22,10 @@ endless input that way then ends it short of its promised length, which
 the infeed reports as an error (`InputEndedEarlyError`) naming the cause.
 A finite length behind a v1 map stays unknown (a filter, say, would not
 keep it).
+
+`endless` says, from the graph alone (before any session), whether an
+input is endless: `resume_policy` must not read and drop the steps of an
+endless pass, whose count only grows.
 """
 
 from __future__ import annotations
@@ -47,6 +51,26 @@ _REGROUP = {"MapAndBatchDataset", "BatchDataset", "BatchDatasetV2",
             "PaddedBatchDataset", "PaddedBatchDatasetV2",
             "ParallelBatchDataset", "UnbatchDataset"}
 _INFINITE = tf.data.INFINITE_CARDINALITY
+# Transformations of one input (their first) that give elements for as long
+# as it does, endless where it is: those above, shuffles (the harness's
+# window shuffle is a zip, a map, a prefetch and an unbatch), caches, a
+# host's shard, filters and interleaves (whose elements' datasets are taken
+# not to be all empty, as an endless pass over them never ends otherwise).
+_ENDLESS_AFTER_FIRST = _KEEP_ENDLESS | {
+    "ShuffleDataset", "ShuffleDatasetV2", "ShuffleDatasetV3",
+    "CacheDataset", "CacheDatasetV2", "FilterDataset", "SkipDataset",
+    "IgnoreErrorsDataset", "AssertCardinalityDataset", "AssertNextDataset",
+    "ParallelFilterDataset", "FlatMapDataset", "InterleaveDataset",
+    "ParallelInterleaveDataset", "ParallelInterleaveDatasetV2",
+    "ParallelInterleaveDatasetV3", "ParallelInterleaveDatasetV4",
+    "LegacyParallelInterleaveDatasetV2", "ExperimentalMapAndBatchDataset",
+    "SlidingWindowDataset", "WindowDataset", "ScanDataset", "ShardDataset",
+    "AutoShardDataset", "RebatchDataset", "RebatchDatasetV2",
+    "ThreadPoolDataset", "ParseExampleDataset", "ParseExampleDatasetV2",
+    "LatencyStatsDataset", "SetStatsAggregatorDataset",
+}
+# Sources that never end.
+_ENDLESS_SOURCES = {"RandomDataset", "RandomDatasetV2"}
 
 
 def of(dataset: tf.data.Dataset) -> tf.Tensor:
@@ -88,3 +112,39 @@ def _preserves(op: tf.Operation) -> bool:
     return bool(op.get_attr("preserve_cardinality"))
   except ValueError:
     return False
+
+
+def endless(dataset: tf.data.Dataset) -> bool:
+  """Whether `dataset` (built in a graph) never ends, as far as its graph
+  says: a `repeat()` (or `repeat(-1)`, `shuffle_and_repeat`, a
+  `take(-1)`) below transformations that keep an input endless (a zip,
+  where all its inputs are; a concatenation, where one is). False where
+  that is unknown (a count fed at run time, an op not listed here)."""
+  return _endless(tf.data.experimental.to_variant(dataset).op)
+
+
+def _endless(op: tf.Operation) -> bool:
+  if op.type in _ENDLESS_SOURCES:
+    return True
+  if op.type in ("RepeatDataset", "ShuffleAndRepeatDataset",
+                 "ShuffleAndRepeatDatasetV2"):
+    count = tf.get_static_value(op.inputs[-1] if op.type == "RepeatDataset"
+                                else _count_of(op))
+    return (count is not None and int(count) < 0) or _endless(
+        op.inputs[0].op)
+  if op.type == "TakeDataset":
+    count = tf.get_static_value(op.inputs[1])
+    return count is not None and int(count) < 0 and _endless(op.inputs[0].op)
+  if op.type == "ZipDataset":
+    return all(_endless(tensor.op) for tensor in op.inputs)
+  if op.type == "ConcatenateDataset":
+    return any(_endless(tensor.op) for tensor in op.inputs[:2])
+  if op.type in _ENDLESS_AFTER_FIRST and op.inputs:
+    return _endless(op.inputs[0].op)
+  return False
+
+
+def _count_of(op: tf.Operation) -> tf.Tensor:
+  """A ShuffleAndRepeatDataset's count: its input named `count`."""
+  names = [arg.name for arg in op.op_def.input_arg]
+  return op.inputs[names.index("count")]

@@ -13,10 +13,13 @@ without reading again the input already trained on.
   shuffle made outside `input_fn`, a file cache, a parallel map giving
   elements in no fixed order), or a checkpoint holds no usable position
   (an earlier version's, a user's Saver's), the run falls back to `skip`,
-  saying why once. Stateful random ops in the pipeline
-  (`tf.image.random_*`) restart their random stream from their seeds: a
-  resumed run's augmentations differ from an uninterrupted run's, its
-  elements and their order do not.
+  saying why once, for an input that ends; an endless one (`repeat()`)
+  starts a new pass instead, as TPUEstimator did, since dropping every
+  step of a pass that never ends costs more at every resume and every
+  later `train()` (`tpu_harness._infeed.resume_policy`). Stateful random
+  ops in the pipeline (`tf.image.random_*`) restart their random stream
+  from their seeds: a resumed run's augmentations differ from an
+  uninterrupted run's, its elements and their order do not.
 - `skip`: read and drop the steps of the current pass already trained on;
   exact (the same rewritten pipeline, its seeds saved), but a resume at
   step N reads those N steps of input first.

@@ -27,6 +27,15 @@ The rules, in order:
    before the infeed read a state in this pass): read and drop the steps
    of the pass with its seeds, as exact as a restore ("replay").
 8. Else the same (warned where a state was expected).
+
+In `exact` mode, an endless input (`repeat()`, `length.endless`) is not
+read and dropped from its pass's start (rules 2, 4, 5 and 8): its pass
+never ends, so the steps to drop grow with every step trained, and with
+them the cost of every resume and of every later `train()` call (a
+train-and-evaluate loop). Such a start begins a new pass from its first
+element, as TPUEstimator's `train()` did (warned). A replay (7) drops no
+more than the steps between two saves; `skip` mode drops what the user
+asked for.
 """
 
 from __future__ import annotations
@@ -38,6 +47,10 @@ from tpu_harness._infeed import fingerprint as fingerprint_lib
 from tpu_harness._infeed import record
 
 
+# Rules that read and drop the steps of the pass from its first element.
+_SKIPS_THE_PASS = ("none", "fingerprint", "seeds", "stateless", "no state")
+
+
 @dataclasses.dataclass(frozen=True)
 class Decision:
   """Where a host's input starts, and what to log about it.
@@ -45,9 +58,11 @@ class Decision:
   Attributes:
     why: which rule decided: "fresh", "no checkpoint", "none" (no position
       saved), "used up", "fingerprint", "seeds", "restore", "replay" (the
-      pass's start saved) or "stateless" (where a state was expected; else
-      "no state"). Where `warning` is set, its key: it is logged once per
-      `InputPosition`.
+      pass's start saved), "stateless" (where a state was expected; else
+      "no state"), or "endless" (a new pass where one of "none",
+      "fingerprint", "seeds", "stateless" or "no state" would drop the
+      steps of an endless pass). Where `warning` is set, its key: it is
+      logged once per `InputPosition`.
     pass_start: the global step at which the pass this start continues (or
       begins) began.
     seeds: the pass's saved shuffle seeds to feed again; None: fresh ones
@@ -85,12 +100,14 @@ class ResumePolicy:
       reading right after restoring one failed).
     seeds_needed: the pipeline's window shuffles, each seeded.
     fingerprint: the pipeline's fingerprint; None where unknown.
+    endless: whether the input is endless (`length.endless`).
   """
   exact: bool
   saves_state: bool
   restore_state: bool = True
   seeds_needed: int = 0
   fingerprint: Optional[fingerprint_lib.Fingerprint] = None
+  endless: bool = False
 
   def decide(self, checkpoint: Optional[str], start_step: int,
              saved: Optional[record.Saved], fresh: bool = False
@@ -107,6 +124,15 @@ class ResumePolicy:
     Returns:
       The decision; see the module's rules.
     """
+    decision = self._by_rules(checkpoint, start_step, saved, fresh)
+    if (self.exact and self.endless and decision.why in _SKIPS_THE_PASS
+        and decision.skip):
+      return self._new_pass(checkpoint, start_step, saved, decision)
+    return decision
+
+  def _by_rules(self, checkpoint: Optional[str], start_step: int,
+                saved: Optional[record.Saved], fresh: bool) -> Decision:
+    """`decide`'s rules 1 to 8."""
     if fresh or checkpoint is None:
       return Decision("fresh" if fresh else "no checkpoint",
                       pass_start=start_step, resumed=False)
@@ -161,6 +187,41 @@ class ResumePolicy:
               f"steps of input already trained on."))
     return Decision("no state", pass_start=saved.pass_start, seeds=seeds,
                     skip=steps)
+
+  def _new_pass(self, checkpoint: str, start_step: int,
+                saved: Optional[record.Saved], instead: Decision
+                ) -> Decision:
+    """A new pass of an endless input, where `instead` would read and drop
+    the steps of its pass: warned, but logged as information where this
+    run keeps no position (its warning said that a new pass starts)."""
+    if instead.why == "no state" and not self.saves_state:
+      return Decision(
+          "endless", pass_start=start_step, resumed=False, info=(
+              f"The endless training input starts a new pass at step "
+              f"{start_step} ({checkpoint}): its position is not kept."))
+    cause = {
+        "none": "it holds no input position (saved by TPUEstimator, a "
+                "user's Saver, an earlier version, or with "
+                "resume_input='restart')",
+        "fingerprint": (f"it was saved for another input pipeline "
+                        f"({'; '.join(self._changed(saved))})"
+                        if instead.why == "fingerprint" else ""),
+        "seeds": "it does not fit this input pipeline's shuffles",
+        "stateless": "it holds no iterator state (saved with "
+                     "resume_input='skip', or where the pipeline's "
+                     "position could not be saved)",
+    }.get(instead.why,
+          "this run cannot restore it (a warning before says why)")
+    return Decision(
+        "endless", pass_start=start_step, resumed=False, warning=(
+            f"The training input's position in {checkpoint} is not "
+            f"restored: {cause}. The input is endless (repeat()), so "
+            f"reading and dropping the {instead.skip} steps of it already "
+            f"trained on would cost about as much as training them did, "
+            f"more at every resume and later train(). It starts a new "
+            f"pass from its first element instead (a new order where its "
+            f"shuffles have no seed), as TPUEstimator's train() did; "
+            f"resume_input='skip' reads and drops them."))
 
   def _changed(self, saved: record.Saved) -> List[str]:
     """What differs between this pipeline and the one `saved` was saved

@@ -34,11 +34,23 @@ state is a position:
   first epoch did. Unlike TF's, it reads all of its input before giving
   the first element.
 
+- an interleave that reads its inputs in parallel in their order
+  (`Dataset.interleave` with `num_parallel_calls`, also inside
+  `TFRecordDataset(num_parallel_reads=...)`, and
+  `tf.data.experimental.parallel_interleave(sloppy=False)`) becomes a
+  sequential `interleave` of its inputs each prefetching 2 blocks and one
+  elements on a thread of its own (or `buffer_output_elements`): the same
+  elements in the same order, the inputs read in parallel. tf.data's
+  parallel interleave, restored symbolically, gives no element once the
+  inputs it restored end (TF 2.21); this one restores. It does not open
+  the next inputs ahead of need, as tf.data's does. Only where positions
+  are saved (`interleaves`): the order is the same either way.
+
 Anything else that holds data (a shuffle or cache made outside `input_fn`,
 a file cache, a `from_generator` source) or whose state tf.data cannot
 restore (a `py_function`, whose state lives in Python), or whose restored
-state stops the infeed (an `interleave` with `num_parallel_calls`), is
-reported by `unsaveable`, and the caller falls back to skipping; so is a
+state stops the infeed (a parallel interleave made outside `input_fn`), is
+reported by `unsaveable`, and the caller keeps no position; so is a
 parallel `map` or `interleave` asked for no fixed order
 (`deterministic=False`, or `Options.deterministic = False`), reported by
 `unordered`: it gives elements as their calls finish, which of those in
@@ -81,10 +93,11 @@ _HOLD_DATA = {
     # programs' readers): no symbolic checkpointing in TF 2.21, found here
     # rather than by a failed save.
     "LegacyParallelInterleaveDatasetV2": "experimental parallel_interleave",
-    # An interleave with num_parallel_calls, in its order too: tf.data saves
-    # and restores its position, but in the infeed a restored one gives no
-    # element again (the host's fill waits for good: TFRecordDataset files
-    # interleaved as TPU programs read them, TF 2.21). Not yet traced.
+    # An interleave with num_parallel_calls, in its order too: restored
+    # symbolically, it gives no element once the inputs it restored end
+    # (TF 2.21), and the host's fill waited for good. Those made in the
+    # training input_fn in their order are rewritten (`rewriting`); one
+    # left (made outside it) keeps no position.
     "ParallelInterleaveDatasetV2": "interleave with num_parallel_calls",
     "ParallelInterleaveDatasetV3": "interleave with num_parallel_calls",
     "ParallelInterleaveDatasetV4": "interleave with num_parallel_calls",
@@ -162,11 +175,14 @@ class Rewrite:
 
 
 @contextlib.contextmanager
-def rewriting(graph: tf.Graph) -> Iterator[Rewrite]:
+def rewriting(graph: tf.Graph, interleaves: bool = True
+              ) -> Iterator[Rewrite]:
   """Within the block, `Dataset.shuffle`, `shuffle_and_repeat` and the
   in-memory `Dataset.cache` of datasets built in `graph` (the default
   graph, or a function traced in it) make the resumable equivalents the
-  module docstring describes."""
+  module docstring describes; with `interleaves`, so do interleaves in
+  parallel in their order (they give the same elements in the same order
+  either way: only a run that restores positions needs them)."""
   rewrite = Rewrite(graph=graph)
 
   def shuffle(dataset, buffer_size, seed=None, reshuffle_each_iteration=None,
@@ -182,10 +198,49 @@ def rewriting(graph: tf.Graph) -> Iterator[Rewrite]:
                         "recomputed)")
     return original_cache(dataset, filename, name=name)
 
+  def interleave(dataset, map_func, cycle_length=None, block_length=None,
+                 num_parallel_calls=None, deterministic=None, name=None):
+    if (not interleaves or num_parallel_calls is None
+        or deterministic is False):
+      return _tf_internals.original_interleave(
+          dataset, map_func, cycle_length, block_length, num_parallel_calls,
+          deterministic, name=name)
+    return _prefetching_interleave(dataset, map_func, cycle_length,
+                                   block_length, buffer=None, name=name)
+
+  def legacy_interleave(dataset, map_func, cycle_length, block_length,
+                        sloppy, buffer_output_elements,
+                        prefetch_input_elements, name=None):
+    if not interleaves or sloppy:
+      return None  # TF's own.
+    del prefetch_input_elements  # Files are not opened ahead of need.
+    return _prefetching_interleave(dataset, map_func, cycle_length,
+                                   block_length, buffer_output_elements,
+                                   name=name)
+
   with _LOCK:
     original_cache = tf.data.Dataset.cache
-    with _tf_internals.dataset_methods_as(shuffle=shuffle, cache=cache):
+    with _tf_internals.dataset_methods_as(
+        shuffle=shuffle, cache=cache, interleave=interleave,
+        legacy_interleave=legacy_interleave):
       yield rewrite
+
+
+def _prefetching_interleave(dataset: tf.data.Dataset, map_func: Any,
+                            cycle_length: Any, block_length: Any,
+                            buffer: Any, name: Optional[str]
+                            ) -> tf.data.Dataset:
+  """`dataset.interleave(map_func, ...)` in its order, each dataset that
+  `map_func` makes prefetching `buffer` elements (None: as TF's parallel
+  interleave does, 2 blocks and one) on a thread of its own."""
+  block = 1 if block_length is None else block_length
+  size = 2 * block + 1 if buffer is None else buffer
+
+  def prefetched(*args):
+    return map_func(*args).prefetch(size)
+
+  return _tf_internals.original_interleave(dataset, prefetched, cycle_length,
+                                           block_length, name=name)
 
 
 def _is_empty_filename(filename: Any) -> bool:
