@@ -1,5 +1,6 @@
 """The training input rewritten for small positions: window shuffles,
-materialized caches, what `inspect` finds, and the position's size."""
+materialized caches, interleaves of prefetched inputs, and the position's
+size."""
 
 import os
 import subprocess
@@ -13,27 +14,8 @@ from tensorflow.python.data.ops import readers  # pylint: disable=g-direct-tenso
 
 from tpu_harness import _tf_internals
 from tpu_harness._infeed import rewrite as resumable_input
-
-
-def _session_values(dataset, count, rewrite=None, seeds=None, state=None):
-  """The first `count` elements of `dataset` (a fresh iterator in its own
-  session), restored to `state` first if given; and the state after them."""
-  iterator = tf.compat.v1.data.make_initializable_iterator(dataset)
-  element = iterator.get_next()
-  resource = iterator._iterator_resource  # pylint: disable=protected-access
-  serialize = tf.io.serialize_tensor(tf.raw_ops.SerializeIterator(
-      resource_handle=resource, external_state_policy=1))
-  state_in = tf.compat.v1.placeholder(tf.string, [])
-  restore = tf.raw_ops.DeserializeIterator(
-      resource_handle=resource,
-      serialized=tf.io.parse_tensor(state_in, tf.variant))
-  with tf.compat.v1.Session() as session:
-    feed = rewrite.seed_feed(seeds) if rewrite is not None else None
-    session.run(iterator.initializer, feed)
-    if state is not None:
-      session.run(restore, {state_in: state})
-    values = [session.run(element) for _ in range(count)]
-    return values, session.run(serialize)
+from tpu_harness._infeed import saveable
+from support.iterators import session_values
 
 
 def _rewritten(make):
@@ -54,7 +36,7 @@ def test_a_window_shuffle_orders_each_window_at_random():
   dataset, rewrite = _rewritten(
       lambda: tf.data.Dataset.range(40).shuffle(10))
   (values, _), (again, _), (other, _) = (
-      _session_values(dataset, 40, rewrite, [seed]) for seed in (1, 1, 2))
+      session_values(dataset, 40, rewrite, [seed]) for seed in (1, 1, 2))
   values = np.array(values)
   for start in range(0, 40, 10):
     window = values[start:start + 10]
@@ -68,7 +50,7 @@ def test_a_window_shuffle_orders_each_window_at_random():
 def test_reshuffle_each_iteration_gives_each_epoch_its_own_order(reshuffle):
   dataset, rewrite = _rewritten(lambda: tf.data.Dataset.range(20).shuffle(
       20, reshuffle_each_iteration=reshuffle).repeat(2))
-  values, _ = _session_values(dataset, 40, rewrite, [5])
+  values, _ = session_values(dataset, 40, rewrite, [5])
   first, second = values[:20], values[20:]
   assert sorted(first) == sorted(second) == list(range(20))
   assert (first != second) == reshuffle
@@ -94,8 +76,8 @@ def test_shuffle_and_repeat_and_list_files_are_rewritten(tmp_path):
 
   dataset, rewrite = _rewritten(make)
   assert len(rewrite.seeds) == 2
-  assert resumable_input.inspect(dataset).unsaveable == []
-  values, _ = _session_values(dataset, 23, rewrite, [3, 4])
+  assert saveable.inspect(dataset).unsaveable == []
+  values, _ = session_values(dataset, 23, rewrite, [3, 4])
   assert sorted(values[:10]) == sorted(values[10:20]) == list(range(10))
 
 
@@ -118,7 +100,7 @@ def test_the_methods_are_tfs_again_after_the_block():
 def test_elements_of_varying_shape_are_shuffled_too():
   dataset, rewrite = _rewritten(lambda: tf.data.Dataset.range(12).map(
       lambda i: tf.range(i % 4)).shuffle(6))
-  values, _ = _session_values(dataset, 12, rewrite, [7])
+  values, _ = session_values(dataset, 12, rewrite, [7])
   assert sorted(len(v) for v in values) == sorted(i % 4 for i in range(12))
 
 
@@ -186,10 +168,11 @@ def _all_values(dataset, rewrite):
 _COUNT_STATEFUL_LINES = """
 import tensorflow as tf
 from tpu_harness._infeed import rewrite as resumable_input
+from tpu_harness._infeed import saveable
 with tf.Graph().as_default() as graph:
   with resumable_input.rewriting(graph) as rewrite:
     dataset = tf.data.Dataset.range(50).cache().repeat(3)
-  dataset = resumable_input.symbolic(dataset)
+  dataset = saveable.symbolic(dataset)
   iterator = tf.compat.v1.data.make_initializable_iterator(dataset)
   element = iterator.get_next()
   with tf.compat.v1.Session() as session:
@@ -219,13 +202,13 @@ def test_a_large_shuffle_buffer_and_cache_leave_a_small_position():
   images = np.random.RandomState(0).rand(20000, 784).astype(np.float32)
   dataset, rewrite = _rewritten(lambda: tf.data.Dataset.from_tensor_slices(
       images).cache().repeat().shuffle(10000).batch(64, drop_remainder=True))
-  dataset = resumable_input.symbolic(dataset)
+  dataset = saveable.symbolic(dataset)
   # 300 batches in: past the first window, into the cache's second epoch.
-  values, state = _session_values(dataset, 300, rewrite, [9])
+  values, state = session_values(dataset, 300, rewrite, [9])
   # TF's own shuffle would hold 10000 x 784 floats: 31 MB.
   assert len(state) < 16 * 2**10
-  more, _ = _session_values(dataset, 320, rewrite, [9])
-  restored, _ = _session_values(dataset, 20, rewrite, [9], state=state)
+  more, _ = session_values(dataset, 320, rewrite, [9])
+  restored, _ = session_values(dataset, 20, rewrite, [9], state=state)
   for want, got in zip(more[300:], restored):
     np.testing.assert_array_equal(want, got)
   assert not np.array_equal(values[0], values[1])
@@ -256,8 +239,8 @@ def test_a_shuffle_of_a_cache_orders_indices_as_a_window_shuffle(name, api):
   windowed, window_rewrite = _rewritten(
       lambda: tail(source.cache().map(lambda *element: element)))
   count = 20 * (3 if name == "repeated" else 2)
-  want, _ = _session_values(windowed, count, window_rewrite, [11])
-  got, _ = _session_values(indexed, count, index_rewrite, [11])
+  want, _ = session_values(windowed, count, window_rewrite, [11])
+  got, _ = session_values(indexed, count, index_rewrite, [11])
   assert [label for _, label in got] == [label for _, label in want]
   for (image, label), _ in zip(got, want):
     np.testing.assert_array_equal(image, rows[label])
@@ -294,157 +277,14 @@ def test_a_cache_resumes_at_its_position_with_a_small_state(tail):
         tf.data.Dataset.from_tensor_slices(rows).cache())
 
   dataset, rewrite = _rewritten(make)
-  dataset = resumable_input.symbolic(dataset)
+  dataset = saveable.symbolic(dataset)
   # Into the cache's second epoch (and a later shuffle window).
-  _, state = _session_values(dataset, 7000, rewrite, [9])
+  _, state = session_values(dataset, 7000, rewrite, [9])
   assert len(state) < 16 * 2**10  # The memory alone is 15 MB.
-  more, _ = _session_values(dataset, 7050, rewrite, [9])
-  restored, _ = _session_values(dataset, 50, rewrite, [9], state=state)
+  more, _ = session_values(dataset, 7050, rewrite, [9])
+  restored, _ = session_values(dataset, 50, rewrite, [9], state=state)
   for want, got in zip(more[7000:], restored):
     np.testing.assert_array_equal(want, got)
-
-
-def test_inspect_reports_what_a_position_cannot_hold(tmp_path):
-  graph = tf.compat.v1.get_default_graph()
-  plain = tf.data.Dataset.range(9).shuffle(3)  # Outside the rewrite.
-  with resumable_input.rewriting(graph) as rewrite:
-    to_file = tf.data.Dataset.range(9).cache(str(tmp_path / "cache"))
-  generated = tf.data.Dataset.from_generator(
-      lambda: iter(range(3)), output_signature=tf.TensorSpec([], tf.int64))
-  python = tf.data.Dataset.range(3).map(
-      lambda i: tf.py_function(lambda v: v, [i], tf.int64))
-  legacy_interleave = tf.data.Dataset.range(3).apply(
-      tf.data.experimental.parallel_interleave(
-          lambda i: tf.data.Dataset.from_tensors(i), cycle_length=2))
-  augmented = tf.data.Dataset.range(3).map(
-      lambda i: tf.random.uniform([]) + tf.cast(i, tf.float32))
-  def kinds(dataset):
-    return [text.split(" (")[0]
-            for text in resumable_input.inspect(dataset).unsaveable]
-
-  assert kinds(plain) == ["shuffle"]
-  assert kinds(to_file) == ["cache"]
-  assert rewrite.kept == ["cache() to a file (its contents are not "
-                          "recomputed)"]
-  assert "from_generator" in kinds(generated)
-  assert kinds(python) == ["py_function"]
-  assert kinds(legacy_interleave) == ["experimental parallel_interleave"]
-  assert resumable_input.inspect(augmented) == resumable_input.Findings(
-      unsaveable=[], random_ops=["RandomUniform"])
-
-
-def _times_two(x):
-  return x * 2
-
-
-def _unordered_options(dataset, **optimizations):
-  """`dataset` with its options asking for no fixed order (and setting
-  `optimizations`)."""
-  options = tf.data.Options()
-  options.experimental_deterministic = False
-  for name, value in optimizations.items():
-    setattr(options.experimental_optimization, name, value)
-  return dataset.with_options(options)
-
-
-_NUMBERS = tf.data.Dataset.range
-_MAP = ("map with num_parallel_calls and deterministic=False "
-        "(ParallelMapDatasetV2)")
-_MAP_BY_OPTIONS = ("map with num_parallel_calls and the pipeline's "
-                   "Options.deterministic=False (ParallelMapDatasetV2)")
-_INTERLEAVE = ("interleave with num_parallel_calls and deterministic=False "
-               "(ParallelInterleaveDatasetV4)")
-# (pipeline, what `inspect` finds unordered: what TF 2.21 refuses to save).
-_ORDER_CASES = {
-    "parallel map": (
-        lambda: _NUMBERS(99).map(_times_two, 4, deterministic=False),
-        [_MAP]),
-    "parallel map, ordered": (
-        lambda: _NUMBERS(99).map(_times_two, 4, deterministic=True), []),
-    "parallel map fused with its batch": (
-        lambda: _NUMBERS(99).map(_times_two, 4, deterministic=False)
-        .batch(4, drop_remainder=True), []),
-    "map and batch fusion off": (
-        lambda: _unordered_options(
-            _NUMBERS(99).map(_times_two, 4).batch(4),
-            map_and_batch_fusion=False), [_MAP_BY_OPTIONS]),
-    "default optimizations off": (
-        lambda: _unordered_options(
-            _NUMBERS(99).map(_times_two, 4).batch(4),
-            apply_default_optimizations=False), [_MAP_BY_OPTIONS]),
-    "a map between the parallel map and the batch": (
-        lambda: _NUMBERS(99).map(_times_two, 4, deterministic=False)
-        .map(_times_two).batch(4), [_MAP]),
-    "a parallel batch": (
-        lambda: _NUMBERS(99).map(_times_two, 4, deterministic=False)
-        .batch(4, num_parallel_calls=2), [_MAP]),
-    "efficientnet's: options unordered, a parallel map after the batch": (
-        lambda: _unordered_options(
-            _NUMBERS(99).map(_times_two, 8).batch(4, drop_remainder=True)
-            .map(_times_two, 8).prefetch(2)), [_MAP_BY_OPTIONS]),
-    "options unordered, the maps ordered": (
-        lambda: _unordered_options(
-            _NUMBERS(99).map(_times_two, 4, deterministic=True)), []),
-    "sequential maps, options unordered": (
-        lambda: _unordered_options(_NUMBERS(99).map(_times_two)), []),
-    "parallel interleave": (
-        lambda: _NUMBERS(99).interleave(
-            _NUMBERS, cycle_length=2, num_parallel_calls=2,
-            deterministic=False), [_INTERLEAVE]),
-    "sequential interleave, options unordered": (
-        lambda: _unordered_options(_NUMBERS(99).interleave(
-            _NUMBERS, cycle_length=2)), []),
-    "in an interleave's function": (
-        lambda: _NUMBERS(99).interleave(
-            lambda i: _NUMBERS(i).map(_times_two, 2, deterministic=False),
-            cycle_length=2), [_MAP]),
-    "fused in a flat_map's function": (
-        lambda: _NUMBERS(99).flat_map(
-            lambda i: _NUMBERS(i).map(_times_two, 2, deterministic=False)
-            .batch(2)), []),
-}
-
-
-@pytest.mark.parametrize("case", sorted(_ORDER_CASES))
-def test_inspect_finds_the_unordered_transformations_tf_cannot_save(case):
-  make, expected = _ORDER_CASES[case]
-  dataset = make()
-  assert resumable_input.inspect(dataset).unordered == expected
-  # What TF does: the first save fails for those found.
-  try:
-    _session_values(resumable_input.symbolic(dataset), 5)
-    refused = None
-  except tf.errors.UnimplementedError as error:
-    refused = error.message
-  if expected:
-    op = expected[0].split("(")[-1][:-1]
-    assert f"{op} does not support symbolic checkpointing" in refused
-  else:
-    assert refused is None
-
-
-def test_with_op_determinism_a_parallel_map_keeps_its_order():
-  tf_config = pytest.importorskip("tensorflow.python.framework.config")
-  dataset = _NUMBERS(99).map(_times_two, 4, deterministic=False)
-  tf_config.enable_op_determinism()
-  try:
-    assert resumable_input.inspect(dataset).unordered == []
-    _session_values(resumable_input.symbolic(dataset), 5)
-  finally:
-    tf_config.disable_op_determinism()
-  assert resumable_input.inspect(dataset).unordered == [_MAP]
-
-
-@pytest.mark.parametrize("deterministic", [True, None])
-def test_an_ordered_parallel_interleave_is_not_kept(deterministic):
-  """Its restored position stopped the infeed for good
-  (tests/test_input_position.py): reported as a position cannot hold,
-  where the rewrite did not replace it (built outside it)."""
-  dataset = _NUMBERS(99).interleave(_NUMBERS, cycle_length=2,
-                                    num_parallel_calls=2,
-                                    deterministic=deterministic)
-  assert resumable_input.inspect(dataset).unsaveable == [
-      "interleave with num_parallel_calls (ParallelInterleaveDatasetV4)"]
 
 
 def _inputs(index):
@@ -479,15 +319,15 @@ def test_an_interleave_in_parallel_in_order_is_rewritten_and_resumes(case):
   def make():
     return _IN_ORDER[case](tf.data.Dataset.range(4))
 
-  expected, _ = _session_values(make(), 200)
+  expected, _ = session_values(make(), 200)
   dataset, _ = _rewritten(make)
-  dataset = resumable_input.symbolic(dataset)
+  dataset = saveable.symbolic(dataset)
   assert not {"ParallelInterleaveDatasetV2", "ParallelInterleaveDatasetV4",
               "LegacyParallelInterleaveDatasetV2"} & (
                   _tf_internals.dataset_op_types(dataset))
-  assert resumable_input.inspect(dataset).unsaveable == []
-  first, state = _session_values(dataset, 30)
-  rest, _ = _session_values(dataset, 170, state=state)
+  assert saveable.inspect(dataset).unsaveable == []
+  first, state = session_values(dataset, 30)
+  rest, _ = session_values(dataset, 170, state=state)
   assert first + rest == expected
 
 

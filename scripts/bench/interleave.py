@@ -53,6 +53,7 @@ import numpy as np  # pylint: disable=g-import-not-at-top
 import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
 from tpu_harness._infeed import rewrite  # pylint: disable=g-import-not-at-top
+from tpu_harness._infeed import saveable  # pylint: disable=g-import-not-at-top
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("repeats", 5, "Alternating repeats.", lower_bound=1)
@@ -130,7 +131,7 @@ def read_rate(variant: str, make: Callable[[], tf.data.Dataset]) -> float:
     else:
       dataset = make()
     if variant != "tf.data":
-      dataset = rewrite.symbolic(dataset)
+      dataset = saveable.symbolic(dataset)
     iterator = tf.compat.v1.data.make_initializable_iterator(dataset)
     batch = tf.nest.flatten(iterator.get_next())[0]
     with tf.compat.v1.Session() as session:

@@ -25,6 +25,7 @@ from tpu_harness._infeed import length
 from tpu_harness._infeed import record
 from tpu_harness._infeed import resume_policy
 from tpu_harness._infeed import rewrite as resumable_input
+from tpu_harness._infeed import saveable
 from tpu_harness._infeed import states as states_lib
 from tpu_harness import _tf_message as tf_message
 
@@ -145,7 +146,7 @@ class HostPosition:
     if not self._group.exact:
       return dataset
     self._endless = length.endless(dataset)
-    findings = resumable_input.inspect(dataset)
+    findings = saveable.inspect(dataset)
     kept = self._rewrite.kept if self._rewrite is not None else []
     reasons = []
     if findings.unsaveable:
@@ -179,7 +180,7 @@ class HostPosition:
           "seeded from the element resume exactly, and log nothing.",
           ", ".join(findings.random_ops), per_process=True)
     self._fingerprint = fingerprint_lib.of(dataset)
-    return resumable_input.symbolic(dataset)
+    return saveable.symbolic(dataset)
 
   def attach(self, iterator) -> None:
     """Builds the ops that serialize and restore `iterator` (the infeed's,
