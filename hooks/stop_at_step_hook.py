@@ -51,12 +51,9 @@ class StopAtStepHook(tf.compat.v1.train.SessionRunHook):
     """
     validation.exactly_one({"num_steps": num_steps, "last_step": last_step})
     if num_steps is not None:
-      validation.positive_int("num_steps", num_steps)
+      num_steps = validation.positive_int("num_steps", num_steps)
     if last_step is not None:
-      if isinstance(last_step, bool) or not isinstance(last_step, int):
-        raise TypeError(f"`last_step` ({last_step!r}) must be an integer.")
-      if last_step < 0:
-        raise ValueError(f"`last_step` ({last_step!r}) must be >= 0.")
+      last_step = validation.non_negative_int("last_step", last_step)
     self._increment = RunIncrement(steps_per_run, name="steps_per_run")
     if iterations_per_run is not None:
       if (not isinstance(iterations_per_run, tf.Tensor)

@@ -193,6 +193,21 @@ def test_conv_program_train_evaluate_predict_export_resume(tmp_path, cores):
                              rtol=1e-5, atol=1e-6)
 
 
+def test_steps_read_from_a_checkpoint_are_integers(tmp_path):
+  # resnet_main.py's train_and_eval: max_steps from the step that
+  # tf.train.load_variable reads (a numpy int64) failed every resume.
+  model_dir = str(tmp_path / "model")
+  estimator = programs.estimator(model_dir, cores=0)
+  estimator.train(programs.input_fn, max_steps=4)
+  current = tf.train.load_variable(model_dir, "global_step")
+  assert isinstance(current, np.int64)
+  estimator.train(programs.input_fn, max_steps=min(current + 4, 12))
+  estimator.train(programs.input_fn, steps=np.int32(4))
+  assert estimator.latest_checkpoint().endswith("model.ckpt-12")
+  results = estimator.evaluate(programs.input_fn, steps=np.int64(1))
+  assert results["global_step"] == 12
+
+
 def _serve_in_a_fresh_process(export_dir, images):
   code = (
       "import json, sys\n"

@@ -1,5 +1,6 @@
 """StopAtStepHook: exact stops when each Session.run advances N steps."""
 
+import numpy as np
 import pytest
 import tensorflow as tf
 
@@ -93,14 +94,25 @@ def test_steps_for_next_run():
     (dict(), ValueError, "Exactly one of `num_steps` and `last_step`"),
     (dict(num_steps=1, last_step=1), ValueError, "num_steps=1, last_step=1"),
     (dict(num_steps=0), ValueError, "`num_steps` (0) must be a positive"),
-    (dict(last_step=-1), ValueError, "`last_step` (-1) must be >= 0"),
-    (dict(last_step=2.0), TypeError, "`last_step` (2.0) must be an integer"),
+    (dict(last_step=-1), ValueError,
+     "`last_step` (-1) must be an integer >= 0."),
+    (dict(last_step=2.0), TypeError,
+     "`last_step` (2.0) must be an integer >= 0, got float."),
+    (dict(last_step=True), TypeError, "`last_step` (True) must be an"),
     (dict(last_step=5, steps_per_run=0), ValueError, "`steps_per_run` (0)"),
 ])
 def test_bad_arguments(kwargs, error, message):
   with pytest.raises(error) as info:
     hooks.StopAtStepHook(**kwargs)
   assert message in str(info.value)
+
+
+def test_a_numpy_integer_last_step_is_an_integer():
+  # resnet_main.py's max_steps: a step read with tf.train.load_variable.
+  hook = hooks.StopAtStepHook(last_step=np.int64(25), steps_per_run=10)
+  steps = [hook.steps_for_next_run(s) for s in (0, 20, 25)]
+  assert steps == [10, 5, 0]
+  assert all(type(step) is int for step in steps)  # pylint: disable=unidiomatic-typecheck
 
 
 def test_iterations_per_run_must_be_integer_placeholder():

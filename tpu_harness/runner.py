@@ -186,6 +186,10 @@ class Runner:
         if value > MAX_STEPS:
           raise ValueError(f"`{name}` ({value}) must be at most 2**62 "
                            f"({MAX_STEPS}): global steps are int64.")
+    # A numpy integer (a step read with tf.train.load_variable, as
+    # resnet_main.py computes max_steps) is taken as the int it is.
+    max_steps = None if max_steps is None else int(max_steps)
+    steps = None if steps is None else int(steps)
     user_hooks = list(hooks or [])
     for index, hook in enumerate(user_hooks):
       if not isinstance(hook, tf.compat.v1.train.SessionRunHook):
@@ -276,7 +280,7 @@ class Runner:
         dimension).
     """
     if steps is not None:
-      validation.positive_int("steps", steps)
+      steps = validation.positive_int("steps", steps)
     if name is not None:
       validation.non_empty_str("name", name)
     batch_size = self._prepare("eval", input_fn)
