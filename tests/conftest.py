@@ -1,6 +1,7 @@
 """Shared pytest set-up: quiet TF, parsed absl flags, a fresh graph per test."""
 
 import os
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # As `import tpu_harness` sets it; here before any test touches tf.keras.
@@ -19,6 +20,14 @@ def _fresh_graph_and_writers():
   with tf.Graph().as_default():
     yield
   tf.compat.v1.summary.FileWriterCache.clear()
+
+
+@pytest.fixture(autouse=True)
+def _warnings_once_per_test():
+  """What the harness warns once per process, it warns once per test."""
+  position = sys.modules.get("tpu_harness._infeed.position")
+  if position is not None:
+    position._WARNED.clear()  # pylint: disable=protected-access
 
 
 @pytest.fixture(params=["no loop", "v1 loop", "v2 loop"])

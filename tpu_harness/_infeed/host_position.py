@@ -115,7 +115,8 @@ class HostPosition:
           "TPUEstimator's train() did (resume_input='skip' reads and drops "
           "the steps already trained on instead, at the cost of reading "
           "them)." if self._endless else "a resumed run will read and drop "
-          "the steps of input already trained on (resume_input='skip').")
+          "the steps of input already trained on (resume_input='skip').",
+          per_process=True)
     self._disabled = why
 
   @property
