@@ -10,6 +10,7 @@ import tpu_harness as th
 from tpu_harness.loops import device_loop
 from support.runner_models import linear_model_fn
 from support.runner_models import train_input_fn
+from support.tf_fixtures import ancestors
 
 
 def test_is_a_device_loop_with_virtual_cpus():
@@ -134,19 +135,6 @@ def test_eval_metrics_from_only_some_replicas_is_a_clear_error():
     device.build_eval(model_fn, train_input_fn(), {"batch_size": 4})
 
 
-def _ancestors(graph_def, names):
-  """Nodes `names` depend on, through data and control inputs."""
-  inputs = {node.name: [name.lstrip("^").split(":")[0]
-                        for name in node.input] for node in graph_def.node}
-  seen, stack = set(), list(names)
-  while stack:
-    for name in inputs[stack.pop()]:
-      if name not in seen:
-        seen.add(name)
-        stack.append(name)
-  return seen
-
-
 @pytest.mark.parametrize("iterations", [1, 4])
 def test_a_run_steps_after_the_hooks_reads_of_the_global_step(iterations):
   # A hook may fetch TF's shared read tensor or the variable itself
@@ -162,8 +150,8 @@ def test_a_run_steps_after_the_hooks_reads_of_the_global_step(iterations):
            th_hooks.global_step_read().op.name}
   fetched = [tensor.op.name for tensor in tf.nest.flatten(built.fetches)]
   steps = [node.name for node in graph_def.node
-           if node.name in _ancestors(graph_def, fetched)
+           if node.name in ancestors(graph_def, fetched)
            and node.op in ("While", "StatelessWhile", "AssignAddVariableOp")]
   assert steps
   for name in steps:
-    assert reads <= _ancestors(graph_def, [name]), name
+    assert reads <= ancestors(graph_def, [name]), name

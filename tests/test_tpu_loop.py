@@ -7,12 +7,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import hooks
 from support import runner_models
 import tpu_harness as th
 from tpu_harness._run import prediction
 from tpu_harness.loops import tpu_loop
 from support.runner_models import linear_model_fn
 from support.runner_models import train_input_fn
+from support.tf_fixtures import ancestors
 
 
 def _ops(graph_def):
@@ -30,6 +32,23 @@ def _build(shards=2, batch=8, params=None):
                            dict(params or {}, batch_size=batch // shards),
                            skip_steps=0)
   return built, _ops(tf.compat.v1.get_default_graph().as_graph_def())
+
+
+def test_the_device_loop_runs_after_the_hooks_reads_of_the_global_step():
+  # As on the CPU (tests/test_cpu_loop.py): a hook's fetch of the step,
+  # TF's shared read or the variable itself, sees the step before the run.
+  _build()
+  graph = tf.compat.v1.get_default_graph()
+  graph_def = graph.as_graph_def()
+  reads = {graph.as_graph_element(
+      tf.compat.v1.train.get_global_step()).op.name,
+           hooks.global_step_read().op.name}
+  loops = [node.name for node in graph_def.node
+           if node.op in ("While", "TPUReplicateMetadata")
+           and not node.name.startswith("train_infeed/")]
+  assert "device_loop" in loops
+  for name in loops:
+    assert reads <= ancestors(graph_def, [name]), name
 
 
 def test_train_graph_has_the_tpu_parts_with_per_core_shapes():

@@ -119,3 +119,16 @@ def run_loops(hook_list: Sequence[tf.compat.v1.train.SessionRunHook],
       session.run(graph.train_op, feed_dict={graph.iterations: increment})
     return int(session.run_step_fn(
         lambda step_context: step_context.session.run(graph.global_step)))
+
+
+def ancestors(graph_def, names):
+  """Nodes `names` depend on, through data and control inputs."""
+  inputs = {node.name: [name.lstrip("^").split(":")[0]
+                        for name in node.input] for node in graph_def.node}
+  seen, stack = set(), list(names)
+  while stack:
+    for name in inputs[stack.pop()]:
+      if name not in seen:
+        seen.add(name)
+        stack.append(name)
+  return seen
