@@ -308,14 +308,23 @@ _IN_ORDER = {
             buffer_output_elements=4)),
     "v1 interleave": lambda d: tf.compat.v1.data.Dataset.range(4).interleave(
         _inputs, cycle_length=2, num_parallel_calls=2),
+    # The cycle length TF's parallel interleave computes (from the cores).
+    "cycle_length None, AUTOTUNE": lambda d: d.interleave(
+        _inputs, num_parallel_calls=tf.data.AUTOTUNE),
+    "cycle_length AUTOTUNE, 1 call": lambda d: d.interleave(
+        _inputs, cycle_length=tf.data.AUTOTUNE, num_parallel_calls=1),
+    "cycle_length None, 2 calls": lambda d: d.interleave(
+        _inputs, num_parallel_calls=2),
 }
 
 
 @pytest.mark.parametrize("case", sorted(_IN_ORDER))
 def test_an_interleave_in_parallel_in_order_is_rewritten_and_resumes(case):
   """An interleave of prefetched inputs: the same elements in the same
-  order, a position that saves, and a restore that goes on past the end
-  of the inputs it restored (tf.data's parallel interleave stopped)."""
+  order (with the cycle length TF's parallel interleave computes where it
+  is not given), a position that saves, and a restore that goes on past
+  the end of the inputs it restored (tf.data's parallel interleave
+  stopped)."""
   def make():
     return _IN_ORDER[case](tf.data.Dataset.range(4))
 

@@ -37,9 +37,11 @@ state is a position:
   (`Dataset.interleave` with `num_parallel_calls`, also inside
   `TFRecordDataset(num_parallel_reads=...)`, and
   `tf.data.experimental.parallel_interleave(sloppy=False)`) becomes a
-  sequential `interleave` of its inputs each prefetching 2 blocks and one
-  elements on a thread of its own (or `buffer_output_elements`): the same
-  elements in the same order, the inputs read in parallel. tf.data's
+  sequential `interleave` of its inputs each prefetching what TF's
+  buffers per input (2 blocks and one; `parallel_interleave`'s
+  `buffer_output_elements`, 2 blocks by default) on a thread of its own,
+  with the cycle length TF's would compute: the same elements in the same
+  order, the inputs read in parallel. tf.data's
   parallel interleave, restored symbolically, gives no element once the
   inputs it restored end (TF 2.21); this one restores. It does not open
   the next inputs ahead of need, as tf.data's does. Only where positions
@@ -53,6 +55,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import random
 import threading
 import warnings
@@ -62,6 +65,7 @@ import tensorflow as tf
 
 from tpu_harness import _tf_internals
 
+_AUTOTUNE = tf.data.AUTOTUNE
 # A batch size larger than any input: `_materialized`'s one batch of all.
 _ALL = 2**62
 # Elements a shuffle of a materialized cache gathers at once from its
@@ -130,13 +134,16 @@ def rewriting(graph: tf.Graph, interleaves: bool = True
 
   def interleave(dataset, map_func, cycle_length=None, block_length=None,
                  num_parallel_calls=None, deterministic=None, name=None):
-    if (not interleaves or num_parallel_calls is None
-        or deterministic is False):
+    cycle = (None if num_parallel_calls is None
+             else _parallel_cycle_length(cycle_length, num_parallel_calls))
+    if not interleaves or cycle is None or deterministic is False:
       return _tf_internals.original_interleave(
           dataset, map_func, cycle_length, block_length, num_parallel_calls,
           deterministic, name=name)
-    return _prefetching_interleave(dataset, map_func, cycle_length,
-                                   block_length, buffer=None, name=name)
+    block = 1 if block_length is None else block_length
+    # TF's parallel interleave buffers 2 blocks and one per input.
+    return _prefetching_interleave(dataset, map_func, cycle, block_length,
+                                   2 * block + 1, name=name)
 
   def legacy_interleave(dataset, map_func, cycle_length, block_length,
                         sloppy, buffer_output_elements,
@@ -144,9 +151,11 @@ def rewriting(graph: tf.Graph, interleaves: bool = True
     if not interleaves or sloppy:
       return None  # TF's own.
     del prefetch_input_elements  # Files are not opened ahead of need.
+    # Its buffer per input: 2 blocks by default.
+    buffer = (2 * block_length if buffer_output_elements is None
+              else buffer_output_elements)
     return _prefetching_interleave(dataset, map_func, cycle_length,
-                                   block_length, buffer_output_elements,
-                                   name=name)
+                                   block_length, buffer, name=name)
 
   with _LOCK:
     original_cache = tf.data.Dataset.cache
@@ -156,18 +165,41 @@ def rewriting(graph: tf.Graph, interleaves: bool = True
       yield rewrite
 
 
+def _parallel_cycle_length(cycle_length: Any, num_parallel_calls: Any
+                           ) -> Any:
+  """The cycle length of TF's parallel interleave (its C++
+  `ComputeCycleLength`, TF 2.21): as given, or where it is None or
+  AUTOTUNE, `num_parallel_calls` capped at the schedulable cores, or with
+  that AUTOTUNE too, a third of the cores rounded up. A sequential
+  interleave takes AUTOTUNE as all the cores: it is given this instead,
+  so that its order is the parallel one's. None where that depends on a
+  tensor's value."""
+  given = (_AUTOTUNE if cycle_length is None
+           else tf.get_static_value(cycle_length))
+  if given is None:
+    return None
+  if given != _AUTOTUNE:
+    return cycle_length
+  calls = tf.get_static_value(num_parallel_calls)
+  if calls is None:
+    return None
+  cores = len(os.sched_getaffinity(0)) if hasattr(
+      os, "sched_getaffinity") else (os.cpu_count() or 1)
+  if calls == _AUTOTUNE:
+    return -(-cores // 3)
+  return min(int(calls), cores)
+
+
 def _prefetching_interleave(dataset: tf.data.Dataset, map_func: Any,
                             cycle_length: Any, block_length: Any,
                             buffer: Any, name: Optional[str]
                             ) -> tf.data.Dataset:
-  """`dataset.interleave(map_func, ...)` in its order, each dataset that
-  `map_func` makes prefetching `buffer` elements (None: as TF's parallel
-  interleave does, 2 blocks and one) on a thread of its own."""
-  block = 1 if block_length is None else block_length
-  size = 2 * block + 1 if buffer is None else buffer
+  """`dataset.interleave(map_func, cycle_length, block_length)`, each
+  dataset that `map_func` makes prefetching `buffer` elements on a thread
+  of its own."""
 
   def prefetched(*args):
-    return map_func(*args).prefetch(size)
+    return map_func(*args).prefetch(buffer)
 
   return _tf_internals.original_interleave(dataset, prefetched, cycle_length,
                                            block_length, name=name)
