@@ -665,6 +665,28 @@ def test_a_stale_offset_is_named_and_skipped_instead(tmp_path, caplog,
                                 weights(str(tmp_path / "straight")))
 
 
+def test_a_stale_offset_of_an_endless_input_starts_a_new_pass(tmp_path,
+                                                              caplog):
+  """As above (the restore itself fails), for an endless input: a new pass
+  from its first element, not its pass's steps read and dropped."""
+  records = tmp_path / "train.tfrecord"
+  fn = _records_input_fn(records, shuffle=True, endless=True)
+  _write_records(records, padding=lambda index: 4 * (index == 0))
+  _runner(tmp_path / "model").train(fn, max_steps=13)
+  _write_records(records, padding=lambda index: 4 * (index == 399))
+  caplog.set_level(std_logging.INFO)
+  _runner(tmp_path / "model").train(fn, max_steps=30)
+  messages = [r.getMessage() for r in caplog.records]
+  warnings = [m for m in messages if "does not fit this input pipeline" in m]
+  assert len(warnings) == 1, messages
+  assert ("The input is endless (repeat()): it starts a new pass from its "
+          "first element instead of reading and dropping the 13 steps"
+          in warnings[0]), warnings[0]
+  assert not any("Read and dropped" in m for m in messages), messages
+  assert record.read_saved(str(tmp_path / "model" / "model.ckpt-30")
+                           ).pass_start == 13
+
+
 def _unordered_records_input_fn(path, fused):
   """Records parsed by a map with num_parallel_calls and
   deterministic=False (elements given as they are ready). `fused`: the

@@ -264,11 +264,9 @@ class HostInfeed:
       self._init_iterator(session, start.taken + start.skip, start.feed)
       if position.restore(session, start.state):
         return start.skip, start.taken, start.state
-      skip = position.steps_of_pass
-    else:
-      skip = start.skip
-    self._init_iterator(session, skip, start.feed)
-    return skip, 0, None
+      start = position.after_failed_restore(start)
+    self._init_iterator(session, start.skip, start.feed)
+    return start.skip, 0, None
 
   def _init_iterator(self, session, before: int, feed=None) -> None:
     """Initializes the iterator to give `before` elements more than the

@@ -292,7 +292,8 @@ class HostPosition:
 
   def restore(self, session, state: bytes) -> bool:
     """Restores the initialized iterator to `state`; False (with a
-    warning) if it does not fit the input pipeline."""
+    warning) if it does not fit the input pipeline (then
+    `after_failed_restore` says where the input starts)."""
     try:
       session.run(self._restore, {self._restore_in: state})
       logging.info("Restored the training input's position from %s.",
@@ -302,11 +303,25 @@ class HostPosition:
       self._group.warn_once(
           "fit", "The input position saved in %s does not fit this input "
           "pipeline (resume_input='exact'; was `input_fn` changed?): %s. "
-          "Reading and dropping the %d steps of input already trained on "
-          "instead.", self._group.checkpoint,
+          "%s", self._group.checkpoint,
           tf_message.first_line(error.message),
-          self._group.start_step - self._pass_start)
+          "The input is endless (repeat()): it starts a new pass from its "
+          "first element instead of reading and dropping the "
+          f"{self.steps_of_pass} steps of it already trained on."
+          if self._endless else
+          f"Reading and dropping the {self.steps_of_pass} steps of input "
+          f"already trained on instead.")
       return False
+
+  def after_failed_restore(self, start: Start) -> Start:
+    """Where the input starts once restoring `start`'s state failed: the
+    steps of its pass read and dropped, with its seeds; for an endless
+    input, a new pass (as `resume_policy` decides where a position cannot
+    be used)."""
+    if self._endless:
+      return self.start(fresh=True)
+    return dataclasses.replace(start, state=None, taken=0,
+                               skip=self.steps_of_pass)
 
   @property
   def resumed(self) -> bool:
