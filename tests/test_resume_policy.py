@@ -199,8 +199,8 @@ def test_says_why_an_endless_input_starts_a_new_pass(policy, saved, cause):
   assert _endless(policy).decide(CHECKPOINT, START, saved).warning == (
       f"The training input's position in /m/model.ckpt-30 is not restored: "
       f"{cause}. The input is endless (repeat()), so reading and dropping "
-      f"the {steps} steps of it already trained on would cost about as "
-      f"much as training them did, more at every resume and later train(). "
+      f"the {steps} steps of it already trained on would read and decode "
+      f"them all again, a cost that grows at every resume and later train(). "
       f"It starts a new pass from its first element instead (a new order "
       f"where its shuffles have no seed), as TPUEstimator's train() did; "
       f"resume_input='skip' reads and drops them.")

@@ -180,16 +180,11 @@ class Runner:
         anything is written.
     """
     validation.exactly_one({"max_steps": max_steps, "steps": steps})
-    for name, value in (("max_steps", max_steps), ("steps", steps)):
-      if value is not None:
-        validation.positive_int(name, value)
-        if value > MAX_STEPS:
-          raise ValueError(f"`{name}` ({value}) must be at most 2**62 "
-                           f"({MAX_STEPS}): global steps are int64.")
-    # A numpy integer (a step read with tf.train.load_variable, as
-    # resnet_main.py computes max_steps) is taken as the int it is.
-    max_steps = None if max_steps is None else int(max_steps)
-    steps = None if steps is None else int(steps)
+    # As ints: a numpy integer too (a step read with
+    # tf.train.load_variable, as resnet_main.py computes max_steps).
+    max_steps, steps = (
+        None if value is None else _step_count(name, value)
+        for name, value in (("max_steps", max_steps), ("steps", steps)))
     user_hooks = list(hooks or [])
     for index, hook in enumerate(user_hooks):
       if not isinstance(hook, tf.compat.v1.train.SessionRunHook):
@@ -435,3 +430,17 @@ class Runner:
     return Job(model_fn=self._model_fn, config=self._config,
                device=self._device, params=self._params_for(global_batch_size),
                session_config=self._session_config(), clock=self._clock)
+
+
+def _step_count(name: str, value: Any) -> int:
+  """`value` as an int, if it is a positive integer within int64's steps.
+
+  Raises:
+    TypeError: `value` is not an integer.
+    ValueError: `value` is not positive, or over `MAX_STEPS`.
+  """
+  count = validation.positive_int(name, value)
+  if count > MAX_STEPS:
+    raise ValueError(f"`{name}` ({value}) must be at most 2**62 "
+                     f"({MAX_STEPS}): global steps are int64.")
+  return count

@@ -217,8 +217,8 @@ class ResumePolicy:
             f"The training input's position in {checkpoint} is not "
             f"restored: {cause}. The input is endless (repeat()), so "
             f"reading and dropping the {instead.skip} steps of it already "
-            f"trained on would cost about as much as training them did, "
-            f"more at every resume and later train(). It starts a new "
+            f"trained on would read and decode them all again, a cost that "
+            f"grows at every resume and later train(). It starts a new "
             f"pass from its first element instead (a new order where its "
             f"shuffles have no seed), as TPUEstimator's train() did; "
             f"resume_input='skip' reads and drops them."))

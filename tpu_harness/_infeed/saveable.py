@@ -65,7 +65,7 @@ _HOLD_DATA = {
 # their calls finish: in TF 2.21 their iterators then say they are not
 # symbolic-checkpoint compatible, and the first GetNext marks the iterator
 # unsaveable ("... does not support symbolic checkpointing"); asked for
-# their order, they save (tests/test_resumable_input.py tries each case on
+# their order, they save (tests/test_saveable.py tries each case on
 # TF). The attribute asking: `deterministic` ("true", "false", or
 # "default": the pipeline's `Options.deterministic`, true unless set) or,
 # in older versions, `sloppy`.
