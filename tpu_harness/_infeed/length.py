@@ -30,7 +30,7 @@ endless pass, whose count only grows.
 
 from __future__ import annotations
 
-from typing import List
+from typing import List, Optional
 
 import tensorflow as tf
 
@@ -71,6 +71,8 @@ _ENDLESS_AFTER_FIRST = _KEEP_ENDLESS | {
 }
 # Sources that never end.
 _ENDLESS_SOURCES = {"RandomDataset", "RandomDatasetV2"}
+# What `_count_of` says of a negative count.
+_ALL = -1
 
 
 def of(dataset: tf.data.Dataset) -> tf.Tensor:
@@ -128,13 +130,9 @@ def _endless(op: tf.Operation) -> bool:
     return True
   if op.type in ("RepeatDataset", "ShuffleAndRepeatDataset",
                  "ShuffleAndRepeatDatasetV2"):
-    count = tf.get_static_value(op.inputs[-1] if op.type == "RepeatDataset"
-                                else _count_of(op))
-    return (count is not None and int(count) < 0) or _endless(
-        op.inputs[0].op)
+    return _count_of(op) == _ALL or _endless(op.inputs[0].op)
   if op.type == "TakeDataset":
-    count = tf.get_static_value(op.inputs[1])
-    return count is not None and int(count) < 0 and _endless(op.inputs[0].op)
+    return _count_of(op) == _ALL and _endless(op.inputs[0].op)
   if op.type == "ZipDataset":
     return all(_endless(tensor.op) for tensor in op.inputs)
   if op.type == "ConcatenateDataset":
@@ -144,7 +142,11 @@ def _endless(op: tf.Operation) -> bool:
   return False
 
 
-def _count_of(op: tf.Operation) -> tf.Tensor:
-  """A ShuffleAndRepeatDataset's count: its input named `count`."""
+def _count_of(op: tf.Operation) -> Optional[int]:
+  """A repeat's or take's count (its input named `count`): `_ALL` for any
+  negative one (all, or for ever), None where it is fed at run time."""
   names = [arg.name for arg in op.op_def.input_arg]
-  return op.inputs[names.index("count")]
+  count = tf.get_static_value(op.inputs[names.index("count")])
+  if count is None:
+    return None
+  return _ALL if int(count) < 0 else int(count)

@@ -49,6 +49,16 @@ from tpu_harness._infeed import record
 
 # Rules that read and drop the steps of the pass from its first element.
 _SKIPS_THE_PASS = ("none", "fingerprint", "seeds", "stateless", "no state")
+# Why the position is not restored, for an endless input's new pass, by
+# the rule that would have dropped the steps ("fingerprint": what changed).
+_NEW_PASS_CAUSES = {
+    "none": "it holds no input position (saved by TPUEstimator, a user's "
+            "Saver, an earlier version, or with resume_input='restart')",
+    "seeds": "it does not fit this input pipeline's shuffles",
+    "stateless": "it holds no iterator state (saved with "
+                 "resume_input='skip', or where the pipeline's position "
+                 "could not be saved)",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -199,19 +209,13 @@ class ResumePolicy:
           "endless", pass_start=start_step, resumed=False, info=(
               f"The endless training input starts a new pass at step "
               f"{start_step} ({checkpoint}): its position is not kept."))
-    cause = {
-        "none": "it holds no input position (saved by TPUEstimator, a "
-                "user's Saver, an earlier version, or with "
-                "resume_input='restart')",
-        "fingerprint": (f"it was saved for another input pipeline "
-                        f"({'; '.join(self._changed(saved))})"
-                        if instead.why == "fingerprint" else ""),
-        "seeds": "it does not fit this input pipeline's shuffles",
-        "stateless": "it holds no iterator state (saved with "
-                     "resume_input='skip', or where the pipeline's "
-                     "position could not be saved)",
-    }.get(instead.why,
-          "this run cannot restore it (a warning before says why)")
+    if instead.why == "fingerprint":
+      cause = (f"it was saved for another input pipeline "
+               f"({'; '.join(self._changed(saved))})")
+    else:
+      cause = _NEW_PASS_CAUSES.get(
+          instead.why, "this run cannot restore it (a warning before says "
+          "why)")
     return Decision(
         "endless", pass_start=start_step, resumed=False, warning=(
             f"The training input's position in {checkpoint} is not "
