@@ -55,15 +55,16 @@ def test_end_of_train_prints_both_variants_and_the_target_line():
 
 def test_estimator_prints_every_measure_against_the_baseline():
   result, rows = _bench("estimator", "--programs=mnist,resnet", "--steps=20",
-                        "--iterations=2", "--repeats=1",
+                        "--iterations=2", "--repeats=1", "--switches=2",
                         "--resume_steps=40", "--examples=64")
   measures = [line.split("|")[2].strip() for line in result.stdout.splitlines()
               if line.startswith("| ") and "---" not in line][1:]
   for program in ("mnist", "resnet"):
     assert rows.count(program) == 5, result.stdout
-    # Each switch's times, both sides, as it is measured.
-    assert re.search(rf"^  {program} run 0: switch \d+\.\d\d s at ipl=2, "
-                     rf"baseline \d+\.\d\d s$", result.stdout,
+    # Each side's switches in a row (their mean, then each), as measured.
+    switches = r"\d+\.\d\d \(\d+\.\d\d, \d+\.\d\d\)"
+    assert re.search(rf"^  {program} run 0: switch {switches} s at ipl=2, "
+                     rf"baseline {switches} s$", result.stdout,
                      re.MULTILINE), result.stdout
   assert measures[:5] == ["ipl=2 steps/sec", "ipl=2 checkpoint size",
                           "ipl=2 set-up", "ipl=2 switch", "resume"]
@@ -107,6 +108,39 @@ def test_estimator_refuses_too_few_steps_for_a_steady_rate():
   assert result.returncode != 0
   assert "--steps=20 leaves no loop of 10 steps" in result.stderr, (
       result.stderr[-3000:])
+
+
+def test_estimator_baseline_trains_and_evaluates_as_estimator_did(tmp_path):
+  """The baseline's switch evaluates the checkpoint first, writing its
+  metrics, then the checkpoint's path, into its eval directory at the
+  checkpoint's step (as Estimator's evaluate() did), then trains `steps`
+  steps more from it."""
+  # pylint: disable=g-import-not-at-top
+  from scripts.bench import estimator
+  from scripts.bench import estimator_programs as programs
+  import tensorflow.compat.v1 as tf
+  # pylint: enable=g-import-not-at-top
+  input_fn = programs.mnist_input_fn(
+      programs.write_mnist_records(str(tmp_path), 64))
+  model_dir = str(tmp_path / "model")
+  first = estimator.train_baseline(programs.mnist_model_fn, input_fn, 8,
+                                   model_dir, 3)
+  assert first.last_step == 3
+  evaluated = []
+
+  def eval_fn(params):
+    evaluated.append(tf.train.load_variable(model_dir, "global_step"))
+    return input_fn(params)
+
+  estimator.train_baseline(programs.mnist_model_fn, input_fn, 8, model_dir,
+                           2, eval_fn=eval_fn)
+  assert evaluated == [3]
+  assert tf.train.load_variable(model_dir, "global_step") == 5
+  (events,) = tf.io.gfile.glob(str(tmp_path / "model" / "eval_2" / "events*"))
+  values = [(event.step, value.tag)
+            for event in tf.train.summary_iterator(events)
+            for value in event.summary.value]
+  assert values == [(3, "accuracy"), (3, "loss"), (3, "checkpoint_path")]
 
 
 def _times(ends, steps_before, last_step=None):

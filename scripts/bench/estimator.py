@@ -14,11 +14,14 @@ TPUEstimator programs are, each with its users' kind of input pipeline:
 Each runs through `tpu_harness.estimator.tpu.TPUEstimator(use_tpu=False)`
 with default settings (resume_input='exact', checkpoints every 600 s) at
 `iterations_per_loop` 10 and 100, and, as the baseline, the same `model_fn`
-and `input_fn` in a `tf.compat.v1.train.MonitoredTrainingSession` running
-one step per `Session.run` (what TPUEstimator with use_tpu=False did), in
-the same process, runs interleaved, in turn (the baseline first in even
-repeats, last in odd ones: whatever runs just before a measure affects
-it, the same for both sides). Reported, as ratios to the baseline:
+and `input_fn` run as TPUEstimator with use_tpu=False ran them (read from
+tensorflow_estimator's source: an initializable iterator initialized as
+the session starts, one step per `Session.run` in a
+`tf.compat.v1.train.MonitoredTrainingSession` with Estimator's hooks and
+Saver; evaluation by TensorFlow's own `_evaluate_once`), in the same
+process, runs interleaved, in turn (the baseline first in even repeats,
+last in odd ones: whatever runs just before a measure affects it, the
+same for both sides). Reported, as ratios to the baseline:
 
 - steady steps/sec, both sides over the same steps: from the end of the
   first loop past the first tenth of the steps to the start of the last
@@ -32,16 +35,18 @@ it, the same for both sides). Reported, as ratios to the baseline:
   and a switch: an `evaluate()`-then-`train()` pair of one loop of steps
   each, resumed from a checkpoint, from the first call to
   the return of the second (its last checkpoint written and its session
-  closed); the baseline's evaluation does what Estimator's `evaluate()`
-  did (metric updates per step, then their values read and written as a
-  summary into a new eval directory);
+  closed), the mean of --switches in a row on each side after a full
+  garbage collection (each side then pays the collections of its own
+  graphs, as in a train-and-eval loop); the baseline's evaluation does
+  what Estimator's `evaluate()` did (metric updates per step, then their
+  values read and written as summaries into a new eval directory);
 - resume: a one-step `train()` of a linear model on the same input from a
   checkpoint at --resume_steps (the input's position at that step), against
   the same `train()` from no checkpoint. The resnet input is read at batch
   1 for this, so reaching 100k steps takes minutes, not hours.
 
     python -m scripts.bench.estimator [--programs=mnist,resnet]
-        [--steps=400] [--iterations=10,100] [--repeats=5]
+        [--steps=400] [--iterations=10,100] [--repeats=5] [--switches=3]
         [--resume_steps=100000]
 
 Targets (issue 23): steps/sec ratio >= 1.0 at both iterations_per_loop;
@@ -51,12 +56,13 @@ at 100k <= 1.5x a fresh start.
 
 from __future__ import annotations
 
+import gc
 import glob
 import os
 import statistics
 import tempfile
 import time
-from typing import Dict, List, Optional, Tuple, TypeVar
+from typing import Callable, Dict, List, Optional, Tuple, TypeVar
 
 from scripts.bench import _common  # Before TensorFlow.
 
@@ -64,6 +70,7 @@ from scripts.bench import _common  # Before TensorFlow.
 from absl import app
 from absl import flags
 
+from scripts.bench import _tf_evaluation
 from scripts.bench import estimator_programs as programs
 from tpu_harness import estimator as tf_estimator
 import tensorflow.compat.v1 as tf
@@ -76,6 +83,9 @@ flags.DEFINE_integer("steps", 400, "Training steps per timed run.",
                      lower_bound=20)
 flags.DEFINE_list("iterations", ["10", "100"], "iterations_per_loop values.")
 flags.DEFINE_integer("repeats", 5, "Interleaved runs of each.", lower_bound=1)
+flags.DEFINE_integer("switches", 3,
+                     "Switches in a row per side and repeat (their mean is "
+                     "the repeat's).", lower_bound=1)
 flags.DEFINE_integer("resume_steps", 100000,
                      "Global step of the checkpoint a resume starts from; "
                      "0 skips the resume measurement.", lower_bound=0)
@@ -197,67 +207,123 @@ def train_ours(model_fn, input_fn, batch: int, model_dir: str, ipl: int,
   return times
 
 
+class _InitializeIterator(tf.train.SessionRunHook):
+  """What Estimator did with an `input_fn`'s dataset: an initializable
+  iterator, initialized by a hook of its own in a `Session.run` as the
+  session starts (tensorflow_estimator's `util.parse_input_fn_result` and
+  `_DatasetInitializerHook`)."""
+
+  def __init__(self, dataset):
+    self._iterator = tf.data.make_initializable_iterator(dataset)
+    self._initializer = None
+
+  def get_next(self):
+    return self._iterator.get_next()
+
+  def begin(self):
+    self._initializer = self._iterator.initializer
+
+  def after_create_session(self, session, coord):
+    del coord  # Unused.
+    session.run(self._initializer)
+
+
 def train_baseline(model_fn, input_fn, batch: int, model_dir: str,
                    steps: int, eval_fn=None) -> Times:
-  """The same model_fn and input_fn, one step per Session.run, in a
-  MonitoredTrainingSession (TPUEstimator with use_tpu=False), checkpoints
-  every 600 s as TPUEstimator's default, and what Estimator's train() added:
-  the NanTensorHook on the loss and a loss summary (written every 100
-  steps by the session's SummarySaverHook, as ours writes one); with
+  """The same model_fn and input_fn as TPUEstimator(use_tpu=False).train()
+  ran them (tensorflow_estimator's Estimator and TPUEstimator, 26a7dc2):
+  the input through an initializable iterator initialized by a hook as the
+  session starts; a StopAtStepHook of `steps` steps, the NanTensorHook on
+  the loss and a loss summary (written every 100 steps by the session's
+  SummarySaverHook); the Estimator's Saver (sharded, built as the session
+  is); checkpoints every 600 s; a steps/sec hook (TPUEstimator's
+  ExamplesPerSecondHook is a StepCounterHook); one `Session.run` of the
+  train op and the loss per step in a MonitoredTrainingSession. With
   `eval_fn`, an evaluation of `steps` steps first (timed too)."""
   params = {"batch_size": batch}
   times = Times(read_last_step=eval_fn is None)
   if eval_fn is not None:
     _evaluate_baseline(model_fn, eval_fn, params, model_dir, steps)
   with tf.Graph().as_default():
-    global_step = tf.train.get_or_create_global_step()
-    features, labels = tf.data.make_one_shot_iterator(
-        input_fn(params)).get_next()
+    tf.train.get_or_create_global_step()
+    data = _InitializeIterator(input_fn(params))
+    features, labels = data.get_next()
     spec = model_fn(features, labels, tf_estimator.ModeKeys.TRAIN, params)
     tf.summary.scalar("loss", spec.loss)
-    start = tf.train.latest_checkpoint(model_dir)
-    start_step = 0 if start is None else int(start.rsplit("-", 1)[1])
+    tf.add_to_collection(tf.GraphKeys.SAVERS, tf.train.Saver(
+        sharded=True, max_to_keep=5, keep_checkpoint_every_n_hours=10000,
+        defer_build=True, save_relative_paths=True))
     with tf.train.MonitoredTrainingSession(
         checkpoint_dir=model_dir, save_checkpoint_secs=600,
         log_step_count_steps=10**9,
-        hooks=[tf.train.StopAtStepHook(last_step=start_step + steps),
+        hooks=[data, tf.train.StopAtStepHook(num_steps=steps),
                tf.train.NanTensorHook(spec.loss), times]) as session:
       while not session.should_stop():
-        session.run(spec.train_op)
-    del global_step
+        session.run([spec.train_op, spec.loss])
   times.returned = time.monotonic()
   return times
 
 
 def _evaluate_baseline(model_fn, eval_fn, params, model_dir, steps):
-  """What Estimator's evaluate() did: the metrics (and the mean loss)
-  updated once per step in a MonitoredSession restored from the latest
-  checkpoint, their values and the global step read at the end, and
-  written as a summary into an eval directory through FileWriterCache
-  (whose writer writes the graph first). The directory is new to each
-  switch (`eval_<steps>`, as `evaluate(name=)` names one), as ours is in
-  this benchmark, so that both write the eval graph once."""
+  """What TPUEstimator(use_tpu=False).evaluate() did (Estimator's
+  `_evaluate_build_graph` and `_evaluate_run`): the input through an
+  initializable iterator as in training; the metrics and the mean loss
+  updated once per step by TensorFlow's own evaluation loop
+  (`evaluation._evaluate_once`: an eval step counter updated with them,
+  `_StopAfterNEvalsHook`, the values and the global step read by a
+  FinalOpsHook) in a session restored from the latest checkpoint; the
+  values, then the checkpoint's path, written as summaries into an eval
+  directory through FileWriterCache (whose writer, kept for the process,
+  writes the graph first). The directory (`eval_<steps>`, as
+  `evaluate(name=)` names one) is new to each side's row of switches, as
+  ours is in this benchmark, so that both write the eval graph once a
+  row."""
   with tf.Graph().as_default():
     global_step = tf.train.get_or_create_global_step()
-    features, labels = tf.data.make_one_shot_iterator(
-        eval_fn(params)).get_next()
+    data = _InitializeIterator(eval_fn(params))
+    features, labels = data.get_next()
     spec = model_fn(features, labels, tf_estimator.ModeKeys.EVAL, params)
     metrics = dict(spec.eval_metrics[0](*spec.eval_metrics[1]))
     metrics["loss"] = tf.metrics.mean(spec.loss)
     updates = tf.group(*[update for _, update in metrics.values()])
     values = {name: value for name, (value, _) in metrics.items()}
-    with tf.train.MonitoredSession(
-        session_creator=tf.train.ChiefSessionCreator(
-            checkpoint_dir=model_dir)) as session:
-      for _ in range(steps):
-        session.run(updates)
-      results, step = session.run((values, global_step))
+    values["global_step"] = global_step
+    checkpoint = tf.train.latest_checkpoint(model_dir)
+    results = _tf_evaluation.evaluate_once(checkpoint, updates, values,
+                                           [data], steps)
+    step = int(results.pop("global_step"))
     writer = tf.summary.FileWriterCache.get(
         os.path.join(model_dir, f"eval_{steps}"))
     writer.add_summary(tf.Summary(value=[
         tf.Summary.Value(tag=name, simple_value=float(value))
-        for name, value in results.items()]), int(step))
+        for name, value in results.items()]), step)
     writer.flush()
+    writer.add_summary(tf.Summary(value=[tf.Summary.Value(
+        tag="checkpoint_path",
+        tensor=tf.make_tensor_proto(checkpoint, dtype=tf.string))]), step)
+    writer.flush()
+
+
+def _switches(switch: Callable[[], Times], count: int) -> List[float]:
+  """Seconds of each of `count` switches in a row, after a full garbage
+  collection. Each side's graphs are freed by CPython's full collections,
+  which come every 10 younger ones; ours' switch makes more objects (5
+  younger collections a switch against the baseline's 3, measured on the
+  resnet program) and so ran the full collection (0.08 to 0.1 s) that
+  freed both sides' graphs in nearly every switch when they alternated
+  one by one, the baseline's in none. Switches in a row from a clean heap
+  pay each for its own side's collections, as a train-and-eval loop's do."""
+  gc.collect()
+  return [switch().call_secs() for _ in range(count)]
+
+
+def _seconds(values: List[float]) -> str:
+  """`values` as "1.23" or "1.23 (1.20, 1.25, 1.24)": the mean, and each
+  one where there are several."""
+  mean = f"{statistics.mean(values):.2f}"
+  if len(values) == 1:
+    return mean
+  return f"{mean} ({', '.join(f'{value:.2f}' for value in values)})"
 
 
 def resume_ratio(input_fn, batch: int, root: str, steps: int) -> float:
@@ -335,7 +401,10 @@ def run_program(name: str, root: str) -> Dict[str, float]:
         note(f"{label} set-up {ipl}", secs)
         print(f"  {name} {label} run {repeat}: set-up {secs:.2f} s of a "
               f"train() of {ipl} steps", flush=True)
-    # An evaluate -> train switch of one loop each, from the checkpoint.
+    # Evaluate -> train switches of one loop each, from the checkpoint:
+    # --switches in a row on each side, as a train-and-eval loop makes
+    # them, after a full collection, so that each side's switches pay for
+    # the collection of their own garbage (see `_switches`).
     for ipl in ipls:
       secs = {}
       for label, switch in in_turn([
@@ -347,11 +416,12 @@ def run_program(name: str, root: str) -> Dict[str, float]:
               model_fn, input_fn, batch,
               os.path.join(root, f"ipl={ipl}_{repeat}"), ipl, ipl,
               eval_fn=input_fn))], repeat):
-        secs[label] = switch().call_secs()
-      note(f"baseline switch {ipl}", secs["baseline"])
-      note(f"ipl={ipl} switch", secs["ours"])
-      print(f"  {name} run {repeat}: switch {secs['ours']:.2f} s at "
-            f"ipl={ipl}, baseline {secs['baseline']:.2f} s", flush=True)
+        secs[label] = _switches(switch, FLAGS.switches)
+      note(f"baseline switch {ipl}", statistics.mean(secs["baseline"]))
+      note(f"ipl={ipl} switch", statistics.mean(secs["ours"]))
+      print(f"  {name} run {repeat}: switch {_seconds(secs['ours'])} s at "
+            f"ipl={ipl}, baseline {_seconds(secs['baseline'])} s",
+            flush=True)
 
   def median(key):
     return statistics.median(measured[key])
