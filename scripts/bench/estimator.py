@@ -309,7 +309,7 @@ def _switches(switch: Callable[[], Times], count: int) -> List[float]:
   collection. Each side's graphs are freed by CPython's full collections,
   which come every 10 younger ones; ours' switch makes more objects (5
   younger collections a switch against the baseline's 3, measured on the
-  resnet program) and so ran the full collection (0.08 to 0.1 s) that
+  resnet program) and so ran the full collection (0.05 to 0.13 s) that
   freed both sides' graphs in nearly every switch when they alternated
   one by one, the baseline's in none. Switches in a row from a clean heap
   pay each for its own side's collections, as a train-and-eval loop's do."""
