@@ -14,11 +14,12 @@ TPUEstimator programs are, each with its users' kind of input pipeline:
 Each runs through `tpu_harness.estimator.tpu.TPUEstimator(use_tpu=False)`
 with default settings (resume_input='exact', checkpoints every 600 s) at
 `iterations_per_loop` 10 and 100, and, as the baseline, the same `model_fn`
-and `input_fn` run as TPUEstimator with use_tpu=False ran them (read from
-tensorflow_estimator's source: an initializable iterator initialized as
-the session starts, one step per `Session.run` in a
-`tf.compat.v1.train.MonitoredTrainingSession` with Estimator's hooks and
-Saver; evaluation by TensorFlow's own `_evaluate_once`), in the same
+and `input_fn` run as TPUEstimator with use_tpu=False ran them
+(`scripts/bench/estimator_baseline.py`, read from tensorflow_estimator's
+source: an initializable iterator initialized as the session starts, one
+step per `Session.run` in a `tf.compat.v1.train.MonitoredTrainingSession`
+with Estimator's hooks and Saver; evaluation by TensorFlow's own
+`_evaluate_once`), in the same
 process, runs interleaved, in turn (the baseline first in even repeats,
 last in odd ones: whatever runs just before a measure affects it, the
 same for both sides). Reported, as ratios to the baseline:
@@ -70,7 +71,7 @@ from scripts.bench import _common  # Before TensorFlow.
 from absl import app
 from absl import flags
 
-from scripts.bench import _tf_evaluation
+from scripts.bench import estimator_baseline as baseline
 from scripts.bench import estimator_programs as programs
 from tpu_harness import estimator as tf_estimator
 import tensorflow.compat.v1 as tf
@@ -207,101 +208,21 @@ def train_ours(model_fn, input_fn, batch: int, model_dir: str, ipl: int,
   return times
 
 
-class _InitializeIterator(tf.train.SessionRunHook):
-  """What Estimator did with an `input_fn`'s dataset: an initializable
-  iterator, initialized by a hook of its own in a `Session.run` as the
-  session starts (tensorflow_estimator's `util.parse_input_fn_result` and
-  `_DatasetInitializerHook`)."""
-
-  def __init__(self, dataset):
-    self._iterator = tf.data.make_initializable_iterator(dataset)
-    self._initializer = None
-
-  def get_next(self):
-    return self._iterator.get_next()
-
-  def begin(self):
-    self._initializer = self._iterator.initializer
-
-  def after_create_session(self, session, coord):
-    del coord  # Unused.
-    session.run(self._initializer)
-
-
 def train_baseline(model_fn, input_fn, batch: int, model_dir: str,
                    steps: int, eval_fn=None) -> Times:
   """The same model_fn and input_fn as TPUEstimator(use_tpu=False).train()
-  ran them (tensorflow_estimator's Estimator and TPUEstimator, 26a7dc2):
-  the input through an initializable iterator initialized by a hook as the
-  session starts; a StopAtStepHook of `steps` steps, the NanTensorHook on
-  the loss and a loss summary (written every 100 steps by the session's
-  SummarySaverHook); the Estimator's Saver (sharded, built as the session
-  is); checkpoints every 600 s; a steps/sec hook (TPUEstimator's
-  ExamplesPerSecondHook is a StepCounterHook); one `Session.run` of the
-  train op and the loss per step in a MonitoredTrainingSession. With
-  `eval_fn`, an evaluation of `steps` steps first (timed too)."""
+  ran them (`estimator_baseline.train`), `steps` steps; with `eval_fn`, an
+  `evaluate()` of `steps` steps first (`estimator_baseline.evaluate`,
+  timed too). The evaluation's directory is new to each side's row of
+  switches, as ours is in this benchmark, so that both write the eval
+  graph once a row."""
   params = {"batch_size": batch}
   times = Times(read_last_step=eval_fn is None)
   if eval_fn is not None:
-    _evaluate_baseline(model_fn, eval_fn, params, model_dir, steps)
-  with tf.Graph().as_default():
-    tf.train.get_or_create_global_step()
-    data = _InitializeIterator(input_fn(params))
-    features, labels = data.get_next()
-    spec = model_fn(features, labels, tf_estimator.ModeKeys.TRAIN, params)
-    tf.summary.scalar("loss", spec.loss)
-    tf.add_to_collection(tf.GraphKeys.SAVERS, tf.train.Saver(
-        sharded=True, max_to_keep=5, keep_checkpoint_every_n_hours=10000,
-        defer_build=True, save_relative_paths=True))
-    with tf.train.MonitoredTrainingSession(
-        checkpoint_dir=model_dir, save_checkpoint_secs=600,
-        log_step_count_steps=10**9,
-        hooks=[data, tf.train.StopAtStepHook(num_steps=steps),
-               tf.train.NanTensorHook(spec.loss), times]) as session:
-      while not session.should_stop():
-        session.run([spec.train_op, spec.loss])
+    baseline.evaluate(model_fn, eval_fn, params, model_dir, steps)
+  baseline.train(model_fn, input_fn, params, model_dir, steps, hooks=[times])
   times.returned = time.monotonic()
   return times
-
-
-def _evaluate_baseline(model_fn, eval_fn, params, model_dir, steps):
-  """What TPUEstimator(use_tpu=False).evaluate() did (Estimator's
-  `_evaluate_build_graph` and `_evaluate_run`): the input through an
-  initializable iterator as in training; the metrics and the mean loss
-  updated once per step by TensorFlow's own evaluation loop
-  (`evaluation._evaluate_once`: an eval step counter updated with them,
-  `_StopAfterNEvalsHook`, the values and the global step read by a
-  FinalOpsHook) in a session restored from the latest checkpoint; the
-  values, then the checkpoint's path, written as summaries into an eval
-  directory through FileWriterCache (whose writer, kept for the process,
-  writes the graph first). The directory (`eval_<steps>`, as
-  `evaluate(name=)` names one) is new to each side's row of switches, as
-  ours is in this benchmark, so that both write the eval graph once a
-  row."""
-  with tf.Graph().as_default():
-    global_step = tf.train.get_or_create_global_step()
-    data = _InitializeIterator(eval_fn(params))
-    features, labels = data.get_next()
-    spec = model_fn(features, labels, tf_estimator.ModeKeys.EVAL, params)
-    metrics = dict(spec.eval_metrics[0](*spec.eval_metrics[1]))
-    metrics["loss"] = tf.metrics.mean(spec.loss)
-    updates = tf.group(*[update for _, update in metrics.values()])
-    values = {name: value for name, (value, _) in metrics.items()}
-    values["global_step"] = global_step
-    checkpoint = tf.train.latest_checkpoint(model_dir)
-    results = _tf_evaluation.evaluate_once(checkpoint, updates, values,
-                                           [data], steps)
-    step = int(results.pop("global_step"))
-    writer = tf.summary.FileWriterCache.get(
-        os.path.join(model_dir, f"eval_{steps}"))
-    writer.add_summary(tf.Summary(value=[
-        tf.Summary.Value(tag=name, simple_value=float(value))
-        for name, value in results.items()]), step)
-    writer.flush()
-    writer.add_summary(tf.Summary(value=[tf.Summary.Value(
-        tag="checkpoint_path",
-        tensor=tf.make_tensor_proto(checkpoint, dtype=tf.string))]), step)
-    writer.flush()
 
 
 def _switches(switch: Callable[[], Times], count: int) -> List[float]:
