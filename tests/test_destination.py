@@ -74,3 +74,43 @@ def test_a_device_infeed_is_fed_one_by_one_and_dequeued_by_the_device():
     assert infeed.fill.run(session, 3) == (3, 3)
     infeed.close(session)  # Nothing to close: the device's own.
     assert session.run(enqueued.size()) == 3
+
+
+def _discard_loops(graph):
+  return [op.name for op in graph.get_operations()
+          if op.type in ("While", "StatelessWhile")
+          and "discard_loop" in op.name]
+
+
+@pytest.mark.parametrize("per_element_bytes", [
+    64 * 2**10,  # A ChunkFill.
+    16,  # An ElementFill.
+])
+@pytest.mark.parametrize("drops", [True, False])
+def test_only_a_fill_that_drops_builds_the_discard_loop(per_element_bytes,
+                                                        drops):
+  dataset = _dataset()
+  queue = destination.EmulatedQueue(
+      dataset, tf.nest.flatten(dataset.element_spec), capacity=2,
+      sizes=InfeedLayout(min_chunk_steps=2,
+                         per_element_bytes=per_element_bytes),
+      name="train", max_steps=100, drops=drops)
+  graph = tf.compat.v1.get_default_graph()
+  assert bool(_discard_loops(graph)) == drops
+  element = queue.dequeue()
+  with tf.compat.v1.Session() as session:
+    session.run(queue.fill.iterator.initializer)
+    if not drops:
+      with pytest.raises(RuntimeError, match="without `drops`"):
+        queue.fill.drop(session, 4)
+      return
+    queue.fill.drop(session, 4)
+    queue.fill.run(session, queue.fill.asked(2))
+    np.testing.assert_array_equal(session.run(element), [4.0] * 4)
+
+
+def test_a_device_infeed_without_drops_builds_no_discard_loop():
+  dataset = _dataset()
+  destination.DeviceInfeed(dataset, lambda values: tf.no_op(), "train",
+                           drops=False)
+  assert not _discard_loops(tf.compat.v1.get_default_graph())

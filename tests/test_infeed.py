@@ -358,3 +358,22 @@ def test_a_custom_infeed_smaller_than_a_loop_is_streamed_into():
       assert infeed.wait() == 3  # Before the elements are in the sink.
       got += [int(session.run(taken, options=guard)) for _ in range(3)]
   assert got == [0, 1, 2, 3, 4, 5, 6, 7, 8]
+
+
+@pytest.mark.parametrize("skip_steps, discard_loop", [(0, False),
+                                                       (2, True)])
+def test_the_discard_loop_is_built_only_to_skip_steps(skip_steps,
+                                                      discard_loop):
+  # An evaluation's or a prediction's infeed (no skip, no position) never
+  # drops elements.
+  infeed = HostInfeed(_dataset(5), capacity=2, name="t",
+                      skip_steps=skip_steps)
+  element = infeed.dequeue()
+  graph = tf.compat.v1.get_default_graph()
+  assert any("discard_loop" in op.name for op in graph.get_operations()
+             ) == discard_loop
+  with _running(infeed) as session:
+    infeed.request(2)
+    assert infeed.wait() == 2
+    assert [session.run(element)["i"] for _ in range(2)] == [
+        skip_steps, skip_steps + 1]

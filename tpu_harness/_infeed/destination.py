@@ -34,7 +34,8 @@ class EmulatedQueue:
   def __init__(self, dataset: tf.data.Dataset, specs: List[tf.TensorSpec],
                capacity: int, sizes: layout_lib.InfeedLayout, *,
                name: str, max_steps: Optional[int] = None,
-               max_bytes: Optional[int] = None, layout: str = ""):
+               max_bytes: Optional[int] = None, layout: str = "",
+               drops: bool = True):
     """Builds the queue and the fill in the default graph.
 
     Args:
@@ -48,6 +49,7 @@ class EmulatedQueue:
       max_bytes: the most host memory three chunks may take; None: no
         limit.
       layout: how the caller sized a step, for the message.
+      drops: the fill can read and drop elements (`fill.drop`).
 
     Raises:
       InfeedMemoryError: three chunks would exceed `max_bytes`.
@@ -65,9 +67,11 @@ class EmulatedQueue:
       # Large elements go in one by one: the queue keeps the iterator's
       # tensors as they are, where batching a chunk and splitting it into
       # the queue would copy each element twice.
-      self.fill = fill_lib.ElementFill(dataset, self._queue.enqueue, chunk)
+      self.fill = fill_lib.ElementFill(dataset, self._queue.enqueue, chunk,
+                                       drops=drops)
     else:
-      self.fill = fill_lib.ChunkFill(dataset, self._queue, chunk)
+      self.fill = fill_lib.ChunkFill(dataset, self._queue, chunk,
+                                     drops=drops)
 
   def dequeue(self) -> Any:
     """Device side: the next step's flat tensors."""
@@ -86,7 +90,7 @@ class DeviceInfeed:
 
   def __init__(self, dataset: tf.data.Dataset,
                enqueue_fn: Callable[[List[tf.Tensor]], tf.Operation],
-               name: str):
+               name: str, drops: bool = True):
     """Builds the fill in the default graph.
 
     Args:
@@ -94,9 +98,10 @@ class DeviceInfeed:
       enqueue_fn: enqueues one element's flat tensors into the device's
         infeed.
       name: for messages.
+      drops: the fill can read and drop elements (`fill.drop`).
     """
     self._name = name
-    self.fill: Fill = fill_lib.ElementFill(dataset, enqueue_fn)
+    self.fill: Fill = fill_lib.ElementFill(dataset, enqueue_fn, drops=drops)
 
   def dequeue(self) -> Any:
     raise RuntimeError(f"The {self._name} infeed has a custom enqueue; the "

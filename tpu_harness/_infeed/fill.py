@@ -12,7 +12,11 @@
   streamed (see `requests`).
 
 Both build their graph ops when made (in the default graph) and say how
-many elements a fill read: fewer than asked means the input ended.
+many elements a fill read: fewer than asked means the input ended. The
+loop that reads and drops elements is built only for an infeed that may
+drop some (`drops`): an evaluation's or a prediction's never does, and
+the loop, with its two traced functions, took 7.5 ms of the 24 ms that
+building the estimator bench's resnet eval infeed took (median of 15).
 """
 
 from __future__ import annotations
@@ -29,15 +33,15 @@ class ChunkFill:
   """Reads a chunk of elements at a time into `queue`."""
 
   def __init__(self, dataset: tf.data.Dataset, queue: tf.queue.FIFOQueue,
-               chunk: int):
+               chunk: int, *, drops: bool = True):
+    """Builds the fill's ops: `drops`, also those `drop` runs."""
     self.chunk = chunk
     self.iterator = tf.compat.v1.data.make_initializable_iterator(
         dataset.batch(chunk))
     self._offset = tf.compat.v1.placeholder_with_default(0, [],
                                                          name="offset")
     self._op = ops.enqueue_chunk(self.iterator, queue, self._offset)
-    self._count = tf.compat.v1.placeholder(tf.int32, [], name="discard")
-    self._discard = ops.discard(self.iterator, self._count)
+    self._discard = _Discard(self.iterator) if drops else None
     self._next_offset = 0
     self.cardinality: Optional[tf.Tensor] = None  # Chunks are not streamed.
 
@@ -60,9 +64,13 @@ class ChunkFill:
 
   def drop(self, session, count: int) -> int:
     """Reads and drops `count` elements: whole chunks now, the rest from
-    the first chunk filled. Returns the elements read now."""
+    the first chunk filled. Returns the elements read now.
+
+    Raises:
+      RuntimeError: the fill was built without `drops`.
+    """
     whole, self._next_offset = divmod(count, self.chunk)
-    return self.chunk * int(session.run(self._discard, {self._count: whole}))
+    return self.chunk * _built(self._discard).run(session, whole)
 
 
 class ElementFill:
@@ -73,13 +81,13 @@ class ElementFill:
 
   def __init__(self, dataset: tf.data.Dataset,
                enqueue_fn: Callable[[List[tf.Tensor]], tf.Operation],
-               chunk: Optional[int] = None):
+               chunk: Optional[int] = None, *, drops: bool = True):
+    """Builds the fill's ops: `drops`, also those `drop` runs."""
     self.chunk = chunk
     self.iterator = tf.compat.v1.data.make_initializable_iterator(dataset)
     self._steps = tf.compat.v1.placeholder(tf.int32, [], name="steps")
     self._op = ops.enqueue_elements(self.iterator, self._steps, enqueue_fn)
-    self._count = tf.compat.v1.placeholder(tf.int32, [], name="discard")
-    self._discard = ops.discard(self.iterator, self._count)
+    self._discard = _Discard(self.iterator) if drops else None
     # Known at start: then requests are answered at once and the elements
     # streamed while the loop runs (see `requests.StreamedRequests`); an
     # endless input's behind tf.compat.v1 maps too (see `length`).
@@ -99,5 +107,29 @@ class ElementFill:
     return read, read
 
   def drop(self, session, count: int) -> int:
+    """Reads and drops up to `count` elements; returns how many.
+
+    Raises:
+      RuntimeError: the fill was built without `drops`.
+    """
+    return _built(self._discard).run(session, count)
+
+
+class _Discard:
+  """The op that reads and drops up to a fed count of an iterator's
+  elements."""
+
+  def __init__(self, iterator):
+    self._count = tf.compat.v1.placeholder(tf.int32, [], name="discard")
+    self._op = ops.discard(iterator, self._count)
+
+  def run(self, session, count: int) -> int:
     """Reads and drops up to `count` elements; returns how many."""
-    return int(session.run(self._discard, {self._count: count}))
+    return int(session.run(self._op, {self._count: count}))
+
+
+def _built(discard: Optional[_Discard]) -> _Discard:
+  if discard is None:
+    raise RuntimeError("This fill was built without `drops`: it cannot "
+                       "drop elements.")
+  return discard

@@ -137,12 +137,17 @@ class HostInfeed:
             f"{spec.shape}.")
     self._dtypes = [spec.dtype for spec in specs]
     self._shapes = [spec.shape for spec in specs]
+    # Elements are read and dropped only to skip steps, or where a
+    # position's start says so (see `_start`).
+    drops = skip_steps > 0 or position is not None
     with tf.name_scope(f"{name}_infeed"):
       self._destination = (
-          destination_lib.DeviceInfeed(dataset, enqueue_fn, name)
+          destination_lib.DeviceInfeed(dataset, enqueue_fn, name,
+                                       drops=drops)
           if enqueue_fn is not None else destination_lib.EmulatedQueue(
               dataset, specs, capacity, sizes, name=name,
-              max_steps=max_steps, max_bytes=max_bytes, layout=layout))
+              max_steps=max_steps, max_bytes=max_bytes, layout=layout,
+              drops=drops))
       self._fill = self._destination.fill
       if position is not None:
         position.attach(self._fill.iterator)
