@@ -21,12 +21,16 @@ def test_is_a_device_loop_with_virtual_cpus():
 
 
 @pytest.mark.parametrize("hosts", [(), ("a:1", "b:2")])
-def test_sessions_run_one_pass_of_grappler(hosts):
+def test_sessions_run_one_pass_of_grappler_without_tfg_or_memory_passes(
+    hosts):
   loop = th.CpuEmulationLoop(num_shards=2, iterations_per_loop=5,
                              hosts=hosts)
   options = loop.session_config().graph_options.rewrite_options
   assert options.meta_optimizer_iterations == (
       rewriter_config_pb2.RewriterConfig.ONE)
+  assert options.disable_tfg_optimizer
+  assert options.memory_optimization == (
+      rewriter_config_pb2.RewriterConfig.NO_MEM_OPT)
 
 
 @pytest.mark.parametrize("shards", [1, 2])

@@ -220,19 +220,30 @@ def test_session_config_is_merged_into_the_device_loops(tmp_path):
   merged = runner._session_config()  # pylint: disable=protected-access
   assert merged.log_device_placement and merged.allow_soft_placement
   assert merged.device_count["CPU"] == 2  # The emulation's replicas win.
-  assert merged.graph_options.rewrite_options.meta_optimizer_iterations == (
-      rewriter_config_pb2.RewriterConfig.ONE)
+  # The emulation's Grappler options, which the user's config leaves.
+  assert merged.graph_options.rewrite_options == (
+      runner._device.session_config()  # pylint: disable=protected-access
+      .graph_options.rewrite_options)
   runner.train(train_input_fn(), max_steps=5)
 
 
-def test_the_users_number_of_grappler_passes_wins(tmp_path):
-  config = tf.compat.v1.ConfigProto()
-  options = config.graph_options.rewrite_options
-  options.meta_optimizer_iterations = rewriter_config_pb2.RewriterConfig.TWO
-  options.constant_folding = rewriter_config_pb2.RewriterConfig.OFF
+@pytest.mark.parametrize("set_options", [
+    # Turning one optimizer off keeps TF's defaults for the rest: two
+    # passes, the TFG and memory passes.
+    lambda options: setattr(options, "constant_folding",
+                            rewriter_config_pb2.RewriterConfig.OFF),
+    lambda options: setattr(options, "meta_optimizer_iterations",
+                            rewriter_config_pb2.RewriterConfig.TWO),
+])
+def test_the_users_grappler_options_are_used_as_they_are(tmp_path,
+                                                         set_options):
+  config = tf.compat.v1.ConfigProto(allow_soft_placement=True)
+  set_options(config.graph_options.rewrite_options)
   runner = make_runner(tmp_path, ipl=5, session_config=config)
   merged = runner._session_config()  # pylint: disable=protected-access
-  assert merged.graph_options.rewrite_options == options
+  assert merged.graph_options.rewrite_options == (
+      config.graph_options.rewrite_options)
+  assert not merged.graph_options.rewrite_options.disable_tfg_optimizer
 
 
 def test_predict_can_yield_whole_batches(tmp_path):

@@ -405,8 +405,9 @@ class Runner:
 
   def _session_config(self) -> tf.compat.v1.ConfigProto:
     """The device loop's session config with `config.session_config`
-    merged in; the loop's device counts win, the user's number of Grappler
-    passes (`meta_optimizer_iterations`, where set) wins."""
+    merged in; the loop's device counts win; where the user's sets any of
+    Grappler's options (`graph_options.rewrite_options`), those are used
+    as they are, TF's defaults for the rest."""
     device = self._device.session_config()
     users = self._config.session_config
     if users is None:
@@ -416,9 +417,9 @@ class Runner:
     merged.MergeFrom(device)
     for name, count in device.device_count.items():
       merged.device_count[name] = count
-    passes = users.graph_options.rewrite_options.meta_optimizer_iterations
-    if passes:
-      merged.graph_options.rewrite_options.meta_optimizer_iterations = passes
+    options = users.graph_options.rewrite_options
+    if options.ListFields():
+      merged.graph_options.rewrite_options.CopyFrom(options)
     return merged
 
   def _params_for(self, global_batch_size: int) -> Dict[str, Any]:
