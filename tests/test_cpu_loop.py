@@ -21,7 +21,7 @@ def test_is_a_device_loop_with_virtual_cpus():
 
 
 @pytest.mark.parametrize("hosts", [(), ("a:1", "b:2")])
-def test_sessions_run_one_pass_of_grappler_without_tfg_or_memory_passes(
+def test_sessions_run_one_pass_of_grappler_without_tfg_memory_or_layout(
     hosts):
   loop = th.CpuEmulationLoop(num_shards=2, iterations_per_loop=5,
                              hosts=hosts)
@@ -31,6 +31,7 @@ def test_sessions_run_one_pass_of_grappler_without_tfg_or_memory_passes(
   assert options.disable_tfg_optimizer
   assert options.memory_optimization == (
       rewriter_config_pb2.RewriterConfig.NO_MEM_OPT)
+  assert options.layout_optimizer == rewriter_config_pb2.RewriterConfig.OFF
 
 
 @pytest.mark.parametrize("shards", [1, 2])

@@ -229,7 +229,7 @@ def test_session_config_is_merged_into_the_device_loops(tmp_path):
 
 @pytest.mark.parametrize("set_options", [
     # Turning one optimizer off keeps TF's defaults for the rest: two
-    # passes, the TFG and memory passes.
+    # passes, the TFG, memory and layout passes.
     lambda options: setattr(options, "constant_folding",
                             rewriter_config_pb2.RewriterConfig.OFF),
     lambda options: setattr(options, "meta_optimizer_iterations",

@@ -109,7 +109,7 @@ class RunConfig:
       loop's own (which keeps its device counts); where it sets any of
       Grappler's options (`graph_options.rewrite_options`), those are
       used as they are, TF's defaults for the rest, in place of the CPU
-      emulation's (one pass, no TFG or memory optimizer).
+      emulation's (one pass, no TFG, memory or layout optimizer).
     save_graph_def: write `graph.pbtxt` and each checkpoint's `.meta`.
     max_infeed_bytes: the most host memory the emulated infeed may hold:
       up to three chunks of `iterations_per_loop` steps (two queued, one
