@@ -125,12 +125,12 @@ class CpuEmulationLoop(LoopBuilder):
     # 0.1 s less per train() or evaluate() of the bench's resnet program,
     # and gave the same loop graph for both bench programs but one NoOp.
     # Of what is left, the MLIR (TFG) passes, the memory optimizer and
-    # the layout optimizer (which converts layouts for GPUs, not on CPU)
-    # took 6.6 of the 14 ms a 184-node run's optimization took, and
-    # changed nothing in the graphs the train and eval loops of both
-    # bench programs ran: without them the resnet program's evaluate()
-    # then train() took 2.47 s instead of 2.60 (median of 10 each; see
-    # docs/benchmarks.md). A session_config that sets rewrite options
+    # the layout optimizer (it converts data layouts for GPUs) took 6.6
+    # of the 14 ms a 184-node run's optimization took, and changed
+    # nothing in the graphs the train and eval loops of both bench
+    # programs ran: without them the resnet program's evaluate()
+    # then train() took 2.38 s instead of 2.54 (medians of 8 alternating;
+    # see docs/benchmarks.md). A session_config that sets rewrite options
     # keeps its own (`tpu_harness.Runner`).
     options = config.graph_options.rewrite_options
     options.meta_optimizer_iterations = rewriter_config_pb2.RewriterConfig.ONE
