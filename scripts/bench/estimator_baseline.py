@@ -35,17 +35,13 @@ class _InitializeIterator(tf.train.SessionRunHook):
 
   def __init__(self, dataset):
     self._iterator = tf.data.make_initializable_iterator(dataset)
-    self._initializer = None
 
   def get_next(self):
     return self._iterator.get_next()
 
-  def begin(self):
-    self._initializer = self._iterator.initializer
-
   def after_create_session(self, session, coord):
     del coord  # Unused.
-    session.run(self._initializer)
+    session.run(self._iterator.initializer)
 
 
 def train(model_fn: Callable, input_fn: Callable, params: Dict[str, Any],
